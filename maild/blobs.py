@@ -1,0 +1,91 @@
+"""Content-addressed blob storage (raw mails, attachments), reference-counted in the database.
+
+The bytes go through a `BlobStore` (a folder by default); the `blobs` table counts the
+rows that use each blob, so erasing one ticket never breaks another. Bytes are written
+and synced *before* the database row that refers to them is committed: a crash leaves at
+worst an unreferenced file, never a row without its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from maild.errors import StorageUnavailable
+from maild.models import Blob
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes) -> str: ...
+    def get(self, sha256: str) -> bytes: ...
+    def delete(self, sha256: str) -> None: ...
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FolderStore:
+    """Blobs as files `<root>/ab/cd/<sha256>`, written atomically and synced."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes) -> str:
+        sha = digest(data)
+        path = self._path(sha)
+        if path.exists():
+            return sha
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StorageUnavailable(f"blob store {self.root}: {exc.strerror or exc}") from exc
+        return sha
+
+    def get(self, sha256: str) -> bytes:
+        return self._path(sha256).read_bytes()
+
+    def delete(self, sha256: str) -> None:
+        self._path(sha256).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def add_ref(session: Session, sha256: str, size: int, now: datetime) -> None:
+    """Count one more user of blob `sha256` (creating its row on first use)."""
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(Blob).values(sha256=sha256, size=size, refs=1, created_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Blob.sha256], set_={"refs": Blob.refs + 1}
+    )
+    session.execute(stmt)

@@ -1,0 +1,212 @@
+"""The `maild` command line: run, check, db upgrade, tickets list. Exit codes: 0 ok,
+1 a check or operation failed, 2 bad usage or configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from maild import __version__, config, db, imap
+from maild.config import Settings
+from maild.errors import ConfigError, MaildError, SmtpDeferred
+from maild.models import OutboxMail, Ticket
+from maild.smtp import SmtpConnection
+
+log = logging.getLogger("maild")
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix each line with its syslog priority (`<3>`) when stderr goes to journald."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter(JournalFormatter(fmt) if journal else logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("imapclient", "aiosmtplib", "alembic", "mail.log"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maild", description="An email-native support desk.")
+    p.add_argument("--config", help="config file (default: $MAILD_CONFIG)")
+    p.add_argument("--version", action="version", version=f"maild {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the daemon in the foreground")
+    sub.add_parser("check", help="check the config and reach IMAP, SMTP and the database")
+    dbp = sub.add_parser("db", help="database maintenance")
+    dbp.add_subparsers(dest="db_command", required=True).add_parser(
+        "upgrade", help="migrate the database to the newest schema")
+    tp = sub.add_parser("tickets", help="look at tickets")
+    tl = tp.add_subparsers(dest="tickets_command", required=True).add_parser(
+        "list", help="list tickets, newest first")
+    tl.add_argument("--status", help="only tickets with this status")
+    tl.add_argument("--json", action="store_true", help="machine-readable output")
+    op = sub.add_parser("outbox", help="look at outgoing mail")
+    ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
+        "list", help="list outgoing mails, newest first")
+    ol.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = config.load(args.config)
+    except ConfigError as exc:
+        print(f"maild: config error: {exc}".replace("\n", "\nmaild: config error: "),
+              file=sys.stderr)
+        return 2
+    setup_logging(settings.log.level)
+    commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+        "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
+        "tickets": cmd_tickets_list, "outbox": cmd_outbox_list,
+    }
+    try:
+        return commands[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"maild: {exc}", file=sys.stderr)
+        return 2
+    except MaildError as exc:
+        print(f"maild: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from maild.daemon import Daemon
+
+    return asyncio.run(Daemon(settings).run())
+
+
+def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = db.make_engine(settings.database_url)
+    try:
+        db.upgrade(engine)
+        current, _ = db.schema_status(engine)
+    finally:
+        engine.dispose()
+    print(f"database {_safe_url(settings.database_url)} is at schema {current}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    print(f"ok    config: {settings.source}")
+    results = [_check_database(settings), _check_imap(settings), _check_smtp(settings)]
+    for ok, line in results:
+        print(("ok    " if ok else "FAIL  ") + line)
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+def _check_database(settings: Settings) -> tuple[bool, str]:
+    url = _safe_url(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    try:
+        current, head = db.schema_status(engine)
+    except MaildError as exc:
+        return False, f"database: {url}: {exc}"
+    except Exception as exc:  # a driver missing or a malformed URL: say it in one line
+        return False, f"database: {url}: {type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        engine.dispose()
+    if current != head:
+        return False, f"database: {url}: schema {current or 'empty'}, needs {head}: " \
+                      "run `maild db upgrade`"
+    return True, f"database: {url} (schema {current})"
+
+
+def _check_imap(settings: Settings) -> tuple[bool, str]:
+    s = settings.imap
+    try:
+        count = imap.probe(s, lambda box: box.exists)
+    except MaildError as exc:
+        return False, f"imap: {exc}"
+    return True, f"imap: {s.username}@{s.host}:{s.port} ({s.tls}), folder {s.folder}: {count} mails"
+
+
+def _check_smtp(settings: Settings) -> tuple[bool, str]:
+    s = settings.smtp
+
+    async def probe() -> None:
+        async with SmtpConnection(s):
+            pass
+
+    try:
+        asyncio.run(probe())
+    except SmtpDeferred as exc:
+        return False, f"smtp: {exc}"
+    who = f"{s.username}@" if s.username else ""
+    return True, f"smtp: {who}{s.host}:{s.port} ({s.tls})"
+
+
+def cmd_tickets_list(settings: Settings, args: argparse.Namespace) -> int:
+    engine = db.make_engine(settings.database_url)
+    try:
+        with db.transaction(db.session_factory(engine)) as session:
+            query = select(Ticket).order_by(Ticket.number.desc())
+            if args.status:
+                query = query.where(Ticket.status == args.status)
+            tickets = session.scalars(query).all()
+            rows = [_ticket_row(t) for t in tickets]
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for r in rows:
+        flag = " (automatic)" if r["automatic"] else ""
+        print(f"#{r['number']}  {r['status']:<11} {r['priority']:<7} {r['customer']:<32} "
+              f"{r['subject'][:60]}{flag}")
+    print(f"{len(rows)} tickets")
+    return 0
+
+
+def _ticket_row(t: Ticket) -> dict[str, object]:
+    return {
+        "number": t.number, "status": t.status, "priority": t.priority,
+        "customer": t.customer_address, "subject": t.subject, "language": t.language,
+        "automatic": t.automatic, "opened_at": t.opened_at.isoformat(),
+        "first_response_due": t.first_response_due.isoformat() if t.first_response_due else None,
+    }
+
+
+def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:
+    engine = db.make_engine(settings.database_url)
+    try:
+        with db.transaction(db.session_factory(engine)) as session:
+            mails = session.scalars(select(OutboxMail).order_by(OutboxMail.id.desc())).all()
+            total = session.scalar(select(func.count(OutboxMail.id)))
+            rows = [{"message_id": m.message_id, "kind": m.kind, "to": m.recipients,
+                     "state": m.state, "attempts": m.attempts, "last_error": m.last_error}
+                    for m in mails]
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['state']:<8} {r['kind']:<6} {','.join(r['to']):<32} {r['message_id']}"  # type: ignore[arg-type]
+              f"{'  ' + str(r['last_error']) if r['last_error'] else ''}")
+    print(f"{total} mails")
+    return 0

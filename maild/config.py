@@ -1,0 +1,248 @@
+"""Load the TOML config into validated, frozen settings; secrets from env or files.
+
+Every key but the contract's (imap/smtp/database/support basics) has a default, so a
+short file runs everything. Secrets (passwords, the database URL, the signing key) may
+instead come from, in this order of precedence:
+
+1. an environment variable ``MAILD_<SECTION>_<KEY>`` (e.g. ``MAILD_IMAP_PASSWORD``);
+2. a file named by ``<key>_file`` in the TOML (e.g. ``password_file = "/run/secrets/imap"``);
+3. a systemd credential: ``$CREDENTIALS_DIRECTORY/<section>_<key>`` (``imap_password``);
+4. the TOML value itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from maild.errors import ConfigError
+
+TlsMode = Literal["none", "starttls", "ssl"]
+
+SECRET_KEYS = {
+    ("imap", "password"),
+    ("smtp", "password"),
+    ("database", "url"),
+    ("security", "secret_key"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImapSettings(_Section):
+    host: str
+    port: int = Field(default=993, ge=1, le=65535)
+    username: str
+    password: str = ""
+    tls: TlsMode = "ssl"
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    quarantine_folder: str = "Quarantine"
+    process_existing: bool = True
+    poll_interval: float = Field(default=60.0, gt=0)
+    idle_renew: float = Field(default=300.0, gt=0)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class SmtpSettings(_Section):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    username: str = ""
+    password: str = ""
+    tls: TlsMode = "starttls"
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class DatabaseSettings(_Section):
+    url: str = ""
+
+
+class SupportSettings(_Section):
+    address: str
+    name: str = "Support"
+    public_url: str = "http://127.0.0.1:8025"
+    default_language: Literal["de", "en"] = "de"
+
+    @field_validator("address")
+    @classmethod
+    def _is_address(cls, value: str) -> str:
+        if "@" not in value or value.startswith("@") or value.endswith("@") or " " in value:
+            raise ValueError(f"not an email address: {value!r}")
+        return value.lower()
+
+
+class CalendarSettings(_Section):
+    timezone: str = "Europe/Berlin"
+    country: str = "DE"
+    subdivision: str = ""
+    weekdays: tuple[int, ...] = (1, 2, 3, 4, 5)
+    open: time = time(9, 0)
+    close: time = time(16, 0)
+    first_response_hours: float = Field(default=8.0, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("weekdays")
+    @classmethod
+    def _iso_weekdays(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(d < 1 or d > 7 for d in value):
+            raise ValueError("weekdays are ISO numbers 1 (Monday) to 7 (Sunday)")
+        return tuple(sorted(set(value)))
+
+
+class IntakeSettings(_Section):
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff: float = Field(default=5.0, gt=0)
+    retry_backoff_max: float = Field(default=300.0, gt=0)
+
+
+class OutboxSettings(_Section):
+    initial_backoff: float = Field(default=30.0, gt=0)
+    max_backoff: float = Field(default=3600.0, gt=0)
+    give_up_after_hours: float = Field(default=72.0, gt=0)
+    batch_size: int = Field(default=50, ge=1)
+    lease_seconds: float = Field(default=60.0, gt=0)
+
+
+class SecuritySettings(_Section):
+    secret_key: str = ""
+
+
+class PathSettings(_Section):
+    state_dir: str = ""
+    blob_dir: str = ""
+    templates_dir: str = ""
+
+
+class HttpSettings(_Section):
+    listen: str = "127.0.0.1:8025"
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    imap: ImapSettings
+    smtp: SmtpSettings
+    support: SupportSettings
+    database: DatabaseSettings = DatabaseSettings()
+    calendar: CalendarSettings = CalendarSettings()
+    intake: IntakeSettings = IntakeSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    security: SecuritySettings = SecuritySettings()
+    paths: PathSettings = PathSettings()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+    source: str = ""
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.paths.state_dir or os.environ.get("STATE_DIRECTORY") or ".").resolve()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.state_dir / 'maild.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        if self.paths.blob_dir:
+            return Path(self.paths.blob_dir)
+        url = self.database_url
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            return Path(url.removeprefix("sqlite:///")).parent / "blobs"
+        return self.state_dir / "blobs"
+
+
+def load(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> Settings:
+    """Read, merge secrets into and validate the config at `path` (or $MAILD_CONFIG)."""
+    env = dict(os.environ if environ is None else environ)
+    name = str(path or env.get("MAILD_CONFIG") or "")
+    if not name:
+        raise ConfigError("no config file: pass --config PATH or set MAILD_CONFIG")
+    try:
+        with open(name, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{name}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from exc
+    return from_mapping(raw, name, env)
+
+
+def from_mapping(raw: dict[str, Any], name: str, env: dict[str, str]) -> Settings:
+    """Validate an already parsed TOML mapping; `name` is used in messages."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    _merge_secrets(data, name, env)
+    data["source"] = name
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(name, err) for err in exc.errors())) from exc
+
+
+def _merge_secrets(data: dict[str, Any], name: str, env: dict[str, str]) -> None:
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    for section, key in sorted(SECRET_KEYS):
+        table = data.get(section)
+        if table is not None and not isinstance(table, dict):
+            continue
+        table = dict(table or {})
+        value = _secret_value(table, section, key, name, env, creds)
+        table.pop(f"{key}_file", None)
+        if value is not None:
+            table[key] = value
+        if table or section in data:
+            data[section] = table
+
+
+def _secret_value(
+    table: dict[str, Any], section: str, key: str, name: str,
+    env: dict[str, str], creds: str | None,
+) -> str | None:
+    from_env = env.get(f"MAILD_{section.upper()}_{key.upper()}")
+    if from_env:
+        return from_env
+    file_name = table.get(f"{key}_file")
+    if file_name:
+        return _read_secret(Path(str(file_name)), f"{name}: [{section}] {key}_file")
+    if creds and (Path(creds) / f"{section}_{key}").is_file():
+        return _read_secret(Path(creds) / f"{section}_{key}", f"credential {section}_{key}")
+    return None
+
+
+def _read_secret(path: Path, where: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from exc
+
+
+def _describe(name: str, err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else ""
+    if err["type"] == "extra_forbidden":
+        return f"{name}: {where}: unknown key"
+    if err["type"] == "missing":
+        return f"{name}: {where}: missing (required)"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{name}: {where}: {err['msg']}{shown}"

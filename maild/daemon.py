@@ -1,0 +1,153 @@
+"""Composition root and lifecycle of `maild run`: startup → watch and send → bounded shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from maild import blobs, db, sla
+from maild.config import Settings
+from maild.errors import ConfigError, StorageUnavailable, Temporary
+from maild.intake import Intake
+from maild.mail.render import Sender, environment
+from maild.outbox import Outbox
+from maild.tickets import Desk
+from maild.watcher import Backoff, Watcher
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) -> Desk:
+    secret = settings.security.secret_key or db.app_secret(factory, "signing_key", now)
+    return Desk(
+        sender=Sender(settings.support.address, settings.support.name),
+        public_url=settings.support.public_url,
+        default_language=settings.support.default_language,
+        timezone=settings.calendar.timezone,
+        first_response_hours=settings.calendar.first_response_hours,
+        calendar=sla.calendar_from(settings.calendar),
+        templates=environment(settings.paths.templates_dir),
+        secret=secret,
+        store=blobs.FolderStore(settings.blob_dir),
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = threading.Event()
+        self.should_exit = asyncio.Event()
+        self.wakeup = asyncio.Event()
+        self.force_exit = False
+
+    def request_exit(self, signum: int = 0) -> None:
+        """Signal handler: the first signal drains, a second one forces."""
+        if self.should_exit.is_set():
+            self.force_exit = True
+            log.warning("second signal: stopping now")
+        else:
+            log.info("stopping (signal %s): finishing the mail in hand", signum or "-")
+        self.stop.set()
+        self.should_exit.set()
+        self.wakeup.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_exit, sig)
+        engine = db.make_engine(self.settings.database_url)
+        try:
+            factory = await self._startup(engine)
+            if factory is None:
+                return 0
+            await self._main(factory)
+        finally:
+            engine.dispose()
+        log.info("stopped")
+        return 0
+
+    async def _startup(self, engine: db.Engine) -> db.SessionFactory | None:
+        """Wait for a database at the current schema; None when asked to stop meanwhile."""
+        delay = Backoff(1.0, 30.0)
+        while not self.should_exit.is_set():
+            try:
+                current, head = await asyncio.to_thread(db.schema_status, engine)
+                if current != head:
+                    raise ConfigError(
+                        f"database schema is at {current or 'nothing'}, this maild needs {head}: "
+                        "run `maild db upgrade`")
+                return db.session_factory(engine)
+            except StorageUnavailable as exc:
+                log.warning("%s; retrying", exc)
+                await self._sleep(delay.next())
+        return None
+
+    async def _main(self, factory: db.SessionFactory) -> None:
+        s = self.settings
+        desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
+        intake = Intake(factory, desk, s.imap.folder, s.intake.max_attempts, self.clock)
+        loop = asyncio.get_running_loop()
+        watcher = Watcher(s.imap, s.intake, intake, factory, self.stop,
+                          lambda: loop.call_soon_threadsafe(self.wakeup.set), self.clock)
+        outbox = Outbox(factory, s.outbox, s.smtp, self.clock)
+        tasks = [
+            asyncio.create_task(watcher.run(), name="watcher"),
+            asyncio.create_task(self._send_loop(outbox), name="outbox"),
+        ]
+        log.info("maild running: mailbox %s, support address %s", s.imap.folder, s.support.address)
+        await self.should_exit.wait()
+        await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        done, pending = await asyncio.wait(tasks, timeout=0 if self.force_exit else DRAIN_SECONDS)
+        for task in pending:
+            log.warning("cancelling %s after %.0fs", task.get_name(), DRAIN_SECONDS)
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s ended with %r", task.get_name(), task.exception())
+
+    async def _send_loop(self, outbox: Outbox) -> None:
+        delay = Backoff(1.0, 60.0)
+        outage = ""
+        while not self.should_exit.is_set():
+            self.wakeup.clear()
+            try:
+                await outbox.deliver_due()
+                next_due = await asyncio.to_thread(outbox.next_due)
+                delay.reset()
+                if outage:
+                    log.info("sending again after: %s", outage)
+                    outage = ""
+            except Temporary as exc:
+                if str(exc) != outage:
+                    log.warning("%s; retrying with backoff", exc)
+                outage = str(exc)
+                await self._sleep(delay.next())
+                continue
+            wait = 30.0
+            if next_due is not None:
+                wait = min(wait, max(0.1, (next_due - self.clock()).total_seconds()))
+            await self._sleep(wait, self.wakeup)
+
+    async def _sleep(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        """Sleep up to `seconds`, ending early on `event` or on shutdown."""
+        waiters = [asyncio.ensure_future(self.should_exit.wait())]
+        if event is not None:
+            waiters.append(asyncio.ensure_future(event.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()

@@ -1,0 +1,137 @@
+"""The database edge: engines, transactions, migrations; driver errors translated here."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, insert, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild.errors import StorageUnavailable
+from maild.models import AppSecret, Counter
+
+log = logging.getLogger(__name__)
+
+SessionFactory = sessionmaker[Session]
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys, full sync and IMMEDIATE writes."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control from pysqlite so every transaction is BEGIN IMMEDIATE:
+    # writers queue on the lock instead of failing on a read→write upgrade.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_factory(engine: Engine) -> SessionFactory:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when a driver error means the database is down, not that our data is wrong."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    return isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError)
+
+
+@contextmanager
+def transaction(factory: SessionFactory) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on error; outages → StorageUnavailable."""
+    try:
+        with factory() as session, session.begin():
+            yield session
+    except sa_exc.SQLAlchemyError as exc:
+        if is_unavailable(exc):
+            raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
+        raise
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+def next_number(session: Session, name: str) -> int:
+    """Take the next value of counter `name`; the row lock serialises concurrent takers."""
+    stmt = (
+        update(Counter).where(Counter.name == name)
+        .values(value=Counter.value + 1).returning(Counter.value)
+    )
+    value = session.execute(stmt).scalar_one_or_none()
+    if value is None:
+        raise RuntimeError(f"counter {name!r} missing: run `maild db upgrade`")
+    return int(value)
+
+
+def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
+    """The secret `name`, generated once and kept (a race keeps the first one written)."""
+    with transaction(factory) as session:
+        found = session.scalar(select(AppSecret.value).where(AppSecret.name == name))
+        if found:
+            return found
+    try:
+        with transaction(factory) as session:
+            value = secrets.token_urlsafe(48)
+            session.execute(insert(AppSecret).values(name=name, value=value, created_at=now))
+    except sa_exc.IntegrityError:
+        pass
+    with transaction(factory) as session:
+        return session.scalars(select(AppSecret.value).where(AppSecret.name == name)).one()
+
+
+def _alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(resources.files("maild.migrations")))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Migrate the database to the newest schema (idempotent)."""
+    try:
+        command.upgrade(_alembic_config(engine), "head")
+    except sa_exc.SQLAlchemyError as exc:
+        if is_unavailable(exc):
+            raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
+        raise
+
+
+def schema_status(engine: Engine) -> tuple[str | None, str]:
+    """(current revision, head revision) of the database."""
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head() or ""
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except sa_exc.SQLAlchemyError as exc:
+        raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
+    return current, head

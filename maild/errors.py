@@ -1,0 +1,48 @@
+"""The exception tree of maild; third-party exceptions are translated at the adapters.
+
+    MaildError
+    ├── ConfigError            the config file is missing, unreadable or invalid
+    ├── Temporary              the world is unavailable; retry later, never quarantine
+    │   ├── StorageUnavailable     the database or the blob store cannot be used now
+    │   ├── ImapUnavailable        the IMAP server cannot be reached or dropped us
+    │   └── SmtpDeferred           the SMTP server is unreachable or answered 4xx
+    └── Permanent              retrying will not help
+        ├── ImapRejected           the IMAP server refused us (login, TLS, folder)
+        └── SmtpRejected           the SMTP server answered 5xx for this mail
+"""
+
+
+class MaildError(Exception):
+    """Base of every error maild raises on purpose."""
+
+
+class ConfigError(MaildError):
+    """The configuration cannot be used; the message names file, key and problem."""
+
+
+class Temporary(MaildError):
+    """A failure of the environment, not of the mail: try again later."""
+
+
+class StorageUnavailable(Temporary):
+    """The database or the blob store is unavailable."""
+
+
+class ImapUnavailable(Temporary):
+    """The IMAP server cannot be reached, or the connection broke."""
+
+
+class SmtpDeferred(Temporary):
+    """The SMTP server cannot be reached or deferred the mail (4xx)."""
+
+
+class Permanent(MaildError):
+    """A failure that repeats on every retry."""
+
+
+class ImapRejected(Permanent):
+    """The IMAP server refused us: wrong password, no TLS, missing folder."""
+
+
+class SmtpRejected(Permanent):
+    """The SMTP server rejected the mail (5xx)."""

@@ -1,0 +1,195 @@
+"""One incoming mail: record → classify → apply, isolated, idempotent, in one transaction.
+
+The outcome says what to do with the mail in IMAP, and only after the commit:
+`processed` and `quarantine` move it; `retry` leaves it for a later round. A temporary
+failure (database or disk down) stops the batch with `Temporary` and touches nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from maild import blobs, db
+from maild.errors import Temporary
+from maild.mail.classify import Verdict, classify
+from maild.mail.parse import InboundMail, parse
+from maild.models import InboundMessage
+from maild.tickets import Desk, open_ticket
+
+log = logging.getLogger(__name__)
+
+Action = Literal["processed", "quarantine", "retry"]
+_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_MSGID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A mail as fetched from IMAP."""
+
+    uid: int
+    raw: bytes
+    internaldate: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    uid: int
+    action: Action
+    reason: str = ""
+    ticket_number: int | None = None
+
+
+def dedupe_key(raw: bytes) -> str:
+    """Same Message-ID and same body → same key, whatever trace headers were added."""
+    parts = _SEPARATOR.split(raw, 1)
+    head, body = parts[0], parts[1] if len(parts) > 1 else b""
+    found = _MSGID.search(head)
+    if found:
+        return hashlib.sha256(b"mid\0" + found.group(1).strip() + b"\0" + body).hexdigest()
+    return hashlib.sha256(b"raw\0" + raw).hexdigest()
+
+
+class Intake:
+    """Processes fetched mails of one mailbox against the database."""
+
+    def __init__(
+        self, factory: db.SessionFactory, desk: Desk, mailbox: str, max_attempts: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.factory = factory
+        self.desk = desk
+        self.mailbox = mailbox
+        self.max_attempts = max_attempts
+        self.clock = clock
+
+    def known(self, uidvalidity: int, uids: Iterable[int]) -> dict[int, str]:
+        """State of the UIDs we already finished with (processed or quarantined)."""
+        wanted = [(self.mailbox, uidvalidity, uid) for uid in uids]
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            with db.transaction(self.factory) as session:
+                rows = session.execute(
+                    select(InboundMessage.uid, InboundMessage.state).where(
+                        tuple_(InboundMessage.mailbox, InboundMessage.uidvalidity,
+                               InboundMessage.uid).in_(chunk),
+                        InboundMessage.state.in_(("processed", "quarantined")),
+                    )
+                )
+                found.update({int(uid): state for uid, state in rows})
+        return found
+
+    def process(self, uidvalidity: int, mail: Fetched) -> Outcome:
+        """Handle one mail; raises only `Temporary`."""
+        key = dedupe_key(mail.raw)
+        try:
+            return self._process(uidvalidity, mail, key)
+        except Temporary:
+            raise
+        except Exception as exc:  # a bug or a mail we cannot handle: count it against the mail
+            log.exception("mail failed uid=%s", mail.uid)
+            return self._record_failure(uidvalidity, mail, key, exc)
+
+    def _process(self, uidvalidity: int, mail: Fetched, key: str) -> Outcome:
+        now = self.clock()
+        with db.transaction(self.factory) as session:
+            row = session.scalars(
+                select(InboundMessage).where(InboundMessage.dedupe_key == key)
+            ).one_or_none()
+            done = _already_done(row, uidvalidity, mail.uid)
+            if done is not None:
+                return done
+        parsed = parse(mail.raw)
+        verdict = classify(parsed, self.desk.sender.address)
+        raw_sha = self.desk.store.put(mail.raw)
+        try:
+            return self._apply(uidvalidity, mail, key, parsed, verdict, raw_sha, now)
+        except sa_exc.IntegrityError:
+            # Another process recorded the same mail first: it is done.
+            return Outcome(mail.uid, "processed", "recorded concurrently")
+
+    def _apply(
+        self, uidvalidity: int, mail: Fetched, key: str, parsed: InboundMail,
+        verdict: Verdict, raw_sha: str, now: datetime,
+    ) -> Outcome:
+        with db.transaction(self.factory) as session:
+            row = self._row(session, uidvalidity, mail, key, parsed, raw_sha, now)
+            row.kind, row.reason, row.finished_at = verdict.kind, verdict.reason, now
+            if verdict.kind == "unparseable":
+                row.state = "quarantined"
+                return Outcome(mail.uid, "quarantine", verdict.reason)
+            row.state = "processed"
+            if verdict.kind == "own":
+                return Outcome(mail.uid, "processed", verdict.reason)
+            ticket = open_ticket(
+                session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
+                arrived=mail.internaldate or now, now=now,
+            )
+            row.ticket_id = ticket.id
+            log.info(
+                "ticket created number=%s kind=%s from=%s message_id=%s",
+                ticket.number, verdict.kind, ticket.customer_address, parsed.message_id,
+            )
+            return Outcome(mail.uid, "processed", verdict.kind, ticket.number)
+
+    def _row(
+        self, session: Session, uidvalidity: int, mail: Fetched, key: str,
+        parsed: InboundMail | None, raw_sha: str, now: datetime,
+    ) -> InboundMessage:
+        row = session.scalars(
+            select(InboundMessage).where(InboundMessage.dedupe_key == key)
+        ).one_or_none()
+        if row is None:
+            blobs.add_ref(session, raw_sha, len(mail.raw), now)
+            row = InboundMessage(
+                mailbox=self.mailbox, uidvalidity=uidvalidity, uid=mail.uid, dedupe_key=key,
+                message_id=parsed.message_id if parsed else None, raw_sha256=raw_sha,
+                size=len(mail.raw), internaldate=mail.internaldate, received_at=now,
+                state="new", kind="", reason="", attempts=0, error="",
+            )
+            session.add(row)
+            session.flush()
+        if row.state == "quarantined":  # an operator put it back: give it fresh attempts
+            row.attempts = 0
+        row.uidvalidity, row.uid = uidvalidity, mail.uid
+        return row
+
+    def _record_failure(
+        self, uidvalidity: int, mail: Fetched, key: str, exc: Exception
+    ) -> Outcome:
+        now = self.clock()
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        raw_sha = self.desk.store.put(mail.raw)
+        with db.transaction(self.factory) as session:
+            row = self._row(session, uidvalidity, mail, key, None, raw_sha, now)
+            row.attempts += 1
+            row.error = error
+            if row.attempts < self.max_attempts:
+                row.state = "failed"
+                return Outcome(mail.uid, "retry", error)
+            row.state = "quarantined"
+            row.reason = f"processing failed {row.attempts} times: {error}"
+            row.finished_at = now
+            return Outcome(mail.uid, "quarantine", row.reason)
+
+
+def _already_done(row: InboundMessage | None, uidvalidity: int, uid: int) -> Outcome | None:
+    if row is None:
+        return None
+    if row.state == "processed":
+        return Outcome(uid, "processed", "already processed")
+    same_mail = row.uidvalidity == uidvalidity and row.uid == uid
+    if row.state == "quarantined" and same_mail:
+        return Outcome(uid, "quarantine", row.reason)
+    return None  # new, failed, or put back into the folder by an operator: try again

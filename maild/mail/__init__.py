@@ -1,0 +1,1 @@
+"""Pure mail functions: bytes → InboundMail → verdicts; templates → outgoing messages."""

@@ -1,0 +1,281 @@
+"""Turn raw mail bytes into a typed `InboundMail`; best effort, never raises on content."""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.utils
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage, Message
+from typing import Any
+
+from inscriptis import get_text
+
+_MSGID = re.compile(r"<[^<>\s]+>")
+_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_FALLBACK_CHARSETS = ("utf-8", "cp1252")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One attachment or inline file of a mail, decoded."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    inline: bool
+    content_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMail:
+    message_id: str | None
+    subject: str
+    from_addr: str
+    from_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    reply_to: str
+    date: datetime | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    headers: dict[str, str]
+    content_type: str
+    text: str
+    html: str
+    attachments: tuple[Part, ...]
+    header_count: int
+    has_body_separator: bool
+    defects: tuple[str, ...]
+
+
+def parse(raw: bytes) -> InboundMail:
+    """Parse `raw` with the stdlib (policy.default) and pull out what maild needs."""
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    headers = {name.lower(): header(msg, name) for name in dict.fromkeys(msg.keys())}
+    from_name, from_addr = _first_address(headers.get("from", ""))
+    text_part, html_part = _body_parts(msg)
+    html = _text_of(html_part) if html_part is not None else ""
+    text = _text_of(text_part) if text_part is not None else ""
+    if not text.strip() and html:
+        text = html_to_text(html)
+    return InboundMail(
+        message_id=_one_msgid(headers.get("message-id", "")),
+        subject=" ".join(headers.get("subject", "").split()),
+        from_addr=from_addr,
+        from_name=from_name,
+        to=_addresses(headers.get("to", "")),
+        cc=_addresses(headers.get("cc", "")),
+        reply_to=_first_address(headers.get("reply-to", ""))[1],
+        date=_date(headers.get("date", "")),
+        in_reply_to=_one_msgid(headers.get("in-reply-to", "")),
+        references=tuple(_MSGID.findall(headers.get("references", ""))),
+        headers=headers,
+        content_type=_content_type(msg),
+        text=text,
+        html=html,
+        attachments=tuple(_attachments(msg, {id(text_part), id(html_part)})),
+        header_count=len(msg.keys()),
+        has_body_separator=_SEPARATOR.search(raw) is not None,
+        defects=tuple(_defects(msg)),
+    )
+
+
+def header(msg: Message, name: str) -> str:
+    """The decoded value of header `name` ('' when absent); falls back to a lenient decode."""
+    try:
+        value = msg.get(name)
+        return "" if value is None else str(value)
+    except Exception:  # the stdlib's header parsers raise assorted errors on bad input
+        for key, raw in msg.raw_items():
+            if key.lower() == name.lower():
+                return _lenient_decode(str(raw))
+        return ""
+
+
+def _lenient_decode(raw: str) -> str:
+    try:
+        chunks = email.header.decode_header(raw)
+    except Exception:
+        return raw
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        else:
+            out.append(decode_bytes(chunk, charset))
+    return "".join(out)
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset, then UTF-8, then cp1252; never raises."""
+    for name in (charset, *_FALLBACK_CHARSETS):
+        if not name:
+            continue
+        try:
+            return data.decode(name)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def _first_address(value: str) -> tuple[str, str]:
+    pairs = [(n, a) for n, a in email.utils.getaddresses([value]) if "@" in a]
+    if not pairs:
+        return "", ""
+    name, addr = pairs[0]
+    return name.strip(), addr.strip().lower()
+
+
+def _addresses(value: str) -> tuple[str, ...]:
+    return tuple(a.strip().lower() for _, a in email.utils.getaddresses([value]) if "@" in a)
+
+
+def _one_msgid(value: str) -> str | None:
+    found = _MSGID.search(value)
+    if found:
+        return found.group(0)
+    value = value.strip()
+    return f"<{value}>" if value and " " not in value else None
+
+
+def _date(value: str) -> datetime | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def _content_type(msg: Message) -> str:
+    try:
+        return msg.get_content_type()
+    except Exception:
+        return "text/plain"
+
+
+def _body_parts(msg: EmailMessage) -> tuple[Message | None, Message | None]:
+    try:
+        text = msg.get_body(preferencelist=("plain",))
+        html = msg.get_body(preferencelist=("html",))
+    except Exception:
+        return (msg if not msg.is_multipart() else None), None
+    if text is None and html is None and not msg.is_multipart():
+        # A text part, or a multipart whose boundary was never found: the parser keeps
+        # the body as one string, which is the best text there is.
+        if msg.get_content_maintype() in {"text", "multipart"}:
+            return msg, None
+    return text, html
+
+
+def _text_of(part: Message) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content
+    except Exception:
+        pass
+    payload = _payload_bytes(part)
+    charset = None
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        pass
+    return decode_bytes(payload, charset)
+
+
+def _payload_bytes(part: Message) -> bytes:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    if isinstance(data, bytes):
+        return data
+    raw = part.get_payload()
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+
+
+def html_to_text(html: str) -> str:
+    try:
+        return str(get_text(html)).strip()
+    except Exception:
+        return re.sub(r"<[^>]+>", " ", html)
+
+
+def _attachments(msg: Message, body_ids: set[int]) -> list[Part]:
+    found: list[Part] = []
+    _collect(msg, body_ids, found)
+    return found
+
+
+def _collect(part: Message, body_ids: set[int], found: list[Part]) -> None:
+    if id(part) in body_ids:
+        return
+    ctype = _content_type(part)
+    if part.is_multipart() and ctype != "message/rfc822":
+        payload = part.get_payload()
+        for child in payload if isinstance(payload, list) else []:
+            _collect(child, body_ids, found)
+        return
+    disposition = _disposition(part)
+    filename = _filename(part)
+    if ctype.startswith("text/") and not filename and disposition != "attachment":
+        return
+    data = _rfc822_bytes(part) if ctype == "message/rfc822" else _payload_bytes(part)
+    if ctype == "message/rfc822" and not filename:
+        filename = _attached_subject(part) + ".eml"
+    found.append(Part(
+        filename=filename,
+        content_type=ctype,
+        data=data,
+        inline=disposition == "inline",
+        content_id=header(part, "content-id").strip(),
+    ))
+
+
+def _disposition(part: Message) -> str:
+    try:
+        return (part.get_content_disposition() or "").lower()
+    except Exception:
+        return ""
+
+
+def _filename(part: Message) -> str:
+    try:
+        return str(part.get_filename() or "")
+    except Exception:
+        return ""
+
+
+def _rfc822_bytes(part: Message) -> bytes:
+    payload: Any = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    if isinstance(inner, Message):
+        try:
+            return inner.as_bytes(policy=policy.SMTP)
+        except Exception:
+            return bytes(inner)
+    return _payload_bytes(part)
+
+
+def _attached_subject(part: Message) -> str:
+    payload: Any = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    subject = header(inner, "subject") if isinstance(inner, Message) else ""
+    return " ".join(subject.split())[:100] or "forwarded message"
+
+
+def _defects(msg: Message) -> list[str]:
+    names: list[str] = []
+    stack = [msg]
+    while stack:
+        part = stack.pop()
+        names.extend(type(d).__name__ for d in getattr(part, "defects", []))
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
+            stack.extend(p for p in payload if isinstance(p, Message))
+    return names

@@ -1,0 +1,155 @@
+"""Deliver due outbox mails over SMTP: claim with a lease, send, record; backoff on 4xx.
+
+A mail is claimed (leased) before it is sent, so several processes never send the same
+row at once; a crash between the server's 250 and our record leaves the lease to expire
+and the mail is sent again — the same bytes and the same Message-ID, so the recipient's
+side counts it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+
+from maild import db
+from maild.config import OutboxSettings, SmtpSettings
+from maild.errors import SmtpDeferred, SmtpRejected
+from maild.models import OutboxMail
+from maild.smtp import SmtpConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    message_id: str
+    envelope_from: str
+    recipients: list[str]
+    raw: bytes
+    attempts: int
+    created_at: datetime
+
+
+def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `attempts`-th failure: exponential, capped, ±20 % jitter."""
+    base = min(settings.max_backoff, settings.initial_backoff * 2 ** max(attempts - 1, 0))
+    return base * (rng or random).uniform(0.8, 1.2)
+
+
+class Outbox:
+    def __init__(
+        self, factory: db.SessionFactory, settings: OutboxSettings, smtp: SmtpSettings,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.smtp = smtp
+        self.clock = clock
+
+    def claim(self) -> list[Claimed]:
+        """Lease up to a batch of due mails (FOR UPDATE SKIP LOCKED where the database has it)."""
+        now = self.clock()
+        with db.transaction(self.factory) as session:
+            rows = session.scalars(
+                select(OutboxMail).where(
+                    OutboxMail.state == "pending",
+                    OutboxMail.next_attempt_at <= now,
+                    or_(OutboxMail.leased_until.is_(None), OutboxMail.leased_until < now),
+                ).order_by(OutboxMail.id).limit(self.settings.batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            lease = now + timedelta(seconds=self.settings.lease_seconds)
+            for row in rows:
+                row.leased_until = lease
+            return [
+                Claimed(r.id, r.message_id, r.envelope_from, list(r.recipients), r.raw,
+                        r.attempts, r.created_at)
+                for r in rows
+            ]
+
+    def next_due(self) -> datetime | None:
+        with db.transaction(self.factory) as session:
+            return session.scalar(
+                select(func.min(OutboxMail.next_attempt_at)).where(OutboxMail.state == "pending")
+            )
+
+    def mark_sent(self, mail: Claimed, answer: str) -> None:
+        now = self.clock()
+        with db.transaction(self.factory) as session:
+            session.execute(update(OutboxMail).where(OutboxMail.id == mail.id).values(
+                state="sent", sent_at=now, leased_until=None, attempts=mail.attempts + 1,
+                last_error="",
+            ))
+        log.info("mail sent message_id=%s to=%s answer=%s",
+                 mail.message_id, ",".join(mail.recipients), answer.splitlines()[0][:80])
+
+    def mark_failed_attempt(self, mail: Claimed, error: str, permanent: bool) -> None:
+        now = self.clock()
+        attempts = mail.attempts + 1
+        give_up = now - mail.created_at > timedelta(hours=self.settings.give_up_after_hours)
+        values: dict[str, object] = {"attempts": attempts, "leased_until": None,
+                                     "last_error": error[:2000]}
+        if permanent or give_up:
+            values["state"] = "failed"
+            log.error("mail failed message_id=%s to=%s: %s",
+                      mail.message_id, ",".join(mail.recipients), error)
+        else:
+            delay = backoff(self.settings, attempts)
+            values["next_attempt_at"] = now + timedelta(seconds=delay)
+            log.info("mail deferred message_id=%s attempt=%s retry_in=%.0fs: %s",
+                     mail.message_id, attempts, delay, error)
+        with db.transaction(self.factory) as session:
+            session.execute(update(OutboxMail).where(OutboxMail.id == mail.id).values(**values))
+
+    def renew(self, mails: list[Claimed]) -> None:
+        """Extend the lease of mails still waiting in this burst."""
+        lease = self.clock() + timedelta(seconds=self.settings.lease_seconds)
+        with db.transaction(self.factory) as session:
+            session.execute(update(OutboxMail).where(
+                OutboxMail.id.in_([m.id for m in mails])).values(leased_until=lease))
+
+    async def deliver_due(self) -> int:
+        """Send everything that is due over one SMTP connection; returns how many were sent."""
+        sent = 0
+        smtp = SmtpConnection(self.smtp)
+        loop = asyncio.get_running_loop()
+        try:
+            while claimed := await asyncio.to_thread(self.claim):
+                leased_at = loop.time()
+                for index, mail in enumerate(claimed):
+                    if loop.time() - leased_at > self.settings.lease_seconds / 2:
+                        await asyncio.to_thread(self.renew, claimed[index:])
+                        leased_at = loop.time()
+                    if not smtp.connected:
+                        await self._connect(smtp, claimed[index:])
+                    sent += await self._send_one(smtp, mail)
+        finally:
+            await smtp.close()
+        return sent
+
+    async def _connect(self, smtp: SmtpConnection, waiting: list[Claimed]) -> None:
+        try:
+            await smtp.connect()
+        except SmtpDeferred as exc:
+            for mail in waiting:
+                await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
+            raise
+
+    async def _send_one(self, smtp: SmtpConnection, mail: Claimed) -> int:
+        try:
+            answer = await smtp.send(mail.envelope_from, mail.recipients, mail.raw)
+        except SmtpRejected as exc:
+            await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), True)
+            return 0
+        except SmtpDeferred as exc:
+            await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
+            return 0
+        await asyncio.to_thread(self.mark_sent, mail, answer)
+        return 1

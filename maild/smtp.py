@@ -1,0 +1,92 @@
+"""The SMTP edge: one connection for a burst of mails; aiosmtplib's errors translated here."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import aiosmtplib
+
+from maild.config import SmtpSettings
+from maild.errors import SmtpDeferred, SmtpRejected
+
+log = logging.getLogger(__name__)
+
+
+class SmtpConnection:
+    """`async with SmtpConnection(settings) as smtp: await smtp.send(...)`."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def __aenter__(self) -> SmtpConnection:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, timeout=s.timeout,
+            use_tls=s.tls == "ssl", start_tls=s.tls == "starttls",
+            tls_context=ssl.create_default_context() if s.tls != "none" else None,
+        )
+        try:
+            await client.connect()
+            if s.username:
+                await client.login(s.username, s.password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await _quietly_close(client)
+            raise SmtpDeferred(f"SMTP login as {s.username!r} refused: {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            await _quietly_close(client)
+            raise SmtpDeferred(f"SMTP {s.host}:{s.port} unavailable: {_describe(exc)}") from exc
+        self._client = client
+
+    async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str:
+        """Send one mail; returns the server's answer, raises SmtpDeferred or SmtpRejected."""
+        if self._client is None:
+            raise SmtpDeferred("not connected")
+        try:
+            refused, answer = await self._client.sendmail(envelope_from, recipients, raw)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            if all(code >= 500 for code in codes):
+                raise SmtpRejected(text) from exc
+            raise SmtpDeferred(text) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            text = f"{exc.code} {exc.message}"
+            if exc.code >= 500:
+                raise SmtpRejected(text) from exc
+            raise SmtpDeferred(text) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._client = None
+            raise SmtpDeferred(_describe(exc)) from exc
+        if refused:
+            log.warning("some recipients refused: %s", refused)
+        return answer
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await _quietly_close(self._client)
+            self._client = None
+
+
+async def _quietly_close(client: aiosmtplib.SMTP) -> None:
+    try:
+        if client.is_connected:
+            await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

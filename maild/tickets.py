@@ -1,0 +1,144 @@
+"""Apply one decision about an incoming mail to the database, inside the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+
+from jinja2 import Environment
+from sqlalchemy.orm import Session
+
+from maild import blobs, db, links, sla
+from maild.mail import language
+from maild.mail.classify import Verdict
+from maild.mail.parse import InboundMail
+from maild.mail.render import Sender, render_mail
+from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Desk:
+    """What ticket creation needs besides the mail: who we are, templates, calendar, keys."""
+
+    sender: Sender
+    public_url: str
+    default_language: str
+    timezone: str
+    first_response_hours: float
+    calendar: sla.BusinessCalendar
+    templates: Environment
+    secret: str
+    store: blobs.BlobStore
+
+
+def open_ticket(
+    session: Session, desk: Desk, mail: InboundMail, verdict: Verdict,
+    *, inbound_id: int, mailbox: str, arrived: datetime, now: datetime,
+) -> Ticket:
+    """Create a ticket with its first message, attachments, event and, if due, the answer."""
+    automatic = not verdict.answer
+    ticket = Ticket(
+        number=db.next_number(session, "ticket"),
+        status="new",
+        priority="normal",
+        customer_address=mail.from_addr or mail.headers.get("from", "")[:320],
+        customer_name=mail.from_name[:300],
+        subject=mail.subject,
+        language=language.guess(f"{mail.subject}\n{mail.text}", desk.default_language),
+        automatic=automatic,
+        mailbox=mailbox,
+        opened_at=arrived,
+        created_at=now,
+        updated_at=now,
+        first_response_due=None if automatic else sla.add_business_hours(
+            desk.calendar, arrived, desk.first_response_hours),
+    )
+    session.add(ticket)
+    session.flush()
+    first = TicketMessage(
+        ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
+        author=ticket.customer_address, message_id=mail.message_id, subject=mail.subject,
+        body_text=mail.text, automatic=automatic, created_at=now,
+    )
+    session.add(first)
+    session.flush()
+    _store_attachments(session, desk.store, first.id, mail, now)
+    session.add(Event(
+        ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
+        detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason},
+    ))
+    if verdict.answer:
+        acknowledge(session, desk, ticket, mail, now)
+    return ticket
+
+
+def _store_attachments(
+    session: Session, store: blobs.BlobStore, message_id: int, mail: InboundMail, now: datetime
+) -> None:
+    for part in mail.attachments:
+        sha = store.put(part.data)
+        blobs.add_ref(session, sha, len(part.data), now)
+        session.add(Attachment(
+            ticket_message_id=message_id, filename=safe_filename(part.filename),
+            content_type=part.content_type[:255], size=len(part.data),
+            blob_sha256=sha, inline=part.inline,
+        ))
+
+
+def safe_filename(name: str) -> str:
+    """A display name that cannot escape a folder: no paths, no control characters, bounded."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c for c in base if c.isprintable()).strip().lstrip(".")
+    return cleaned[:200] or "attachment"
+
+
+def acknowledge(
+    session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime
+) -> None:
+    """Queue the acknowledgement with ticket number, promise and escalation link."""
+    context = {
+        "number": ticket.number,
+        "name": mail.from_name,
+        "subject": mail.subject,
+        "received": ticket.opened_at,
+        "due": ticket.first_response_due,
+        "hours": f"{desk.first_response_hours:g}",
+        "hours_text_de": "Mo–Fr, 09:00–16:00 Uhr",
+        "hours_text_en": "Mon–Fri, 09:00–16:00",
+        "timezone": desk.timezone,
+        "attachments": [safe_filename(p.filename) for p in mail.attachments if not p.inline],
+        "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
+        "support_name": desk.sender.name,
+        "language": ticket.language,
+    }
+    msg = render_mail(
+        desk.templates, "ack", ticket.language, context, sender=desk.sender,
+        to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
+        references=mail.references, auto_submitted="auto-replied",
+    )
+    enqueue(session, desk, msg, [ticket.customer_address], ticket, "ack", now)
+
+
+def enqueue(
+    session: Session, desk: Desk, msg: EmailMessage, recipients: list[str],
+    ticket: Ticket | None, kind: str, now: datetime,
+) -> OutboxMail:
+    """Put a rendered mail in the outbox and on the ticket's record."""
+    message_id = str(msg["Message-ID"])
+    out = OutboxMail(
+        message_id=message_id, ticket_id=ticket.id if ticket else None, kind=kind,
+        envelope_from=desk.sender.address, recipients=recipients,
+        raw=msg.as_bytes(), state="pending", attempts=0, next_attempt_at=now,
+        last_error="", created_at=now,
+    )
+    session.add(out)
+    if ticket is not None:
+        body = msg.get_body(preferencelist=("plain",))
+        session.add(TicketMessage(
+            ticket_id=ticket.id, direction="out", author=desk.sender.address,
+            message_id=message_id, subject=str(msg["Subject"]),
+            body_text=body.get_content() if body is not None else "",  # type: ignore[attr-defined]
+            automatic=bool(msg["Auto-Submitted"]), created_at=now,
+        ))
+    return out

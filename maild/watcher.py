@@ -1,0 +1,163 @@
+"""Keep one watched IMAP folder drained: fetch, hand each mail to intake, move after commit.
+
+Runs as an asyncio task; every blocking IMAP or database step runs in a worker thread.
+Connection errors and database outages are retried with backoff and logged once per
+outage; the mail stays where it is until its outcome is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from maild import db
+from maild.config import ImapSettings, IntakeSettings
+from maild.errors import ImapRejected, ImapUnavailable, Temporary
+from maild.imap import ImapMailbox
+from maild.intake import Intake, Outcome
+from maild.models import MailboxState
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Exponential delays between `first` and `cap` seconds; reset on success."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay, self.current = self.current, min(self.current * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Watcher:
+    def __init__(
+        self, imap: ImapSettings, intake_settings: IntakeSettings, intake: Intake,
+        factory: db.SessionFactory, stop: threading.Event,
+        on_committed: Callable[[], None], clock: Callable[[], datetime],
+    ) -> None:
+        self.imap = imap
+        self.intake_settings = intake_settings
+        self.intake = intake
+        self.factory = factory
+        self.stop = stop
+        self.on_committed = on_committed
+        self.clock = clock
+        self.retry_at: dict[tuple[int, int], tuple[float, int]] = {}
+        self.outage = ""
+
+    async def run(self) -> None:
+        delay = Backoff(1.0, 60.0)
+        while not self.stop.is_set():
+            box = ImapMailbox(self.imap)
+            try:
+                await asyncio.to_thread(self._session, box)
+            except (ImapUnavailable, ImapRejected, Temporary) as exc:
+                self._report_outage(str(exc))
+                await asyncio.to_thread(self.stop.wait, delay.next())
+            else:
+                delay.reset()
+            finally:
+                await asyncio.to_thread(box.close)
+
+    def _report_outage(self, text: str) -> None:
+        if text != self.outage:
+            log.warning("%s; retrying with backoff", text)
+        self.outage = text
+
+    def _session(self, box: ImapMailbox) -> None:
+        """One connection's life: drain the folder, then wait for news, until stopped."""
+        box.connect()
+        if self.imap.tls == "none":
+            log.warning("IMAP without TLS to %s: use tls = \"none\" only on loopback", box.where)
+        start_uid = self._start_uid(box)
+        log.info("watching %s folder=%s uidvalidity=%s", box.where, self.imap.folder,
+                 box.uidvalidity)
+        while not self.stop.is_set():
+            self._drain(box, start_uid)
+            if self.outage:
+                log.info("mail intake running again after: %s", self.outage)
+                self.outage = ""
+            box.wait(self._wait_seconds(box), self.stop)
+
+    def _wait_seconds(self, box: ImapMailbox) -> float:
+        idle = "IDLE" in box.capabilities
+        limit = self.imap.idle_renew if idle else self.imap.poll_interval
+        if self.retry_at:
+            soonest = min(t for t, _ in self.retry_at.values()) - time.monotonic()
+            limit = max(0.05, min(limit, soonest))
+        return limit
+
+    def _start_uid(self, box: ImapMailbox) -> int:
+        """The first UID to process, fixed at the very first start (see process_existing)."""
+        now = self.clock()
+        with db.transaction(self.factory) as session:
+            state = session.get(MailboxState, self.imap.folder)
+            if state is None:
+                start = 0 if self.imap.process_existing else box.uidnext
+                state = MailboxState(name=self.imap.folder, uidvalidity=box.uidvalidity,
+                                     start_uid=start, updated_at=now)
+                session.add(state)
+                if start:
+                    log.info("first start: mails already in %s are left alone (UID < %s)",
+                             self.imap.folder, start)
+            elif state.uidvalidity != box.uidvalidity:
+                log.warning("UIDVALIDITY of %s changed %s → %s: rescanning the whole folder",
+                            self.imap.folder, state.uidvalidity, box.uidvalidity)
+                state.uidvalidity, state.start_uid, state.updated_at = box.uidvalidity, 0, now
+            return state.start_uid
+
+    def _drain(self, box: ImapMailbox, start_uid: int) -> None:
+        """Handle every mail now in the folder, batch by batch."""
+        now = time.monotonic()
+        uids = [u for u in box.uids() if u >= start_uid]
+        due = [u for u in uids if self.retry_at.get((box.uidvalidity, u), (0.0, 0))[0] <= now]
+        known = self.intake.known(box.uidvalidity, due)
+        self._move(box, [Outcome(u, "processed" if s == "processed" else "quarantine")
+                         for u, s in known.items()])
+        fresh = [u for u in due if u not in known]
+        for start in range(0, len(fresh), self.imap.batch_size):
+            if self.stop.is_set():
+                return
+            self._batch(box, fresh[start:start + self.imap.batch_size])
+
+    def _batch(self, box: ImapMailbox, uids: list[int]) -> None:
+        outcomes: list[Outcome] = []
+        try:
+            for mail in box.fetch(uids):
+                if self.stop.is_set():
+                    break
+                outcomes.append(self.intake.process(box.uidvalidity, mail))
+        finally:
+            if outcomes:
+                self.on_committed()
+                self._move(box, outcomes)
+
+    def _move(self, box: ImapMailbox, outcomes: list[Outcome]) -> None:
+        done = [o.uid for o in outcomes if o.action == "processed"]
+        bad = [o for o in outcomes if o.action == "quarantine"]
+        for o in bad:
+            log.warning("mail quarantined uid=%s folder=%s reason=%s",
+                        o.uid, self.imap.quarantine_folder, o.reason)
+        for o in outcomes:
+            if o.action == "retry":
+                self._schedule_retry(box.uidvalidity, o)
+            else:
+                self.retry_at.pop((box.uidvalidity, o.uid), None)
+        box.move(done, self.imap.processed_folder)
+        box.move([o.uid for o in bad], self.imap.quarantine_folder)
+
+    def _schedule_retry(self, uidvalidity: int, outcome: Outcome) -> None:
+        _, tries = self.retry_at.get((uidvalidity, outcome.uid), (0.0, 0))
+        s = self.intake_settings
+        delay = min(s.retry_backoff * 2 ** tries, s.retry_backoff_max)
+        self.retry_at[(uidvalidity, outcome.uid)] = (time.monotonic() + delay, tries + 1)
+        log.info("mail will be retried uid=%s in=%.0fs: %s", outcome.uid, delay, outcome.reason)

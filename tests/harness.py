@@ -1,0 +1,355 @@
+"""Real servers for tests, the demo and the benchmark: a private Dovecot, an SMTP capture,
+fresh databases, and a way to run `maild run` as a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from imapclient import IMAPClient
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("MAILD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0, greeting: bytes = b"") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if not greeting or s.recv(200).startswith(greeting):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing answered on 127.0.0.1:{port} within {timeout}s")
+
+
+class ServerUnavailable(RuntimeError):
+    """A server the tests need could not be started here."""
+
+
+@dataclass
+class Dovecot:
+    """A private Dovecot on a free loopback port, with users made on demand."""
+
+    base: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def passwd(self) -> Path:
+        return self.base / "passwd"
+
+    def start(self) -> Dovecot:
+        binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+        if not Path(binary).exists():
+            raise ServerUnavailable("dovecot is not installed (apt-get install dovecot-imapd)")
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / "mail").mkdir(exist_ok=True)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(self.base / "mail", nobody.pw_uid, nobody.pw_gid)
+        self.passwd.touch()
+        with contextlib.suppress(KeyError):
+            os.chown(self.passwd, 0, grp.getgrnam("dovecot").gr_gid)
+        os.chmod(self.passwd, 0o640)
+        os.chmod(self.base, 0o755)
+        self.port = self.port or free_port()
+        conf = self.base / "dovecot.conf"
+        conf.write_text(self._config(nobody.pw_uid, nobody.pw_gid))
+        # Dovecot's master daemonises; its children would hold captured pipes open.
+        subprocess.run([binary, "-c", str(conf)], check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.port, 15, b"* OK")
+        except RuntimeError as exc:
+            log = (self.base / "dovecot.log")
+            raise ServerUnavailable(f"{exc}\n{log.read_text() if log.exists() else ''}") from exc
+        return self
+
+    def _config(self, uid: int, gid: int) -> str:
+        b = self.base
+        return f"""
+instance_name = maild-test-{b.name}-{os.getpid()}
+base_dir = {b}/run
+state_dir = {b}/state
+listen = 127.0.0.1
+protocols = imap
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+log_path = {b}/dovecot.log
+info_log_path = {b}/dovecot.log
+mail_location = maildir:{b}/mail/%u
+first_valid_uid = 1
+first_valid_gid = 1
+default_login_user = dovenull
+default_internal_user = dovecot
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {self.passwd}
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={b}/mail/%u
+}}
+protocol imap {{
+  mail_max_userip_connections = 100
+}}
+"""
+
+    def add_user(self, name: str | None = None, password: str | None = None) -> tuple[str, str]:
+        name = name or f"u{secrets.token_hex(4)}"
+        password = password or secrets.token_hex(8)
+        with self.passwd.open("a") as fh:
+            fh.write(f"{name}:{{PLAIN}}{password}\n")
+        return name, password
+
+    def stop(self) -> None:
+        pid_file = self.base / "run" / "master.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().strip())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop()
+        time.sleep(0.2)
+        self.start()
+
+
+@dataclass
+class Mailbox:
+    """Client-side access to one Dovecot user, for putting mail in and looking at folders."""
+
+    port: int
+    user: str
+    password: str
+
+    def client(self) -> IMAPClient:
+        c = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
+        c._imap.debug = 0
+        c.login(self.user, self.password)
+        return c
+
+    def append(self, raw: bytes | EmailMessage, folder: str = "INBOX") -> None:
+        data = raw.as_bytes() if isinstance(raw, EmailMessage) else raw
+        with self.client() as c:
+            c.append(folder, data)
+
+    def append_many(self, raws: list[bytes], folder: str = "INBOX") -> None:
+        c = self.client()
+        try:
+            for data in raws:
+                c.append(folder, data)
+        finally:
+            c.logout()
+
+    def count(self, folder: str) -> int:
+        c = self.client()
+        try:
+            if not c.folder_exists(folder):
+                return 0
+            return int(c.folder_status(folder, [b"MESSAGES"])[b"MESSAGES"])
+        finally:
+            c.logout()
+
+    def messages(self, folder: str) -> list[bytes]:
+        c = self.client()
+        try:
+            if not c.folder_exists(folder):
+                return []
+            c.select_folder(folder, readonly=True)
+            uids = c.search(["ALL"])
+            data = c.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+            return [data[u][b"BODY[]"] for u in sorted(data)]
+        finally:
+            c.logout()
+
+
+@dataclass
+class Captured:
+    envelope_from: str
+    recipients: list[str]
+    raw: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = message_from_bytes(self.raw, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+@dataclass
+class SmtpCapture:
+    """An aiosmtpd server that keeps every mail it is given; it can refuse on demand."""
+
+    port: int = 0
+    mails: list[Captured] = field(default_factory=list)
+    reply: str | None = None  # e.g. "451 4.3.0 try later" to defer everything
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    controller: Any = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.reply:
+            return self.reply
+        with self.lock:
+            self.mails.append(Captured(envelope.mail_from, list(envelope.rcpt_tos),
+                                       bytes(envelope.original_content or envelope.content)))
+        return "250 2.0.0 OK queued"
+
+    def start(self) -> SmtpCapture:
+        self.port = self.port or free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Captured]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.mails) >= count:
+                    return list(self.mails)
+            time.sleep(0.05)
+        with self.lock:
+            return list(self.mails)
+
+    def by_message_id(self) -> dict[str, list[Captured]]:
+        found: dict[str, list[Captured]] = {}
+        with self.lock:
+            for mail in self.mails:
+                found.setdefault(str(mail.message["Message-ID"]), []).append(mail)
+        return found
+
+
+def write_config(path: Path, *, imap_port: int, user: str, password: str, smtp_port: int,
+                 database_url: str, extra: str = "") -> Path:
+    path.write_text(f"""
+[imap]
+host = "127.0.0.1"
+port = {imap_port}
+username = "{user}"
+password = "{password}"
+tls = "none"
+idle_renew = 30
+timeout = 10
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+timeout = 10
+
+[database]
+url = "{database_url}"
+
+[support]
+address = "service@example.com"
+name = "Example Support"
+public_url = "https://support.example.com"
+
+[paths]
+state_dir = "{path.parent}"
+
+[outbox]
+initial_backoff = 0.5
+max_backoff = 2
+lease_seconds = 5
+
+[intake]
+retry_backoff = 0.5
+retry_backoff_max = 2
+{extra}
+""")
+    return path
+
+
+def maild(*args: str, config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "maild", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Daemon:
+    """`maild run` as a subprocess, its stderr kept in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        fh = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "maild", "--config", str(self.config), "run"],
+            stdout=fh, stderr=fh)
+        fh.close()
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        if self.process is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=20)
+        finally:
+            self.process = None
+
+    def stop(self) -> int | None:
+        return self.kill(signal.SIGTERM)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
