@@ -56,7 +56,7 @@ class Dovecot:
 
     base: Path
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    pool: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def passwd(self) -> Path:
@@ -70,7 +70,10 @@ class Dovecot:
         (self.base / "mail").mkdir(exist_ok=True)
         nobody = pwd.getpwnam("nobody")
         os.chown(self.base / "mail", nobody.pw_uid, nobody.pw_gid)
-        self.passwd.touch()
+        if not self.pool:  # users are made up front: passwd-file reloads go by mtime
+            self.pool = [(f"u{n}x{secrets.token_hex(3)}", secrets.token_hex(8))
+                         for n in range(500)]
+            self.passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self.pool))
         with contextlib.suppress(KeyError):
             os.chown(self.passwd, 0, grp.getgrnam("dovecot").gr_gid)
         os.chmod(self.passwd, 0o640)
@@ -131,12 +134,9 @@ protocol imap {{
 }}
 """
 
-    def add_user(self, name: str | None = None, password: str | None = None) -> tuple[str, str]:
-        name = name or f"u{secrets.token_hex(4)}"
-        password = password or secrets.token_hex(8)
-        with self.passwd.open("a") as fh:
-            fh.write(f"{name}:{{PLAIN}}{password}\n")
-        return name, password
+    def add_user(self) -> tuple[str, str]:
+        """A user of its own (with an empty mailbox) for one test."""
+        return self.pool.pop()
 
     def stop(self) -> None:
         pid_file = self.base / "run" / "master.pid"

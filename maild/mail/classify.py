@@ -6,6 +6,7 @@ Two decisions are kept apart: what to record (almost everything) and whether to 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,7 +16,8 @@ Kind = Literal["normal", "automatic", "bounce", "own", "unparseable"]
 
 LOOP_HEADER = "X-Maild-Loop"
 _BROKEN_MIME = {"NoBoundaryInMultipartDefect", "StartBoundaryNotFoundDefect"}
-_BOUNCE_SENDERS = ("mailer-daemon", "postmaster")
+_BOUNCE_SENDERS = ("mailer-daemon", "postmaster", "post_master")
+_NOREPLY = re.compile(r"^(no-?reply|do-?not-?reply|donotreply|bounces?)([+._-].*)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ def classify(mail: InboundMail, support_address: str) -> Verdict:
     automatic = _automatic(h)
     if automatic:
         return automatic
+    if _NOREPLY.match(mail.from_addr.partition("@")[0]):
+        return Verdict("automatic", "sender is a no-reply address")
     if not mail.from_addr:
         return Verdict("unparseable", "no sender address in From")
     broken = _BROKEN_MIME.intersection(mail.defects)

@@ -1,0 +1,35 @@
+# maild: `make demo` shows it working, `make test` runs the whole suite.
+# Both bootstrap what they need: a virtualenv in .venv and, when missing, Dovecot.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lint dovecot clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+dovecot:
+	@scripts/ensure-dovecot
+
+demo: $(STAMP) dovecot
+	$(PY) bench/demo.py
+
+test: $(STAMP) dovecot
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) dovecot
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check maild tests bench migrations
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .demo .bench build dist *.egg-info

@@ -1,0 +1,128 @@
+"""Fixtures: a private Dovecot, an SMTP capture and both databases (SQLite and PostgreSQL).
+
+With CI=true a server that cannot start fails the tests loudly; elsewhere it skips them
+with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import (  # noqa: E402
+    PG_ADMIN_URL,
+    Dovecot,
+    Mailbox,
+    ServerUnavailable,
+    SmtpCapture,
+    write_config,
+)
+
+from maild import db  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"required test server unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    # Not under pytest's tmp_path: Dovecot's unprivileged processes must reach the folder.
+    base = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
+    server = Dovecot(base)
+    try:
+        server.start()
+    except (ServerUnavailable, OSError) as exc:
+        unavailable(f"cannot start Dovecot: {exc}")
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def mailbox(dovecot: Dovecot) -> Mailbox:
+    user, password = dovecot.add_user()
+    return Mailbox(dovecot.port, user, password)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpCapture]:
+    capture = SmtpCapture().start()
+    yield capture
+    capture.stop()
+
+
+def _admin_engine():  # type: ignore[no-untyped-def]
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A PostgreSQL database at the newest schema, copied for each test."""
+    name = f"maild_tpl_{os.getpid()}"
+    try:
+        admin = _admin_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        unavailable(f"PostgreSQL at {PG_ADMIN_URL} unavailable: {exc}")
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database at the newest schema: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'maild.db'}"
+        engine = db.make_engine(url)
+        db.upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    template = request.getfixturevalue("pg_template")
+    name = f"maild_t_{secrets.token_hex(5)}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def factory(database_url: str) -> Iterator[db.SessionFactory]:
+    engine = db.make_engine(database_url)
+    yield db.session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def config(tmp_path: Path, dovecot: Dovecot, mailbox: Mailbox, smtp: SmtpCapture,
+           database_url: str) -> Path:
+    return write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+                        password=mailbox.password, smtp_port=smtp.port,
+                        database_url=database_url)

@@ -1,0 +1,131 @@
+"""The config file: the contract's keys alone run everything; errors name file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from maild import config
+from maild.errors import ConfigError
+
+MINIMAL = """
+[imap]
+host = "imap.example.com"
+port = 993
+username = "service"
+password = "secret"
+tls = "ssl"
+
+[smtp]
+host = "smtp.example.com"
+port = 587
+username = "service"
+password = "secret"
+tls = "starttls"
+
+[database]
+url = "sqlite:////var/lib/maild/maild.db"
+
+[support]
+address = "Service@Example.com"
+name = "Example Support"
+public_url = "https://support.example.com"
+"""
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "maild.toml"
+    path.write_text(body)
+    return path
+
+
+def test_contract_keys_alone_give_documented_defaults(tmp_path):
+    # An operator writes only the keys DESIGN.md lists; everything else has its default.
+    s = config.load(write(tmp_path, MINIMAL), environ={})
+    assert s.imap.folder == "INBOX"
+    assert s.imap.processed_folder == "Processed"
+    assert s.imap.quarantine_folder == "Quarantine"
+    assert s.imap.process_existing is True
+    assert s.support.address == "service@example.com"
+    assert s.calendar.timezone == "Europe/Berlin"
+    assert s.calendar.weekdays == (1, 2, 3, 4, 5)
+    assert (s.calendar.open.hour, s.calendar.close.hour) == (9, 16)
+    assert s.calendar.first_response_hours == 8
+    assert s.http.listen == "127.0.0.1:8025"
+    assert s.blob_dir == Path("/var/lib/maild/blobs")
+
+
+def test_without_database_url_sqlite_goes_to_the_state_directory(tmp_path):
+    # No [database] at all: an SQLite file in $STATE_DIRECTORY.
+    body = MINIMAL.replace('[database]\nurl = "sqlite:////var/lib/maild/maild.db"\n', "")
+    s = config.load(write(tmp_path, body), environ={"STATE_DIRECTORY": str(tmp_path)})
+    assert s.paths.state_dir == ""
+
+
+def test_example_config_is_valid_and_complete():
+    # config.example.toml documents every key and loads as it is.
+    example = Path(__file__).parent.parent / "config.example.toml"
+    s = config.load(example, environ={})
+    text = example.read_text()
+    for section in type(s).model_fields:
+        if section == "source":
+            continue
+        assert f"[{section}]" in text, section
+        for key in type(getattr(s, section)).model_fields:
+            assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key} undocumented"
+
+
+def test_unknown_key_is_named_with_file_and_section(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('tls = "ssl"', 'tls = "ssl"\nfolderr = "X"'))
+    with pytest.raises(ConfigError) as err:
+        config.load(path, environ={})
+    assert str(err.value) == f"{path}: [imap] folderr: unknown key"
+
+
+def test_wrong_value_says_what_is_wrong(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('tls = "ssl"', 'tls = "maybe"'))
+    with pytest.raises(ConfigError) as err:
+        config.load(path, environ={})
+    assert f"{path}: [imap] tls:" in str(err.value)
+    assert "'maybe'" in str(err.value)
+
+
+def test_missing_required_key(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('host = "smtp.example.com"', ""))
+    with pytest.raises(ConfigError, match=r"\[smtp\] host: missing"):
+        config.load(path, environ={})
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, "[imap\nhost="), environ={})
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.toml", environ={})
+
+
+def test_config_path_from_environment(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    assert config.load(None, environ={"MAILD_CONFIG": str(path)}).source == str(path)
+    with pytest.raises(ConfigError, match="--config"):
+        config.load(None, environ={})
+
+
+def test_secrets_from_env_file_and_systemd_credentials(tmp_path):
+    # Passwords can stay out of the TOML: environment first, then *_file, then credentials.
+    body = MINIMAL.replace('password = "secret"', "", 2)
+    body = body.replace('[smtp]\n', f'[smtp]\npassword_file = "{tmp_path / "smtp.pw"}"\n')
+    (tmp_path / "smtp.pw").write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "imap_password").write_text("from-credential")
+    path = write(tmp_path, body)
+    s = config.load(path, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert (s.imap.password, s.smtp.password) == ("from-credential", "from-file")
+    s = config.load(path, environ={"CREDENTIALS_DIRECTORY": str(creds),
+                                   "MAILD_IMAP_PASSWORD": "from-env"})
+    assert s.imap.password == "from-env"
+
+
+def test_unreadable_secret_file_is_named(tmp_path):
+    body = MINIMAL.replace('[smtp]\n', '[smtp]\npassword_file = "/nonexistent/pw"\n')
+    with pytest.raises(ConfigError, match=r"\[smtp\] password_file: cannot read"):
+        config.load(write(tmp_path, body), environ={})

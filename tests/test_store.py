@@ -1,0 +1,161 @@
+"""Storage on both databases: numbers, secrets, idempotent intake, failure accounting."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from maild import blobs, db
+from maild.config import Settings
+from maild.daemon import build_desk
+from maild.errors import StorageUnavailable
+from maild.intake import Fetched, Intake, dedupe_key
+from maild.models import Attachment, Blob, Event, InboundMessage, OutboxMail, Ticket
+
+DATA = Path(__file__).parent / "data"
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+def settings(tmp_path: Path, url: str) -> Settings:
+    return Settings.model_validate({
+        "imap": {"host": "127.0.0.1", "username": "u", "password": "p"},
+        "smtp": {"host": "127.0.0.1"},
+        "support": {"address": "service@example.com", "name": "Example Support"},
+        "database": {"url": url},
+        "paths": {"blob_dir": str(tmp_path / "blobs")},
+    })
+
+
+@pytest.fixture
+def intake(tmp_path, factory, database_url) -> Intake:
+    desk = build_desk(settings(tmp_path, database_url), factory, NOW)
+    return Intake(factory, desk, "INBOX", max_attempts=3, clock=lambda: NOW)
+
+
+def count(factory, model) -> int:
+    with db.transaction(factory) as s:
+        return int(s.scalar(select(func.count()).select_from(model)))
+
+
+def test_ticket_numbers_are_unique_under_concurrency(factory):
+    # Eight threads take numbers at once: no duplicates, no gaps.
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        for _ in range(10):
+            with db.transaction(factory) as session:
+                n = db.next_number(session, "ticket")
+            with lock:
+                taken.append(n)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(taken) == list(range(10001, 10081))
+
+
+def test_signing_key_is_generated_once_and_kept(factory):
+    first = db.app_secret(factory, "signing_key", NOW)
+    assert len(first) > 40
+    assert db.app_secret(factory, "signing_key", NOW) == first
+
+
+def test_new_mail_becomes_ticket_message_attachment_and_one_answer(intake, factory):
+    raw = (DATA / "customer_en.eml").read_bytes()
+    outcome = intake.process(7, Fetched(uid=1, raw=raw, internaldate=NOW))
+    assert outcome.action == "processed" and outcome.ticket_number == 10001
+    with db.transaction(factory) as s:
+        ticket = s.scalars(select(Ticket)).one()
+        assert (ticket.customer_address, ticket.language, ticket.status) == (
+            "bob.smith@customer.example", "en", "new")
+        assert ticket.first_response_due is not None
+        att = s.scalars(select(Attachment)).one()
+        assert (att.filename, att.content_type, att.size) == ("screenshot.png", "image/png", 70)
+        inbound = s.scalars(select(InboundMessage)).one()
+        assert (inbound.state, inbound.uid, inbound.uidvalidity) == ("processed", 1, 7)
+        out = s.scalars(select(OutboxMail)).one()
+        assert out.recipients == ["bob.smith@customer.example"] and out.state == "pending"
+        assert b"[#10001]" in out.raw
+        assert s.scalars(select(Event.kind)).all() == ["created"]
+        # the raw mail is kept, so the ticket can always be rebuilt
+        assert intake.desk.store.get(inbound.raw_sha256) == raw
+
+
+def test_same_mail_twice_gives_one_ticket_and_one_answer(intake, factory):
+    # Seen again after a crash between commit and move, or delivered twice with other
+    # trace headers: processed once.
+    raw = (DATA / "customer_de.eml").read_bytes()
+    assert intake.process(7, Fetched(1, raw, NOW)).action == "processed"
+    again = intake.process(7, Fetched(1, raw, NOW))
+    redelivered = intake.process(7, Fetched(2, b"Received: from relay\n" + raw, NOW))
+    assert again.reason == "already processed" and redelivered.reason == "already processed"
+    assert intake.known(7, [1, 2, 3]) == {1: "processed"}
+    assert count(factory, Ticket) == 1 and count(factory, OutboxMail) == 1
+    with db.transaction(factory) as s:
+        assert s.scalars(select(Blob.refs)).all() == [1]
+
+
+def test_automatic_mail_is_recorded_but_not_answered(intake, factory):
+    for uid, name in enumerate(["out_of_office.eml", "bounce.eml"], start=1):
+        intake.process(7, Fetched(uid, (DATA / name).read_bytes(), NOW))
+    with db.transaction(factory) as s:
+        assert s.scalars(select(Ticket.automatic)).all() == [True, True]
+        assert s.scalars(select(Ticket.first_response_due)).all() == [None, None]
+    assert count(factory, OutboxMail) == 0
+
+
+def test_unparseable_mail_is_quarantined_with_its_reason(intake, factory):
+    outcome = intake.process(7, Fetched(1, b"\x00\x01garbage", NOW))
+    assert outcome.action == "quarantine" and "no mail headers" in outcome.reason
+    with db.transaction(factory) as s:
+        row = s.scalars(select(InboundMessage)).one()
+        assert (row.state, row.kind) == ("quarantined", "unparseable")
+        assert "no mail headers" in row.reason
+    assert count(factory, Ticket) == 0
+    # the same mail seen again before the move: straight to quarantine again
+    assert intake.process(7, Fetched(1, b"\x00\x01garbage", NOW)).action == "quarantine"
+
+
+def test_a_mail_that_keeps_failing_is_retried_then_quarantined(intake, factory, monkeypatch):
+    # A bug triggered by one mail's content: retried max_attempts times, then quarantined.
+    def boom(*args, **kwargs):
+        raise ValueError("cannot handle this mail")
+    monkeypatch.setattr("maild.intake.open_ticket", boom)
+    raw = (DATA / "customer_de.eml").read_bytes()
+    actions = [intake.process(7, Fetched(1, raw, NOW)).action for _ in range(3)]
+    assert actions == ["retry", "retry", "quarantine"]
+    with db.transaction(factory) as s:
+        row = s.scalars(select(InboundMessage)).one()
+        assert row.attempts == 3 and "ValueError: cannot handle this mail" in row.reason
+    assert count(factory, Ticket) == 0 and count(factory, OutboxMail) == 0
+
+
+def test_database_outage_is_temporary_and_records_nothing(intake, factory, monkeypatch):
+    def down(*args, **kwargs):
+        raise StorageUnavailable("database unavailable: connection refused")
+    monkeypatch.setattr("maild.intake.open_ticket", down)
+    with pytest.raises(StorageUnavailable):
+        intake.process(7, Fetched(1, (DATA / "customer_de.eml").read_bytes(), NOW))
+    assert count(factory, InboundMessage) == 0
+
+
+def test_dedupe_key_ignores_trace_headers_but_not_the_body():
+    raw = b"Message-ID: <a@b>\r\nFrom: x@y.z\r\n\r\nbody\r\n"
+    assert dedupe_key(raw) == dedupe_key(b"Received: by mx\r\n" + raw)
+    assert dedupe_key(raw) != dedupe_key(raw.replace(b"body", b"other"))
+    assert dedupe_key(b"From: x@y.z\r\n\r\nbody") != dedupe_key(b"From: x@y.z\r\n\r\nbodx")
+
+
+def test_blob_store_never_leaves_the_folder(tmp_path):
+    store = blobs.FolderStore(tmp_path)
+    sha = store.put(b"data")
+    assert store.get(sha) == b"data"
+    with pytest.raises(ValueError):
+        store.get("../../etc/passwd")
