@@ -14,6 +14,7 @@ from maild.mail import language
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail
 from maild.mail.render import Sender, render_mail
+from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
 
 
@@ -44,7 +45,7 @@ def open_ticket(
         priority="normal",
         customer_address=mail.from_addr or mail.headers.get("from", "")[:320],
         customer_name=mail.from_name[:300],
-        subject=mail.subject,
+        subject=strip_prefixes(mail.subject),
         language=language.guess(f"{mail.subject}\n{mail.text}", desk.default_language),
         automatic=automatic,
         mailbox=mailbox,
@@ -100,7 +101,7 @@ def acknowledge(
     context = {
         "number": ticket.number,
         "name": mail.from_name,
-        "subject": mail.subject,
+        "subject": ticket.subject,
         "received": ticket.opened_at,
         "due": ticket.first_response_due,
         "hours": f"{desk.first_response_hours:g}",

@@ -105,3 +105,14 @@ def test_public_corpus_parses_without_crash_and_bounces_are_not_answered():
             answered_bounces.append(path.name)
     # A few lhost files are plain reports without DSN markers; issue 6 refines these.
     assert len(answered_bounces) <= 6, answered_bounces
+
+
+@pytest.mark.parametrize("subject,clean", [
+    ("AW: Re[2]: WG: Drucker", "Drucker"),
+    ("Fwd: RE: Antw: Login", "Login"),
+    ("SV:Problem", "Problem"),
+    ("Reparatur: Auftrag", "Reparatur: Auftrag"),
+])
+def test_reply_prefixes_are_stripped(subject, clean):
+    from maild.mail.subject import strip_prefixes
+    assert strip_prefixes(subject) == clean
