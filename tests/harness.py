@@ -353,3 +353,79 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> 
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that a test can cut (all links dropped, new ones refused)."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+        self.up = True
+        self.links: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.links += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            links, self.links = self.links, []
+        for s in links:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+def customer_mail(n: int, size: int = 0) -> bytes:
+    """A plausible customer mail number `n`; `size` pads the body."""
+    body = f"Hallo, bei Auftrag {n} erscheint ein Fehler. Bitte um Rückmeldung.\r\n"
+    body += ("x" * 76 + "\r\n") * (size // 78)
+    return (f"From: Kunde {n} <kunde{n}@firma{n % 7}.example>\r\nTo: service@example.com\r\n"
+            f"Subject: Fehler bei Auftrag {n}\r\n"
+            f"Message-ID: <m{n}.{secrets.token_hex(4)}@firma.example>\r\n"
+            f"Date: Thu, 26 Nov 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            + body).encode()

@@ -1,0 +1,97 @@
+"""Killed daemons, a database that goes away: no mail lost, none processed twice."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import pytest
+from harness import Daemon, TcpProxy, customer_mail, wait_until
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from maild import db
+from maild.models import InboundMessage, OutboxMail, Ticket
+
+
+def count(url: str, model, *where) -> int:
+    engine = db.make_engine(url)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            return int(s.scalar(select(func.count()).select_from(model).where(*where)))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(
+        config, tmp_path, mailbox, smtp, database_url):
+    # 200 mails arrive while the daemon is killed with SIGKILL at random moments and
+    # restarted: exactly 200 tickets and one acknowledgement per mail.
+    total = 200
+    mails = [customer_mail(n) for n in range(total)]
+    feeder = threading.Thread(target=lambda: [mailbox.append_many(mails[i:i + 25])
+                                              for i in range(0, total, 25)])
+    rng = random.Random(20261127)
+    daemon = Daemon(config, tmp_path / "maild.log")
+    feeder.start()
+    kills = 0
+    for _ in range(12):
+        daemon.start()
+        time.sleep(rng.uniform(0.4, 2.0))
+        daemon.kill(signal.SIGKILL)
+        kills += 1
+    feeder.join()
+    daemon.start()
+    try:
+        assert wait_until(lambda: mailbox.count("INBOX") == 0, timeout=120), daemon.output()
+        assert wait_until(lambda: len(smtp.by_message_id()) >= total, timeout=60)
+        time.sleep(2)
+    finally:
+        assert daemon.stop() == 0
+    acks = smtp.by_message_id()
+    resent = {mid: len(v) for mid, v in acks.items() if len(v) > 1}
+    print(f"{kills} kills; {len(smtp.mails)} deliveries, {len(acks)} distinct; resent: {resent}")
+    assert len(acks) == total
+    answered = {str(v[0].message["In-Reply-To"]) for v in acks.values()}
+    assert len(answered) == total
+    assert count(database_url, Ticket) == total
+    assert count(database_url, OutboxMail) == total
+    assert count(database_url, OutboxMail, OutboxMail.state != "sent") == 0
+    assert mailbox.count("Processed") == total and mailbox.count("Quarantine") == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_unreachable_quarantines_nothing(
+        tmp_path, dovecot, mailbox, smtp, database_url):
+    # The database goes away behind a TCP proxy while mails arrive: they stay in the
+    # INBOX, nothing is quarantined, and all are processed once it is back.
+    from harness import write_config
+    url = make_url(database_url)
+    proxy = TcpProxy(url.port or 5432)
+    via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(
+        hide_password=False)
+    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+                          password=mailbox.password, smtp_port=smtp.port,
+                          database_url=via_proxy)
+    daemon = Daemon(config, tmp_path / "maild.log").start()
+    try:
+        mailbox.append(customer_mail(1))
+        assert len(smtp.wait_for(1)) == 1
+        proxy.cut()
+        for n in range(2, 6):
+            mailbox.append(customer_mail(n))
+        assert wait_until(lambda: "database unavailable" in daemon.output(), timeout=30)
+        time.sleep(2)
+        assert mailbox.count("INBOX") == 4 and mailbox.count("Quarantine") == 0
+        proxy.restore()
+        assert len(smtp.wait_for(5, timeout=60)) == 5, daemon.output()
+        assert wait_until(lambda: mailbox.count("INBOX") == 0)
+        assert mailbox.count("Quarantine") == 0 and mailbox.count("Processed") == 5
+        assert count(database_url, InboundMessage, InboundMessage.state != "processed") == 0
+        assert daemon.output().count("database unavailable") <= 3  # logged once per outage
+    finally:
+        daemon.kill()
+        proxy.close()
