@@ -177,7 +177,7 @@ def cmd_tickets_list(settings: Settings, args: argparse.Namespace) -> int:
     for r in rows:
         flag = " (automatic)" if r["automatic"] else ""
         print(f"#{r['number']}  {r['status']:<11} {r['priority']:<7} {r['customer']:<32} "
-              f"{r['subject'][:60]}{flag}")
+              f"{str(r['subject'])[:60]}{flag}")
     print(f"{len(rows)} tickets")
     return 0
 

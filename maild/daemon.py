@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sqlalchemy import Engine
+
 from maild import blobs, db, sla
 from maild.config import Settings
 from maild.errors import ConfigError, StorageUnavailable, Temporary
@@ -77,7 +79,7 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    async def _startup(self, engine: db.Engine) -> db.SessionFactory | None:
+    async def _startup(self, engine: Engine) -> db.SessionFactory | None:
         """Wait for a database at the current schema; None when asked to stop meanwhile."""
         delay = Backoff(1.0, 30.0)
         while not self.should_exit.is_set():
@@ -98,8 +100,11 @@ class Daemon:
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
         intake = Intake(factory, desk, s.imap.folder, s.intake.max_attempts, self.clock)
         loop = asyncio.get_running_loop()
-        watcher = Watcher(s.imap, s.intake, intake, factory, self.stop,
-                          lambda: loop.call_soon_threadsafe(self.wakeup.set), self.clock)
+
+        def wake_outbox() -> None:
+            loop.call_soon_threadsafe(self.wakeup.set)
+
+        watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock)
         outbox = Outbox(factory, s.outbox, s.smtp, self.clock)
         tasks = [
             asyncio.create_task(watcher.run(), name="watcher"),

@@ -39,8 +39,9 @@ class Claimed:
 
 def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after the `attempts`-th failure: exponential, capped, ±20 % jitter."""
-    base = min(settings.max_backoff, settings.initial_backoff * 2 ** max(attempts - 1, 0))
-    return base * (rng or random).uniform(0.8, 1.2)
+    base: float = min(settings.max_backoff, settings.initial_backoff * 2.0 ** max(attempts - 1, 0))
+    jitter: float = (rng or random.Random()).uniform(0.8, 1.2)
+    return base * jitter
 
 
 class Outbox:

@@ -139,7 +139,7 @@ def enqueue(
         session.add(TicketMessage(
             ticket_id=ticket.id, direction="out", author=desk.sender.address,
             message_id=message_id, subject=str(msg["Subject"]),
-            body_text=body.get_content() if body is not None else "",  # type: ignore[attr-defined]
+            body_text=body.get_content() if body is not None else "",
             automatic=bool(msg["Auto-Submitted"]), created_at=now,
         ))
     return out

@@ -54,9 +54,9 @@ def classify(mail: InboundMail, support_address: str) -> Verdict:
         return Verdict("automatic", "sender is a no-reply address")
     if not mail.from_addr:
         return Verdict("unparseable", "no sender address in From")
-    broken = _BROKEN_MIME.intersection(mail.defects)
-    if broken and not mail.text.strip() and not mail.attachments:
-        names = ", ".join(sorted(broken))
+    defects = _BROKEN_MIME.intersection(mail.defects)
+    if defects and not mail.text.strip() and not mail.attachments:
+        names = ", ".join(sorted(defects))
         return Verdict("unparseable", f"broken MIME ({names}), nothing readable")
     return Verdict("normal", "")
 

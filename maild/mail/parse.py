@@ -219,7 +219,8 @@ def _collect(part: Message, body_ids: set[int], found: list[Part]) -> None:
     if part.is_multipart() and ctype != "message/rfc822":
         payload = part.get_payload()
         for child in payload if isinstance(payload, list) else []:
-            _collect(child, body_ids, found)
+            if isinstance(child, Message):
+                _collect(child, body_ids, found)
         return
     disposition = _disposition(part)
     filename = _filename(part)
