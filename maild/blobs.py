@@ -8,6 +8,9 @@ worst an unreferenced file, never a row without its bytes.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import os
 import tempfile
@@ -23,7 +26,11 @@ from maild.models import Blob
 
 
 class BlobStore(Protocol):
-    def put(self, data: bytes) -> str: ...
+    def put(self, data: bytes, *, sync: bool = True) -> str:
+        """Store `data`; with sync=False it is durable only after the next `sync()`."""
+        ...
+
+    def sync(self) -> None: ...
     def get(self, sha256: str) -> bytes: ...
     def delete(self, sha256: str) -> None: ...
 
@@ -37,13 +44,14 @@ class FolderStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._unsynced: set[Path] = set()
 
     def _path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, *, sync: bool = True) -> str:
         sha = digest(data)
         path = self._path(sha)
         if path.exists():
@@ -54,22 +62,69 @@ class FolderStore:
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    if sync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            _fsync_dir(path.parent)
+            if sync:
+                _fsync_dir(path.parent)
+            else:
+                self._unsynced.add(path)
         except OSError as exc:
             raise StorageUnavailable(f"blob store {self.root}: {exc.strerror or exc}") from exc
         return sha
+
+    def sync(self) -> None:
+        """Make every blob written with sync=False durable: one syncfs(2) where there is one."""
+        if not self._unsynced:
+            return
+        try:
+            if not _syncfs(self.root):
+                for path in self._unsynced:
+                    _fsync_file(path)
+                for folder in {p.parent for p in self._unsynced}:
+                    _fsync_dir(folder)
+        except OSError as exc:
+            raise StorageUnavailable(f"blob store {self.root}: {exc.strerror or exc}") from exc
+        self._unsynced.clear()
 
     def get(self, sha256: str) -> bytes:
         return self._path(sha256).read_bytes()
 
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
+
+
+def _syncfs(root: Path) -> bool:
+    """syncfs(2) on the filesystem holding `root`; False where the C library lacks it."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "syncfs"):
+        return False
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+    return True
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

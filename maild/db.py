@@ -87,7 +87,7 @@ def next_number(session: Session, name: str) -> int:
         update(Counter).where(Counter.name == name)
         .values(value=Counter.value + 1).returning(Counter.value)
     )
-    value = session.execute(stmt).scalar_one_or_none()
+    value = session.connection().execute(stmt).scalar_one_or_none()
     if value is None:
         raise RuntimeError(f"counter {name!r} missing: run `maild db upgrade`")
     return int(value)

@@ -1,4 +1,4 @@
-"""One incoming mail: record → classify → apply, isolated, idempotent, in one transaction.
+"""Incoming mails: record → classify → apply, each isolated and idempotent.
 
 The outcome says what to do with the mail in IMAP, and only after the commit:
 `processed` and `quarantine` move it; `retry` leaves it for a later round. A temporary
@@ -40,6 +40,18 @@ class Fetched:
     uid: int
     raw: bytes
     internaldate: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A mail after the pure work: parsed and classified, its blobs written (not yet synced)."""
+
+    mail: Fetched
+    key: str
+    raw_sha: str
+    parsed: InboundMail | None
+    verdict: Verdict | None
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,96 +104,120 @@ class Intake:
 
     def process(self, uidvalidity: int, mail: Fetched) -> Outcome:
         """Handle one mail; raises only `Temporary`."""
+        return self.process_batch(uidvalidity, [mail])[0]
+
+    def process_batch(self, uidvalidity: int, mails: list[Fetched]) -> list[Outcome]:
+        """Handle fetched mails: pure work and blob writes first, one filesystem sync, then
+        one transaction with a savepoint per mail, so one mail's failure stays its own.
+        Raises only `Temporary`, in which case nothing of the batch was committed."""
+        prepared = [self._prepare(mail) for mail in mails]
+        self.desk.store.sync()
+        now = self.clock()
+        with db.transaction(self.factory) as session:
+            return [self._decide(session, uidvalidity, p, now) for p in prepared]
+
+    def _prepare(self, mail: Fetched) -> Prepared:
         key = dedupe_key(mail.raw)
+        raw_sha = self.desk.store.put(mail.raw, sync=False)
         try:
-            return self._process(uidvalidity, mail, key)
+            parsed = parse(mail.raw)
+            verdict = classify(parsed, self.desk.sender.address)
+            for part in parsed.attachments:
+                self.desk.store.put(part.data, sync=False)
+        except Temporary:
+            raise
+        except Exception as exc:  # a parser bug on this mail's content: counted against it
+            log.exception("mail failed uid=%s", mail.uid)
+            return Prepared(mail, key, raw_sha, None, None, _describe(exc))
+        return Prepared(mail, key, raw_sha, parsed, verdict, "")
+
+    def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
+        if p.error:
+            return self._record_failure(session, uidvalidity, p, p.error, now)
+        try:
+            with session.begin_nested():
+                return self._apply(session, uidvalidity, p, now)
+        except sa_exc.IntegrityError:
+            # Another process recorded the same mail first: it is done.
+            return Outcome(p.mail.uid, "processed", "recorded concurrently")
         except Temporary:
             raise
         except Exception as exc:  # a bug or a mail we cannot handle: count it against the mail
-            log.exception("mail failed uid=%s", mail.uid)
-            return self._record_failure(uidvalidity, mail, key, exc)
+            if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
+                raise
+            log.exception("mail failed uid=%s", p.mail.uid)
+            return self._record_failure(session, uidvalidity, p, _describe(exc), now)
 
-    def _process(self, uidvalidity: int, mail: Fetched, key: str) -> Outcome:
-        now = self.clock()
-        with db.transaction(self.factory) as session:
-            row = session.scalars(
-                select(InboundMessage).where(InboundMessage.dedupe_key == key)
-            ).one_or_none()
-            done = _already_done(row, uidvalidity, mail.uid)
-            if done is not None:
-                return done
-        parsed = parse(mail.raw)
-        verdict = classify(parsed, self.desk.sender.address)
-        raw_sha = self.desk.store.put(mail.raw)
-        try:
-            return self._apply(uidvalidity, mail, key, parsed, verdict, raw_sha, now)
-        except sa_exc.IntegrityError:
-            # Another process recorded the same mail first: it is done.
-            return Outcome(mail.uid, "processed", "recorded concurrently")
-
-    def _apply(
-        self, uidvalidity: int, mail: Fetched, key: str, parsed: InboundMail,
-        verdict: Verdict, raw_sha: str, now: datetime,
-    ) -> Outcome:
-        with db.transaction(self.factory) as session:
-            row = self._row(session, uidvalidity, mail, key, parsed, raw_sha, now)
-            row.kind, row.reason, row.finished_at = verdict.kind, verdict.reason, now
-            if verdict.kind == "unparseable":
-                row.state = "quarantined"
-                return Outcome(mail.uid, "quarantine", verdict.reason)
-            row.state = "processed"
-            if verdict.kind == "own":
-                return Outcome(mail.uid, "processed", verdict.reason)
-            ticket = open_ticket(
-                session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
-                arrived=mail.internaldate or now, now=now,
-            )
-            row.ticket_id = ticket.id
-            log.info(
-                "ticket created number=%s kind=%s from=%s message_id=%s",
-                ticket.number, verdict.kind, ticket.customer_address, parsed.message_id,
-            )
-            return Outcome(mail.uid, "processed", verdict.kind, ticket.number)
+    def _apply(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
+        assert p.parsed is not None and p.verdict is not None
+        mail, parsed, verdict = p.mail, p.parsed, p.verdict
+        existing = _find(session, p.key)
+        done = _already_done(existing, uidvalidity, mail.uid)
+        if done is not None:
+            return done
+        row = self._row(session, existing, uidvalidity, p, now)
+        row.kind, row.reason, row.finished_at = verdict.kind, verdict.reason, now
+        if verdict.kind == "unparseable":
+            row.state = "quarantined"
+            return Outcome(mail.uid, "quarantine", verdict.reason)
+        row.state = "processed"
+        if verdict.kind == "own":
+            return Outcome(mail.uid, "processed", verdict.reason)
+        ticket = open_ticket(
+            session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
+            arrived=mail.internaldate or now, now=now,
+        )
+        row.ticket_id = ticket.id
+        log.info(
+            "ticket created number=%s kind=%s from=%s message_id=%s",
+            ticket.number, verdict.kind, ticket.customer_address, parsed.message_id,
+        )
+        return Outcome(mail.uid, "processed", verdict.kind, ticket.number)
 
     def _row(
-        self, session: Session, uidvalidity: int, mail: Fetched, key: str,
-        parsed: InboundMail | None, raw_sha: str, now: datetime,
+        self, session: Session, row: InboundMessage | None, uidvalidity: int, p: Prepared,
+        now: datetime,
     ) -> InboundMessage:
-        row = session.scalars(
-            select(InboundMessage).where(InboundMessage.dedupe_key == key)
-        ).one_or_none()
+        """The inbound record of this mail, created on first sight."""
         if row is None:
-            blobs.add_ref(session, raw_sha, len(mail.raw), now)
+            blobs.add_ref(session, p.raw_sha, len(p.mail.raw), now)
             row = InboundMessage(
-                mailbox=self.mailbox, uidvalidity=uidvalidity, uid=mail.uid, dedupe_key=key,
-                message_id=parsed.message_id if parsed else None, raw_sha256=raw_sha,
-                size=len(mail.raw), internaldate=mail.internaldate, received_at=now,
-                state="new", kind="", reason="", attempts=0, error="",
+                mailbox=self.mailbox, uidvalidity=uidvalidity, uid=p.mail.uid,
+                dedupe_key=p.key, message_id=p.parsed.message_id if p.parsed else None,
+                raw_sha256=p.raw_sha, size=len(p.mail.raw), internaldate=p.mail.internaldate,
+                received_at=now, state="new", kind="", reason="", attempts=0, error="",
             )
             session.add(row)
             session.flush()
         if row.state == "quarantined":  # an operator put it back: give it fresh attempts
             row.attempts = 0
-        row.uidvalidity, row.uid = uidvalidity, mail.uid
+        row.uidvalidity, row.uid = uidvalidity, p.mail.uid
         return row
 
     def _record_failure(
-        self, uidvalidity: int, mail: Fetched, key: str, exc: Exception
+        self, session: Session, uidvalidity: int, p: Prepared, error: str, now: datetime
     ) -> Outcome:
-        now = self.clock()
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        raw_sha = self.desk.store.put(mail.raw)
-        with db.transaction(self.factory) as session:
-            row = self._row(session, uidvalidity, mail, key, None, raw_sha, now)
+        with session.begin_nested():
+            row = self._row(session, _find(session, p.key), uidvalidity, p, now)
             row.attempts += 1
             row.error = error
             if row.attempts < self.max_attempts:
                 row.state = "failed"
-                return Outcome(mail.uid, "retry", error)
+                return Outcome(p.mail.uid, "retry", error)
             row.state = "quarantined"
             row.reason = f"processing failed {row.attempts} times: {error}"
             row.finished_at = now
-            return Outcome(mail.uid, "quarantine", row.reason)
+            return Outcome(p.mail.uid, "quarantine", row.reason)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _find(session: Session, key: str) -> InboundMessage | None:
+    return session.scalars(
+        select(InboundMessage).where(InboundMessage.dedupe_key == key)
+    ).one_or_none()
 
 
 def _already_done(row: InboundMessage | None, uidvalidity: int, uid: int) -> Outcome | None:

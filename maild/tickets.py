@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
 
 from jinja2 import Environment
 from sqlalchemy.orm import Session
@@ -13,7 +12,7 @@ from maild import blobs, db, links, sla
 from maild.mail import language
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail
-from maild.mail.render import Sender, render_mail
+from maild.mail.render import Rendered, Sender, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
 
@@ -113,33 +112,31 @@ def acknowledge(
         "support_name": desk.sender.name,
         "language": ticket.language,
     }
-    msg = render_mail(
+    mail_out = render_mail(
         desk.templates, "ack", ticket.language, context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
         references=mail.references, auto_submitted="auto-replied",
     )
-    enqueue(session, desk, msg, [ticket.customer_address], ticket, "ack", now)
+    enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
+            automatic=True)
 
 
 def enqueue(
-    session: Session, desk: Desk, msg: EmailMessage, recipients: list[str],
-    ticket: Ticket | None, kind: str, now: datetime,
+    session: Session, desk: Desk, mail: Rendered, recipients: list[str],
+    ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
 ) -> OutboxMail:
     """Put a rendered mail in the outbox and on the ticket's record."""
-    message_id = str(msg["Message-ID"])
     out = OutboxMail(
-        message_id=message_id, ticket_id=ticket.id if ticket else None, kind=kind,
+        message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
         envelope_from=desk.sender.address, recipients=recipients,
-        raw=msg.as_bytes(), state="pending", attempts=0, next_attempt_at=now,
+        raw=mail.raw, state="pending", attempts=0, next_attempt_at=now,
         last_error="", created_at=now,
     )
     session.add(out)
     if ticket is not None:
-        body = msg.get_body(preferencelist=("plain",))
         session.add(TicketMessage(
             ticket_id=ticket.id, direction="out", author=desk.sender.address,
-            message_id=message_id, subject=str(msg["Subject"]),
-            body_text=body.get_content() if body is not None else "",
-            automatic=bool(msg["Auto-Submitted"]), created_at=now,
+            message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
+            automatic=automatic, created_at=now,
         ))
     return out

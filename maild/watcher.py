@@ -130,16 +130,12 @@ class Watcher:
             self._batch(box, fresh[start:start + self.imap.batch_size])
 
     def _batch(self, box: ImapMailbox, uids: list[int]) -> None:
-        outcomes: list[Outcome] = []
-        try:
-            for mail in box.fetch(uids):
-                if self.stop.is_set():
-                    break
-                outcomes.append(self.intake.process(box.uidvalidity, mail))
-        finally:
-            if outcomes:
-                self.on_committed()
-                self._move(box, outcomes)
+        fetched = box.fetch(uids)
+        if not fetched:
+            return
+        outcomes = self.intake.process_batch(box.uidvalidity, fetched)
+        self.on_committed()
+        self._move(box, outcomes)
 
     def _move(self, box: ImapMailbox, outcomes: list[Outcome]) -> None:
         done = [o.uid for o in outcomes if o.action == "processed"]

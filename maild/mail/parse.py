@@ -56,7 +56,7 @@ def parse(raw: bytes) -> InboundMail:
     """Parse `raw` with the stdlib (policy.default) and pull out what maild needs."""
     msg = email.message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
-    headers = {name.lower(): header(msg, name) for name in dict.fromkeys(msg.keys())}
+    headers = _headers(msg)
     from_name, from_addr = _first_address(headers.get("from", ""))
     text_part, html_part = _body_parts(msg)
     html = _text_of(html_part) if html_part is not None else ""
@@ -85,6 +85,20 @@ def parse(raw: bytes) -> InboundMail:
     )
 
 
+def _headers(msg: Message) -> dict[str, str]:
+    """First value of each header, RFC 2047 words decoded; no header objects (they are slow)."""
+    found: dict[str, str] = {}
+    for name, raw in msg.raw_items():
+        key = name.lower()
+        if key not in found:
+            found[key] = _lenient_decode(_unfold(str(raw)))
+    return found
+
+
+def _unfold(value: str) -> str:
+    return value.replace("\r\n", "").replace("\n", "").strip() if "\n" in value else value.strip()
+
+
 def header(msg: Message, name: str) -> str:
     """The decoded value of header `name` ('' when absent); falls back to a lenient decode."""
     try:
@@ -98,6 +112,8 @@ def header(msg: Message, name: str) -> str:
 
 
 def _lenient_decode(raw: str) -> str:
+    if "=?" not in raw:
+        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
         chunks = email.header.decode_header(raw)
     except Exception:
