@@ -202,3 +202,17 @@ def test_run_refuses_an_unmigrated_database(tmp_path, dovecot, mailbox, smtp):
     result = maild("run", config=cfg, timeout=30)
     assert result.returncode == 2
     assert "run `maild db upgrade`" in result.stderr
+
+
+def test_tls_is_never_downgraded(config):
+    # The test servers speak no TLS: asking for starttls or ssl fails closed, never plain.
+    config.write_text(config.read_text().replace('tls = "none"', 'tls = "starttls"'))
+    result = maild("check", config=config)
+    assert result.returncode == 1
+    fails = [x for x in result.stdout.splitlines() if x.startswith("FAIL")]
+    assert "STARTTLS" in fails[0] and fails[0].startswith("FAIL  imap:")
+    assert "STARTTLS" in fails[1] and fails[1].startswith("FAIL  smtp:")
+    config.write_text(config.read_text().replace('tls = "starttls"', 'tls = "ssl"'))
+    fails = [x for x in maild("check", config=config).stdout.splitlines()
+             if x.startswith("FAIL")]
+    assert len(fails) == 2 and all("SSL" in x for x in fails)
