@@ -136,9 +136,13 @@ class Daemon:
                     log.info("sending again after: %s", outage)
                     outage = ""
             except Temporary as exc:
-                if str(exc) != outage:
+                if not outage:  # warn once per outage
                     log.warning("%s; retrying with backoff", exc)
-                outage = str(exc)
+                    outage = str(exc)
+                await self._sleep(delay.next())
+                continue
+            except Exception:  # a bug must not stop sending for good
+                log.exception("outbox round failed; retrying with backoff")
                 await self._sleep(delay.next())
                 continue
             wait = 30.0

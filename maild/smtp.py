@@ -51,24 +51,41 @@ class SmtpConnection:
         if self._client is None:
             raise SmtpDeferred("not connected")
         try:
-            refused, answer = await self._client.sendmail(envelope_from, recipients, raw)
+            options = [] if all(a.isascii() for a in (envelope_from, *recipients)) else [
+                "SMTPUTF8"]  # internationalised addresses (RFC 6531)
+            refused, answer = await self._client.sendmail(
+                envelope_from, recipients, raw, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            await self._reset()
             codes = [r.code for r in exc.recipients]
             text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
             if all(code >= 500 for code in codes):
                 raise SmtpRejected(text) from exc
             raise SmtpDeferred(text) from exc
         except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()
             text = f"{exc.code} {exc.message}"
             if exc.code >= 500:
                 raise SmtpRejected(text) from exc
             raise SmtpDeferred(text) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            self._client = None
+            await self.close()
             raise SmtpDeferred(_describe(exc)) from exc
+        except (ValueError, UnicodeError) as exc:  # aiosmtplib refuses an address or header
+            await self._reset()
+            raise SmtpRejected(f"not sendable: {exc}") from exc
         if refused:
             log.warning("some recipients refused: %s", refused)
         return answer
+
+    async def _reset(self) -> None:
+        """RSET after a failed transaction so the next mail starts clean; else reconnect."""
+        if self._client is None:
+            return
+        try:
+            await self._client.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            await self.close()
 
     @property
     def connected(self) -> bool:

@@ -53,6 +53,7 @@ class Watcher:
         self.clock = clock
         self.retry_at: dict[tuple[int, int], tuple[float, int]] = {}
         self.outage = ""
+        self.warned_plain = False
 
     async def run(self) -> None:
         delay = Backoff(1.0, 60.0)
@@ -63,21 +64,28 @@ class Watcher:
             except (ImapUnavailable, ImapRejected, Temporary) as exc:
                 self._report_outage(str(exc))
                 await asyncio.to_thread(self.stop.wait, delay.next())
+            except Exception:  # a bug must not stop the intake for good
+                log.exception("mailbox round failed; reconnecting with backoff")
+                await asyncio.to_thread(self.stop.wait, delay.next())
             else:
                 delay.reset()
             finally:
                 await asyncio.to_thread(box.close)
 
     def _report_outage(self, text: str) -> None:
-        if text != self.outage:
+        """Warn once per outage; its later variations go to the debug log."""
+        if not self.outage:
             log.warning("%s; retrying with backoff", text)
-        self.outage = text
+            self.outage = text
+        else:
+            log.debug("still failing: %s", text)
 
     def _session(self, box: ImapMailbox) -> None:
         """One connection's life: drain the folder, then wait for news, until stopped."""
         box.connect()
-        if self.imap.tls == "none":
+        if self.imap.tls == "none" and not self.warned_plain:
             log.warning("IMAP without TLS to %s: use tls = \"none\" only on loopback", box.where)
+            self.warned_plain = True
         start_uid = self._start_uid(box)
         log.info("watching %s folder=%s uidvalidity=%s", box.where, self.imap.folder,
                  box.uidvalidity)

@@ -227,8 +227,16 @@ class SmtpCapture:
     port: int = 0
     mails: list[Captured] = field(default_factory=list)
     reply: str | None = None  # e.g. "451 4.3.0 try later" to defer everything
+    utf8: bool = True  # False: refuse internationalised recipients like an old server
     lock: threading.Lock = field(default_factory=threading.Lock)
     controller: Any = None
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        if not self.utf8 and not address.isascii():
+            return "553 5.6.7 internationalised address not supported"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.reply:
@@ -240,7 +248,8 @@ class SmtpCapture:
 
     def start(self) -> SmtpCapture:
         self.port = self.port or free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                     enable_SMTPUTF8=True)
         self.controller.start()
         return self
 

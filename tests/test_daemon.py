@@ -216,3 +216,21 @@ def test_tls_is_never_downgraded(config):
     fails = [x for x in maild("check", config=config).stdout.splitlines()
              if x.startswith("FAIL")]
     assert len(fails) == 2 and all("SSL" in x for x in fails)
+
+
+def test_an_unsendable_address_fails_one_answer_not_the_outbox(
+        daemon, mailbox, smtp, database_url):
+    # A From that SMTP cannot carry (a space in the address) is quarantined; a non-ASCII
+    # address the server refuses fails only its own answer; later mails still go out.
+    smtp.utf8 = False
+    daemon.start()
+    mailbox.append(b"From: big bug bb@bug.com\r\nSubject: x\r\nMessage-ID: <s1@x>\r\n\r\nhi\r\n")
+    mailbox.append("From: jörg@müller.example\r\nSubject: y\r\nMessage-ID: <s2@x>\r\n\r\nhi\r\n"
+                   .encode())
+    mailbox.append((DATA / "customer_de.eml").read_bytes())
+    assert wait_until(lambda: len(smtp.mails) == 1)
+    assert smtp.mails[0].recipients == ["anna.berger@kunde-gmbh.de"]
+    assert wait_until(lambda: mailbox.count("Quarantine") == 1)
+    states = sorted(o.state for o in rows(database_url, OutboxMail))
+    assert wait_until(lambda: sorted(o.state for o in rows(database_url, OutboxMail))
+                      == ["failed", "sent"]), states

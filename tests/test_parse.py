@@ -74,7 +74,7 @@ def test_postmaster_and_our_own_address_are_not_answered():
     (b"From: a@b.example\r\nSubject: header only\r\n", "header-only"),
     (b"From: a@b.example\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary=Q\r\n\r\n"
      b"no boundary ever\r\n".replace(b"no boundary ever", b""), "broken MIME"),
-    (b"Subject: no sender\r\n\r\nhello\r\n", "no sender"),
+    (b"Subject: no sender\r\n\r\nhello\r\n", "no usable sender"),
 ])
 def test_garbage_is_unparseable_with_a_reason(raw, reason):
     v = verdict(raw)

@@ -53,7 +53,7 @@ def classify(mail: InboundMail, support_address: str) -> Verdict:
     if _NOREPLY.match(mail.from_addr.partition("@")[0]):
         return Verdict("automatic", "sender is a no-reply address")
     if not mail.from_addr:
-        return Verdict("unparseable", "no sender address in From")
+        return Verdict("unparseable", "no usable sender address in From")
     defects = _BROKEN_MIME.intersection(mail.defects)
     if defects and not mail.text.strip() and not mail.attachments:
         names = ", ".join(sorted(defects))

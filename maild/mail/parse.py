@@ -17,6 +17,7 @@ from inscriptis import get_text
 _MSGID = re.compile(r"<[^<>\s]+>")
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +64,12 @@ def parse(raw: bytes) -> InboundMail:
     text = _text_of(text_part) if text_part is not None else ""
     if not text.strip() and html:
         text = html_to_text(html)
+    text, html = _no_nul(text), _no_nul(html)
     return InboundMail(
         message_id=_one_msgid(headers.get("message-id", "")),
-        subject=" ".join(headers.get("subject", "").split()),
+        subject=_no_nul(" ".join(headers.get("subject", "").split())),
         from_addr=from_addr,
-        from_name=from_name,
+        from_name=_no_nul(from_name),
         to=_addresses(headers.get("to", "")),
         cc=_addresses(headers.get("cc", "")),
         reply_to=_first_address(headers.get("reply-to", ""))[1],
@@ -91,8 +93,13 @@ def _headers(msg: Message) -> dict[str, str]:
     for name, raw in msg.raw_items():
         key = name.lower()
         if key not in found:
-            found[key] = _lenient_decode(_unfold(str(raw)))
+            found[key] = _no_nul(_lenient_decode(_unfold(str(raw))))
     return found
+
+
+def _no_nul(value: str) -> str:
+    """NUL never means anything in mail text, and PostgreSQL cannot store it."""
+    return value.replace("\x00", "") if "\x00" in value else value
 
 
 def _unfold(value: str) -> str:
@@ -139,8 +146,13 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
     return data.decode("latin-1")
 
 
+def plausible_address(addr: str) -> bool:
+    """One @, something on both sides, nothing SMTP cannot carry (spaces, brackets, …)."""
+    return _ADDRESS.fullmatch(addr) is not None
+
+
 def _first_address(value: str) -> tuple[str, str]:
-    pairs = [(n, a) for n, a in email.utils.getaddresses([value]) if "@" in a]
+    pairs = [(n, a) for n, a in email.utils.getaddresses([value]) if plausible_address(a)]
     if not pairs:
         return "", ""
     name, addr = pairs[0]
@@ -148,7 +160,8 @@ def _first_address(value: str) -> tuple[str, str]:
 
 
 def _addresses(value: str) -> tuple[str, ...]:
-    return tuple(a.strip().lower() for _, a in email.utils.getaddresses([value]) if "@" in a)
+    pairs = email.utils.getaddresses([value])
+    return tuple(a.strip().lower() for _, a in pairs if plausible_address(a.strip()))
 
 
 def _one_msgid(value: str) -> str | None:
