@@ -13,6 +13,7 @@ instead come from, in this order of precedence:
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from maild.errors import ConfigError
+from maild.mail.facts import FACTS
 
 TlsMode = Literal["none", "starttls", "ssl"]
 
@@ -106,6 +108,44 @@ class CalendarSettings(_Section):
         return tuple(sorted(set(value)))
 
 
+class FactsSettings(_Section):
+    required: tuple[str, ...] = (
+        "contact_name", "company", "occurred", "device", "software_version", "error_message",
+        "reproducible",
+    )
+    patterns: dict[str, tuple[str, ...]] = {}
+
+    @field_validator("required")
+    @classmethod
+    def _known_required(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in FACTS]
+        if unknown:
+            raise ValueError(f"unknown facts {unknown}; known: {', '.join(FACTS)}")
+        return value
+
+    @field_validator("patterns")
+    @classmethod
+    def _compilable(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for fact, patterns in value.items():
+            if fact not in FACTS:
+                raise ValueError(f"unknown fact {fact!r}; known: {', '.join(FACTS)}")
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{fact}: bad regular expression {pattern!r}: {exc}") from exc
+        return value
+
+
+class TriageSettings(_Section):
+    urgent_keywords: tuple[str, ...] = (
+        "Ausfall", "ausgefallen", "Totalausfall", "nicht erreichbar", "geht nicht mehr",
+        "funktioniert nicht mehr", "alle Benutzer", "alle Nutzer", "alle Mitarbeiter",
+        "niemand kann", "keiner kann", "down", "outage", "all users", "nobody can",
+        "not reachable", "unreachable",
+    )
+
+
 class IntakeSettings(_Section):
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff: float = Field(default=5.0, gt=0)
@@ -144,6 +184,8 @@ class Settings(_Section):
     support: SupportSettings
     database: DatabaseSettings = DatabaseSettings()
     calendar: CalendarSettings = CalendarSettings()
+    facts: FactsSettings = FactsSettings()
+    triage: TriageSettings = TriageSettings()
     intake: IntakeSettings = IntakeSettings()
     outbox: OutboxSettings = OutboxSettings()
     security: SecuritySettings = SecuritySettings()

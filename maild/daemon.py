@@ -41,6 +41,9 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         templates=environment(settings.paths.templates_dir),
         secret=secret,
         store=blobs.FolderStore(settings.blob_dir),
+        required_facts=settings.facts.required,
+        fact_patterns=settings.facts.patterns,
+        urgent_keywords=settings.triage.urgent_keywords,
     )
 
 

@@ -107,6 +107,8 @@ class Ticket(Base):
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    missing: Mapped[list[str]] = mapped_column(JSON, default=list)
     first_response_due: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -150,6 +152,7 @@ class TicketMessage(Base):
     message_id: Mapped[str | None] = mapped_column(Text, index=True)
     subject: Mapped[str] = mapped_column(Text, default="")
     body_text: Mapped[str] = mapped_column(Text, default="")
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     automatic: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

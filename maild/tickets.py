@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from jinja2 import Environment
 from sqlalchemy.orm import Session
 
 from maild import blobs, db, links, sla
-from maild.mail import language
+from maild.mail import facts, language, triage
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail
 from maild.mail.render import Rendered, Sender, render_mail
@@ -30,6 +31,9 @@ class Desk:
     templates: Environment
     secret: str
     store: blobs.BlobStore
+    required_facts: tuple[str, ...] = ()
+    fact_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    urgent_keywords: tuple[str, ...] = ()
 
 
 def open_ticket(
@@ -38,10 +42,16 @@ def open_ticket(
 ) -> Ticket:
     """Create a ticket with its first message, attachments, event and, if due, the answer."""
     automatic = not verdict.answer
+    found = facts.extract(mail.text, facts.Sender(mail.from_addr, mail.from_name),
+                          desk.fact_patterns)
+    level, why = triage.priority(mail.subject, facts.new_content(mail.text),
+                                 desk.urgent_keywords)
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
         status="new",
-        priority="normal",
+        priority=level,
+        facts=found,
+        missing=[] if automatic else facts.missing(found, desk.required_facts),
         customer_address=mail.from_addr or mail.headers.get("from", "")[:320],
         customer_name=mail.from_name[:300],
         subject=strip_prefixes(mail.subject),
@@ -59,14 +69,15 @@ def open_ticket(
     first = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
         author=ticket.customer_address, message_id=mail.message_id, subject=mail.subject,
-        body_text=mail.text, automatic=automatic, created_at=now,
+        body_text=mail.text, facts=found, automatic=automatic, created_at=now,
     )
     session.add(first)
     session.flush()
     _store_attachments(session, desk.store, first.id, mail, now)
     session.add(Event(
         ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
-        detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason},
+        detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
+                "priority": level, "priority_reason": why},
     ))
     if verdict.answer:
         acknowledge(session, desk, ticket, mail, now)
@@ -109,6 +120,8 @@ def acknowledge(
         "timezone": desk.timezone,
         "attachments": [safe_filename(p.filename) for p in mail.attachments if not p.inline],
         "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
+        "missing": list(ticket.missing),
+        "urgent": ticket.priority == "urgent",
         "support_name": desk.sender.name,
         "language": ticket.language,
     }

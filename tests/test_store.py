@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,15 @@ from maild.config import Settings
 from maild.daemon import build_desk
 from maild.errors import StorageUnavailable
 from maild.intake import Fetched, Intake, dedupe_key
-from maild.models import Attachment, Blob, Event, InboundMessage, OutboxMail, Ticket
+from maild.models import (
+    Attachment,
+    Blob,
+    Event,
+    InboundMessage,
+    OutboxMail,
+    Ticket,
+    TicketMessage,
+)
 
 DATA = Path(__file__).parent / "data"
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -86,6 +95,41 @@ def test_new_mail_becomes_ticket_message_attachment_and_one_answer(intake, facto
         assert s.scalars(select(Event.kind)).all() == ["created"]
         # the raw mail is kept, so the ticket can always be rebuilt
         assert intake.desk.store.get(inbound.raw_sha256) == raw
+
+
+def test_facts_missing_facts_and_priority_are_stored(intake, factory):
+    # The German sample states customer and order number; an outage word makes it urgent.
+    raw = (DATA / "customer_de_html.eml").read_bytes()
+    intake.process(7, Fetched(1, raw, NOW))
+    intake.process(7, Fetched(2, (DATA / "customer_de.eml").read_bytes(), NOW))
+    with db.transaction(factory) as s:
+        outage, app = s.scalars(select(Ticket).order_by(Ticket.number)).all()
+        assert outage.priority == "urgent" and app.priority == "normal"
+        assert app.facts["customer_numbers"] == ["100234"]
+        assert app.facts["order_numbers"] == ["A-2026-00917"]
+        assert app.facts["software_version"] == "4.2.1"
+        assert "company" not in app.missing and "software_version" not in app.missing
+        assert outage.missing == ["occurred", "software_version", "reproducible"]
+        first = s.scalars(select(TicketMessage).where(TicketMessage.ticket_id == app.id,
+                                                      TicketMessage.direction == "in")).one()
+        assert first.facts == app.facts
+        [ack] = [o for o in s.scalars(select(OutboxMail)) if o.ticket_id == outage.id]
+        text = message_from_bytes(ack.raw, policy=policy.default).get_body(
+            ("plain",)).get_content()
+        assert "fehlen uns noch ein paar Angaben" in text
+        assert "die Version unserer Software bzw. App" in text
+        assert "als dringend eingestuft" in text
+
+
+def test_the_schema_made_by_migrations_matches_the_models(factory):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from maild.models import Base
+    with factory() as session:
+        diff = compare_metadata(MigrationContext.configure(session.connection()),
+                                Base.metadata)
+    assert diff == []
 
 
 def test_same_mail_twice_gives_one_ticket_and_one_answer(intake, factory):

@@ -14,7 +14,8 @@ _GERMAN = frozenset(
 _ENGLISH = frozenset(
     "the and is not we you with for on at a an of this that it my our your please "
     "thanks thank hello hi regards dear error since when can could have has will "
-    "does doesn't don't work working best kind sincerely to from".split()
+    "does doesn't don't work working best kind sincerely to from it's again broken help "
+    "i me cannot can't since still nothing anything problem issue".split()
 )
 
 

@@ -52,6 +52,7 @@ def environment(override_dir: str = "") -> Environment:
         undefined=StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".html.j2")),
         keep_trailing_newline=True,
+        trim_blocks=True,
     )
     env.filters["when"] = format_when
     return env

@@ -1,0 +1,29 @@
+"""Priority by defined criteria: availability and stability first (outage words → urgent)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+PRIORITIES = ("urgent", "high", "normal", "low")
+
+
+@lru_cache(maxsize=8)
+def _pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not keywords:
+        return None
+    words = "|".join(re.escape(k) for k in sorted(keywords, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{words})(?!\w)", re.IGNORECASE)
+
+
+def priority(subject: str, text: str, urgent_keywords: Sequence[str],
+             tier_priority: str = "") -> tuple[str, str]:
+    """(priority, why): urgent on an outage word, else the customer tier's, else normal."""
+    pattern = _pattern(tuple(urgent_keywords))
+    found = pattern.search(f"{subject}\n{text}") if pattern else None
+    if found:
+        return "urgent", f"keyword {found.group(0)!r}"
+    if tier_priority in PRIORITIES:
+        return tier_priority, "customer tier"
+    return "normal", "default"
