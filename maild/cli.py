@@ -9,15 +9,18 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
-from maild import __version__, config, db, imap
+from maild import __version__, config, db, imap, views
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred
-from maild.models import OutboxMail, Ticket
+from maild.models import OutboxMail
 from maild.smtp import SmtpConnection
 
 log = logging.getLogger("maild")
@@ -56,15 +59,25 @@ def parser() -> argparse.ArgumentParser:
     dbp.add_subparsers(dest="db_command", required=True).add_parser(
         "upgrade", help="migrate the database to the newest schema")
     tp = sub.add_parser("tickets", help="look at tickets")
-    tl = tp.add_subparsers(dest="tickets_command", required=True).add_parser(
-        "list", help="list tickets, newest first")
+    tsub = tp.add_subparsers(dest="tickets_command", required=True)
+    tl = tsub.add_parser("list", help="list tickets, newest first")
     tl.add_argument("--status", help="only tickets with this status")
     tl.add_argument("--json", action="store_true", help="machine-readable output")
+    ts = tsub.add_parser("show", help="one ticket: facts, messages, attachments, events")
+    ts.add_argument("number", type=_ticket_number, help="ticket number, e.g. 10001 or #10001")
+    ts.add_argument("--json", action="store_true", help="machine-readable output")
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
     ol.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _ticket_number(text: str) -> int:
+    try:
+        return int(text.strip().lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a ticket number: {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log.level)
     commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
-        "tickets": cmd_tickets_list, "outbox": cmd_outbox_list,
+        "tickets": cmd_tickets, "outbox": cmd_outbox_list,
     }
     try:
         return commands[args.command](settings, args)
@@ -160,17 +173,21 @@ def _check_smtp(settings: Settings) -> tuple[bool, str]:
     return True, f"smtp: {who}{s.host}:{s.port} ({s.tls})"
 
 
-def cmd_tickets_list(settings: Settings, args: argparse.Namespace) -> int:
+@contextmanager
+def _session(settings: Settings) -> Iterator[Session]:
     engine = db.make_engine(settings.database_url)
     try:
         with db.transaction(db.session_factory(engine)) as session:
-            query = select(Ticket).order_by(Ticket.number.desc())
-            if args.status:
-                query = query.where(Ticket.status == args.status)
-            tickets = session.scalars(query).all()
-            rows = [_ticket_row(t) for t in tickets]
+            yield session
     finally:
         engine.dispose()
+
+
+def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
+    if args.tickets_command == "show":
+        return cmd_tickets_show(settings, args)
+    with _session(settings) as session:
+        rows = views.ticket_list(session, args.status)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -182,26 +199,53 @@ def cmd_tickets_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ticket_row(t: Ticket) -> dict[str, object]:
-    return {
-        "number": t.number, "status": t.status, "priority": t.priority,
-        "customer": t.customer_address, "subject": t.subject, "language": t.language,
-        "automatic": t.automatic, "opened_at": t.opened_at.isoformat(),
-        "first_response_due": t.first_response_due.isoformat() if t.first_response_due else None,
-    }
+def cmd_tickets_show(settings: Settings, args: argparse.Namespace) -> int:
+    with _session(settings) as session:
+        detail = views.ticket_detail(session, args.number)
+    if detail is None:
+        print(f"maild: no ticket #{args.number}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(detail, indent=2, ensure_ascii=False))
+        return 0
+    print(_render_ticket(detail))
+    return 0
+
+
+def _render_ticket(d: dict[str, Any]) -> str:
+    out = [f"Ticket #{d['number']}  {d['status']}, {d['priority']}"
+           f"{', automatic' if d['automatic'] else ''}  {d['subject']}",
+           f"Customer:  {d['customer_name']} <{d['customer']}>  language {d['language']}",
+           f"Opened:    {d['opened_at']}   first response due {d['first_response_due'] or '-'}",
+           "Facts:"]
+    for fact, value in d["facts"].items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        out.append(f"  {fact:18s} {shown}")
+    out.append(f"Missing:   {', '.join(d['missing']) or '-'}")
+    out.append("Messages:")
+    for m in d["messages"]:
+        out.append(f"  {m['at']}  {m['direction']:<3} {m['author']}  {m['subject']}"
+                   f"{'  (automatic)' if m['automatic'] else ''}")
+        for a in m["attachments"]:
+            kept = "" if a["stored"] else ", not stored"
+            out.append(f"      attachment {a['filename']} ({a['content_type']}, "
+                       f"{a['size']} bytes{kept})")
+        for line in m["text"].strip().splitlines()[:12]:
+            out.append(f"      | {line}")
+    out.append("Events:")
+    for e in d["events"]:
+        out.append(f"  {e['at']}  {e['kind']:<10} by {e['actor']}  "
+                   f"{json.dumps(e['detail'], ensure_ascii=False)}")
+    return "\n".join(out)
 
 
 def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:
-    engine = db.make_engine(settings.database_url)
-    try:
-        with db.transaction(db.session_factory(engine)) as session:
-            mails = session.scalars(select(OutboxMail).order_by(OutboxMail.id.desc())).all()
-            total = session.scalar(select(func.count(OutboxMail.id)))
-            rows = [{"message_id": m.message_id, "kind": m.kind, "to": m.recipients,
-                     "state": m.state, "attempts": m.attempts, "last_error": m.last_error}
-                    for m in mails]
-    finally:
-        engine.dispose()
+    with _session(settings) as session:
+        mails = session.scalars(select(OutboxMail).order_by(OutboxMail.id.desc())).all()
+        total = session.scalar(select(func.count(OutboxMail.id)))
+        rows = [{"message_id": m.message_id, "kind": m.kind, "to": m.recipients,
+                 "state": m.state, "attempts": m.attempts, "last_error": m.last_error}
+                for m in mails]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

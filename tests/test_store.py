@@ -203,3 +203,28 @@ def test_blob_store_never_leaves_the_folder(tmp_path):
     assert store.get(sha) == b"data"
     with pytest.raises(ValueError):
         store.get("../../etc/passwd")
+
+
+def test_cli_lists_and_shows_tickets(intake, tmp_path, database_url):
+    # An operator looks at a ticket: facts, what is missing, messages, attachments, events.
+    import json
+
+    from harness import maild
+    intake.process(7, Fetched(1, (DATA / "customer_en.eml").read_bytes(), NOW))
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[imap]\nhost = "127.0.0.1"\nusername = "u"\n[smtp]\nhost = "127.0.0.1"\n'
+                      f'[support]\naddress = "service@example.com"\n'
+                      f'[database]\nurl = "{database_url}"\n')
+    listed = json.loads(maild("tickets", "list", "--json", config=config).stdout)
+    assert [(t["number"], t["customer"]) for t in listed] == [
+        (10001, "bob.smith@customer.example")]
+    shown = json.loads(maild("tickets", "show", "#10001", "--json", config=config).stdout)
+    assert shown["facts"]["customer_numbers"] == ["55012"]
+    assert "company" in shown["missing"]
+    assert [m["direction"] for m in shown["messages"]] == ["in", "out"]
+    assert shown["messages"][0]["attachments"][0]["filename"] == "screenshot.png"
+    assert [e["kind"] for e in shown["events"]] == ["created"]
+    text = maild("tickets", "show", "10001", config=config).stdout
+    assert "customer_numbers   55012" in text and "attachment screenshot.png" in text
+    missing = maild("tickets", "show", "4711", config=config)
+    assert missing.returncode == 1 and "no ticket #4711" in missing.stderr

@@ -1,0 +1,62 @@
+"""Read-only views of tickets as plain dicts: for the CLI now, the ticket page later."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maild.models import Attachment, Event, Ticket, TicketMessage
+
+
+def _when(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def ticket_summary(t: Ticket) -> dict[str, Any]:
+    return {
+        "number": t.number, "status": t.status, "priority": t.priority,
+        "customer": t.customer_address, "customer_name": t.customer_name,
+        "subject": t.subject, "language": t.language, "automatic": t.automatic,
+        "opened_at": _when(t.opened_at), "first_response_due": _when(t.first_response_due),
+        "first_response_at": _when(t.first_response_at), "missing": list(t.missing),
+    }
+
+
+def ticket_list(session: Session, status: str | None = None) -> list[dict[str, Any]]:
+    query = select(Ticket).order_by(Ticket.number.desc())
+    if status:
+        query = query.where(Ticket.status == status)
+    return [ticket_summary(t) for t in session.scalars(query)]
+
+
+def ticket_detail(session: Session, number: int) -> dict[str, Any] | None:
+    """Everything about one ticket: facts, what is missing, messages, attachments, events."""
+    ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
+    if ticket is None:
+        return None
+    messages = session.scalars(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id)
+                               .order_by(TicketMessage.created_at, TicketMessage.id)).all()
+    files = session.scalars(select(Attachment).where(
+        Attachment.ticket_message_id.in_([m.id for m in messages]))).all()
+    by_message: dict[int, list[dict[str, Any]]] = {}
+    for a in files:
+        by_message.setdefault(a.ticket_message_id, []).append({
+            "filename": a.filename, "content_type": a.content_type, "size": a.size,
+            "stored": a.blob_sha256 is not None, "inline": a.inline, "sha256": a.blob_sha256,
+        })
+    events = session.scalars(select(Event).where(Event.ticket_id == ticket.id)
+                             .order_by(Event.at, Event.id)).all()
+    return {
+        **ticket_summary(ticket),
+        "facts": dict(ticket.facts),
+        "messages": [{
+            "at": _when(m.created_at), "direction": m.direction, "author": m.author,
+            "message_id": m.message_id, "subject": m.subject, "automatic": m.automatic,
+            "text": m.body_text, "attachments": by_message.get(m.id, []),
+        } for m in messages],
+        "events": [{"at": _when(e.at), "actor": e.actor, "kind": e.kind, "detail": e.detail}
+                   for e in events],
+    }
