@@ -11,13 +11,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from maild import __version__, config, db, imap, views
+from maild import __version__, accounts, config, db, imap, views
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred
 from maild.models import OutboxMail
@@ -66,6 +67,14 @@ def parser() -> argparse.ArgumentParser:
     ts = tsub.add_parser("show", help="one ticket: facts, messages, attachments, events")
     ts.add_argument("number", type=_ticket_number, help="ticket number, e.g. 10001 or #10001")
     ts.add_argument("--json", action="store_true", help="machine-readable output")
+    ap = sub.add_parser("accounts", help="the account book: companies and contacts")
+    asub = ap.add_subparsers(dest="accounts_command", required=True)
+    ai = asub.add_parser("import", help="upsert contacts and companies from a CSV file")
+    ai.add_argument("file", help=f"CSV with columns {', '.join(accounts.COLUMNS)} "
+                                 "(email required; aliases and domains separated by ;)")
+    ai.add_argument("--dry-run", action="store_true", help="check and count, change nothing")
+    al = asub.add_parser("list", help="list contacts with company and addresses")
+    al.add_argument("--json", action="store_true", help="machine-readable output")
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
@@ -91,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log.level)
     commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
-        "tickets": cmd_tickets, "outbox": cmd_outbox_list,
+        "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
     }
     try:
         return commands[args.command](settings, args)
@@ -237,6 +246,53 @@ def _render_ticket(d: dict[str, Any]) -> str:
         out.append(f"  {e['at']}  {e['kind']:<10} by {e['actor']}  "
                    f"{json.dumps(e['detail'], ensure_ascii=False)}")
     return "\n".join(out)
+
+
+def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
+    if args.accounts_command == "list":
+        with _session(settings) as session:
+            rows = accounts.listing(session)
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+            return 0
+        for r in rows:
+            also = f" (also {', '.join(r['aliases'])})" if r["aliases"] else ""
+            company = f"{r['company']} [{r['customer_number'] or '-'}, {r['tier'] or '-'}]"
+            print(f"{r['email']:<36} {r['name']:<24} {company}{also}")
+        print(f"{len(rows)} contacts")
+        return 0
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"maild: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
+    return _import_accounts(settings, text, args.file, args.dry_run)
+
+
+def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool) -> int:
+    engine = db.make_engine(settings.database_url)
+    try:
+        factory = db.session_factory(engine)
+        with factory() as session:
+            try:
+                report = accounts.import_rows(session, accounts.read_csv(text),
+                                              datetime.now(UTC))
+            except accounts.LineError as exc:
+                print(f"maild: {name}: {exc}", file=sys.stderr)
+                return 1
+            if dry_run:
+                session.rollback()
+            else:
+                session.commit()
+    finally:
+        engine.dispose()
+    for error in report.errors:
+        print(f"{name}: {error}", file=sys.stderr)
+    verb = "would be" if dry_run else "were"
+    print(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged "
+          f"{verb} imported; {len(report.errors)} lines with errors")
+    return 1 if report.errors else 0
 
 
 def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -144,6 +144,11 @@ class TriageSettings(_Section):
         "niemand kann", "keiner kann", "down", "outage", "all users", "nobody can",
         "not reachable", "unreachable",
     )
+    tier_priority: dict[str, Literal["urgent", "high", "normal", "low"]] = {}
+
+
+class AccountsSettings(_Section):
+    unknown_sender: Literal["accept", "domain", "reject"] = "accept"
 
 
 class IntakeSettings(_Section):
@@ -184,6 +189,7 @@ class Settings(_Section):
     support: SupportSettings
     database: DatabaseSettings = DatabaseSettings()
     calendar: CalendarSettings = CalendarSettings()
+    accounts: AccountsSettings = AccountsSettings()
     facts: FactsSettings = FactsSettings()
     triage: TriageSettings = TriageSettings()
     intake: IntakeSettings = IntakeSettings()

@@ -44,6 +44,8 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         required_facts=settings.facts.required,
         fact_patterns=settings.facts.patterns,
         urgent_keywords=settings.triage.urgent_keywords,
+        tier_priority=settings.triage.tier_priority,
+        unknown_sender=settings.accounts.unknown_sender,
     )
 
 

@@ -19,12 +19,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from maild import blobs, db
+from maild import accounts, blobs, db
 from maild.errors import Temporary
 from maild.mail.classify import Verdict, classify
 from maild.mail.parse import InboundMail, parse
 from maild.models import InboundMessage
-from maild.tickets import Desk, open_ticket
+from maild.tickets import Desk, open_ticket, reject_unknown
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,17 @@ class Intake:
         row.state = "processed"
         if verdict.kind == "own":
             return Outcome(mail.uid, "processed", verdict.reason)
+        account = accounts.lookup(session, parsed.from_addr)
+        if account is None and self.desk.unknown_sender == "domain":
+            account = accounts.by_domain(session, parsed.from_addr)
+        if account is None and verdict.answer and self.desk.unknown_sender == "reject":
+            reject_unknown(session, self.desk, parsed, now)
+            row.reason = "unknown sender: told how to reach support, no ticket"
+            log.info("unknown sender answered, no ticket from=%s", parsed.from_addr)
+            return Outcome(mail.uid, "processed", row.reason)
         ticket = open_ticket(
             session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
-            arrived=mail.internaldate or now, now=now,
+            arrived=mail.internaldate or now, now=now, account=account,
         )
         row.ticket_id = ticket.id
         log.info(

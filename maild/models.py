@@ -92,6 +92,47 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Company(Base):
+    """A customer company: its number, its support tier, the mail domains it owns."""
+
+    __tablename__ = "companies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    customer_number: Mapped[str | None] = mapped_column(String(100), unique=True)
+    tier: Mapped[str] = mapped_column(String(50), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CompanyDomain(Base):
+    __tablename__ = "company_domains"
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+
+
+class Contact(Base):
+    """A person who may write to support, with preferences for our answers."""
+
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"), index=True)
+    name: Mapped[str] = mapped_column(String(300), default="")
+    phone: Mapped[str] = mapped_column(String(100), default="")
+    language: Mapped[str] = mapped_column(String(8), default="")
+    timezone: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ContactAddress(Base):
+    """An address of a contact (lower case); the primary one and any aliases."""
+
+    __tablename__ = "contact_addresses"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    primary: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class Ticket(Base):
     __tablename__ = "tickets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -103,6 +144,9 @@ class Ticket(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     language: Mapped[str] = mapped_column(String(8))
     automatic: Mapped[bool] = mapped_column(Boolean, default=False)
+    verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"), index=True)
     mailbox: Mapped[str] = mapped_column(String(300))
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

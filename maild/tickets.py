@@ -10,6 +10,7 @@ from jinja2 import Environment
 from sqlalchemy.orm import Session
 
 from maild import blobs, db, links, sla
+from maild.accounts import Account, has_accounts
 from maild.mail import facts, language, triage
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail
@@ -34,18 +35,24 @@ class Desk:
     required_facts: tuple[str, ...] = ()
     fact_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
     urgent_keywords: tuple[str, ...] = ()
+    tier_priority: Mapping[str, str] = field(default_factory=dict)
+    unknown_sender: str = "accept"
 
 
 def open_ticket(
     session: Session, desk: Desk, mail: InboundMail, verdict: Verdict,
     *, inbound_id: int, mailbox: str, arrived: datetime, now: datetime,
+    account: Account | None = None,
 ) -> Ticket:
     """Create a ticket with its first message, attachments, event and, if due, the answer."""
     automatic = not verdict.answer
     found = facts.extract(mail.text, facts.Sender(mail.from_addr, mail.from_name),
                           desk.fact_patterns)
+    if account is not None:  # the account book fills what the mail leaves out
+        found = facts.merge(found, account.facts(mail.from_addr))
     level, why = triage.priority(mail.subject, facts.new_content(mail.text),
-                                 desk.urgent_keywords)
+                                 desk.urgent_keywords,
+                                 desk.tier_priority.get(account.tier, "") if account else "")
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
         status="new",
@@ -55,8 +62,12 @@ def open_ticket(
         customer_address=mail.from_addr or mail.headers.get("from", "")[:320],
         customer_name=mail.from_name[:300],
         subject=strip_prefixes(mail.subject),
-        language=language.guess(f"{mail.subject}\n{mail.text}", desk.default_language),
+        language=(account.language if account and account.language else
+                  language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)),
         automatic=automatic,
+        verified=bool(account and account.verified),
+        contact_id=account.contact_id if account else None,
+        company_id=account.company_id if account else None,
         mailbox=mailbox,
         opened_at=arrived,
         created_at=now,
@@ -80,8 +91,22 @@ def open_ticket(
                 "priority": level, "priority_reason": why},
     ))
     if verdict.answer:
-        acknowledge(session, desk, ticket, mail, now)
+        zone = account.timezone if account and account.timezone else desk.timezone
+        ask_official = not ticket.verified and has_accounts(session)
+        acknowledge(session, desk, ticket, mail, now, zone, ask_official)
     return ticket
+
+
+def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
+    """No ticket for an unknown sender: a polite answer explains how to reach support."""
+    lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
+    context = {"name": mail.from_name, "subject": strip_prefixes(mail.subject),
+               "support_address": desk.sender.address, "support_name": desk.sender.name,
+               "language": lang, "number": None}
+    rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
+                           to=mail.from_addr, now=now, in_reply_to=mail.message_id,
+                           references=mail.references, auto_submitted="auto-replied")
+    enqueue(session, desk, rendered, [mail.from_addr], None, "reject", now, automatic=True)
 
 
 def _store_attachments(
@@ -105,7 +130,8 @@ def safe_filename(name: str) -> str:
 
 
 def acknowledge(
-    session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime
+    session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
+    zone: str, ask_official: bool,
 ) -> None:
     """Queue the acknowledgement with ticket number, promise and escalation link."""
     context = {
@@ -117,7 +143,8 @@ def acknowledge(
         "hours": f"{desk.first_response_hours:g}",
         "hours_text_de": "Mo–Fr, 09:00–16:00 Uhr",
         "hours_text_en": "Mon–Fri, 09:00–16:00",
-        "timezone": desk.timezone,
+        "timezone": zone,
+        "ask_official": ask_official,
         "attachments": [safe_filename(p.filename) for p in mail.attachments if not p.inline],
         "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
         "missing": list(ticket.missing),
