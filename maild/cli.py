@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from maild import __version__, accounts, config, db, imap, views
+from maild import __version__, accounts, blobs, config, db, imap, purge, views
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred
 from maild.models import OutboxMail
@@ -67,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     ts = tsub.add_parser("show", help="one ticket: facts, messages, attachments, events")
     ts.add_argument("number", type=_ticket_number, help="ticket number, e.g. 10001 or #10001")
     ts.add_argument("--json", action="store_true", help="machine-readable output")
+    tp_ = tsub.add_parser("purge", help="erase a ticket and its personal data (GDPR)")
+    tp_.add_argument("number", type=_ticket_number, help="ticket number")
+    tp_.add_argument("--yes", action="store_true", help="really erase (no undo)")
     ap = sub.add_parser("accounts", help="the account book: companies and contacts")
     asub = ap.add_subparsers(dest="accounts_command", required=True)
     ai = asub.add_parser("import", help="upsert contacts and companies from a CSV file")
@@ -195,6 +199,8 @@ def _session(settings: Settings) -> Iterator[Session]:
 def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
     if args.tickets_command == "show":
         return cmd_tickets_show(settings, args)
+    if args.tickets_command == "purge":
+        return cmd_tickets_purge(settings, args)
     with _session(settings) as session:
         rows = views.ticket_list(session, args.status)
     if args.json:
@@ -218,6 +224,27 @@ def cmd_tickets_show(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(detail, indent=2, ensure_ascii=False))
         return 0
     print(_render_ticket(detail))
+    return 0
+
+
+def cmd_tickets_purge(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(f"maild: erasing ticket #{args.number} cannot be undone; "
+              "run again with --yes", file=sys.stderr)
+        return 1
+    try:
+        actor = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        actor = "cli"
+    with _session(settings) as session:
+        result = purge.purge_ticket(session, args.number, actor, datetime.now(UTC))
+    if result is None:
+        print(f"maild: no ticket #{args.number}", file=sys.stderr)
+        return 1
+    purge.delete_blobs(blobs.FolderStore(settings.blob_dir), result.orphaned_blobs)
+    print(f"ticket #{result.number} erased: {result.messages} messages, "
+          f"{result.attachments} attachments, {result.raw_mails} raw mails, "
+          f"{result.outgoing} outgoing mails, {len(result.orphaned_blobs)} files deleted")
     return 0
 
 

@@ -151,6 +151,12 @@ class AccountsSettings(_Section):
     unknown_sender: Literal["accept", "domain", "reject"] = "accept"
 
 
+class AttachmentSettings(_Section):
+    max_file_mb: float = Field(default=25.0, gt=0)
+    max_mail_mb: float = Field(default=50.0, gt=0)
+    logo_max_kb: float = Field(default=32.0, ge=0)
+
+
 class IntakeSettings(_Section):
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff: float = Field(default=5.0, gt=0)
@@ -190,6 +196,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     calendar: CalendarSettings = CalendarSettings()
     accounts: AccountsSettings = AccountsSettings()
+    attachments: AttachmentSettings = AttachmentSettings()
     facts: FactsSettings = FactsSettings()
     triage: TriageSettings = TriageSettings()
     intake: IntakeSettings = IntakeSettings()

@@ -15,6 +15,7 @@ from maild import blobs, db, sla
 from maild.config import Settings
 from maild.errors import ConfigError, StorageUnavailable, Temporary
 from maild.intake import Intake
+from maild.mail import files
 from maild.mail.render import Sender, environment
 from maild.outbox import Outbox
 from maild.tickets import Desk
@@ -46,6 +47,9 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         urgent_keywords=settings.triage.urgent_keywords,
         tier_priority=settings.triage.tier_priority,
         unknown_sender=settings.accounts.unknown_sender,
+        limits=files.Limits(int(settings.attachments.max_file_mb * 1_000_000),
+                            int(settings.attachments.max_mail_mb * 1_000_000)),
+        logo_max_bytes=int(settings.attachments.logo_max_kb * 1000),
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from maild import accounts, blobs, db
 from maild.errors import Temporary
+from maild.mail import files
 from maild.mail.classify import Verdict, classify
 from maild.mail.parse import InboundMail, parse
 from maild.models import InboundMessage
@@ -52,6 +53,7 @@ class Prepared:
     parsed: InboundMail | None
     verdict: Verdict | None
     error: str
+    planned: list[files.Planned] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +124,16 @@ class Intake:
         try:
             parsed = parse(mail.raw)
             verdict = classify(parsed, self.desk.sender.address)
-            for part in parsed.attachments:
-                self.desk.store.put(part.data, sync=False)
+            planned = files.plan(parsed.attachments, self.desk.limits)
+            for f in planned:
+                if f.store:
+                    self.desk.store.put(f.data, sync=False)
         except Temporary:
             raise
         except Exception as exc:  # a parser bug on this mail's content: counted against it
             log.exception("mail failed uid=%s", mail.uid)
             return Prepared(mail, key, raw_sha, None, None, _describe(exc))
-        return Prepared(mail, key, raw_sha, parsed, verdict, "")
+        return Prepared(mail, key, raw_sha, parsed, verdict, "", planned)
 
     def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
         if p.error:
@@ -173,7 +177,7 @@ class Intake:
             return Outcome(mail.uid, "processed", row.reason)
         ticket = open_ticket(
             session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
-            arrived=mail.internaldate or now, now=now, account=account,
+            arrived=mail.internaldate or now, now=now, account=account, planned=p.planned,
         )
         row.ticket_id = ticket.id
         log.info(

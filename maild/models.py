@@ -210,6 +210,9 @@ class Attachment(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     blob_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
     inline: Mapped[bool] = mapped_column(Boolean, default=False)
+    declared_type: Mapped[str] = mapped_column(String(255), default="")
+    listed: Mapped[bool] = mapped_column(Boolean, default=True)
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class OutboxMail(Base):

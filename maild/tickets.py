@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 
 from maild import blobs, db, links, sla
 from maild.accounts import Account, has_accounts
-from maild.mail import facts, language, triage
+from maild.mail import facts, files, language, triage
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail
 from maild.mail.render import Rendered, Sender, render_mail
 from maild.mail.subject import strip_prefixes
-from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
+from maild.models import Attachment, Blob, Event, OutboxMail, Ticket, TicketMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +37,14 @@ class Desk:
     urgent_keywords: tuple[str, ...] = ()
     tier_priority: Mapping[str, str] = field(default_factory=dict)
     unknown_sender: str = "accept"
+    limits: files.Limits = files.Limits(25_000_000, 50_000_000)
+    logo_max_bytes: int = 32_000
 
 
 def open_ticket(
     session: Session, desk: Desk, mail: InboundMail, verdict: Verdict,
     *, inbound_id: int, mailbox: str, arrived: datetime, now: datetime,
-    account: Account | None = None,
+    account: Account | None = None, planned: list[files.Planned] | None = None,
 ) -> Ticket:
     """Create a ticket with its first message, attachments, event and, if due, the answer."""
     automatic = not verdict.answer
@@ -84,7 +86,9 @@ def open_ticket(
     )
     session.add(first)
     session.flush()
-    _store_attachments(session, desk.store, first.id, mail, now)
+    if planned is None:
+        planned = files.plan(mail.attachments, desk.limits)
+    shown = _store_attachments(session, desk, first.id, planned, now)
     session.add(Event(
         ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
         detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
@@ -93,7 +97,7 @@ def open_ticket(
     if verdict.answer:
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
-        acknowledge(session, desk, ticket, mail, now, zone, ask_official)
+        acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown)
     return ticket
 
 
@@ -110,28 +114,34 @@ def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetim
 
 
 def _store_attachments(
-    session: Session, store: blobs.BlobStore, message_id: int, mail: InboundMail, now: datetime
-) -> None:
-    for part in mail.attachments:
-        sha = store.put(part.data)
-        blobs.add_ref(session, sha, len(part.data), now)
+    session: Session, desk: Desk, message_id: int, planned: list[files.Planned],
+    now: datetime,
+) -> list[files.Planned]:
+    """Record every file (storing those within the limits); returns those to show."""
+    shown = []
+    for f in planned:
+        listed = True
+        if f.store:
+            # A small image we already hold (from earlier mail) is a signature logo.
+            seen = session.get(Blob, f.sha256) is not None
+            listed = not (seen and f.size <= desk.logo_max_bytes
+                          and f.content_type.startswith("image/"))
+            desk.store.put(f.data)
+            blobs.add_ref(session, f.sha256, f.size, now)
         session.add(Attachment(
-            ticket_message_id=message_id, filename=safe_filename(part.filename),
-            content_type=part.content_type[:255], size=len(part.data),
-            blob_sha256=sha, inline=part.inline,
+            ticket_message_id=message_id, filename=f.filename, content_type=f.content_type,
+            declared_type=f.declared_type, size=f.size,
+            blob_sha256=f.sha256 if f.store else None, inline=f.inline, listed=listed,
+            note=f.note,
         ))
-
-
-def safe_filename(name: str) -> str:
-    """A display name that cannot escape a folder: no paths, no control characters, bounded."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = "".join(c for c in base if c.isprintable()).strip().lstrip(".")
-    return cleaned[:200] or "attachment"
+        if listed and not (f.inline and f.content_type.startswith("image/")):
+            shown.append(f)
+    return shown
 
 
 def acknowledge(
     session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
-    zone: str, ask_official: bool,
+    zone: str, ask_official: bool, shown: list[files.Planned],
 ) -> None:
     """Queue the acknowledgement with ticket number, promise and escalation link."""
     context = {
@@ -145,7 +155,8 @@ def acknowledge(
         "hours_text_en": "Mon–Fri, 09:00–16:00",
         "timezone": zone,
         "ask_official": ask_official,
-        "attachments": [safe_filename(p.filename) for p in mail.attachments if not p.inline],
+        "attachments": [f.filename for f in shown if f.store],
+        "not_stored": [(f.filename, f.size, f.note) for f in shown if not f.store],
         "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
         "missing": list(ticket.missing),
         "urgent": ticket.priority == "urgent",

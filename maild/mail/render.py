@@ -55,7 +55,17 @@ def environment(override_dir: str = "") -> Environment:
         trim_blocks=True,
     )
     env.filters["when"] = format_when
+    env.filters["size"] = format_size
     return env
+
+
+def format_size(size: int) -> str:
+    """1234567 → '1.2 MB', 5009 → '5 KB'."""
+    if size >= 1_000_000:
+        return f"{size / 1_000_000:.1f} MB"
+    if size >= 1000:
+        return f"{size // 1000} KB"
+    return f"{size} B"
 
 
 def format_when(moment: datetime, language: str, zone: str) -> str:
