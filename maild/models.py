@@ -196,6 +196,7 @@ class TicketMessage(Base):
     message_id: Mapped[str | None] = mapped_column(Text, index=True)
     subject: Mapped[str] = mapped_column(Text, default="")
     body_text: Mapped[str] = mapped_column(Text, default="")
+    new_text: Mapped[str] = mapped_column(Text, default="")
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     automatic: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

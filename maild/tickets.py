@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from maild import blobs, db, links, sla
 from maild.accounts import Account, has_accounts
-from maild.mail import facts, files, language, triage
+from maild.mail import body, facts, files, language, triage
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail
 from maild.mail.render import Rendered, Sender, render_mail
@@ -82,7 +82,8 @@ def open_ticket(
     first = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
         author=ticket.customer_address, message_id=mail.message_id, subject=mail.subject,
-        body_text=mail.text, facts=found, automatic=automatic, created_at=now,
+        body_text=mail.text, new_text=body.latest_reply(mail.text), facts=found,
+        automatic=automatic, created_at=now,
     )
     session.add(first)
     session.flush()
@@ -188,6 +189,6 @@ def enqueue(
         session.add(TicketMessage(
             ticket_id=ticket.id, direction="out", author=desk.sender.address,
             message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
-            automatic=automatic, created_at=now,
+            new_text=mail.text, automatic=automatic, created_at=now,
         ))
     return out

@@ -55,7 +55,8 @@ def ticket_detail(session: Session, number: int) -> dict[str, Any] | None:
         "messages": [{
             "at": _when(m.created_at), "direction": m.direction, "author": m.author,
             "message_id": m.message_id, "subject": m.subject, "automatic": m.automatic,
-            "text": m.body_text, "attachments": by_message.get(m.id, []),
+            "text": m.body_text, "new_text": m.new_text,
+            "attachments": by_message.get(m.id, []),
         } for m in messages],
         "events": [{"at": _when(e.at), "actor": e.actor, "kind": e.kind, "detail": e.detail}
                    for e in events],

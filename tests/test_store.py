@@ -228,3 +228,25 @@ def test_cli_lists_and_shows_tickets(intake, tmp_path, database_url):
     assert "customer_numbers   55012" in text and "attachment screenshot.png" in text
     missing = maild("tickets", "show", "4711", config=config)
     assert missing.returncode == 1 and "no ticket #4711" in missing.stderr
+
+
+def test_new_text_is_kept_apart_from_the_quoted_history(intake, factory):
+    # A reply with an "Am … schrieb …:" quote: the new words are kept apart, the whole
+    # original stays.
+    raw = (DATA / "facts" / "09-de-quoted-reply.eml").read_bytes()
+    intake.process(7, Fetched(1, raw, NOW))
+    with db.transaction(factory) as s:
+        msg = s.scalars(select(TicketMessage).where(TicketMessage.direction == "in")).one()
+    assert msg.new_text.startswith("Hallo zusammen,") and "Übertragung abgelehnt" not in (
+        msg.new_text)
+    assert "Übertragung abgelehnt" in msg.body_text
+
+
+def test_outlook_history_is_cut_from_the_new_text():
+    from maild.mail.body import latest_reply
+    text = ("Bitte um Rückruf.\n\nGruß\nPetra\n\n-----Ursprüngliche Nachricht-----\n"
+            "Von: Support <service@example.com>\nGesendet: Montag, 23. November 2026 10:00\n"
+            "An: Petra\nBetreff: [#10001] Dein Support-Ticket\n\nHallo Petra, ...")
+    assert "Ursprüngliche" not in latest_reply(text)
+    assert latest_reply(text).startswith("Bitte um Rückruf.")
+    assert latest_reply("") == ""
