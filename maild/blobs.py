@@ -70,7 +70,7 @@ class FolderStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
             if sync:
-                _fsync_dir(path.parent)
+                _fsync(path.parent)
             else:
                 self._unsynced.add(path)
         except OSError as exc:
@@ -83,10 +83,8 @@ class FolderStore:
             return
         try:
             if not _syncfs(self.root):
-                for path in self._unsynced:
-                    _fsync_file(path)
-                for folder in {p.parent for p in self._unsynced}:
-                    _fsync_dir(folder)
+                for path in {*self._unsynced, *(p.parent for p in self._unsynced)}:
+                    _fsync(path)
         except OSError as exc:
             raise StorageUnavailable(f"blob store {self.root}: {exc.strerror or exc}") from exc
         self._unsynced.clear()
@@ -119,15 +117,8 @@ def _libc() -> ctypes.CDLL | None:
     return ctypes.CDLL(name, use_errno=True) if name else None
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry list is made durable this way)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -438,3 +438,22 @@ def customer_mail(n: int, size: int = 0) -> bytes:
             f"Date: Thu, 26 Nov 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             + body).encode()
+
+
+def offline_settings(url: str, blob_dir: Path, **sections: Any) -> Any:
+    """Settings for tests that need no servers (IMAP/SMTP are never reached)."""
+    from maild.config import Settings
+    return Settings.model_validate({
+        "imap": {"host": "127.0.0.1", "username": "u"}, "smtp": {"host": "127.0.0.1"},
+        "support": {"address": "service@example.com", "name": "Example Support"},
+        "database": {"url": url}, "paths": {"blob_dir": str(blob_dir)}, **sections,
+    })
+
+
+def cli_config(path: Path, url: str, blob_dir: Path | None = None) -> Path:
+    """A config file for running CLI commands against a test database."""
+    blobs = f'[paths]\nblob_dir = "{blob_dir}"\n' if blob_dir else ""
+    path.write_text(f'[imap]\nhost = "127.0.0.1"\nusername = "u"\n[smtp]\nhost = "127.0.0.1"\n'
+                    f'[support]\naddress = "service@example.com"\n'
+                    f'[database]\nurl = "{url}"\n{blobs}')
+    return path

@@ -7,10 +7,10 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+from harness import cli_config, offline_settings
 from sqlalchemy import select
 
 from maild import accounts, db
-from maild.config import Settings
 from maild.daemon import build_desk
 from maild.intake import Fetched, Intake
 from maild.models import OutboxMail, Ticket
@@ -26,11 +26,7 @@ def load(factory, text: str | None = None) -> accounts.ImportReport:
 
 
 def make_intake(tmp_path, factory, url, **sections) -> Intake:
-    settings = Settings.model_validate({
-        "imap": {"host": "127.0.0.1", "username": "u"}, "smtp": {"host": "127.0.0.1"},
-        "support": {"address": "service@example.com", "name": "Example Support"},
-        "database": {"url": url}, "paths": {"blob_dir": str(tmp_path / "blobs")}, **sections,
-    })
+    settings = offline_settings(url, tmp_path / "blobs", **sections)
     return Intake(factory, build_desk(settings, factory, NOW), "INBOX", 3, lambda: NOW)
 
 
@@ -144,10 +140,7 @@ def test_reject_policy_answers_politely_without_a_ticket(tmp_path, factory, data
 
 def test_cli_import_dry_run_changes_nothing(tmp_path, database_url):
     from harness import maild
-    config = tmp_path / "cli.toml"
-    config.write_text(f'[imap]\nhost = "127.0.0.1"\nusername = "u"\n[smtp]\nhost = "x"\n'
-                      f'[support]\naddress = "service@example.com"\n'
-                      f'[database]\nurl = "{database_url}"\n')
+    config = cli_config(tmp_path / "cli.toml", database_url)
     dry = maild("accounts", "import", str(DATA / "accounts.csv"), "--dry-run", config=config)
     assert dry.returncode == 1  # two bad lines
     assert "3 created, 0 updated, 0 unchanged would be imported; 2 lines with errors" in dry.stdout

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from harness import cli_config, offline_settings
 from sqlalchemy import select
 
 from maild import db
-from maild.config import Settings
 from maild.daemon import build_desk
 from maild.intake import Fetched, Intake
 from maild.mail import files
@@ -109,12 +109,8 @@ def mail_with(parts: list[tuple[str, str, bytes, str]], n: int) -> Fetched:
 
 @pytest.fixture
 def intake(tmp_path, factory, database_url) -> Intake:
-    settings = Settings.model_validate({
-        "imap": {"host": "127.0.0.1", "username": "u"}, "smtp": {"host": "127.0.0.1"},
-        "support": {"address": "service@example.com"}, "database": {"url": database_url},
-        "paths": {"blob_dir": str(tmp_path / "blobs")},
-        "attachments": {"max_file_mb": 0.001, "max_mail_mb": 0.002},
-    })
+    settings = offline_settings(database_url, tmp_path / "blobs",
+                                attachments={"max_file_mb": 0.001, "max_mail_mb": 0.002})
     return Intake(factory, build_desk(settings, factory, NOW), "INBOX", 3, lambda: NOW)
 
 
@@ -173,11 +169,7 @@ def test_purge_erases_one_ticket_and_keeps_what_another_uses(intake, factory, tm
         first = s.scalars(select(Ticket).where(Ticket.number == 10001)).one()
         raw_sha = s.scalars(select(InboundMessage.raw_sha256).where(
             InboundMessage.ticket_id == first.id)).one()
-    config = tmp_path / "cli.toml"
-    config.write_text(f'[imap]\nhost = "127.0.0.1"\nusername = "u"\n[smtp]\nhost = "x"\n'
-                      f'[support]\naddress = "service@example.com"\n'
-                      f'[database]\nurl = "{database_url}"\n'
-                      f'[paths]\nblob_dir = "{store.root}"\n')
+    config = cli_config(tmp_path / "cli.toml", database_url, store.root)
     refused = maild("tickets", "purge", "10001", config=config)
     assert refused.returncode == 1 and "--yes" in refused.stderr
     done = maild("tickets", "purge", "10001", "--yes", config=config)

@@ -8,10 +8,10 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+from harness import cli_config, offline_settings
 from sqlalchemy import func, select
 
 from maild import blobs, db
-from maild.config import Settings
 from maild.daemon import build_desk
 from maild.errors import StorageUnavailable
 from maild.intake import Fetched, Intake, dedupe_key
@@ -29,19 +29,9 @@ DATA = Path(__file__).parent / "data"
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
-def settings(tmp_path: Path, url: str) -> Settings:
-    return Settings.model_validate({
-        "imap": {"host": "127.0.0.1", "username": "u", "password": "p"},
-        "smtp": {"host": "127.0.0.1"},
-        "support": {"address": "service@example.com", "name": "Example Support"},
-        "database": {"url": url},
-        "paths": {"blob_dir": str(tmp_path / "blobs")},
-    })
-
-
 @pytest.fixture
 def intake(tmp_path, factory, database_url) -> Intake:
-    desk = build_desk(settings(tmp_path, database_url), factory, NOW)
+    desk = build_desk(offline_settings(database_url, tmp_path / "blobs"), factory, NOW)
     return Intake(factory, desk, "INBOX", max_attempts=3, clock=lambda: NOW)
 
 
@@ -211,10 +201,7 @@ def test_cli_lists_and_shows_tickets(intake, tmp_path, database_url):
 
     from harness import maild
     intake.process(7, Fetched(1, (DATA / "customer_en.eml").read_bytes(), NOW))
-    config = tmp_path / "cli.toml"
-    config.write_text(f'[imap]\nhost = "127.0.0.1"\nusername = "u"\n[smtp]\nhost = "127.0.0.1"\n'
-                      f'[support]\naddress = "service@example.com"\n'
-                      f'[database]\nurl = "{database_url}"\n')
+    config = cli_config(tmp_path / "cli.toml", database_url)
     listed = json.loads(maild("tickets", "list", "--json", config=config).stdout)
     assert [(t["number"], t["customer"]) for t in listed] == [
         (10001, "bob.smith@customer.example")]
