@@ -82,7 +82,7 @@ class Daemon:
             factory = await self._startup(engine)
             if factory is None:
                 return 0
-            await self._main(factory)
+            await self._main(engine, factory)
         finally:
             engine.dispose()
         log.info("stopped")
@@ -104,7 +104,7 @@ class Daemon:
                 await self._sleep(delay.next())
         return None
 
-    async def _main(self, factory: db.SessionFactory) -> None:
+    async def _main(self, engine: Engine, factory: db.SessionFactory) -> None:
         s = self.settings
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
         intake = Intake(factory, desk, s.imap.folder, s.intake.max_attempts, self.clock)
@@ -113,7 +113,9 @@ class Daemon:
         def wake_outbox() -> None:
             loop.call_soon_threadsafe(self.wakeup.set)
 
-        watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock)
+        lock = db.MailboxLock(engine, f"{s.imap.host}/{s.imap.username}/{s.imap.folder}")
+        watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock,
+                          lock)
         outbox = Outbox(factory, s.outbox, s.smtp, self.clock)
         tasks = [
             asyncio.create_task(watcher.run(), name="watcher"),

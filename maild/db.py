@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -107,6 +108,42 @@ def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
         pass
     with transaction(factory) as session:
         return session.scalars(select(AppSecret.value).where(AppSecret.name == name)).one()
+
+
+class MailboxLock:
+    """Held while this process watches a mailbox, so only one process does at a time.
+
+    PostgreSQL: a session advisory lock on a connection of its own (released by the server
+    if we die). SQLite: no lock (one host; the unique mail keys keep a second process from
+    doubling anything anyway). Correctness never depends on it; it saves duplicate work.
+    """
+
+    def __init__(self, engine: Engine, mailbox: str) -> None:
+        self.engine = engine
+        digest = hashlib.sha256(f"maild mailbox {mailbox}".encode()).digest()
+        self.key = int.from_bytes(digest[:8], "big", signed=True)
+        self._conn: Connection | None = None
+
+    def try_acquire(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True
+        try:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            got = bool(self._conn.execute(select(func.pg_try_advisory_lock(self.key))).scalar())
+            self._conn.commit()
+        except sa_exc.SQLAlchemyError as exc:
+            self.release()
+            raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
+        return got
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()  # ends the session, and with it the advisory lock
+            except sa_exc.SQLAlchemyError:
+                conn.invalidate()
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:

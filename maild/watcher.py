@@ -43,7 +43,9 @@ class Watcher:
         self, imap: ImapSettings, intake_settings: IntakeSettings, intake: Intake,
         factory: db.SessionFactory, stop: threading.Event,
         on_committed: Callable[[], None], clock: Callable[[], datetime],
+        lock: db.MailboxLock | None = None,
     ) -> None:
+        self.lock = lock
         self.imap = imap
         self.intake_settings = intake_settings
         self.intake = intake
@@ -71,6 +73,8 @@ class Watcher:
                 delay.reset()
             finally:
                 await asyncio.to_thread(box.close)
+        if self.lock is not None:
+            self.lock.release()
 
     def _report_outage(self, text: str) -> None:
         """Warn once per outage; its later variations go to the debug log."""
@@ -80,8 +84,26 @@ class Watcher:
         else:
             log.debug("still failing: %s", text)
 
+    def _hold_lock(self) -> bool:
+        """Wait until this process may watch the mailbox; False when asked to stop."""
+        if self.lock is None:
+            return True
+        waiting = False
+        while not self.stop.is_set():
+            if self.lock.try_acquire():
+                if waiting:
+                    log.info("mailbox lock taken over: watching %s now", self.imap.folder)
+                return True
+            if not waiting:
+                log.info("another maild process watches %s; standing by", self.imap.folder)
+                waiting = True
+            self.stop.wait(5.0)
+        return False
+
     def _session(self, box: ImapMailbox) -> None:
         """One connection's life: drain the folder, then wait for news, until stopped."""
+        if not self._hold_lock():
+            return
         box.connect()
         if self.imap.tls == "none" and not self.warned_plain:
             log.warning("IMAP without TLS to %s: use tls = \"none\" only on loopback", box.where)

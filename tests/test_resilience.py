@@ -97,3 +97,29 @@ def test_postgresql_unreachable_quarantines_nothing(
     finally:
         daemon.kill()
         proxy.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_daemons_on_one_database_share_the_work_without_doubling(
+        config, tmp_path, mailbox, smtp, database_url):
+    # Two maild processes on one PostgreSQL database and one mailbox: one watches (the
+    # advisory lock), the other stands by; when the first is killed the second takes over.
+    first = Daemon(config, tmp_path / "first.log").start()
+    assert wait_until(lambda: "watching" in first.output())
+    second = Daemon(config, tmp_path / "second.log").start()
+    try:
+        assert wait_until(lambda: "standing by" in second.output())
+        for n in range(5):
+            mailbox.append(customer_mail(n))
+        assert len(smtp.wait_for(5)) == 5
+        first.kill(signal.SIGKILL)
+        for n in range(5, 10):
+            mailbox.append(customer_mail(n))
+        assert len(smtp.wait_for(10, timeout=40)) == 10, second.output()
+        assert "taken over" in second.output()
+        time.sleep(1)
+        assert len(smtp.by_message_id()) == 10 and len(smtp.mails) == 10
+        assert count(database_url, Ticket) == 10
+    finally:
+        first.kill()
+        second.kill()
