@@ -263,9 +263,9 @@ def _render_ticket(d: dict[str, Any]) -> str:
         out.append(f"  {m['at']}  {m['direction']:<3} {m['author']}  {m['subject']}"
                    f"{'  (automatic)' if m['automatic'] else ''}")
         for a in m["attachments"]:
-            kept = "" if a["stored"] else ", not stored"
+            extra = "".join(f", {x}" for x in (a["note"], "" if a["listed"] else "logo") if x)
             out.append(f"      attachment {a['filename']} ({a['content_type']}, "
-                       f"{a['size']} bytes{kept})")
+                       f"{a['size']} bytes{extra})")
         for line in m["text"].strip().splitlines()[:12]:
             out.append(f"      | {line}")
     out.append("Events:")

@@ -46,6 +46,7 @@ def ticket_detail(session: Session, number: int) -> dict[str, Any] | None:
         by_message.setdefault(a.ticket_message_id, []).append({
             "filename": a.filename, "content_type": a.content_type, "size": a.size,
             "stored": a.blob_sha256 is not None, "inline": a.inline, "sha256": a.blob_sha256,
+            "listed": a.listed, "note": a.note,
         })
     events = session.scalars(select(Event).where(Event.ticket_id == ticket.id)
                              .order_by(Event.at, Event.id)).all()

@@ -187,3 +187,10 @@ def test_purge_erases_one_ticket_and_keeps_what_another_uses(intake, factory, tm
     assert store.get(sha) == b"%PDF-1.4 shared"
     assert not list(store.root.rglob(raw_sha))
     assert maild("tickets", "show", "10001", config=config).returncode == 1
+
+
+def test_a_forwarded_mail_is_kept_with_its_subject():
+    inner = b"From: a@b.example\r\nSubject: Lieferung 4711 fehlt\r\n\r\nHallo\r\n"
+    planned = files.plan((Part("weitergeleitet.eml", "application/octet-stream", inner, False,
+                               ""),), files.Limits(10**6, 10**6))
+    assert planned[0].store and planned[0].note == "forwarded mail: Lieferung 4711 fehlt"

@@ -6,6 +6,8 @@ the per-file and per-mail limits) and, if not, why; the caller stores and record
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import logging
 import unicodedata
@@ -83,6 +85,18 @@ def unpack_tnef(part: Part) -> list[Part]:
     return files or [part]
 
 
+def forwarded_subject(part: Part) -> str | None:
+    """The subject of an attached mail (message/rfc822 or a .eml file), else None."""
+    if part.content_type != "message/rfc822" and not part.filename.lower().endswith(".eml"):
+        return None
+    head = part.data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:20000]
+    try:
+        msg = email.message_from_bytes(head + b"\n\n", policy=email.policy.default)
+        return " ".join(str(msg.get("subject", "")).split())[:200]
+    except Exception:  # a broken header is no reason to lose the attachment
+        return ""
+
+
 def _is_tnef(part: Part) -> bool:
     return part.content_type in _TNEF_TYPES or part.filename.lower() == "winmail.dat"
 
@@ -97,18 +111,23 @@ def plan(parts: tuple[Part, ...], limits: Limits) -> list[Planned]:
     for number, part in enumerate(expanded, start=1):
         size = len(part.data)
         note = ""
+        kept_it = False
         if size > limits.max_file_bytes:
             note = f"too large: {_mb(size)} over the limit of {_mb(limits.max_file_bytes)}"
         elif kept + size > limits.max_mail_bytes:
             note = f"mail limit of {_mb(limits.max_mail_bytes)} reached"
         else:
             kept += size
+            kept_it = True
+            subject = forwarded_subject(part)
+            if subject is not None:
+                note = f"forwarded mail: {subject or '(no subject)'}"
         planned.append(Planned(
             filename=safe_filename(part.filename, f"attachment-{number}"),
             content_type=sniff(part.data, part.content_type)[:255],
             declared_type=part.content_type[:255],
             data=part.data, sha256=hashlib.sha256(part.data).hexdigest(), size=size,
-            inline=part.inline, store=not note, note=note,
+            inline=part.inline, store=kept_it, note=note,
         ))
     return planned
 
