@@ -147,6 +147,12 @@ class TriageSettings(_Section):
     tier_priority: dict[str, Literal["urgent", "high", "normal", "low"]] = {}
 
 
+class ThreadingSettings(_Section):
+    reopen_days: float = Field(default=14.0, ge=0)
+    stranger_tag: Literal["new_ticket", "attach"] = "new_ticket"
+    plus_addressing: bool = False
+
+
 class AccountsSettings(_Section):
     unknown_sender: Literal["accept", "domain", "reject"] = "accept"
 
@@ -196,6 +202,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     calendar: CalendarSettings = CalendarSettings()
     accounts: AccountsSettings = AccountsSettings()
+    threading: ThreadingSettings = ThreadingSettings()
     attachments: AttachmentSettings = AttachmentSettings()
     facts: FactsSettings = FactsSettings()
     triage: TriageSettings = TriageSettings()

@@ -50,6 +50,9 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         limits=files.Limits(int(settings.attachments.max_file_mb * 1_000_000),
                             int(settings.attachments.max_mail_mb * 1_000_000)),
         logo_max_bytes=int(settings.attachments.logo_max_kb * 1000),
+        reopen_days=settings.threading.reopen_days,
+        stranger_tag=settings.threading.stranger_tag,
+        plus_addressing=settings.threading.plus_addressing,
     )
 
 

@@ -19,13 +19,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from maild import accounts, blobs, db
+from maild import accounts, blobs, db, threader
 from maild.errors import Temporary
 from maild.mail import files
 from maild.mail.classify import Verdict, classify
 from maild.mail.parse import InboundMail, parse
 from maild.models import InboundMessage
-from maild.tickets import Desk, open_ticket, reject_unknown
+from maild.tickets import Desk, add_follow_up, open_ticket, reject_unknown
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,16 @@ class Intake:
         row.state = "processed"
         if verdict.kind == "own":
             return Outcome(mail.uid, "processed", verdict.reason)
+        match = threader.find(session, parsed, self.desk.sender.address, self.desk.secret,
+                               self.desk.stranger_tag)
+        if match is not None and match.attach and add_follow_up(
+                session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
+                how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days):
+            row.ticket_id = match.ticket.id
+            log.info("follow-up number=%s how=%s from=%s message_id=%s", match.ticket.number,
+                     match.how, parsed.from_addr, parsed.message_id)
+            return Outcome(mail.uid, "processed", "follow-up", match.ticket.number)
+        refers_to = match.ticket.number if match is not None else None
         account = accounts.lookup(session, parsed.from_addr)
         if account is None and self.desk.unknown_sender == "domain":
             account = accounts.by_domain(session, parsed.from_addr)
@@ -178,6 +188,7 @@ class Intake:
         ticket = open_ticket(
             session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
             arrived=mail.internaldate or now, now=now, account=account, planned=p.planned,
+            refers_to=refers_to,
         )
         row.ticket_id = ticket.id
         log.info(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from itsdangerous import BadSignature, URLSafeSerializer
 
 
@@ -11,6 +14,22 @@ def escalation_token(secret: str, ticket_number: int) -> str:
 
 def escalation_url(public_url: str, secret: str, ticket_number: int) -> str:
     return f"{public_url.rstrip('/')}/escalate/{escalation_token(secret, ticket_number)}"
+
+
+def reply_token(secret: str, ticket_number: int) -> str:
+    """The unguessable part of a ticket's reply address `service+NUMBER.TOKEN@…`."""
+    # Lower-case hex: addresses are compared case-insensitively all along the way.
+    mac = hmac.new(secret.encode(), f"maild.reply.{ticket_number}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:20]
+
+
+def reply_address(support_address: str, secret: str, ticket_number: int) -> str:
+    local, _, domain = support_address.partition("@")
+    return f"{local}+{ticket_number}.{reply_token(secret, ticket_number)}@{domain}"
+
+
+def reply_token_valid(secret: str, ticket_number: int, token: str) -> bool:
+    return hmac.compare_digest(reply_token(secret, ticket_number), token.lower())
 
 
 def ticket_of_token(secret: str, token: str) -> int | None:

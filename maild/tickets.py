@@ -39,12 +39,16 @@ class Desk:
     unknown_sender: str = "accept"
     limits: files.Limits = files.Limits(25_000_000, 50_000_000)
     logo_max_bytes: int = 32_000
+    reopen_days: float = 14.0
+    stranger_tag: str = "new_ticket"
+    plus_addressing: bool = False
 
 
 def open_ticket(
     session: Session, desk: Desk, mail: InboundMail, verdict: Verdict,
     *, inbound_id: int, mailbox: str, arrived: datetime, now: datetime,
     account: Account | None = None, planned: list[files.Planned] | None = None,
+    refers_to: int | None = None,
 ) -> Ticket:
     """Create a ticket with its first message, attachments, event and, if due, the answer."""
     automatic = not verdict.answer
@@ -61,6 +65,7 @@ def open_ticket(
         priority=level,
         facts=found,
         missing=[] if automatic else facts.missing(found, desk.required_facts),
+        participants=participants_of(mail, desk.sender.address, mail.from_addr),
         customer_address=mail.from_addr or mail.headers.get("from", "")[:320],
         customer_name=mail.from_name[:300],
         subject=strip_prefixes(mail.subject),
@@ -93,13 +98,67 @@ def open_ticket(
     session.add(Event(
         ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
         detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
-                "priority": level, "priority_reason": why},
+                "priority": level, "priority_reason": why,
+                **({"refers_to": refers_to} if refers_to else {})},
     ))
     if verdict.answer:
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
         acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown)
     return ticket
+
+
+def participants_of(mail: InboundMail, support: str, customer: str) -> list[str]:
+    """People copied on a customer's mail (they may write into the ticket too)."""
+    local, _, domain = support.partition("@")
+    ours = (f"{local}@", f"{local}+")
+    return [a for a in dict.fromkeys((*mail.to, *mail.cc)) if a != customer
+            and not (a.startswith(ours) and a.endswith(f"@{domain}"))]
+
+
+def add_follow_up(
+    session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, verdict: Verdict,
+    *, inbound_id: int, how: str, now: datetime, planned: list[files.Planned] | None,
+    reopen_days: float,
+) -> bool:
+    """Add a customer's further mail to `ticket`; False when it is too old to reopen
+    (the caller then opens a new ticket that references it). Automatic mail (an
+    out-of-office reply) is recorded but changes nothing."""
+    person = verdict.answer
+    if person and ticket.status in ("resolved", "closed"):
+        since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
+        if (now - since).total_seconds() > reopen_days * 86400:
+            return False
+    found = facts.extract(mail.text, facts.Sender(mail.from_addr, mail.from_name),
+                          desk.fact_patterns)
+    message = TicketMessage(
+        ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=mail.from_addr,
+        message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
+        new_text=body.latest_reply(mail.text), facts=found, automatic=not person,
+        created_at=now,
+    )
+    session.add(message)
+    session.flush()
+    _store_attachments(session, desk, message.id,
+                       planned if planned is not None else files.plan(mail.attachments,
+                                                                      desk.limits), now)
+    detail: dict[str, object] = {"inbound_id": inbound_id, "how": how,
+                                 "kind": verdict.kind}
+    if person:
+        ticket.facts = facts.merge(ticket.facts, found)
+        if not ticket.automatic:
+            ticket.missing = facts.missing(ticket.facts, desk.required_facts)
+        ticket.participants = list(dict.fromkeys([*ticket.participants, *participants_of(
+            mail, desk.sender.address, ticket.customer_address)]))
+        if ticket.status in ("resolved", "closed", "waiting"):
+            detail["status"] = [ticket.status, "in_progress"]
+            if ticket.status != "waiting":
+                detail["reopened"] = True
+            ticket.status, ticket.resolved_at, ticket.closed_at = "in_progress", None, None
+    ticket.updated_at = now
+    session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
+                      kind="follow_up" if person else "automatic_reply", detail=detail))
+    return True
 
 
 def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
@@ -168,6 +227,8 @@ def acknowledge(
         desk.templates, "ack", ticket.language, context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
         references=mail.references, auto_submitted="auto-replied",
+        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
+        if desk.plus_addressing else None,
     )
     enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
             automatic=True)

@@ -234,3 +234,22 @@ def test_an_unsendable_address_fails_one_answer_not_the_outbox(
     states = sorted(o.state for o in rows(database_url, OutboxMail))
     assert wait_until(lambda: sorted(o.state for o in rows(database_url, OutboxMail))
                       == ["failed", "sent"]), states
+
+
+def test_customer_reply_lands_in_the_same_ticket_without_a_second_answer(
+        daemon, mailbox, smtp, database_url):
+    daemon.start()
+    mailbox.append((DATA / "customer_en.eml").read_bytes())
+    [ack] = smtp.wait_for(1)
+    reply = (f"From: Bob Smith <bob.smith@customer.example>\r\nTo: service@example.com\r\n"
+             f"Subject: Re: {ack.message['Subject']}\r\nMessage-ID: <reply1@customer.example>\r\n"
+             f"In-Reply-To: {ack.message['Message-ID']}\r\n"
+             f"References: {ack.message['Message-ID']}\r\n\r\n"
+             f"App version: 3.8.0\r\n").encode()
+    mailbox.append(reply)
+    assert wait_until(lambda: mailbox.count("Processed") == 2)
+    time.sleep(1)
+    assert len(smtp.mails) == 1
+    [ticket] = rows(database_url, Ticket)
+    assert ticket.facts["software_version"] == "3.8.0"
+    assert "software_version" not in ticket.missing

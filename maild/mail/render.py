@@ -123,6 +123,7 @@ def render_mail(
     in_reply_to: str | None = None,
     references: tuple[str, ...] = (),
     auto_submitted: str | None = None,
+    reply_to: str | None = None,
 ) -> Rendered:
     """The mail `template` (``<template>.<lang>.{subject,txt,html}.j2``) for `to`.
 
@@ -147,6 +148,8 @@ def render_mail(
     if auto_submitted:
         msg["Auto-Submitted"] = auto_submitted
         msg["X-Auto-Response-Suppress"] = "All"
+    if reply_to:
+        msg["Reply-To"] = formataddr((sender.name, reply_to), charset="utf-8")
     msg[LOOP_HEADER] = sender.address
     msg["Content-Language"] = language
     msg.attach(MIMEText(text, "plain", _QP_UTF8))  # type: ignore[arg-type]  # a Charset works

@@ -1,0 +1,38 @@
+"""Which ticket a mail may belong to, from its headers alone (pure; the lookup is elsewhere)."""
+
+from __future__ import annotations
+
+import re
+
+from maild.mail.parse import InboundMail
+
+_TAG = re.compile(r"\[#(\d{1,12})\]")
+_PLUS = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>\d{1,12})\.(?P<token>[A-Za-z0-9_-]{6,64})"
+                   r"@(?P<domain>.+)$")
+
+
+def referenced_ids(mail: InboundMail) -> list[str]:
+    """Message-IDs this mail answers, newest first (In-Reply-To, then References)."""
+    ids = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
+    return list(dict.fromkeys(ids))[:50]
+
+
+def subject_tag(subject: str) -> int | None:
+    """The ticket number of a `[#NUMBER]` tag in the subject, whatever prefixes precede it."""
+    found = _TAG.search(subject)
+    return int(found.group(1)) if found else None
+
+
+def plus_tokens(mail: InboundMail, support_address: str) -> list[tuple[int, str]]:
+    """(number, token) from recipients like `service+10001.TOKEN@example.com`."""
+    local, _, domain = support_address.partition("@")
+    found = []
+    recipients = [*mail.to, *mail.cc]
+    for header in ("delivered-to", "x-original-to", "envelope-to"):
+        if mail.headers.get(header):
+            recipients.append(mail.headers[header].strip().strip("<>").lower())
+    for address in recipients:
+        match = _PLUS.match(address)
+        if match and match["local"] == local and match["domain"] == domain:
+            found.append((int(match["number"]), match["token"]))
+    return list(dict.fromkeys(found))
