@@ -165,10 +165,12 @@ def _check_database(settings: Settings) -> tuple[bool, str]:
 def _check_imap(settings: Settings) -> tuple[bool, str]:
     s = settings.imap
     try:
-        count = imap.probe(s, lambda box: box.exists)
+        count, missing = imap.probe(s, lambda box: (box.exists, box.missing_folders()))
     except MaildError as exc:
         return False, f"imap: {exc}"
-    return True, f"imap: {s.username}@{s.host}:{s.port} ({s.tls}), folder {s.folder}: {count} mails"
+    later = f"; {', '.join(missing)} will be created at start" if missing else ""
+    return True, (f"imap: {s.username}@{s.host}:{s.port} ({s.tls}), folder {s.folder}: "
+                  f"{count} mails{later}")
 
 
 def _check_smtp(settings: Settings) -> tuple[bool, str]:

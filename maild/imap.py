@@ -62,7 +62,7 @@ class ImapMailbox:
     def where(self) -> str:
         return f"IMAP {self.settings.host}:{self.settings.port}"
 
-    def connect(self) -> None:
+    def connect(self, create_folders: bool = True) -> None:
         """Connect, secure, log in, make sure our folders exist and select the watched one."""
         s = self.settings
         with _translated(self.where):
@@ -80,8 +80,15 @@ class ImapMailbox:
                 c.decode().upper() if isinstance(c, bytes) else str(c).upper()
                 for c in client.capabilities()
             )
-        self.ensure_folders()
+        if create_folders:
+            self.ensure_folders()
         self.select()
+
+    def missing_folders(self) -> list[str]:
+        client = self._client()
+        with _translated(self.where):
+            return [f for f in (self.settings.processed_folder, self.settings.quarantine_folder)
+                    if not client.folder_exists(f)]
 
     def ensure_folders(self) -> None:
         client = self._client()
@@ -186,7 +193,7 @@ def probe(settings: ImapSettings, call: Callable[[ImapMailbox], T]) -> T:
     """Connect, run `call`, close: for `maild check`."""
     box = ImapMailbox(settings)
     try:
-        box.connect()
+        box.connect(create_folders=False)  # a check changes nothing
         return call(box)
     finally:
         box.close()

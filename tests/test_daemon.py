@@ -175,6 +175,9 @@ def test_check_reports_each_problem_in_one_line(config, mailbox, smtp):
     ok = maild("check", config=config)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert [line.split()[0] for line in ok.stdout.splitlines()] == ["ok"] * 4
+    assert "Processed, Quarantine will be created at start" in ok.stdout
+    with mailbox.client() as client:  # a check changes nothing
+        assert not client.folder_exists("Processed")
 
     config.write_text(config.read_text().replace(f'password = "{mailbox.password}"',
                                                  'password = "wrong"'))
