@@ -163,6 +163,10 @@ class AttachmentSettings(_Section):
     logo_max_kb: float = Field(default=32.0, ge=0)
 
 
+class LimitsSettings(_Section):
+    answers_per_address_per_hour: int = Field(default=5, ge=0)
+
+
 class IntakeSettings(_Section):
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff: float = Field(default=5.0, gt=0)
@@ -206,6 +210,7 @@ class Settings(_Section):
     attachments: AttachmentSettings = AttachmentSettings()
     facts: FactsSettings = FactsSettings()
     triage: TriageSettings = TriageSettings()
+    limits: LimitsSettings = LimitsSettings()
     intake: IntakeSettings = IntakeSettings()
     outbox: OutboxSettings = OutboxSettings()
     security: SecuritySettings = SecuritySettings()

@@ -53,6 +53,7 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         reopen_days=settings.threading.reopen_days,
         stranger_tag=settings.threading.stranger_tag,
         plus_addressing=settings.threading.plus_addressing,
+        answers_per_hour=settings.limits.answers_per_address_per_hour,
     )
 
 

@@ -225,6 +225,7 @@ class OutboxMail(Base):
     message_id: Mapped[str] = mapped_column(String(500), unique=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     kind: Mapped[str] = mapped_column(String(40))
+    recipient: Mapped[str] = mapped_column(String(320), default="")
     envelope_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
@@ -236,7 +237,8 @@ class OutboxMail(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
+                      Index("ix_outbox_recipient", "recipient", "created_at"))
 
 
 class Event(Base):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from jinja2 import Environment
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maild import blobs, db, links, sla
@@ -17,6 +19,8 @@ from maild.mail.parse import InboundMail
 from maild.mail.render import Rendered, Sender, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Blob, Event, OutboxMail, Ticket, TicketMessage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class Desk:
     reopen_days: float = 14.0
     stranger_tag: str = "new_ticket"
     plus_addressing: bool = False
+    answers_per_hour: int = 5
 
 
 def open_ticket(
@@ -101,11 +106,24 @@ def open_ticket(
                 "priority": level, "priority_reason": why,
                 **({"refers_to": refers_to} if refers_to else {})},
     ))
-    if verdict.answer:
+    if verdict.answer and over_answer_limit(session, desk, ticket.customer_address, now):
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
+                          detail={"reason": "answer limit per address reached"}))
+        log.warning("answer limit reached, not answering to=%s ticket=%s",
+                    ticket.customer_address, ticket.number)
+    elif verdict.answer:
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
         acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown)
     return ticket
+
+
+def over_answer_limit(session: Session, desk: Desk, address: str, now: datetime) -> bool:
+    """True when `address` had its share of automatic answers in the last hour."""
+    recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
+        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(("ack", "reject")),
+        OutboxMail.created_at > now - timedelta(hours=1)))
+    return int(recent or 0) >= desk.answers_per_hour
 
 
 def participants_of(mail: InboundMail, support: str, customer: str) -> list[str]:
@@ -167,6 +185,9 @@ def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetim
     context = {"name": mail.from_name, "subject": strip_prefixes(mail.subject),
                "support_address": desk.sender.address, "support_name": desk.sender.name,
                "language": lang, "number": None}
+    if over_answer_limit(session, desk, mail.from_addr, now):
+        log.warning("answer limit reached, not answering to=%s", mail.from_addr)
+        return
     rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
                            references=mail.references, auto_submitted="auto-replied")
@@ -241,6 +262,7 @@ def enqueue(
     """Put a rendered mail in the outbox and on the ticket's record."""
     out = OutboxMail(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
+        recipient=recipients[0].lower() if recipients else "",
         envelope_from=desk.sender.address, recipients=recipients,
         raw=mail.raw, state="pending", attempts=0, next_attempt_at=now,
         last_error="", created_at=now,

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from maild import db
 from maild.intake import dedupe_key
-from maild.models import InboundMessage, OutboxMail, Ticket
+from maild.models import Event, InboundMessage, OutboxMail, Ticket
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "public"
 
@@ -47,6 +47,8 @@ def test_public_corpus_through_the_daemon(config, tmp_path, mailbox, smtp, datab
                                   OutboxMail.last_error)).all()
         opened = int(s.scalar(select(func.count()).select_from(Ticket)
                               .where(Ticket.automatic.is_(False))))
+        limited = int(s.scalar(select(func.count()).select_from(Event)
+                               .where(Event.kind == "not_answered")))
     engine.dispose()
     counts = collections.Counter((state, kind) for state, kind, _, _ in rows)
     follow_ups = counts[("processed", "normal")] - opened
@@ -61,7 +63,9 @@ def test_public_corpus_through_the_daemon(config, tmp_path, mailbox, smtp, datab
     assert all(r.kind == "unparseable" for r in quarantined), [r.reason for r in quarantined]
     assert len(quarantined) <= 0.02 * len(raws)
     assert all(r.ticket_id for r in rows if r.state == "processed" and r.kind != "own")
-    # Exactly the ordinary mails that opened a ticket were answered, each once.
-    assert len(outbox) == opened
+    # Exactly the ordinary mails that opened a ticket were answered, each once (but for
+    # senders over the per-address answer limit: the corpus reuses a few addresses).
+    print(f"answers: {len(outbox)}, not answered over the limit: {limited}")
+    assert len(outbox) == opened - limited
     assert [o for o in outbox if o.state != "sent"] == []
-    assert len(smtp.mails) == opened
+    assert len(smtp.mails) == opened - limited

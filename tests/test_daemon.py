@@ -11,7 +11,7 @@ from harness import Daemon, maild, wait_until
 from sqlalchemy import select
 
 from maild import db
-from maild.models import InboundMessage, OutboxMail, Ticket
+from maild.models import Event, InboundMessage, OutboxMail, Ticket
 
 DATA = Path(__file__).parent / "data"
 
@@ -256,3 +256,24 @@ def test_customer_reply_lands_in_the_same_ticket_without_a_second_answer(
     [ticket] = rows(database_url, Ticket)
     assert ticket.facts["software_version"] == "3.8.0"
     assert "software_version" not in ticket.missing
+
+
+def test_ping_pong_with_a_header_less_auto_responder_ends_at_the_limit(
+        daemon, mailbox, smtp, database_url):
+    # A robot answers every mail with a fresh one (no Auto-Submitted, no References, new
+    # subject): maild answers at most answers_per_address_per_hour (5) times, then stops.
+    daemon.start()
+    answered = 0
+    for n in range(12):
+        mailbox.append(f"From: Robot <robot@autoresponder.example>\r\nTo: service@example.com"
+                       f"\r\nSubject: Your mail number {n}\r\nMessage-ID: <bot{n}@robot>\r\n"
+                       f"\r\nThank you for your mail, we received it.\r\n".encode())
+        if not wait_until(lambda a=answered: len(smtp.mails) > a, timeout=3):
+            break
+        answered = len(smtp.mails)
+    assert wait_until(lambda: mailbox.count("INBOX") == 0)
+    time.sleep(1)
+    assert len(smtp.mails) == 5
+    assert len(rows(database_url, Ticket)) == 6  # the sixth is recorded, not answered
+    [limited] = rows(database_url, Event, Event.kind == "not_answered")
+    assert limited.detail == {"reason": "answer limit per address reached"}
