@@ -105,3 +105,13 @@ def test_extraction_never_fails_on_arbitrary_text():
         assert facts["email"] == "x@y.example"
 
     check()
+
+
+@pytest.mark.parametrize("text,when", [
+    ("seit 6:30 geht nichts", "seit 6:30"),
+    ("since this morning 7am the app hangs", "since this morning 7am"),
+    ("Seit gestern Nachmittag stürzt es ab", "Seit gestern Nachmittag"),
+    ("I am 30 and on 2 PCs it fails", None),
+])
+def test_when_it_started_in_free_text(text, when):
+    assert extract(text, Sender("a@b.example")).get("occurred") == when

@@ -142,6 +142,15 @@ _DATE = re.compile(
     r"|December)(?:\s+\d{4})?|\d{1,2}\s+(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
     r"\w*\s+\d{4})",
 )
+_SINCE = re.compile(
+    r"\b((?:seit|since|ab|from|am|on)\s+(?:heute|gestern|vorgestern|this|today|yesterday"
+    r"|(?:Montag|Dienstag|Mittwoch|Donnerstag|Freitag|Samstag|Sonntag|Monday|Tuesday"
+    r"|Wednesday|Thursday|Friday|Saturday|Sunday)|\d{1,2}:\d{2}(?:\s*(?:Uhr|am|pm))?"
+    r"|\d{1,2}\s*(?:Uhr|am|pm)\b)"
+    r"(?:[ ,]+(?:Morgen|morgen|früh|Mittag|Nachmittag|Abend|morning|afternoon|evening"
+    r"|night|um|at|gegen|around|\d{1,2}(?::\d{2})?\s*(?:Uhr|am|pm)?)){0,3})",
+    re.IGNORECASE,
+)
 _LOCATION = re.compile(
     r"(?:auf\s+der\s+Baustelle|in\s+der\s+Filiale|im\s+Lager|am\s+Standort|at\s+our"
     r"|in\s+our)\s+([A-ZÄÖÜ][\w\-]+(?:\s[A-ZÄÖÜ][\w\-]+)?)",
@@ -284,7 +293,8 @@ def _free_text(body: str, found: _Found) -> None:
     if versions:
         found.put("software_version", versions[-1] if re.search(r"\bauf\b|\bto\b", body)
                   and len(versions) > 1 else versions[0])
-    for fact, pattern in (("os", _OS), ("device", _DEVICE), ("occurred", _DATE)):
+    for fact, pattern in (("os", _OS), ("device", _DEVICE), ("occurred", _DATE),
+                          ("occurred", _SINCE)):
         match = pattern.search(body)
         if match:
             found.put(fact, match.group(1))
