@@ -99,7 +99,7 @@ def test_facts_missing_facts_and_priority_are_stored(intake, factory):
         assert app.facts["order_numbers"] == ["A-2026-00917"]
         assert app.facts["software_version"] == "4.2.1"
         assert "company" not in app.missing and "software_version" not in app.missing
-        assert outage.missing == ["occurred", "software_version", "reproducible"]
+        assert outage.missing == ["software_version", "reproducible"]  # "seit 07:30 Uhr"
         first = s.scalars(select(TicketMessage).where(TicketMessage.ticket_id == app.id,
                                                       TicketMessage.direction == "in")).one()
         assert first.facts == app.facts
