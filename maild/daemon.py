@@ -13,12 +13,12 @@ from sqlalchemy import Engine
 
 from maild import blobs, db, sla
 from maild.config import Settings
+from maild.desk import Desk
 from maild.errors import ConfigError, StorageUnavailable, Temporary
 from maild.intake import Intake
 from maild.mail import files
 from maild.mail.render import Sender, environment
 from maild.outbox import Outbox
-from maild.tickets import Desk
 from maild.watcher import Backoff, Watcher
 
 log = logging.getLogger(__name__)

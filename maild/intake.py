@@ -20,12 +20,14 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from maild import accounts, blobs, db, threader
+from maild.answers import reject_unknown
+from maild.desk import Desk
 from maild.errors import Temporary
 from maild.mail import files
 from maild.mail.classify import Verdict, classify
 from maild.mail.parse import InboundMail, parse
 from maild.models import InboundMessage
-from maild.tickets import Desk, add_follow_up, open_ticket, reject_unknown
+from maild.tickets import add_follow_up, open_ticket
 
 log = logging.getLogger(__name__)
 

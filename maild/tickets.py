@@ -1,52 +1,22 @@
-"""Apply one decision about an incoming mail to the database, inside the caller's transaction."""
+"""Open a ticket or add a follow-up to one, inside the caller's transaction."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from jinja2 import Environment
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import blobs, db, links, sla
+from maild import answers, blobs, db, sla
 from maild.accounts import Account, has_accounts
+from maild.desk import Desk
 from maild.mail import body, facts, files, language, triage
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail
-from maild.mail.render import Rendered, Sender, render_mail
 from maild.mail.subject import strip_prefixes
-from maild.models import Attachment, Blob, Event, OutboxMail, Ticket, TicketMessage
+from maild.models import Attachment, Blob, Event, Ticket, TicketMessage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Desk:
-    """What ticket creation needs besides the mail: who we are, templates, calendar, keys."""
-
-    sender: Sender
-    public_url: str
-    default_language: str
-    timezone: str
-    first_response_hours: float
-    calendar: sla.BusinessCalendar
-    templates: Environment
-    secret: str
-    store: blobs.BlobStore
-    required_facts: tuple[str, ...] = ()
-    fact_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    urgent_keywords: tuple[str, ...] = ()
-    tier_priority: Mapping[str, str] = field(default_factory=dict)
-    unknown_sender: str = "accept"
-    limits: files.Limits = files.Limits(25_000_000, 50_000_000)
-    logo_max_bytes: int = 32_000
-    reopen_days: float = 14.0
-    stranger_tag: str = "new_ticket"
-    plus_addressing: bool = False
-    answers_per_hour: int = 5
 
 
 def open_ticket(
@@ -106,7 +76,7 @@ def open_ticket(
                 "priority": level, "priority_reason": why,
                 **({"refers_to": refers_to} if refers_to else {})},
     ))
-    if verdict.answer and over_answer_limit(session, desk, ticket.customer_address, now):
+    if verdict.answer and answers.over_limit(session, desk, ticket.customer_address, now):
         session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
                           detail={"reason": "answer limit per address reached"}))
         log.warning("answer limit reached, not answering to=%s ticket=%s",
@@ -114,16 +84,8 @@ def open_ticket(
     elif verdict.answer:
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
-        acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown)
+        answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown)
     return ticket
-
-
-def over_answer_limit(session: Session, desk: Desk, address: str, now: datetime) -> bool:
-    """True when `address` had its share of automatic answers in the last hour."""
-    recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
-        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(("ack", "reject")),
-        OutboxMail.created_at > now - timedelta(hours=1)))
-    return int(recent or 0) >= desk.answers_per_hour
 
 
 def participants_of(mail: InboundMail, support: str, customer: str) -> list[str]:
@@ -179,21 +141,6 @@ def add_follow_up(
     return True
 
 
-def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
-    """No ticket for an unknown sender: a polite answer explains how to reach support."""
-    lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
-    context = {"name": mail.from_name, "subject": strip_prefixes(mail.subject),
-               "support_address": desk.sender.address, "support_name": desk.sender.name,
-               "language": lang, "number": None}
-    if over_answer_limit(session, desk, mail.from_addr, now):
-        log.warning("answer limit reached, not answering to=%s", mail.from_addr)
-        return
-    rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
-                           to=mail.from_addr, now=now, in_reply_to=mail.message_id,
-                           references=mail.references, auto_submitted="auto-replied")
-    enqueue(session, desk, rendered, [mail.from_addr], None, "reject", now, automatic=True)
-
-
 def _store_attachments(
     session: Session, desk: Desk, message_id: int, planned: list[files.Planned],
     now: datetime,
@@ -220,58 +167,3 @@ def _store_attachments(
     return shown
 
 
-def acknowledge(
-    session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
-    zone: str, ask_official: bool, shown: list[files.Planned],
-) -> None:
-    """Queue the acknowledgement with ticket number, promise and escalation link."""
-    context = {
-        "number": ticket.number,
-        "name": mail.from_name,
-        "subject": ticket.subject,
-        "received": ticket.opened_at,
-        "due": ticket.first_response_due,
-        "hours": f"{desk.first_response_hours:g}",
-        "hours_text_de": "Mo–Fr, 09:00–16:00 Uhr",
-        "hours_text_en": "Mon–Fri, 09:00–16:00",
-        "timezone": zone,
-        "ask_official": ask_official,
-        "attachments": [f.filename for f in shown if f.store],
-        "not_stored": [(f.filename, f.size, f.note) for f in shown if not f.store],
-        "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
-        "missing": list(ticket.missing),
-        "urgent": ticket.priority == "urgent",
-        "support_name": desk.sender.name,
-        "language": ticket.language,
-    }
-    mail_out = render_mail(
-        desk.templates, "ack", ticket.language, context, sender=desk.sender,
-        to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
-        references=mail.references, auto_submitted="auto-replied",
-        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.plus_addressing else None,
-    )
-    enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
-            automatic=True)
-
-
-def enqueue(
-    session: Session, desk: Desk, mail: Rendered, recipients: list[str],
-    ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
-) -> OutboxMail:
-    """Put a rendered mail in the outbox and on the ticket's record."""
-    out = OutboxMail(
-        message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
-        recipient=recipients[0].lower() if recipients else "",
-        envelope_from=desk.sender.address, recipients=recipients,
-        raw=mail.raw, state="pending", attempts=0, next_attempt_at=now,
-        last_error="", created_at=now,
-    )
-    session.add(out)
-    if ticket is not None:
-        session.add(TicketMessage(
-            ticket_id=ticket.id, direction="out", author=desk.sender.address,
-            message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
-            new_text=mail.text, automatic=automatic, created_at=now,
-        ))
-    return out

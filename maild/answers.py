@@ -1,0 +1,100 @@
+"""Automatic answers to customers: the acknowledgement, the unknown-sender reply, the
+per-address limit, and putting a rendered mail into the outbox and on the ticket."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from maild import links
+from maild.desk import Desk
+from maild.mail import files, language
+from maild.mail.parse import InboundMail
+from maild.mail.render import Rendered, render_mail
+from maild.mail.subject import strip_prefixes
+from maild.models import OutboxMail, Ticket, TicketMessage
+
+log = logging.getLogger(__name__)
+
+
+def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> bool:
+    """True when `address` had its share of automatic answers in the last hour."""
+    recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
+        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(("ack", "reject")),
+        OutboxMail.created_at > now - timedelta(hours=1)))
+    return int(recent or 0) >= desk.answers_per_hour
+
+
+def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
+    """No ticket for an unknown sender: a polite answer explains how to reach support."""
+    lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
+    context = {"name": mail.from_name, "subject": strip_prefixes(mail.subject),
+               "support_address": desk.sender.address, "support_name": desk.sender.name,
+               "language": lang, "number": None}
+    if over_limit(session, desk, mail.from_addr, now):
+        log.warning("answer limit reached, not answering to=%s", mail.from_addr)
+        return
+    rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
+                           to=mail.from_addr, now=now, in_reply_to=mail.message_id,
+                           references=mail.references, auto_submitted="auto-replied")
+    enqueue(session, desk, rendered, [mail.from_addr], None, "reject", now, automatic=True)
+
+
+def acknowledge(
+    session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
+    zone: str, ask_official: bool, shown: list[files.Planned],
+) -> None:
+    """Queue the acknowledgement with ticket number, promise and escalation link."""
+    context = {
+        "number": ticket.number,
+        "name": mail.from_name,
+        "subject": ticket.subject,
+        "received": ticket.opened_at,
+        "due": ticket.first_response_due,
+        "hours": f"{desk.first_response_hours:g}",
+        "hours_text_de": "Mo–Fr, 09:00–16:00 Uhr",
+        "hours_text_en": "Mon–Fri, 09:00–16:00",
+        "timezone": zone,
+        "ask_official": ask_official,
+        "attachments": [f.filename for f in shown if f.store],
+        "not_stored": [(f.filename, f.size, f.note) for f in shown if not f.store],
+        "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
+        "missing": list(ticket.missing),
+        "urgent": ticket.priority == "urgent",
+        "support_name": desk.sender.name,
+        "language": ticket.language,
+    }
+    mail_out = render_mail(
+        desk.templates, "ack", ticket.language, context, sender=desk.sender,
+        to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
+        references=mail.references, auto_submitted="auto-replied",
+        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
+        if desk.plus_addressing else None,
+    )
+    enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
+            automatic=True)
+
+
+def enqueue(
+    session: Session, desk: Desk, mail: Rendered, recipients: list[str],
+    ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
+) -> OutboxMail:
+    """Put a rendered mail in the outbox and on the ticket's record."""
+    out = OutboxMail(
+        message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
+        recipient=recipients[0].lower() if recipients else "",
+        envelope_from=desk.sender.address, recipients=recipients,
+        raw=mail.raw, state="pending", attempts=0, next_attempt_at=now,
+        last_error="", created_at=now,
+    )
+    session.add(out)
+    if ticket is not None:
+        session.add(TicketMessage(
+            ticket_id=ticket.id, direction="out", author=desk.sender.address,
+            message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
+            new_text=mail.text, automatic=automatic, created_at=now,
+        ))
+    return out

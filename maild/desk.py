@@ -1,0 +1,39 @@
+"""What handling a mail needs besides the mail itself: who we are, templates, calendar,
+keys, the blob store and the configured policies — built once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from jinja2 import Environment
+
+from maild import blobs, sla
+from maild.mail import files
+from maild.mail.render import Sender
+
+
+@dataclass(frozen=True, slots=True)
+class Desk:
+    """What ticket creation needs besides the mail: who we are, templates, calendar, keys."""
+
+    sender: Sender
+    public_url: str
+    default_language: str
+    timezone: str
+    first_response_hours: float
+    calendar: sla.BusinessCalendar
+    templates: Environment
+    secret: str
+    store: blobs.BlobStore
+    required_facts: tuple[str, ...] = ()
+    fact_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    urgent_keywords: tuple[str, ...] = ()
+    tier_priority: Mapping[str, str] = field(default_factory=dict)
+    unknown_sender: str = "accept"
+    limits: files.Limits = files.Limits(25_000_000, 50_000_000)
+    logo_max_bytes: int = 32_000
+    reopen_days: float = 14.0
+    stranger_tag: str = "new_ticket"
+    plus_addressing: bool = False
+    answers_per_hour: int = 5
