@@ -28,7 +28,7 @@ bench: $(STAMP) dovecot
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check maild tests bench migrations
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 clean:
