@@ -28,7 +28,7 @@ def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> boo
     return int(recent or 0) >= desk.answers_per_hour
 
 
-def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
+def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> bool:
     """No ticket for an unknown sender: a polite answer explains how to reach support."""
     lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
     context = {"name": mail.from_name, "subject": strip_prefixes(mail.subject),
@@ -36,11 +36,12 @@ def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetim
                "language": lang, "number": None}
     if over_limit(session, desk, mail.from_addr, now):
         log.warning("answer limit reached, not answering to=%s", mail.from_addr)
-        return
+        return False
     rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
                            references=mail.references, auto_submitted="auto-replied")
     enqueue(session, desk, rendered, [mail.from_addr], None, "reject", now, automatic=True)
+    return True
 
 
 def acknowledge(

@@ -31,6 +31,7 @@ class BlobStore(Protocol):
         ...
 
     def sync(self) -> None: ...
+    def exists(self, sha256: str) -> bool: ...
     def get(self, sha256: str) -> bytes: ...
     def delete(self, sha256: str) -> None: ...
 
@@ -88,6 +89,9 @@ class FolderStore:
         except OSError as exc:
             raise StorageUnavailable(f"blob store {self.root}: {exc.strerror or exc}") from exc
         self._unsynced.clear()
+
+    def exists(self, sha256: str) -> bool:
+        return self._path(sha256).exists()
 
     def get(self, sha256: str) -> bytes:
         return self._path(sha256).read_bytes()

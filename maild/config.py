@@ -54,6 +54,11 @@ class ImapSettings(_Section):
     batch_size: int = Field(default=50, ge=1, le=1000)
     timeout: float = Field(default=30.0, gt=0)
 
+    @property
+    def mailbox_id(self) -> str:
+        """Names this watched folder in the database: several accounts may have an INBOX."""
+        return f"{self.username}@{self.host}/{self.folder}"
+
 
 class SmtpSettings(_Section):
     host: str

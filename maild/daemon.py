@@ -111,13 +111,13 @@ class Daemon:
     async def _main(self, engine: Engine, factory: db.SessionFactory) -> None:
         s = self.settings
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
-        intake = Intake(factory, desk, s.imap.folder, s.intake.max_attempts, self.clock)
+        intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock)
         loop = asyncio.get_running_loop()
 
         def wake_outbox() -> None:
             loop.call_soon_threadsafe(self.wakeup.set)
 
-        lock = db.MailboxLock(engine, f"{s.imap.host}/{s.imap.username}/{s.imap.folder}")
+        lock = db.MailboxLock(engine, s.imap.mailbox_id)
         watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock,
                           lock)
         outbox = Outbox(factory, s.outbox, s.smtp, self.clock)
@@ -125,7 +125,8 @@ class Daemon:
             asyncio.create_task(watcher.run(), name="watcher"),
             asyncio.create_task(self._send_loop(outbox), name="outbox"),
         ]
-        log.info("maild running: mailbox %s, support address %s", s.imap.folder, s.support.address)
+        log.info("maild running: mailbox %s, support address %s", s.imap.mailbox_id,
+                 s.support.address)
         await self.should_exit.wait()
         await self._shutdown(tasks)
 

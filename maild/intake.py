@@ -183,8 +183,9 @@ class Intake:
         if account is None and self.desk.unknown_sender == "domain":
             account = accounts.by_domain(session, parsed.from_addr)
         if account is None and verdict.answer and self.desk.unknown_sender == "reject":
-            reject_unknown(session, self.desk, parsed, now)
-            row.reason = "unknown sender: told how to reach support, no ticket"
+            told = reject_unknown(session, self.desk, parsed, now)
+            row.reason = ("unknown sender: told how to reach support, no ticket" if told else
+                          "unknown sender: no ticket, not answered (answer limit reached)")
             log.info("unknown sender answered, no ticket from=%s", parsed.from_addr)
             return Outcome(mail.uid, "processed", row.reason)
         ticket = open_ticket(

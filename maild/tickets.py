@@ -154,7 +154,8 @@ def _store_attachments(
             seen = session.get(Blob, f.sha256) is not None
             listed = not (seen and f.size <= desk.logo_max_bytes
                           and f.content_type.startswith("image/"))
-            desk.store.put(f.data)
+            if not desk.store.exists(f.sha256):  # intake wrote it already, as a rule
+                desk.store.put(f.data)
             blobs.add_ref(session, f.sha256, f.size, now)
         session.add(Attachment(
             ticket_message_id=message_id, filename=f.filename, content_type=f.content_type,

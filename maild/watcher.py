@@ -130,10 +130,10 @@ class Watcher:
         """The first UID to process, fixed at the very first start (see process_existing)."""
         now = self.clock()
         with db.transaction(self.factory) as session:
-            state = session.get(MailboxState, self.imap.folder)
+            state = session.get(MailboxState, self.imap.mailbox_id)
             if state is None:
                 start = 0 if self.imap.process_existing else box.uidnext
-                state = MailboxState(name=self.imap.folder, uidvalidity=box.uidvalidity,
+                state = MailboxState(name=self.imap.mailbox_id, uidvalidity=box.uidvalidity,
                                      start_uid=start, updated_at=now)
                 session.add(state)
                 if start:

@@ -237,3 +237,16 @@ def test_outlook_history_is_cut_from_the_new_text():
     assert "Ursprüngliche" not in latest_reply(text)
     assert latest_reply(text).startswith("Bitte um Rückruf.")
     assert latest_reply("") == ""
+
+
+def test_two_accounts_inboxes_do_not_share_uids(intake, factory):
+    # Several mailboxes are named INBOX; each is its own in the database.
+    intake.process(7, Fetched(1, (DATA / "customer_de.eml").read_bytes(), NOW))
+    other = Intake(factory, intake.desk, "other@imap.example/INBOX", 3, lambda: NOW)
+    assert intake.known(7, [1]) == {1: "processed"} and other.known(7, [1]) == {}
+
+
+def test_mailbox_id_names_account_host_and_folder():
+    from maild.config import ImapSettings
+    imap = ImapSettings(host="imap.example.com", username="service", folder="INBOX")
+    assert imap.mailbox_id == "service@imap.example.com/INBOX"
