@@ -82,8 +82,10 @@ def acknowledge(
 def enqueue(
     session: Session, desk: Desk, mail: Rendered, recipients: list[str],
     ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
+    internal: bool = False, author: str = "",
 ) -> OutboxMail:
-    """Put a rendered mail in the outbox and on the ticket's record."""
+    """Put a rendered mail in the outbox and on the ticket's record (`internal`: for
+    agents' eyes only, never quoted or referenced towards a customer)."""
     out = OutboxMail(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
         recipient=recipients[0].lower() if recipients else "",
@@ -94,8 +96,9 @@ def enqueue(
     session.add(out)
     if ticket is not None:
         session.add(TicketMessage(
-            ticket_id=ticket.id, direction="out", author=desk.sender.address,
+            ticket_id=ticket.id, direction="out", author=author or desk.sender.address,
             message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
-            new_text=mail.text, automatic=automatic, created_at=now,
+            new_text=mail.text, automatic=automatic, created_at=now, kind=kind,
+            internal=internal,
         ))
     return out

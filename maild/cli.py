@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from maild import __version__, accounts, blobs, config, db, imap, purge, views
+from maild import __version__, accounts, agents, blobs, config, db, imap, purge, views
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred
 from maild.models import OutboxMail
@@ -79,6 +79,16 @@ def parser() -> argparse.ArgumentParser:
     ai.add_argument("--dry-run", action="store_true", help="check and count, change nothing")
     al = asub.add_parser("list", help="list contacts with company and addresses")
     al.add_argument("--json", action="store_true", help="machine-readable output")
+    gp = sub.add_parser("agents", help="who works tickets by mail")
+    gsub = gp.add_subparsers(dest="agents_command", required=True)
+    ga = gsub.add_parser("add", help="add an agent (or change its name)")
+    ga.add_argument("address", type=_address, help="the agent's own mail address")
+    ga.add_argument("--name", default="", help="shown to customers on relayed answers")
+    ga.add_argument("--lead", action="store_true", help="team lead (gets escalations)")
+    gl = gsub.add_parser("list", help="list agents from the config file and the database")
+    gl.add_argument("--json", action="store_true", help="machine-readable output")
+    gr = gsub.add_parser("remove", help="remove an agent added with `agents add`")
+    gr.add_argument("address", type=_address)
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
@@ -93,6 +103,14 @@ def _ticket_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a ticket number: {text!r}") from None
 
 
+def _address(text: str) -> str:
+    value = text.strip().lower()
+    local, at, domain = value.partition("@")
+    if not (local and at and "." in domain) or any(c.isspace() or c in "<>,;" for c in value):
+        raise argparse.ArgumentTypeError(f"not a mail address: {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -105,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
+        "agents": cmd_agents,
     }
     try:
         return commands[args.command](settings, args)
@@ -253,6 +272,8 @@ def cmd_tickets_purge(settings: Settings, args: argparse.Namespace) -> int:
 def _render_ticket(d: dict[str, Any]) -> str:
     out = [f"Ticket #{d['number']}  {d['status']}, {d['priority']}"
            f"{', automatic' if d['automatic'] else ''}  {d['subject']}",
+           f"Owner:     {d['owner'] or '-'}   cause {d['cause'] or '-'}"
+           f"{'   merged into #' + str(d['merged_into']) if d['merged_into'] else ''}",
            f"Customer:  {d['customer_name']} <{d['customer']}>  language {d['language']}",
            f"Opened:    {d['opened_at']}   first response due {d['first_response_due'] or '-'}",
            "Facts:"]
@@ -262,8 +283,9 @@ def _render_ticket(d: dict[str, Any]) -> str:
     out.append(f"Missing:   {', '.join(d['missing']) or '-'}")
     out.append("Messages:")
     for m in d["messages"]:
-        out.append(f"  {m['at']}  {m['direction']:<3} {m['author']}  {m['subject']}"
-                   f"{'  (automatic)' if m['automatic'] else ''}")
+        out.append(f"  {m['at']}  {m['direction']:<3} {m['kind'] or '-':<12} {m['author']}  "
+                   f"{m['subject']}{'  (automatic)' if m['automatic'] else ''}"
+                   f"{'  (internal)' if m['internal'] else ''}")
         for a in m["attachments"]:
             extra = "".join(f", {x}" for x in (a["note"], "" if a["listed"] else "logo") if x)
             out.append(f"      attachment {a['filename']} ({a['content_type']}, "
@@ -322,6 +344,41 @@ def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool) ->
     print(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged "
           f"{verb} imported; {len(report.errors)} lines with errors")
     return 1 if report.errors else 0
+
+
+def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
+    roster = agents.roster_from(settings.agents.members, settings.agents.team_address)
+    if args.agents_command == "list":
+        with _session(settings) as session:
+            rows = [{"address": a.address, "name": a.name, "lead": a.lead, "source": a.source}
+                    for a in roster.all(session)]
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+            return 0
+        for r in rows:
+            lead = " (lead)" if r["lead"] else ""
+            print(f"{r['address']:<36} {r['name']:<28} {r['source']}{lead}")
+        team = settings.agents.team_address or "(none: notifications go to every agent)"
+        print(f"{len(rows)} agents; team address {team}")
+        return 0
+    configured = {a.address for a in roster.configured}
+    if args.address == settings.support.address:
+        print("maild: the support address cannot be an agent", file=sys.stderr)
+        return 1
+    with _session(settings) as session:
+        if args.agents_command == "add":
+            new = agents.add(session, args.address, args.name, args.lead, datetime.now(UTC))
+            print(f"agent {args.address} {'added' if new else 'updated'}")
+            if args.address in configured:
+                print(f"note: {args.address} is also in {settings.source}; that entry wins")
+            return 0
+        if not agents.remove(session, args.address):
+            where = (f"; it is listed in {settings.source}: remove it there"
+                     if args.address in configured else "")
+            print(f"maild: no agent {args.address} in the database{where}", file=sys.stderr)
+            return 1
+    print(f"agent {args.address} removed")
+    return 0
 
 
 def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -82,9 +82,7 @@ class SupportSettings(_Section):
     @field_validator("address")
     @classmethod
     def _is_address(cls, value: str) -> str:
-        if "@" not in value or value.startswith("@") or value.endswith("@") or " " in value:
-            raise ValueError(f"not an email address: {value!r}")
-        return value.lower()
+        return _address(value)
 
 
 class CalendarSettings(_Section):
@@ -158,6 +156,47 @@ class ThreadingSettings(_Section):
     plus_addressing: bool = False
 
 
+class AgentEntry(_Section):
+    address: str
+    name: str = ""
+    lead: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _is_address(cls, value: str) -> str:
+        return _address(value)
+
+
+class AgentsSettings(_Section):
+    """Who works tickets by mail, where notifications go and what proves an agent's mail."""
+
+    members: tuple[AgentEntry, ...] = ()
+    team_address: str = ""
+    language: Literal["de", "en"] = "de"
+    require_proof: bool = True
+    trusted_authserv_ids: tuple[str, ...] = ()
+    relay_to_participants: bool = True
+    quote_customer: bool = True
+    notify_attachments_max_mb: float = Field(default=10.0, ge=0)
+
+    @field_validator("team_address")
+    @classmethod
+    def _team(cls, value: str) -> str:
+        return _address(value) if value else ""
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().lower() for v in value if v.strip())
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    if "@" not in value or value.startswith("@") or value.endswith("@") or " " in value:
+        raise ValueError(f"not an email address: {value!r}")
+    return value.lower()
+
+
 class AccountsSettings(_Section):
     unknown_sender: Literal["accept", "domain", "reject"] = "accept"
 
@@ -211,6 +250,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     calendar: CalendarSettings = CalendarSettings()
     accounts: AccountsSettings = AccountsSettings()
+    agents: AgentsSettings = AgentsSettings()
     threading: ThreadingSettings = ThreadingSettings()
     attachments: AttachmentSettings = AttachmentSettings()
     facts: FactsSettings = FactsSettings()

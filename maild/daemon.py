@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from maild import blobs, db, sla
+from maild import agents, blobs, db, sla
 from maild.config import Settings
 from maild.desk import Desk
 from maild.errors import ConfigError, StorageUnavailable, Temporary
@@ -54,6 +54,13 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         stranger_tag=settings.threading.stranger_tag,
         plus_addressing=settings.threading.plus_addressing,
         answers_per_hour=settings.limits.answers_per_address_per_hour,
+        roster=agents.roster_from(settings.agents.members, settings.agents.team_address),
+        agent_language=settings.agents.language,
+        require_proof=settings.agents.require_proof,
+        trusted_authserv_ids=settings.agents.trusted_authserv_ids,
+        relay_to_participants=settings.agents.relay_to_participants,
+        quote_customer=settings.agents.quote_customer,
+        notify_files_max_bytes=int(settings.agents.notify_attachments_max_mb * 1_000_000),
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from jinja2 import Environment
 
 from maild import blobs, sla
+from maild.agents import Roster
 from maild.mail import files
 from maild.mail.render import Sender
 
@@ -37,3 +38,10 @@ class Desk:
     stranger_tag: str = "new_ticket"
     plus_addressing: bool = False
     answers_per_hour: int = 5
+    roster: Roster = Roster()
+    agent_language: str = "de"
+    require_proof: bool = True
+    trusted_authserv_ids: tuple[str, ...] = ()
+    relay_to_participants: bool = True
+    quote_customer: bool = True
+    notify_files_max_bytes: int = 10_000_000

@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from maild import accounts, blobs, db, threader
+from maild import accounts, blobs, db, notify, threader, work
 from maild.answers import reject_unknown
 from maild.desk import Desk
 from maild.errors import Temporary
@@ -169,12 +169,25 @@ class Intake:
         row.state = "processed"
         if verdict.kind == "own":
             return Outcome(mail.uid, "processed", verdict.reason)
+        agent = self.desk.roster.get(session, parsed.from_addr) if verdict.answer else None
+        proven = work.proof(session, self.desk, parsed) if agent is not None else ""
         match = threader.find(session, parsed, self.desk.sender.address, self.desk.secret,
-                               self.desk.stranger_tag)
+                               self.desk.stranger_tag, agent=bool(proven))
+        if agent is not None and proven and match is not None:
+            summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
+                                      inbound_id=row.id, now=now, planned=p.planned)
+            row.ticket_id = match.ticket.id
+            return Outcome(mail.uid, "processed", summary, match.ticket.number)
+        forged = agent is not None and not proven
+        if forged:
+            log.warning("mail claims an agent's From without proof, treated as a customer's "
+                        "from=%s message_id=%s", parsed.from_addr, parsed.message_id)
         if match is not None and match.attach and add_follow_up(
                 session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
                 how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days):
             row.ticket_id = match.ticket.id
+            if forged:
+                notify.forged_warning(session, self.desk, match.ticket, parsed, now)
             log.info("follow-up number=%s how=%s from=%s message_id=%s", match.ticket.number,
                      match.how, parsed.from_addr, parsed.message_id)
             return Outcome(mail.uid, "processed", "follow-up", match.ticket.number)
@@ -194,6 +207,8 @@ class Intake:
             refers_to=refers_to,
         )
         row.ticket_id = ticket.id
+        if forged:
+            notify.forged_warning(session, self.desk, ticket, parsed, now)
         log.info(
             "ticket created number=%s kind=%s from=%s message_id=%s",
             ticket.number, verdict.kind, ticket.customer_address, parsed.message_id,

@@ -28,6 +28,22 @@ def reply_address(support_address: str, secret: str, ticket_number: int) -> str:
     return f"{local}+{ticket_number}.{reply_token(secret, ticket_number)}@{domain}"
 
 
+def agent_token(secret: str, ticket_number: int) -> str:
+    """The token in the reply address of agents' notifications: proof that a reply to it
+    comes from someone who received the notification (customers never see it)."""
+    mac = hmac.new(secret.encode(), f"maild.agent.{ticket_number}".encode(), hashlib.sha256)
+    return "a" + mac.hexdigest()[:24]
+
+
+def agent_reply_address(support_address: str, secret: str, ticket_number: int) -> str:
+    local, _, domain = support_address.partition("@")
+    return f"{local}+{ticket_number}.{agent_token(secret, ticket_number)}@{domain}"
+
+
+def agent_token_valid(secret: str, ticket_number: int, token: str) -> bool:
+    return hmac.compare_digest(agent_token(secret, ticket_number), token.lower())
+
+
 def reply_token_valid(secret: str, ticket_number: int, token: str) -> bool:
     return hmac.compare_digest(reply_token(secret, ticket_number), token.lower())
 

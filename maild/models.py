@@ -133,6 +133,16 @@ class ContactAddress(Base):
     primary: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class Agent(Base):
+    """An agent added with `maild agents add` (those in the config file are not stored)."""
+
+    __tablename__ = "agents"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), default="")
+    lead: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Ticket(Base):
     __tablename__ = "tickets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -158,6 +168,9 @@ class Ticket(Base):
     first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    owner: Mapped[str] = mapped_column(String(320), default="", index=True)
+    cause: Mapped[str] = mapped_column(String(20), default="")
+    merged_into: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class InboundMessage(Base):
@@ -201,6 +214,10 @@ class TicketMessage(Base):
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     automatic: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What it is: customer, agent, note, ack, relay, status, notify, agent_notice, ...
+    kind: Mapped[str] = mapped_column(String(20), default="")
+    # Seen by agents only (notes, notifications); never quoted to a customer.
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Attachment(Base):

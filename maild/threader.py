@@ -13,13 +13,15 @@ from maild.mail import thread
 from maild.mail.parse import InboundMail
 from maild.models import Ticket, TicketMessage
 
-How = Literal["reference", "reply-address", "tag", "tag-foreign"]
+How = Literal["reference", "reply-address", "agent-address", "tag", "tag-foreign"]
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     ticket: Ticket
     how: How
+    referenced: TicketMessage | None = None  # the message answered, when known
+    merged_from: int | None = None  # the ticket number the mail pointed at, if merged away
 
     @property
     def attach(self) -> bool:
@@ -28,24 +30,42 @@ class Match:
 
 
 def find(session: Session, mail: InboundMail, support_address: str, secret: str,
-         stranger_tag: str) -> Match | None:
-    """The ticket `mail` belongs to, strongest proof first; None for a new matter."""
+         stranger_tag: str, *, agent: bool = False) -> Match | None:
+    """The ticket `mail` belongs to, strongest proof first; None for a new matter.
+    `agent`: the sender is a proven agent, whom a tag alone lets in."""
+    found = _find(session, mail, support_address, secret, stranger_tag, agent)
+    if found is None or found.ticket.merged_into is None:
+        return found
+    ticket, seen = found.ticket, {found.ticket.number}
+    while ticket.merged_into is not None and ticket.merged_into not in seen:
+        target = _by_number(session, ticket.merged_into)
+        if target is None:
+            break
+        seen.add(target.number)
+        ticket = target
+    return Match(ticket, found.how, found.referenced, found.ticket.number)
+
+
+def _find(session: Session, mail: InboundMail, support_address: str, secret: str,
+          stranger_tag: str, agent: bool) -> Match | None:
     ids = thread.referenced_ids(mail)
     if ids:
-        ticket_id = session.scalars(select(TicketMessage.ticket_id).where(
+        message = session.scalars(select(TicketMessage).where(
             TicketMessage.message_id.in_(ids)).order_by(TicketMessage.id.desc())).first()
-        if ticket_id is not None:
-            return Match(session.get_one(Ticket, ticket_id), "reference")
+        if message is not None:
+            return Match(session.get_one(Ticket, message.ticket_id), "reference", message)
     for number, token in thread.plus_tokens(mail, support_address):
-        if links.reply_token_valid(secret, number, token):
-            ticket = _by_number(session, number)
-            if ticket is not None:
-                return Match(ticket, "reply-address")
+        how: How | None = ("reply-address" if links.reply_token_valid(secret, number, token)
+                           else "agent-address"
+                           if links.agent_token_valid(secret, number, token) else None)
+        ticket = _by_number(session, number) if how else None
+        if ticket is not None and how is not None:
+            return Match(ticket, how)
     tagged = thread.subject_tag(mail.subject)
     ticket = _by_number(session, tagged) if tagged is not None else None
     if ticket is None:
         return None
-    if stranger_tag == "attach" or _belongs(session, ticket, mail.from_addr):
+    if stranger_tag == "attach" or agent or _belongs(session, ticket, mail.from_addr):
         return Match(ticket, "tag")
     return Match(ticket, "tag-foreign")
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maild import answers, blobs, db, sla
+from maild import answers, blobs, db, notify, sla
 from maild.accounts import Account, has_accounts
 from maild.desk import Desk
 from maild.mail import body, facts, files, language, triage
@@ -63,13 +63,13 @@ def open_ticket(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
         author=ticket.customer_address, message_id=mail.message_id, subject=mail.subject,
         body_text=mail.text, new_text=body.latest_reply(mail.text), facts=found,
-        automatic=automatic, created_at=now,
+        automatic=automatic, created_at=now, kind="automatic" if automatic else "customer",
     )
     session.add(first)
     session.flush()
     if planned is None:
         planned = files.plan(mail.attachments, desk.limits)
-    shown = _store_attachments(session, desk, first.id, planned, now)
+    shown = store_attachments(session, desk, first.id, planned, now)
     session.add(Event(
         ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
         detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
@@ -85,6 +85,7 @@ def open_ticket(
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
         answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown)
+        notify.ticket_notice(session, desk, ticket, first, shown, "new", now)
     return ticket
 
 
@@ -115,13 +116,12 @@ def add_follow_up(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=mail.from_addr,
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
         new_text=body.latest_reply(mail.text), facts=found, automatic=not person,
-        created_at=now,
+        created_at=now, kind="customer" if person else "automatic",
     )
     session.add(message)
     session.flush()
-    _store_attachments(session, desk, message.id,
-                       planned if planned is not None else files.plan(mail.attachments,
-                                                                      desk.limits), now)
+    shown = store_attachments(session, desk, message.id, planned if planned is not None
+                              else files.plan(mail.attachments, desk.limits), now)
     detail: dict[str, object] = {"inbound_id": inbound_id, "how": how,
                                  "kind": verdict.kind}
     if person:
@@ -138,10 +138,12 @@ def add_follow_up(
     ticket.updated_at = now
     session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
                       kind="follow_up" if person else "automatic_reply", detail=detail))
+    if person:
+        notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now)
     return True
 
 
-def _store_attachments(
+def store_attachments(
     session: Session, desk: Desk, message_id: int, planned: list[files.Planned],
     now: datetime,
 ) -> list[files.Planned]:

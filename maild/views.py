@@ -22,6 +22,7 @@ def ticket_summary(t: Ticket) -> dict[str, Any]:
         "subject": t.subject, "language": t.language, "automatic": t.automatic,
         "opened_at": _when(t.opened_at), "first_response_due": _when(t.first_response_due),
         "first_response_at": _when(t.first_response_at), "missing": list(t.missing),
+        "owner": t.owner, "cause": t.cause, "merged_into": t.merged_into,
     }
 
 
@@ -56,6 +57,7 @@ def ticket_detail(session: Session, number: int) -> dict[str, Any] | None:
         "messages": [{
             "at": _when(m.created_at), "direction": m.direction, "author": m.author,
             "message_id": m.message_id, "subject": m.subject, "automatic": m.automatic,
+            "kind": m.kind, "internal": m.internal,
             "text": m.body_text, "new_text": m.new_text,
             "attachments": by_message.get(m.id, []),
         } for m in messages],

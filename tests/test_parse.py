@@ -116,3 +116,10 @@ def test_public_corpus_parses_without_crash_and_bounces_are_not_answered():
 def test_reply_prefixes_are_stripped(subject, clean):
     from maild.mail.subject import strip_prefixes
     assert strip_prefixes(subject) == clean
+
+
+def test_eight_bit_text_without_a_charset_is_read_as_utf8_or_cp1252():
+    utf8 = parse("From: a@b.example\r\nSubject: x\r\n\r\nDie App stürzt ab.\r\n".encode())
+    assert utf8.text.strip() == "Die App stürzt ab."
+    cp1252 = parse("From: a@b.example\r\nSubject: x\r\n\r\nGrüße\r\n".encode("cp1252"))
+    assert cp1252.text.strip() == "Grüße"

@@ -113,12 +113,19 @@ def test_two_daemons_on_one_database_share_the_work_without_doubling(
             mailbox.append(customer_mail(n))
         assert len(smtp.wait_for(5)) == 5
         first.kill(signal.SIGKILL)
+        before_kill = set(smtp.by_message_id())
         for n in range(5, 10):
             mailbox.append(customer_mail(n))
         assert len(smtp.wait_for(10, timeout=40)) == 10, second.output()
         assert "taken over" in second.output()
         time.sleep(1)
-        assert len(smtp.by_message_id()) == 10 and len(smtp.mails) == 10
+        # Counted by Message-ID (DESIGN.md): a mail the first daemon had handed over when it
+        # was killed, but not yet marked sent, may go out again -- as the same mail. Nothing
+        # that was not in flight at the kill is ever sent twice.
+        sent = smtp.by_message_id()
+        assert len(sent) == 10
+        resent = {mid for mid, copies in sent.items() if len(copies) > 1}
+        assert resent <= before_kill and all(len(c) <= 2 for c in sent.values())
         assert count(database_url, Ticket) == 10
     finally:
         first.kill()

@@ -51,6 +51,7 @@ class InboundMail:
     header_count: int
     has_body_separator: bool
     defects: tuple[str, ...]
+    auth_results: tuple[str, ...] = ()
 
 
 def parse(raw: bytes) -> InboundMail:
@@ -84,6 +85,8 @@ def parse(raw: bytes) -> InboundMail:
         header_count=len(msg.keys()),
         has_body_separator=_SEPARATOR.search(raw) is not None,
         defects=tuple(_defects(msg)),
+        auth_results=tuple(_unfold(str(v)) for k, v in msg.raw_items()
+                           if k.lower() == "authentication-results"),
     )
 
 
@@ -202,19 +205,22 @@ def _body_parts(msg: EmailMessage) -> tuple[Message | None, Message | None]:
 
 
 def _text_of(part: Message) -> str:
-    try:
-        content = part.get_content()  # type: ignore[attr-defined]
-        if isinstance(content, str):
-            return content
-    except Exception:
-        pass
-    payload = _payload_bytes(part)
     charset = None
     try:
         charset = part.get_content_charset()
     except Exception:
         pass
-    return decode_bytes(payload, charset)
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        # 8-bit text without a declared charset (old clients): undecodable as ASCII, so
+        # try UTF-8 and cp1252 on the bytes rather than keep replacement characters.
+        if isinstance(content, str) and not (
+                "\ufffd" in content and charset in (None, "us-ascii")):
+            return content
+    except Exception:
+        pass
+    payload = _payload_bytes(part)
+    return decode_bytes(payload, None if charset == "us-ascii" else charset)
 
 
 def _payload_bytes(part: Message) -> bytes:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from email import encoders
 from email.charset import QP, Charset
 from email.header import Header
+from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import compat32
@@ -15,7 +18,7 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
 from maild.mail.classify import LOOP_HEADER
 
@@ -124,8 +127,12 @@ def render_mail(
     references: tuple[str, ...] = (),
     auto_submitted: str | None = None,
     reply_to: str | None = None,
+    cc: Sequence[str] = (),
+    from_name: str | None = None,
+    files: Sequence[File] = (),
 ) -> Rendered:
-    """The mail `template` (``<template>.<lang>.{subject,txt,html}.j2``) for `to`.
+    """The mail `template` (``<template>.<lang>.{subject,txt,html}.j2``) for `to`; the
+    HTML part only where the template has one, `files` attached.
 
     Built with the stdlib's compat32 MIME classes: our own headers need no parsing, and
     this is several times cheaper than `EmailMessage` on the per-mail path.
@@ -136,9 +143,21 @@ def render_mail(
     subject = " ".join(part("subject").split())
     text = part("txt")
     message_id = new_message_id(sender, context.get("number"))
-    msg = MIMEMultipart("alternative")
-    msg["From"] = formataddr((sender.name, sender.address), charset="utf-8")
+    body: MIMEBase = MIMEText(text, "plain", _QP_UTF8)  # type: ignore[arg-type]  # a Charset works
+    if _has_template(env, f"{template}.{language}.html.j2"):
+        body = MIMEMultipart("alternative")
+        body.attach(MIMEText(text, "plain", _QP_UTF8))  # type: ignore[arg-type]
+        body.attach(MIMEText(part("html"), "html", _QP_UTF8))  # type: ignore[arg-type]
+    msg = body
+    if files:
+        msg = MIMEMultipart("mixed")
+        msg.attach(body)
+        for f in files:
+            msg.attach(_file_part(f))
+    msg["From"] = formataddr((from_name or sender.name, sender.address), charset="utf-8")
     msg["To"] = to
+    if cc:
+        msg["Cc"] = ", ".join(cc)
     msg["Subject"] = _encode_subject(subject)
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = message_id
@@ -152,6 +171,33 @@ def render_mail(
         msg["Reply-To"] = formataddr((sender.name, reply_to), charset="utf-8")
     msg[LOOP_HEADER] = sender.address
     msg["Content-Language"] = language
-    msg.attach(MIMEText(text, "plain", _QP_UTF8))  # type: ignore[arg-type]  # a Charset works
-    msg.attach(MIMEText(part("html"), "html", _QP_UTF8))  # type: ignore[arg-type]
     return Rendered(message_id, subject, text, msg.as_bytes(policy=_CRLF))
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """A file to attach to an outgoing mail."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def _file_part(f: File) -> MIMEBase:
+    main, _, sub = f.content_type.partition("/")
+    if not sub or main == "multipart":
+        main, sub = "application", "octet-stream"
+    part = MIMEBase(main, sub)
+    part.set_payload(f.data)
+    encoders.encode_base64(part)
+    part.add_header("Content-Disposition", "attachment",
+                    filename=f.filename if f.filename.isascii() else ("utf-8", "", f.filename))
+    return part
+
+
+def _has_template(env: Environment, name: str) -> bool:
+    try:
+        env.get_template(name)
+    except TemplateNotFound:
+        return False
+    return True

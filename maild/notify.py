@@ -1,0 +1,119 @@
+"""Mails to agents: ticket notifications and answers to their mails (confirmations,
+rejected commands) and warnings to the team. All are internal to the ticket: customers
+never see them, and a reply to one is how an agent proves who they are."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from maild import answers, links
+from maild.desk import Desk
+from maild.mail import files
+from maild.mail.facts import FACTS
+from maild.mail.parse import InboundMail
+from maild.mail.render import File, render_mail
+from maild.models import OutboxMail, Ticket, TicketMessage
+
+log = logging.getLogger(__name__)
+
+WARNINGS_PER_HOUR = 20
+Notice = Literal["confirm", "rejected", "forged"]
+
+
+def ticket_notice(
+    session: Session, desk: Desk, ticket: Ticket, message: TicketMessage,
+    shown: Sequence[files.Planned], event: Literal["new", "follow_up"], now: datetime,
+    *, warning: str = "",
+) -> None:
+    """Tell the owner (or the team, or every agent) about a new ticket or a customer's
+    follow-up: the new text, facts and what is missing, attachments, the state."""
+    to = _recipients(session, desk, ticket.owner)
+    if not to:
+        log.debug("no agents to notify about ticket=%s", ticket.number)
+        return
+    budget, attached = desk.notify_files_max_bytes, []
+    for f in shown:
+        if f.store and f.size <= budget:
+            attached.append(File(f.filename, f.content_type, f.data))
+            budget -= f.size
+    context = {
+        "number": ticket.number, "event": event, "subject": ticket.subject,
+        "customer": ticket.customer_address, "customer_name": ticket.customer_name,
+        "verified": ticket.verified, "status": ticket.status, "priority": ticket.priority,
+        "owner": ticket.owner, "due": ticket.first_response_due,
+        "answered": ticket.first_response_at, "timezone": desk.timezone,
+        "text": message.new_text or message.body_text, "author": message.author,
+        "facts": [(name, ticket.facts[name]) for name in FACTS if ticket.facts.get(name)],
+        "missing": list(ticket.missing), "participants": list(ticket.participants),
+        "files": [(f.filename, f.size, f.store, f.note) for f in shown],
+        "attached": len(attached), "warning": warning,
+        "support_address": desk.sender.address, "language": desk.agent_language,
+    }
+    _send(session, desk, ticket, "notify", to, context, now,
+          in_reply_to=_last_notice(session, ticket), files=attached)
+
+
+def agent_notice(
+    session: Session, desk: Desk, ticket: Ticket, to: str, notice: Notice,
+    lines: Sequence[str], mail: InboundMail, now: datetime,
+) -> None:
+    """Answer an agent's mail: what changed, or what was wrong (nothing was done)."""
+    context = {"number": ticket.number, "subject": ticket.subject, "notice": notice,
+               "lines": list(lines), "status": ticket.status, "priority": ticket.priority,
+               "owner": ticket.owner, "sender": mail.from_addr,
+               "original_subject": mail.subject, "language": desk.agent_language}
+    _send(session, desk, ticket, "agent_notice", [to], context, now,
+          in_reply_to=mail.message_id, references=mail.references)
+
+
+def forged_warning(
+    session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
+) -> None:
+    """Warn the team: a mail claimed an agent's From without proof (treated as a
+    customer's, nothing executed). Bounded per hour, so a flood cannot turn into one."""
+    recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
+        OutboxMail.kind == "warning", OutboxMail.created_at > now - timedelta(hours=1)))
+    to = _recipients(session, desk, "")
+    if not to or int(recent or 0) >= WARNINGS_PER_HOUR:
+        log.warning("unproven agent mail from=%s ticket=%s (team not warned: limit)",
+                    mail.from_addr, ticket.number)
+        return
+    context = {"number": ticket.number, "subject": ticket.subject, "notice": "forged",
+               "lines": [], "status": ticket.status, "priority": ticket.priority,
+               "owner": ticket.owner, "sender": mail.from_addr,
+               "original_subject": mail.subject, "language": desk.agent_language}
+    _send(session, desk, ticket, "agent_notice", to, context, now,
+          in_reply_to=_last_notice(session, ticket), kind="warning")
+
+
+def _recipients(session: Session, desk: Desk, owner: str) -> list[str]:
+    return [a for a in desk.roster.notify_to(session, owner) if a != desk.sender.address]
+
+
+def _last_notice(session: Session, ticket: Ticket) -> str | None:
+    """The last notification about `ticket`, so agents' clients show one thread."""
+    return session.scalars(select(TicketMessage.message_id).where(
+        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "notify")
+        .order_by(TicketMessage.id.desc())).first()
+
+
+def _send(
+    session: Session, desk: Desk, ticket: Ticket, template: str, to: list[str],
+    context: dict[str, Any], now: datetime, *, in_reply_to: str | None,
+    references: tuple[str, ...] = (), files: Sequence[File] = (), kind: str = "",
+) -> OutboxMail:
+    rendered = render_mail(
+        desk.templates, template, desk.agent_language, context, sender=desk.sender,
+        to=", ".join(to), now=now, in_reply_to=in_reply_to, references=references,
+        auto_submitted="auto-generated", files=files,
+        reply_to=links.agent_reply_address(desk.sender.address, desk.secret, ticket.number)
+        if desk.plus_addressing else None,
+    )
+    return answers.enqueue(session, desk, rendered, to, ticket, kind or template, now,
+                           automatic=True, internal=True)

@@ -1,0 +1,262 @@
+"""Agents work a ticket by mail: commands, relayed answers, internal notes, status mails.
+
+An agent's mail is applied only when it is proven to be theirs (`proof`): its commands
+all at once or, when one is wrong, none of them, with nothing relayed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from maild import answers, links, notify
+from maild.agents import AgentInfo
+from maild.desk import Desk
+from maild.mail import auth, body, commands, files, thread
+from maild.mail.commands import Commands
+from maild.mail.parse import InboundMail
+from maild.mail.render import File, render_mail
+from maild.models import Event, Ticket, TicketMessage
+from maild.threader import Match
+from maild.tickets import store_attachments
+
+log = logging.getLogger(__name__)
+
+STATUS_MAILS = ("in_progress", "waiting", "resolved")
+
+
+def proof(session: Session, desk: Desk, mail: InboundMail) -> str:
+    """Why `mail` (From: an agent) is believed to come from that agent, or '' (not proven):
+    the agent token of a notification's reply address, a reference to a mail we sent to
+    agents only, or a trusted server's DKIM/DMARC pass."""
+    if not desk.require_proof:
+        return "From address (agents.require_proof = false)"
+    for number, token in thread.plus_tokens(mail, desk.sender.address):
+        if links.agent_token_valid(desk.secret, number, token):
+            return "agent token in the reply address"
+    ids = thread.referenced_ids(mail)
+    if ids and session.scalars(select(TicketMessage.id).where(
+            TicketMessage.message_id.in_(ids), TicketMessage.internal.is_(True),
+            TicketMessage.direction == "out")).first() is not None:
+        return "answers a mail sent to agents only"
+    return auth.sender_proven(mail.auth_results, desk.trusted_authserv_ids, mail.from_addr)
+
+
+def agent_mail(
+    session: Session, desk: Desk, match: Match, mail: InboundMail, agent: AgentInfo,
+    why: str, *, inbound_id: int, now: datetime, planned: list[files.Planned] | None,
+) -> str:
+    """Apply a proven agent's mail to the ticket; returns a short summary for the log."""
+    ticket = match.ticket
+    parsed = commands.parse(body.latest_reply(mail.text))
+    errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
+    internal = (bool(errors) or parsed.note
+                or (match.referenced is not None and match.referenced.kind == "note"))
+    message = TicketMessage(
+        ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=agent.address,
+        message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
+        new_text=parsed.text, facts={}, automatic=False, created_at=now,
+        kind="rejected" if errors else "note" if internal else "agent", internal=internal,
+    )
+    session.add(message)
+    session.flush()
+    shown = store_attachments(session, desk, message.id, planned if planned is not None
+                              else files.plan(mail.attachments, desk.limits), now)
+    if errors:
+        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
+                          kind="commands_rejected", detail={"errors": errors}))
+        notify.agent_notice(session, desk, ticket, agent.address, "rejected", errors, mail, now)
+        return f"agent mail rejected: {len(errors)} errors"
+    changes, new_status = _apply(session, desk, ticket, parsed, agent, now)
+    visible = []
+    if parsed.text and not internal:
+        relay(session, desk, ticket, agent, parsed.text, shown, now)
+        visible.append("answer")
+        if ticket.status == "new":
+            _set_status(session, ticket, "in_progress", agent.address, now)
+    if new_status in STATUS_MAILS and not internal:
+        status_mail(session, desk, ticket, new_status, now)
+        visible.append(f"status mail {new_status}")
+    if visible and ticket.first_response_at is None:
+        ticket.first_response_at = now
+        due = ticket.first_response_due
+        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
+                          kind="first_response", detail={
+                              "what": visible[0], "due": due.isoformat() if due else None,
+                              "in_time": due is None or now <= due}))
+    if internal and parsed.text:
+        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address, kind="note",
+                          detail={"message_id": mail.message_id}))
+    ticket.updated_at = now
+    if not parsed.text:
+        notify.agent_notice(session, desk, ticket, agent.address, "confirm",
+                            changes or ["nothing changed"], mail, now)
+    log.info("agent mail number=%s agent=%s proof=%r internal=%s changes=%s sent=%s",
+             ticket.number, agent.address, why, internal, changes, visible)
+    return "agent note" if internal else "agent reply"
+
+
+def _check(session: Session, desk: Desk, ticket: Ticket, parsed: Commands) -> list[str]:
+    """What the form check cannot know: is the new owner an agent, the merge target real."""
+    errors = []
+    assign = parsed.get("assign")
+    if assign and assign.value != "me" and desk.roster.get(session, assign.value) is None:
+        errors.append(f"{assign.line!r}: {assign.value} is not an agent")
+    merge = parsed.get("merge")
+    if merge:
+        target = _ticket(session, int(merge.value))
+        if target is None:
+            errors.append(f"{merge.line!r}: there is no ticket #{merge.value}")
+        elif target.id == ticket.id:
+            errors.append(f"{merge.line!r}: a ticket cannot be merged into itself")
+        elif target.merged_into is not None:
+            errors.append(f"{merge.line!r}: #{target.number} was itself merged into "
+                          f"#{target.merged_into}")
+    return errors
+
+
+def _apply(
+    session: Session, desk: Desk, ticket: Ticket, parsed: Commands, agent: AgentInfo,
+    now: datetime,
+) -> tuple[list[str], str | None]:
+    """Carry out the commands, each an event; (what changed, the new status if changed)."""
+    changes: list[str] = []
+    new_status = None
+    actor = agent.address
+    for c in parsed.commands:
+        if c.name == "status":
+            if c.value == ticket.status:
+                changes.append(f"status stays {c.value}")
+                continue
+            changes.append(f"status {ticket.status} -> {c.value}")
+            _set_status(session, ticket, c.value, actor, now)
+            new_status = c.value
+        elif c.name == "priority" and c.value != ticket.priority:
+            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="priority",
+                              detail={"from": ticket.priority, "to": c.value}))
+            changes.append(f"priority {ticket.priority} -> {c.value}")
+            ticket.priority = c.value
+        elif c.name == "assign":
+            owner = actor if c.value == "me" else c.value
+            if owner != ticket.owner:
+                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="owner",
+                                  detail={"from": ticket.owner, "to": owner}))
+                changes.append(f"owner {ticket.owner or '-'} -> {owner}")
+                ticket.owner = owner
+        elif c.name == "cause" and c.value != ticket.cause:
+            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="cause",
+                              detail={"from": ticket.cause, "to": c.value,
+                                      "callback_billable": c.value != "ours"}))
+            changes.append(f"cause {ticket.cause or '-'} -> {c.value}")
+            ticket.cause = c.value
+        elif c.name == "merge":
+            target = _ticket(session, int(c.value))
+            assert target is not None  # checked before
+            _merge(session, ticket, target, actor, now)
+            changes.append(f"merged into #{target.number} (this ticket is closed)")
+        elif c.name != "note":
+            changes.append(f"{c.name} stays {c.value}")
+    return changes, new_status
+
+
+def _set_status(session: Session, ticket: Ticket, status: str, actor: str,
+                now: datetime) -> None:
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="status",
+                      detail={"from": ticket.status, "to": status}))
+    ticket.status = status
+    ticket.resolved_at = now if status == "resolved" else None
+    ticket.closed_at = now if status == "closed" else None
+
+
+def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
+           now: datetime) -> None:
+    """`ticket` continues in `target`: closed, and its people may write into the target."""
+    people = [ticket.customer_address, *ticket.participants]
+    target.participants = list(dict.fromkeys(
+        [*target.participants, *(p for p in people if p != target.customer_address)]))
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="merged",
+                      detail={"into": target.number}))
+    session.add(Event(ticket_id=target.id, at=now, actor=actor, kind="merged_from",
+                      detail={"from": ticket.number}))
+    if ticket.status != "closed":
+        _set_status(session, ticket, "closed", actor, now)
+    ticket.merged_into = target.number
+    target.updated_at = now
+
+
+def _ticket(session: Session, number: int) -> Ticket | None:
+    return session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
+
+
+def _customer_thread(session: Session, ticket: Ticket) -> list[str]:
+    """Message-IDs the customer has seen on this ticket, oldest first (never internal ones)."""
+    return [mid for mid in session.scalars(select(TicketMessage.message_id).where(
+        TicketMessage.ticket_id == ticket.id, TicketMessage.internal.is_(False),
+        TicketMessage.message_id.is_not(None),
+        or_(TicketMessage.direction == "out", TicketMessage.kind == "customer"))
+        .order_by(TicketMessage.id)) if mid]
+
+
+def _recipients(session: Session, desk: Desk, ticket: Ticket) -> tuple[str, list[str]]:
+    cc = []
+    if desk.relay_to_participants:
+        cc = [p for p in ticket.participants if p != ticket.customer_address
+              and not desk.roster.is_ours(p) and desk.roster.get(session, p) is None]
+    return ticket.customer_address, cc
+
+
+def relay(
+    session: Session, desk: Desk, ticket: Ticket, agent: AgentInfo, text: str,
+    shown: Sequence[files.Planned], now: datetime,
+) -> None:
+    """The agent's answer to the customer (and participants), from the support address
+    under the agent's name, with the customer's last words quoted and files passed on."""
+    to, cc = _recipients(session, desk, ticket)
+    ids = _customer_thread(session, ticket)
+    last = session.scalars(select(TicketMessage).where(
+        TicketMessage.ticket_id == ticket.id, TicketMessage.direction == "in",
+        TicketMessage.kind == "customer").order_by(TicketMessage.id.desc())).first()
+    context = {
+        "number": ticket.number, "subject": ticket.subject, "text": text,
+        "agent_name": agent.name or desk.sender.name, "support_name": desk.sender.name,
+        "quote": (last.new_text or last.body_text).strip()
+        if desk.quote_customer and last is not None else "",
+        "quote_author": ticket.customer_name or ticket.customer_address,
+        "quote_date": last.created_at if last is not None else None,
+        "timezone": desk.timezone, "language": ticket.language,
+    }
+    rendered = render_mail(
+        desk.templates, "relay", ticket.language, context, sender=desk.sender, to=to,
+        cc=cc, now=now, in_reply_to=ids[-1] if ids else None, references=tuple(ids[:-1]),
+        from_name=f"{agent.name} ({desk.sender.name})" if agent.name else None,
+        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
+        if desk.plus_addressing else None,
+        files=[File(f.filename, f.content_type, f.data) for f in shown if f.store],
+    )
+    answers.enqueue(session, desk, rendered, [to, *cc], ticket, "relay", now,
+                    automatic=False, author=agent.address)
+
+
+def status_mail(session: Session, desk: Desk, ticket: Ticket, status: str,
+                now: datetime) -> None:
+    """Tell the customer the ticket's new state (in progress, waiting for them, resolved)."""
+    ids = _customer_thread(session, ticket)
+    context = {
+        "number": ticket.number, "subject": ticket.subject, "status": status,
+        "name": ticket.customer_name, "support_name": desk.sender.name,
+        "reopen_days": f"{desk.reopen_days:g}", "language": ticket.language,
+        "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
+    }
+    rendered = render_mail(
+        desk.templates, "status", ticket.language, context, sender=desk.sender,
+        to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
+        references=tuple(ids[:-1]), auto_submitted="auto-generated",
+        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
+        if desk.plus_addressing else None,
+    )
+    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket, "status",
+                    now, automatic=True)
