@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from maild.errors import ConfigError
 from maild.mail.facts import FACTS
@@ -263,6 +270,17 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     source: str = ""
+
+    @model_validator(mode="after")
+    def _agents_are_not_us(self) -> Settings:
+        ours = self.support.address
+        for i, member in enumerate(self.agents.members):
+            if member.address == ours:
+                raise ValueError(f"[agents] members.{i}: the support address {ours} cannot "
+                                 "be an agent (mail to it would loop)")
+        if self.agents.team_address == ours:
+            raise ValueError(f"[agents] team_address: must not be the support address {ours}")
+        return self
 
     @property
     def state_dir(self) -> Path:

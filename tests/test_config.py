@@ -129,3 +129,19 @@ def test_unreadable_secret_file_is_named(tmp_path):
     body = MINIMAL.replace('[smtp]\n', '[smtp]\npassword_file = "/nonexistent/pw"\n')
     with pytest.raises(ConfigError, match=r"\[smtp\] password_file: cannot read"):
         config.load(write(tmp_path, body), environ={})
+
+
+def test_agents_section_is_checked(tmp_path):
+    path = write(tmp_path, MINIMAL + '\n[agents]\nteam_address = "Team@Example.com"\n'
+                 'members = [{ address = "Max@Example.com", name = "Max" }]\n')
+    s = config.load(path, environ={})
+    assert s.agents.team_address == "team@example.com"
+    assert s.agents.members[0].address == "max@example.com"
+    loop = write(tmp_path, MINIMAL + '\n[agents]\nmembers = [{ address = "nope" }]\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(loop, environ={})
+    assert "[agents] members.0.address" in str(err.value)
+    us = write(tmp_path, MINIMAL + '\n[agents]\nmembers = [{ address = "service@example.com" }]\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(us, environ={})
+    assert "cannot be an agent" in str(err.value)
