@@ -1,4 +1,5 @@
-"""`make demo`: a throwaway Dovecot and SMTP capture, SQLite, the daemon, three sample mails.
+"""`make demo`: a throwaway Dovecot and SMTP capture, SQLite, the daemon, sample mails, and
+an agent answering one ticket by replying to its notification.
 
 Shows the tickets created and the answers sent; Ctrl-C stops everything (without a
 terminal it stops by itself once everything is shown).
@@ -25,6 +26,26 @@ SAMPLES = [
 ]
 
 
+AGENTS = """
+[agents]
+team_address = "team@example.com"
+members = [{ address = "max@example.com", name = "Max Agent" }]
+"""
+
+
+def agent_answer(notice: bytes) -> bytes:
+    """What Max's mail client sends when he answers a ticket notification."""
+    from email import message_from_bytes, policy
+    msg = message_from_bytes(notice, policy=policy.default)
+    return (f"From: Max Agent <max@example.com>\r\nTo: service@example.com\r\n"
+            f"Subject: AW: {msg['Subject']}\r\nMessage-ID: <demo-agent-1@example.com>\r\n"
+            f"In-Reply-To: {msg['Message-ID']}\r\nReferences: {msg['Message-ID']}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            "#status in_progress\r\n#assign me\r\n\r\nHallo Anna,\r\n"
+            "wir haben den Fehler nachgestellt und spielen heute Abend ein Update ein.\r\n"
+            "\r\nMax\r\n").encode()
+
+
 def main() -> int:
     work = ROOT / ".demo"
     shutil.rmtree(work, ignore_errors=True)
@@ -36,7 +57,7 @@ def main() -> int:
     box = Mailbox(dovecot.port, user, password)
     config = write_config(work / "maild.toml", imap_port=dovecot.port, user=user,
                           password=password, smtp_port=smtp.port,
-                          database_url=f"sqlite:///{work / 'maild.db'}")
+                          database_url=f"sqlite:///{work / 'maild.db'}", extra=AGENTS)
     print(f"Dovecot on 127.0.0.1:{dovecot.port}, SMTP capture on 127.0.0.1:{smtp.port}, "
           f"SQLite in {work}/maild.db")
     print(maild("db", "upgrade", config=config).stdout.strip())
@@ -46,7 +67,11 @@ def main() -> int:
         for name, what in SAMPLES:
             print(f"→ mail into INBOX: {what}")
             box.append((ROOT / "tests" / "data" / name).read_bytes())
-        smtp.wait_for(3, timeout=30)
+        smtp.wait_for(6, timeout=30)  # 3 acknowledgements, 3 notifications to the team
+        notice = next(m for m in smtp.mails if m.recipients == ["team@example.com"])
+        print("→ Max (agent) answers the first notification: #status in_progress, #assign me")
+        box.append(agent_answer(notice.raw))
+        smtp.wait_for(8, timeout=30)  # the relayed answer and the status mail
         wait_until(lambda: box.count("INBOX") == 0, timeout=10)
         show(config, smtp, box, daemon)
         if sys.stdin.isatty():
@@ -71,7 +96,9 @@ def show(config: Path, smtp: SmtpCapture, box: Mailbox, daemon: Daemon) -> None:
     print(maild("tickets", "list", config=config).stdout.rstrip())
     print(f"\n=== folders: INBOX {box.count('INBOX')}, Processed {box.count('Processed')}, "
           f"Quarantine {box.count('Quarantine')} ===")
-    print(f"\n=== {len(smtp.mails)} answers sent ===")
+    print("\n=== maild tickets show 10001 ===")
+    print(maild("tickets", "show", "10001", config=config).stdout.rstrip())
+    print(f"\n=== {len(smtp.mails)} mails sent ===")
     for mail in smtp.mails:
         msg = mail.message
         print(f"\nTo: {', '.join(mail.recipients)}\nSubject: {msg['Subject']}\n"
