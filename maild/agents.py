@@ -54,6 +54,16 @@ class Roster:
             return [self.team_address]
         return [a.address for a in self.all(session)]
 
+    def lead_to(self, session: Session, lead_address: str) -> list[str]:
+        """Who gets breaches and the digest: the configured lead address, else the team
+        address, else the agents marked lead, else every agent."""
+        if lead_address:
+            return [lead_address]
+        if self.team_address:
+            return [self.team_address]
+        everyone = self.all(session)
+        return [a.address for a in everyone if a.lead] or [a.address for a in everyone]
+
     def is_ours(self, address: str) -> bool:
         return bool(self.team_address) and address.lower() == self.team_address
 

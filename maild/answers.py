@@ -46,7 +46,7 @@ def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetim
 
 def acknowledge(
     session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
-    zone: str, ask_official: bool, shown: list[files.Planned],
+    zone: str, ask_official: bool, shown: list[files.Planned], hours: float,
 ) -> None:
     """Queue the acknowledgement with ticket number, promise and escalation link."""
     context = {
@@ -55,7 +55,7 @@ def acknowledge(
         "subject": ticket.subject,
         "received": ticket.opened_at,
         "due": ticket.first_response_due,
-        "hours": f"{desk.first_response_hours:g}",
+        "hours": f"{hours:g}",
         "hours_text_de": "Mo–Fr, 09:00–16:00 Uhr",
         "hours_text_en": "Mon–Fri, 09:00–16:00",
         "timezone": zone,
@@ -82,7 +82,7 @@ def acknowledge(
 def enqueue(
     session: Session, desk: Desk, mail: Rendered, recipients: list[str],
     ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
-    internal: bool = False, author: str = "",
+    internal: bool = False, author: str = "", not_before: datetime | None = None,
 ) -> OutboxMail:
     """Put a rendered mail in the outbox and on the ticket's record (`internal`: for
     agents' eyes only, never quoted or referenced towards a customer)."""
@@ -90,7 +90,7 @@ def enqueue(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
         recipient=recipients[0].lower() if recipients else "",
         envelope_from=desk.sender.address, recipients=recipients,
-        raw=mail.raw, state="pending", attempts=0, next_attempt_at=now,
+        raw=mail.raw, state="pending", attempts=0, next_attempt_at=max(now, not_before or now),
         last_error="", created_at=now,
     )
     session.add(out)

@@ -12,14 +12,26 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from maild import __version__, accounts, agents, blobs, config, db, imap, purge, views
+from maild import (
+    __version__,
+    accounts,
+    agents,
+    blobs,
+    config,
+    db,
+    imap,
+    purge,
+    sla,
+    sweeps,
+    views,
+)
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred
 from maild.models import OutboxMail
@@ -89,6 +101,12 @@ def parser() -> argparse.ArgumentParser:
     gl.add_argument("--json", action="store_true", help="machine-readable output")
     gr = gsub.add_parser("remove", help="remove an agent added with `agents add`")
     gr.add_argument("address", type=_address)
+    sp = sub.add_parser("sla", help="the response promise")
+    sr = sp.add_subparsers(dest="sla_command", required=True).add_parser(
+        "report", help="response times, breaches by week and company, share within promise")
+    sr.add_argument("--since", type=_date, help="only tickets opened on or after DATE "
+                                                "(YYYY-MM-DD, in the support time zone)")
+    sr.add_argument("--json", action="store_true", help="machine-readable output")
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
@@ -111,6 +129,13 @@ def _address(text: str) -> str:
     return value
 
 
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -123,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
-        "agents": cmd_agents,
+        "agents": cmd_agents, "sla": cmd_sla_report,
     }
     try:
         return commands[args.command](settings, args)
@@ -378,6 +403,33 @@ def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
             print(f"maild: no agent {args.address} in the database{where}", file=sys.stderr)
             return 1
     print(f"agent {args.address} removed")
+    return 0
+
+
+def cmd_sla_report(settings: Settings, args: argparse.Namespace) -> int:
+    cal = sla.calendar_from(settings.calendar)
+    since = (datetime.combine(args.since, time(0), tzinfo=cal.zone).astimezone(UTC)
+             if args.since else None)
+    with _session(settings) as session:
+        r = sweeps.report(session, cal, since, datetime.now(UTC))
+    if args.json:
+        print(json.dumps(r, indent=2, ensure_ascii=False))
+        return 0
+    share = (f"{r['share_within_promise'] * 100:.1f} %" if r["share_within_promise"] is not None
+             else "-")
+    print(f"Tickets{' since ' + str(args.since) if args.since else ''}: {r['tickets']}, "
+          f"answered {r['answered']}")
+    print(f"First response (business hours): median {r['response_hours_median'] or '-'}, "
+          f"p90 {r['response_hours_p90'] or '-'}")
+    print(f"Within the promise: {r['within_promise']} of {r['promise_due_or_answered']} "
+          f"({share})")
+    print(f"Breaches: {r['breaches']}")
+    for week, n in r["breaches_by_week"].items():
+        print(f"  {week}  {n}")
+    if r["breaches_by_company"]:
+        print("Breaches by company:")
+        for name, n in r["breaches_by_company"].items():
+            print(f"  {n:>4}  {name}")
     return 0
 
 

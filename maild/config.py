@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from datetime import time
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -100,6 +100,47 @@ class CalendarSettings(_Section):
     open: time = time(9, 0)
     close: time = time(16, 0)
     first_response_hours: float = Field(default=8.0, gt=0)
+    # Per priority and per customer tier; the smallest that applies wins.
+    first_response_by_priority: dict[Literal["urgent", "high", "normal", "low"],
+                                     float] = {}
+    first_response_by_tier: dict[str, float] = {}
+    weekday_hours: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], str] = {}
+    closed_days: tuple[date, ...] = ()
+    half_days: dict[date, time] = {}
+
+    @property
+    def weekday_hours_parsed(self) -> dict[int, tuple[time, time]]:
+        return {_DAYS.index(day) + 1: _span(value) for day, value in self.weekday_hours.items()}
+
+    @field_validator("weekday_hours")
+    @classmethod
+    def _spans(cls, value: dict[str, str]) -> dict[str, str]:
+        for day, span in value.items():
+            try:
+                opens, closes = _span(span)
+            except ValueError:
+                raise ValueError(f"{day}: expected \"HH:MM-HH:MM\", got {span!r}") from None
+            if closes <= opens:
+                raise ValueError(f"{day}: closes before it opens: {span!r}")
+        return value
+
+    @field_validator("first_response_by_priority", "first_response_by_tier")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, hours in value.items():
+            if hours <= 0:
+                raise ValueError(f"{key}: hours must be more than 0")
+        return value
+
+    @model_validator(mode="after")
+    def _known_holidays(self) -> CalendarSettings:
+        if self.country:
+            import holidays
+            try:
+                holidays.country_holidays(self.country, subdiv=self.subdivision or None)
+            except NotImplementedError as exc:
+                raise ValueError(f"country/subdivision: {exc}") from None
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -116,6 +157,14 @@ class CalendarSettings(_Section):
         if not value or any(d < 1 or d > 7 for d in value):
             raise ValueError("weekdays are ISO numbers 1 (Monday) to 7 (Sunday)")
         return tuple(sorted(set(value)))
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _span(value: str) -> tuple[time, time]:
+    opens, _, closes = value.partition("-")
+    return time.fromisoformat(opens.strip()), time.fromisoformat(closes.strip())
 
 
 class FactsSettings(_Section):
@@ -204,6 +253,38 @@ def _address(value: str) -> str:
     return value.lower()
 
 
+class SlaSettings(_Section):
+    """The scheduler's sweeps over deadlines: warnings, breaches, reminders, the digest."""
+
+    sweep_seconds: float = Field(default=60.0, gt=0)
+    warn_at: tuple[float, ...] = (0.75,)
+    lead_address: str = ""
+    remind_after_days: int = Field(default=3, ge=0)
+    auto_close_after_days: int = Field(default=10, ge=0)
+    digest: bool = True
+    digest_time: time = time(8, 30)
+
+    @field_validator("warn_at")
+    @classmethod
+    def _shares(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < v < 1 for v in value):
+            raise ValueError("shares of the promise between 0 and 1, e.g. [0.75]")
+        return tuple(sorted(set(value)))
+
+    @field_validator("lead_address")
+    @classmethod
+    def _lead(cls, value: str) -> str:
+        return _address(value) if value else ""
+
+    @model_validator(mode="after")
+    def _close_after_reminder(self) -> SlaSettings:
+        if (self.remind_after_days and self.auto_close_after_days
+                and self.auto_close_after_days <= self.remind_after_days):
+            raise ValueError("auto_close_after_days must be more than remind_after_days "
+                             "(or 0 = off)")
+        return self
+
+
 class AccountsSettings(_Section):
     unknown_sender: Literal["accept", "domain", "reject"] = "accept"
 
@@ -258,6 +339,7 @@ class Settings(_Section):
     calendar: CalendarSettings = CalendarSettings()
     accounts: AccountsSettings = AccountsSettings()
     agents: AgentsSettings = AgentsSettings()
+    sla: SlaSettings = SlaSettings()
     threading: ThreadingSettings = ThreadingSettings()
     attachments: AttachmentSettings = AttachmentSettings()
     facts: FactsSettings = FactsSettings()

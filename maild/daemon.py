@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
 from maild import agents, blobs, db, sla
@@ -19,6 +20,7 @@ from maild.intake import Intake
 from maild.mail import files
 from maild.mail.render import Sender, environment
 from maild.outbox import Outbox
+from maild.sweeps import Sweeper
 from maild.watcher import Backoff, Watcher
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         trusted_authserv_ids=settings.agents.trusted_authserv_ids,
         relay_to_participants=settings.agents.relay_to_participants,
         quote_customer=settings.agents.quote_customer,
+        response_by_priority={str(k): v for k, v in
+                              settings.calendar.first_response_by_priority.items()},
+        response_by_tier=settings.calendar.first_response_by_tier,
         notify_files_max_bytes=int(settings.agents.notify_attachments_max_mb * 1_000_000),
     )
 
@@ -132,10 +137,30 @@ class Daemon:
             asyncio.create_task(watcher.run(), name="watcher"),
             asyncio.create_task(self._send_loop(outbox), name="outbox"),
         ]
+        # The sweeps over deadlines: the first at once (catching up after downtime).
+        sweeper = Sweeper(factory, desk, s.sla, self.clock)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(self._sweep, "interval", args=[sweeper], id="sla-sweep",
+                          seconds=s.sla.sweep_seconds, next_run_time=datetime.now(UTC),
+                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        scheduler.start()
         log.info("maild running: mailbox %s, support address %s", s.imap.mailbox_id,
                  s.support.address)
         await self.should_exit.wait()
+        scheduler.shutdown(wait=False)
         await self._shutdown(tasks)
+
+    async def _sweep(self, sweeper: Sweeper) -> None:
+        try:
+            counts = await asyncio.to_thread(sweeper.run)
+        except Temporary as exc:
+            log.warning("sweep skipped: %s", exc)
+            return
+        except Exception:  # a bug must not stop the scheduler
+            log.exception("sweep failed")
+            return
+        if counts.any():
+            self.wakeup.set()
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         done, pending = await asyncio.wait(tasks, timeout=0 if self.force_exit else DRAIN_SECONDS)

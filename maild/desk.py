@@ -45,3 +45,11 @@ class Desk:
     relay_to_participants: bool = True
     quote_customer: bool = True
     notify_files_max_bytes: int = 10_000_000
+    response_by_priority: Mapping[str, float] = field(default_factory=dict)
+    response_by_tier: Mapping[str, float] = field(default_factory=dict)
+
+    def response_hours(self, priority: str, tier: str) -> float:
+        """The first-response promise for a ticket: the smallest that applies."""
+        return min(self.first_response_hours,
+                   self.response_by_priority.get(priority, self.first_response_hours),
+                   self.response_by_tier.get(tier, self.first_response_hours))

@@ -82,6 +82,16 @@ class AppSecret(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class SweepMark(Base):
+    """A scheduled mail that happened (`ticket:10001:warn:75`, `digest:2026-11-30`): the
+    key is claimed in the same transaction as the mail, so it happens exactly once, however
+    many processes sweep."""
+
+    __tablename__ = "sweep_marks"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Blob(Base):
     """A content-addressed blob (raw mail, attachment) and how many rows refer to it."""
 
@@ -171,6 +181,8 @@ class Ticket(Base):
     owner: Mapped[str] = mapped_column(String(320), default="", index=True)
     cause: Mapped[str] = mapped_column(String(20), default="")
     merged_into: Mapped[int | None] = mapped_column(BigInteger)
+    breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class InboundMessage(Base):

@@ -34,6 +34,7 @@ def open_ticket(
     level, why = triage.priority(mail.subject, facts.new_content(mail.text),
                                  desk.urgent_keywords,
                                  desk.tier_priority.get(account.tier, "") if account else "")
+    hours = desk.response_hours(level, account.tier if account else "")
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
         status="new",
@@ -55,7 +56,7 @@ def open_ticket(
         created_at=now,
         updated_at=now,
         first_response_due=None if automatic else sla.add_business_hours(
-            desk.calendar, arrived, desk.first_response_hours),
+            desk.calendar, arrived, hours),
     )
     session.add(ticket)
     session.flush()
@@ -84,7 +85,8 @@ def open_ticket(
     elif verdict.answer:
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
-        answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown)
+        answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown,
+                            hours)
         notify.ticket_notice(session, desk, ticket, first, shown, "new", now)
     return ticket
 
@@ -135,6 +137,7 @@ def add_follow_up(
             if ticket.status != "waiting":
                 detail["reopened"] = True
             ticket.status, ticket.resolved_at, ticket.closed_at = "in_progress", None, None
+            ticket.waiting_since = None
     ticket.updated_at = now
     session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
                       kind="follow_up" if person else "automatic_reply", detail=detail))

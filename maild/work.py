@@ -77,7 +77,7 @@ def agent_mail(
         relay(session, desk, ticket, agent, parsed.text, shown, now)
         visible.append("answer")
         if ticket.status == "new":
-            _set_status(session, ticket, "in_progress", agent.address, now)
+            set_status(session, ticket, "in_progress", agent.address, now)
     if new_status in STATUS_MAILS and not internal:
         status_mail(session, desk, ticket, new_status, now)
         visible.append(f"status mail {new_status}")
@@ -133,7 +133,7 @@ def _apply(
                 changes.append(f"status stays {c.value}")
                 continue
             changes.append(f"status {ticket.status} -> {c.value}")
-            _set_status(session, ticket, c.value, actor, now)
+            set_status(session, ticket, c.value, actor, now)
             new_status = c.value
         elif c.name == "priority" and c.value != ticket.priority:
             session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="priority",
@@ -163,13 +163,14 @@ def _apply(
     return changes, new_status
 
 
-def _set_status(session: Session, ticket: Ticket, status: str, actor: str,
+def set_status(session: Session, ticket: Ticket, status: str, actor: str,
                 now: datetime) -> None:
     session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="status",
                       detail={"from": ticket.status, "to": status}))
     ticket.status = status
     ticket.resolved_at = now if status == "resolved" else None
     ticket.closed_at = now if status == "closed" else None
+    ticket.waiting_since = now if status == "waiting" else None
 
 
 def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
@@ -183,7 +184,7 @@ def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
     session.add(Event(ticket_id=target.id, at=now, actor=actor, kind="merged_from",
                       detail={"from": ticket.number}))
     if ticket.status != "closed":
-        _set_status(session, ticket, "closed", actor, now)
+        set_status(session, ticket, "closed", actor, now)
     ticket.merged_into = target.number
     target.updated_at = now
 
@@ -192,7 +193,7 @@ def _ticket(session: Session, number: int) -> Ticket | None:
     return session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
 
 
-def _customer_thread(session: Session, ticket: Ticket) -> list[str]:
+def customer_thread(session: Session, ticket: Ticket) -> list[str]:
     """Message-IDs the customer has seen on this ticket, oldest first (never internal ones)."""
     return [mid for mid in session.scalars(select(TicketMessage.message_id).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.internal.is_(False),
@@ -216,7 +217,7 @@ def relay(
     """The agent's answer to the customer (and participants), from the support address
     under the agent's name, with the customer's last words quoted and files passed on."""
     to, cc = _recipients(session, desk, ticket)
-    ids = _customer_thread(session, ticket)
+    ids = customer_thread(session, ticket)
     last = session.scalars(select(TicketMessage).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.direction == "in",
         TicketMessage.kind == "customer").order_by(TicketMessage.id.desc())).first()
@@ -244,7 +245,7 @@ def relay(
 def status_mail(session: Session, desk: Desk, ticket: Ticket, status: str,
                 now: datetime) -> None:
     """Tell the customer the ticket's new state (in progress, waiting for them, resolved)."""
-    ids = _customer_thread(session, ticket)
+    ids = customer_thread(session, ticket)
     context = {
         "number": ticket.number, "subject": ticket.subject, "status": status,
         "name": ticket.customer_name, "support_name": desk.sender.name,

@@ -152,3 +152,55 @@ def test_notes_wrong_commands_forged_agents_and_strangers(daemon, mailbox, smtp,
     assert [e.detail.get("refers_to") for e in created] == [None, 10001, 10001]
     assert not rows(database_url, Event, Event.kind == "status")
     assert len(smtp.by_message_id()) == len(smtp.mails)
+
+
+SWEEPING = AGENTS + """
+[sla]
+sweep_seconds = 0.5
+digest_time = 00:00:00
+
+[calendar]
+country = ""
+weekdays = [1, 2, 3, 4, 5, 6, 7]
+open = 00:00:00
+close = 23:59:59
+"""
+
+
+def test_the_daemon_sweeps_breaches_and_warnings_once_across_a_restart(
+        tmp_path, dovecot, mailbox, smtp, database_url):
+    # Always open, so mails to people go out at once; the deadlines are moved in the
+    # database, as time passing would move them.
+    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+                          password=mailbox.password, smtp_port=smtp.port,
+                          database_url=database_url, extra=SWEEPING)
+    daemon = Daemon(config, tmp_path / "maild.log").start()
+    try:
+        mailbox.append(CUSTOMER.encode())
+        mailbox.append(CUSTOMER.replace("start@", "second@").encode())
+        smtp.wait_for(4)  # two acknowledgements, two notifications
+        engine = db.make_engine(database_url)
+        try:
+            with db.transaction(db.session_factory(engine)) as s:
+                first, second = s.scalars(select(Ticket).order_by(Ticket.number)).all()
+                first.first_response_due = first.opened_at.replace(year=2020)  # long overdue
+                second.first_response_due = second.opened_at + (
+                    second.first_response_due - second.opened_at) / 100  # 1 % left
+                second.opened_at = second.opened_at - (
+                    second.first_response_due - second.opened_at) * 99
+        finally:
+            engine.dispose()
+        smtp.wait_for(7)  # breach, warning, and the day's digest
+        daemon.kill()
+        daemon.start()
+        time.sleep(3)  # several sweeps of the restarted daemon
+        subjects = [m.message["Subject"] for m in smtp.mails]
+        assert sum("Antwortfrist überschritten" in s for s in subjects) == 1, subjects
+        assert sum("Antwortfrist zu 75 %" in s for s in subjects) == 1, subjects
+        breach = next(m for m in smtp.mails if "überschritten" in m.message["Subject"])
+        assert breach.recipients == ["team@example.com"]  # the lead defaults to the team
+        assert sum(s.startswith("Support-Übersicht") for s in subjects) == 1  # today's digest
+        assert len(smtp.mails) == 7 and len(smtp.by_message_id()) == 7
+        assert [t.breached_at is not None for t in rows(database_url, Ticket)] == [True, False]
+    finally:
+        daemon.kill()

@@ -1,5 +1,6 @@
 """The config file: the contract's keys alone run everything; errors name file and key."""
 
+from datetime import date, time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,18 @@ def test_agents_section_is_checked(tmp_path):
     with pytest.raises(ConfigError) as err:
         config.load(us, environ={})
     assert "cannot be an agent" in str(err.value)
+
+
+def test_calendar_extras_from_toml(tmp_path):
+    path = write(tmp_path, MINIMAL + '\n[calendar]\nweekday_hours = { fri = "09:00-13:00" }\n'
+                 'closed_days = [2026-12-31]\nhalf_days = { 2026-12-23 = 12:00:00 }\n'
+                 'first_response_by_priority = { urgent = 2 }\n')
+    s = config.load(path, environ={})
+    assert s.calendar.weekday_hours_parsed == {5: (time(9), time(13))}
+    assert s.calendar.closed_days == (date(2026, 12, 31),)
+    assert s.calendar.half_days == {date(2026, 12, 23): time(12)}
+    bad = write(tmp_path, MINIMAL + '\n[calendar]\nweekday_hours = { fri = "13:00-09:00" }\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(bad, environ={})
+    assert "[calendar] weekday_hours" in str(err.value) and "closes before it opens" in str(
+        err.value)

@@ -101,17 +101,18 @@ _QP_UTF8 = Charset("utf-8")
 _QP_UTF8.body_encoding = QP
 
 
-def _encode_subject(subject: str) -> str:
-    """RFC 2047 only where needed, so the ASCII ticket tag stays readable in the raw header."""
+def _encode_subject(subject: str) -> str | Header:
+    """RFC 2047 only where needed, so the ASCII ticket tag stays readable in the raw header.
+    A `Header` (not its encoded text), so the first line is folded knowing the name."""
     if subject.isascii():
         return subject
     words = subject.split(" ")
     cut = next(i for i, w in enumerate(words) if not w.isascii())
-    header = Header()
+    header = Header(header_name="Subject")
     if cut:
         header.append(" ".join(words[:cut]), "us-ascii")
     header.append(" ".join(words[cut:]), "utf-8")
-    return header.encode()
+    return header
 
 
 def render_mail(
@@ -158,7 +159,7 @@ def render_mail(
     msg["To"] = to
     if cc:
         msg["Cc"] = ", ".join(cc)
-    msg["Subject"] = _encode_subject(subject)
+    msg["Subject"] = _encode_subject(subject)  # type: ignore[assignment]  # compat32 takes a Header
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = message_id
     if in_reply_to:

@@ -1,0 +1,336 @@
+"""Periodic, database-driven sweeps over deadlines; idempotent and safe with several
+processes on one database.
+
+- warning to the owner (or team) when a share of the promise is used, once per threshold;
+- breach: flagged when it happens, the team lead told once;
+- waiting for the customer: a reminder after N business days, closed after M;
+- a daily digest for the team lead.
+
+Each mail is claimed by a row (`SweepMark`, or the ticket's `breached_at`) written in the
+same transaction as the mail: a crash leaves both or neither; a second process finds the
+claim and does nothing. Mails to people go out within support hours: the sweeps that mail
+people run only while support is open, and a breach flagged at night is mailed at the next
+opening. A daemon that was down catches up: what is still due is sent once, what is moot
+(a warning for an already breached ticket) is not sent at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from statistics import median
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from maild import answers, db, links, sla, work
+from maild.config import SlaSettings
+from maild.desk import Desk
+from maild.errors import Temporary
+from maild.mail.render import render_mail
+from maild.models import Company, Event, SweepMark, Ticket
+
+log = logging.getLogger(__name__)
+
+OPEN = ("new", "in_progress", "waiting")
+
+
+@dataclass
+class Counts:
+    warnings: int = 0
+    breaches: int = 0
+    reminders: int = 0
+    closed: int = 0
+    digests: int = 0
+    moot: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def any(self) -> bool:
+        return bool(self.warnings or self.breaches or self.reminders or self.closed
+                    or self.digests)
+
+
+class Sweeper:
+    def __init__(self, factory: db.SessionFactory, desk: Desk, settings: SlaSettings,
+                 clock: Callable[[], datetime]) -> None:
+        self.factory, self.desk, self.settings, self.clock = factory, desk, settings, clock
+
+    def run(self) -> Counts:
+        """One sweep at the clock's `now`; raises only `Temporary` (database down)."""
+        now = self.clock()
+        counts = Counts()
+        cal = self.desk.calendar
+        for ticket_id in self._ids(_unanswered().where(Ticket.first_response_due <= now)):
+            self._each(counts, ticket_id, lambda s, t: self._breach(s, t, now, counts))
+        if cal.is_open(now):
+            if self.settings.warn_at:
+                for ticket_id in self._ids(_unanswered().where(
+                        Ticket.first_response_due > now)):
+                    self._each(counts, ticket_id, lambda s, t: self._warn(s, t, now, counts))
+            if self.settings.remind_after_days or self.settings.auto_close_after_days:
+                for ticket_id in self._ids(select(Ticket.id).where(
+                        Ticket.status == "waiting", Ticket.waiting_since.is_not(None),
+                        Ticket.merged_into.is_(None))):
+                    self._each(counts, ticket_id, lambda s, t: self._waiting(s, t, now, counts))
+        if self.settings.digest:
+            with db.transaction(self.factory) as session:
+                self._digest(session, now, counts)
+        if counts.any():
+            log.info("sweep: %d warnings, %d breaches, %d reminders, %d closed, %d digests",
+                     counts.warnings, counts.breaches, counts.reminders, counts.closed,
+                     counts.digests)
+        return counts
+
+    def _ids(self, query: Any) -> list[int]:
+        with db.transaction(self.factory) as session:
+            return list(session.scalars(query.order_by(Ticket.id)))
+
+    def _each(self, counts: Counts, ticket_id: int,
+              action: Callable[[Session, Ticket], None]) -> None:
+        """One transaction per ticket, so one ticket's trouble stays its own."""
+        try:
+            with db.transaction(self.factory) as session:
+                ticket = session.get(Ticket, ticket_id)
+                if ticket is not None:
+                    action(session, ticket)
+        except sa_exc.IntegrityError:
+            pass  # another process claimed it first
+        except Temporary:
+            raise
+        except Exception as exc:
+            if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
+                raise
+            log.exception("sweep failed for ticket id=%s", ticket_id)
+            counts.errors.append(f"ticket id={ticket_id}: {exc}")
+
+    # -- first response -------------------------------------------------------------------
+
+    def _breach(self, session: Session, ticket: Ticket, now: datetime, counts: Counts) -> None:
+        due = ticket.first_response_due
+        if due is None or ticket.first_response_at is not None or ticket.breached_at:
+            return
+        claimed = session.execute(update(Ticket).where(
+            Ticket.id == ticket.id, Ticket.breached_at.is_(None)).values(breached_at=due))
+        if getattr(claimed, "rowcount", 1) != 1:
+            return
+        session.refresh(ticket)
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="sla_breach",
+                          detail={"due": due.isoformat(), "priority": ticket.priority}))
+        to = self.desk.roster.lead_to(session, self.settings.lead_address)
+        if to:
+            self._agents_mail(session, ticket, "sla_breach", to, now, {
+                "due": due, "owner": ticket.owner},
+                not_before=self.desk.calendar.next_open(now))
+        counts.breaches += 1
+        log.warning("first response overdue number=%s due=%s", ticket.number, due.isoformat())
+
+    def _warn(self, session: Session, ticket: Ticket, now: datetime, counts: Counts) -> None:
+        due, cal = ticket.first_response_due, self.desk.calendar
+        if due is None or ticket.first_response_at is not None or now >= due:
+            return
+        promise = sla.business_time(cal, ticket.opened_at, due)
+        for share in reversed(self.settings.warn_at):  # the highest threshold reached only
+            if now < sla.add_business_hours(cal, ticket.opened_at,
+                                            promise.total_seconds() / 3600 * share):
+                continue
+            key = f"ticket:{ticket.id}:warn:{round(share * 100)}"
+            if session.get(SweepMark, key) is not None:
+                return
+            if not _claim(session, key, now):
+                return
+            for lower in self.settings.warn_at:  # lower thresholds now moot
+                if lower < share:
+                    _claim(session, f"ticket:{ticket.id}:warn:{round(lower * 100)}", now)
+            left = sla.business_time(cal, now, due)
+            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="sla_warning",
+                              detail={"share": share, "due": due.isoformat()}))
+            to = self.desk.roster.notify_to(session, ticket.owner)
+            if to:
+                self._agents_mail(session, ticket, "sla_warning", to, now, {
+                    "due": due, "share": round(share * 100),
+                    "left_minutes": int(left.total_seconds() // 60), "owner": ticket.owner})
+            counts.warnings += 1
+            return
+
+    # -- waiting for the customer -------------------------------------------------------------
+
+    def _waiting(self, session: Session, ticket: Ticket, now: datetime, counts: Counts) -> None:
+        since, cal, s = ticket.waiting_since, self.desk.calendar, self.settings
+        if ticket.status != "waiting" or since is None:
+            return
+        stamp = since.strftime("%Y%m%dT%H%M%S")
+        if s.auto_close_after_days and now >= sla.add_business_days(
+                cal, since, s.auto_close_after_days):
+            if not _claim(session, f"ticket:{ticket.id}:autoclose:{stamp}", now):
+                return
+            work.set_status(session, ticket, "closed", "maild", now)
+            ticket.updated_at = now
+            self._customer_mail(session, ticket, "autoclose", now)
+            counts.closed += 1
+            return
+        if s.remind_after_days and now >= sla.add_business_days(cal, since,
+                                                                 s.remind_after_days):
+            if not _claim(session, f"ticket:{ticket.id}:remind:{stamp}", now):
+                return
+            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="reminder",
+                              detail={"waiting_since": since.isoformat()}))
+            self._customer_mail(session, ticket, "reminder", now)
+            counts.reminders += 1
+
+    # -- the digest -------------------------------------------------------------------------------
+
+    def _digest(self, session: Session, now: datetime, counts: Counts) -> None:
+        cal = self.desk.calendar
+        local = now.astimezone(cal.zone)
+        today = local.date()
+        window = cal.window(today)
+        if window is None or local.time() < self.settings.digest_time or now >= window[1]:
+            return
+        key = f"digest:{today.isoformat()}"
+        if session.get(SweepMark, key) is not None:
+            return
+        to = self.desk.roster.lead_to(session, self.settings.lead_address)
+        if not to:
+            return
+        tickets = list(session.scalars(select(Ticket).where(
+            Ticket.status.in_(OPEN), Ticket.automatic.is_(False), Ticket.merged_into.is_(None))
+            .order_by(Ticket.first_response_due, Ticket.number)))
+        escalated = set(session.scalars(select(Event.ticket_id).where(
+            Event.kind == "escalated", Event.ticket_id.in_([t.id for t in tickets]))))
+        unanswered = [t for t in tickets if t.first_response_at is None]
+        context = {
+            "day": today, "open": tickets[:100], "open_count": len(tickets),
+            "due_today": [t for t in unanswered if t.first_response_due is not None
+                          and t.first_response_due.astimezone(cal.zone).date() == today
+                          and t.breached_at is None],
+            "breached": [t for t in unanswered if t.breached_at is not None],
+            "escalated": [t for t in tickets if t.id in escalated],
+        }
+        with session.begin_nested():
+            session.add(SweepMark(key=key, at=now))
+            session.flush()
+            rendered = render_mail(
+                self.desk.templates, "digest", self.desk.agent_language,
+                {**context, "timezone": self.desk.timezone, "number": None,
+                 "language": self.desk.agent_language},
+                sender=self.desk.sender, to=", ".join(to), now=now,
+                auto_submitted="auto-generated")
+            answers.enqueue(session, self.desk, rendered, to, None, "digest", now,
+                            automatic=True, internal=True)
+        counts.digests += 1
+
+    # -- mails ------------------------------------------------------------------------------------
+
+    def _agents_mail(self, session: Session, ticket: Ticket, template: str, to: list[str],
+                     now: datetime, extra: dict[str, Any],
+                     not_before: datetime | None = None) -> None:
+        context = {"number": ticket.number, "subject": ticket.subject,
+                   "customer": ticket.customer_address, "priority": ticket.priority,
+                   "status": ticket.status, "timezone": self.desk.timezone,
+                   "language": self.desk.agent_language, **extra}
+        rendered = render_mail(
+            self.desk.templates, template, self.desk.agent_language, context,
+            sender=self.desk.sender, to=", ".join(to), now=now,
+            auto_submitted="auto-generated",
+            reply_to=links.agent_reply_address(self.desk.sender.address, self.desk.secret,
+                                               ticket.number)
+            if self.desk.plus_addressing else None)
+        answers.enqueue(session, self.desk, rendered, to, ticket, template, now,
+                        automatic=True, internal=True, not_before=not_before)
+
+    def _customer_mail(self, session: Session, ticket: Ticket, template: str,
+                       now: datetime) -> None:
+        ids = work.customer_thread(session, ticket)
+        context = {"number": ticket.number, "subject": ticket.subject,
+                   "name": ticket.customer_name, "support_name": self.desk.sender.name,
+                   "days": self.settings.auto_close_after_days,
+                   "reopen_days": f"{self.desk.reopen_days:g}", "language": ticket.language}
+        rendered = render_mail(
+            self.desk.templates, template, ticket.language, context, sender=self.desk.sender,
+            to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
+            references=tuple(ids[:-1]), auto_submitted="auto-generated",
+            reply_to=links.reply_address(self.desk.sender.address, self.desk.secret,
+                                         ticket.number) if self.desk.plus_addressing else None)
+        answers.enqueue(session, self.desk, rendered, [ticket.customer_address], ticket,
+                        template, now, automatic=True)
+
+
+def _unanswered() -> Any:
+    return select(Ticket.id).where(
+        Ticket.first_response_at.is_(None), Ticket.first_response_due.is_not(None),
+        Ticket.breached_at.is_(None), Ticket.status.in_(OPEN), Ticket.automatic.is_(False),
+        Ticket.merged_into.is_(None))
+
+
+def _claim(session: Session, key: str, now: datetime) -> bool:
+    """Write the mark `key`; False when it exists (this or another process did it)."""
+    if session.get(SweepMark, key) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(SweepMark(key=key, at=now))
+            session.flush()
+    except sa_exc.IntegrityError:
+        return False
+    return True
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+def report(session: Session, cal: sla.BusinessCalendar, since: datetime | None,
+           now: datetime) -> dict[str, Any]:
+    """Response times (median, p90, in business hours), breaches by week and company, and
+    the share answered within the promise, for tickets opened since `since`."""
+    query = select(Ticket, Company.name).outerjoin(Company, Company.id == Ticket.company_id) \
+        .where(Ticket.automatic.is_(False), Ticket.first_response_due.is_not(None),
+               Ticket.merged_into.is_(None))
+    if since is not None:
+        query = query.where(Ticket.opened_at >= since)
+    hours: list[float] = []
+    in_time = due_passed = 0
+    by_week: dict[str, int] = {}
+    by_company: dict[str, int] = {}
+    total = 0
+    for ticket, company in session.execute(query):
+        total += 1
+        due = ticket.first_response_due
+        assert due is not None
+        answered = ticket.first_response_at
+        if answered is not None:
+            hours.append(sla.business_time(cal, ticket.opened_at, answered).total_seconds()
+                         / 3600)
+        if answered is not None or due <= now:
+            due_passed += 1
+            if answered is not None and answered <= due:
+                in_time += 1
+        late = (answered is not None and answered > due) or (answered is None and due <= now)
+        if late:
+            year, week, _ = due.astimezone(cal.zone).isocalendar()
+            label = f"{year}-W{week:02d}"
+            by_week[label] = by_week.get(label, 0) + 1
+            name = company or "(no company)"
+            by_company[name] = by_company.get(name, 0) + 1
+    hours.sort()
+    return {
+        "since": since.isoformat() if since else None,
+        "tickets": total,
+        "answered": len(hours),
+        "response_hours_median": round(median(hours), 2) if hours else None,
+        "response_hours_p90": round(_percentile(hours, 0.9), 2) if hours else None,
+        "within_promise": in_time,
+        "promise_due_or_answered": due_passed,
+        "share_within_promise": round(in_time / due_passed, 4) if due_passed else None,
+        "breaches": sum(by_week.values()),
+        "breaches_by_week": dict(sorted(by_week.items())),
+        "breaches_by_company": dict(sorted(by_company.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def _percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of sorted `values`."""
+    return values[min(len(values), max(1, math.ceil(len(values) * share))) - 1]
