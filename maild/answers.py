@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import links
+from maild import bounces, links
 from maild.desk import Desk
 from maild.mail import files, language
 from maild.mail.parse import InboundMail
@@ -21,11 +21,19 @@ log = logging.getLogger(__name__)
 
 
 def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> bool:
-    """True when `address` had its share of automatic answers in the last hour."""
+    """True when `address` had its share of automatic answers in the last hour, or all
+    addresses together had theirs (a flood of forged senders ends there too)."""
+    since = now - timedelta(hours=1)
     recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
         OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(("ack", "reject")),
-        OutboxMail.created_at > now - timedelta(hours=1)))
-    return int(recent or 0) >= desk.answers_per_hour
+        OutboxMail.created_at > since))
+    if int(recent or 0) >= desk.answers_per_hour:
+        return True
+    if not desk.answers_per_hour_total:
+        return False
+    total = session.scalar(select(func.count()).select_from(OutboxMail).where(
+        OutboxMail.kind.in_(("ack", "reject")), OutboxMail.created_at > since))
+    return int(total or 0) >= desk.answers_per_hour_total
 
 
 def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> bool:
@@ -86,13 +94,22 @@ def enqueue(
 ) -> OutboxMail:
     """Put a rendered mail in the outbox and on the ticket's record (`internal`: for
     agents' eyes only, never quoted or referenced towards a customer)."""
+    reachable = bounces.deliverable(session, recipients)
     out = OutboxMail(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
         recipient=recipients[0].lower() if recipients else "",
-        envelope_from=desk.sender.address, recipients=recipients,
-        raw=mail.raw, state="pending", attempts=0, next_attempt_at=max(now, not_before or now),
-        last_error="", created_at=now,
+        envelope_from=bounces.verp_address(desk.sender.address, mail.message_id)
+        if desk.verp else desk.sender.address,
+        recipients=reachable or recipients,
+        raw=mail.raw, state="pending" if reachable else "suppressed", attempts=0,
+        next_attempt_at=max(now, not_before or now),
+        last_error="" if reachable else "not sent: every recipient is marked bouncing "
+                                        "(`maild addresses clear ADDRESS` to send again)",
+        created_at=now,
     )
+    if len(reachable) < len(recipients):
+        log.warning("not sending to bouncing addresses %s message_id=%s",
+                    sorted(set(recipients) - set(reachable)), mail.message_id)
     session.add(out)
     if ticket is not None:
         session.add(TicketMessage(

@@ -34,7 +34,7 @@ from maild import (
 )
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred
-from maild.models import OutboxMail
+from maild.models import AddressFlag, InboundMessage, OutboxMail
 from maild.smtp import SmtpConnection
 
 log = logging.getLogger("maild")
@@ -107,6 +107,25 @@ def parser() -> argparse.ArgumentParser:
     sr.add_argument("--since", type=_date, help="only tickets opened on or after DATE "
                                                 "(YYYY-MM-DD, in the support time zone)")
     sr.add_argument("--json", action="store_true", help="machine-readable output")
+    qp = sub.add_parser("quarantine", help="mails maild could not handle")
+    qsub = qp.add_subparsers(dest="quarantine_command", required=True)
+    ql = qsub.add_parser("list", help="quarantined mails, newest first")
+    ql.add_argument("--json", action="store_true", help="machine-readable output")
+    qs = qsub.add_parser("show", help="one quarantined mail: reason, error id, headers")
+    qs.add_argument("id", type=int, help="the id from `quarantine list`")
+    qr = qsub.add_parser("retry", help="process the mail again (after a fix): it goes back "
+                                       "into the watched folder with fresh attempts")
+    qr.add_argument("id", type=int)
+    qe = qsub.add_parser("release", help="done with it by hand: moved to the processed "
+                                         "folder, never processed")
+    qe.add_argument("id", type=int)
+    adp = sub.add_parser("addresses", help="addresses marked bouncing or blocked")
+    adsub = adp.add_subparsers(dest="addresses_command", required=True)
+    adl = adsub.add_parser("list", help="bouncing and blocked addresses")
+    adl.add_argument("--json", action="store_true", help="machine-readable output")
+    adc = adsub.add_parser("clear", help="mail may go to ADDRESS again / it is no longer "
+                                         "blocked")
+    adc.add_argument("address", type=_address)
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
@@ -148,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
-        "agents": cmd_agents, "sla": cmd_sla_report,
+        "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
+        "addresses": cmd_addresses,
     }
     try:
         return commands[args.command](settings, args)
@@ -430,6 +450,107 @@ def cmd_sla_report(settings: Settings, args: argparse.Namespace) -> int:
         print("Breaches by company:")
         for name, n in r["breaches_by_company"].items():
             print(f"  {n:>4}  {name}")
+    return 0
+
+
+def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
+    store = blobs.FolderStore(settings.blob_dir)
+    if args.quarantine_command == "list":
+        with _session(settings) as session:
+            rows = [_quarantined(r) for r in session.scalars(
+                select(InboundMessage).where(InboundMessage.state == "quarantined")
+                .order_by(InboundMessage.id.desc()))]
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+            return 0
+        for r in rows:
+            print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>9} B  "
+                  f"{r['message_id'] or '(no Message-ID)'}\n        {r['reason'][:150]}")
+        print(f"{len(rows)} mails in quarantine")
+        return 0
+    with _session(settings) as session:
+        row = session.get(InboundMessage, args.id)
+        if row is None or row.state != "quarantined":
+            print(f"maild: no quarantined mail with id {args.id}", file=sys.stderr)
+            return 1
+        info = _quarantined(row)
+        raw = store.get(row.raw_sha256) if row.raw_sha256 and store.exists(
+            row.raw_sha256) else b""
+    if args.quarantine_command == "show":
+        print(f"Mail {info['id']} in {info['mailbox']}, received {info['received_at']}, "
+              f"{info['size']} bytes, {info['attempts']} attempts")
+        print(f"Message-ID: {info['message_id'] or '-'}")
+        print(f"Reason:     {info['reason']}")
+        if info["error"]:
+            print(f"Error:      {info['error']}")
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        print("Headers:")
+        for line in head.decode("utf-8", "replace").splitlines()[:60]:
+            print(f"  {line}")
+        return 0
+    if not raw:
+        print(f"maild: the stored copy of mail {args.id} is missing", file=sys.stderr)
+        return 1
+    to = settings.imap.folder if args.quarantine_command == "retry" else (
+        settings.imap.processed_folder)
+    how = imap.probe(settings.imap, lambda box: box.take_back(
+        settings.imap.quarantine_folder, info["message_id"], raw, to))
+    with _session(settings) as session:
+        row = session.get_one(InboundMessage, args.id)
+        if args.quarantine_command == "retry":
+            row.state, row.attempts, row.error = "failed", 0, ""
+            row.reason = f"retry requested by {_actor()}: {row.reason}"[:2000]
+        else:
+            row.state = "released"
+            row.reason = f"released by {_actor()}: {row.reason}"[:2000]
+            row.finished_at = datetime.now(UTC)
+    verb = "will be processed again" if args.quarantine_command == "retry" else "released"
+    print(f"mail {args.id} {verb} ({how})")
+    return 0
+
+
+def _quarantined(r: InboundMessage) -> dict[str, Any]:
+    return {"id": r.id, "mailbox": r.mailbox, "received_at": r.received_at.isoformat(),
+            "message_id": r.message_id, "size": r.size, "reason": r.reason,
+            "error": r.error, "attempts": r.attempts}
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def cmd_addresses(settings: Settings, args: argparse.Namespace) -> int:
+    with _session(settings) as session:
+        if args.addresses_command == "clear":
+            row = session.get(AddressFlag, args.address)
+            if row is None or (row.bouncing_since is None and row.blocked_at is None):
+                print(f"maild: {args.address} is neither bouncing nor blocked",
+                      file=sys.stderr)
+                return 1
+            row.bouncing_since, row.blocked_at, row.updated_at = None, None, datetime.now(UTC)
+            print(f"{args.address} cleared: mail goes to it and its mail is answered again")
+            return 0
+        rows = [{"address": r.address,
+                 "bouncing_since": r.bouncing_since.isoformat() if r.bouncing_since else None,
+                 "bounce_status": r.bounce_status, "bounce_detail": r.bounce_detail,
+                 "blocked_at": r.blocked_at.isoformat() if r.blocked_at else None,
+                 "blocked_by": r.blocked_by}
+                for r in session.scalars(select(AddressFlag).order_by(AddressFlag.address))
+                if r.bouncing_since or r.blocked_at]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for r in rows:
+        what = []
+        if r["bouncing_since"]:
+            what.append(f"bouncing since {r['bouncing_since'][:16]} ({r['bounce_status']})")
+        if r["blocked_at"]:
+            what.append(f"blocked by {r['blocked_by']}")
+        print(f"{r['address']:<40} {'; '.join(what)}")
+    print(f"{len(rows)} addresses")
     return 0
 
 

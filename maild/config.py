@@ -262,7 +262,7 @@ class SlaSettings(_Section):
     remind_after_days: int = Field(default=3, ge=0)
     auto_close_after_days: int = Field(default=10, ge=0)
     digest: bool = True
-    digest_time: time = time(8, 30)
+    digest_time: time = time(9, 0)
 
     @field_validator("warn_at")
     @classmethod
@@ -297,6 +297,30 @@ class AttachmentSettings(_Section):
 
 class LimitsSettings(_Section):
     answers_per_address_per_hour: int = Field(default=5, ge=0)
+    answers_per_hour: int = Field(default=5000, ge=0)
+
+
+class SpamSettings(_Section):
+    """The upstream filter's verdict: X-Spam-Flag/X-Spam-Status always count; a header of
+    your own filter may be named with a regular expression its value must match."""
+
+    header: str = ""
+    pattern: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _both(self) -> SpamSettings:
+        if bool(self.header) != bool(self.pattern):
+            raise ValueError("header and pattern go together (both set, or neither)")
+        return self
 
 
 class IntakeSettings(_Section):
@@ -311,6 +335,7 @@ class OutboxSettings(_Section):
     give_up_after_hours: float = Field(default=72.0, gt=0)
     batch_size: int = Field(default=50, ge=1)
     lease_seconds: float = Field(default=60.0, gt=0)
+    verp: bool = False
 
 
 class SecuritySettings(_Section):
@@ -345,6 +370,7 @@ class Settings(_Section):
     facts: FactsSettings = FactsSettings()
     triage: TriageSettings = TriageSettings()
     limits: LimitsSettings = LimitsSettings()
+    spam: SpamSettings = SpamSettings()
     intake: IntakeSettings = IntakeSettings()
     outbox: OutboxSettings = OutboxSettings()
     security: SecuritySettings = SecuritySettings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -65,6 +66,10 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         response_by_priority={str(k): v for k, v in
                               settings.calendar.first_response_by_priority.items()},
         response_by_tier=settings.calendar.first_response_by_tier,
+        verp=settings.outbox.verp,
+        spam_rule=(settings.spam.header, re.compile(settings.spam.pattern))
+        if settings.spam.header else None,
+        answers_per_hour_total=settings.limits.answers_per_hour,
         notify_files_max_bytes=int(settings.agents.notify_attachments_max_mb * 1_000_000),
     )
 

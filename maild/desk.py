@@ -3,6 +3,7 @@ keys, the blob store and the configured policies — built once at start-up."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,9 @@ class Desk:
     relay_to_participants: bool = True
     quote_customer: bool = True
     notify_files_max_bytes: int = 10_000_000
+    verp: bool = False
+    spam_rule: tuple[str, re.Pattern[str]] | None = None
+    answers_per_hour_total: int = 5000
     response_by_priority: Mapping[str, float] = field(default_factory=dict)
     response_by_tier: Mapping[str, float] = field(default_factory=dict)
 

@@ -147,6 +147,26 @@ class ImapMailbox:
             else:
                 client.expunge()
 
+    def take_back(self, folder: str, message_id: str | None, raw: bytes,
+                  to: str | None = None) -> str:
+        """Bring a mail from `folder` (the quarantine) to `to` (default: the watched
+        folder): moved when found by its Message-ID, else appended from our stored copy."""
+        client = self._client()
+        target = to or self.settings.folder
+        with _translated(f"{self.where} folder {folder!r}"):
+            found: list[int] = []
+            if message_id:
+                client.select_folder(folder)
+                found = [int(u) for u in client.search(["HEADER", "Message-ID", message_id])]
+            if found:
+                self.move(found[:1], target)
+                how = f"moved from {folder} to {target}"
+            else:
+                client.append(target, raw)
+                how = f"not found in {folder}: appended to {target} from the stored copy"
+        self.select()
+        return how
+
     def wait(self, seconds: float, stop: threading.Event) -> None:
         """Return when the folder may have changed, `seconds` passed or `stop` is set."""
         if "IDLE" not in self.capabilities:

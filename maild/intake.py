@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,14 +20,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from maild import accounts, blobs, db, notify, threader, work
+from maild import accounts, blobs, bounces, db, notify, threader, work
 from maild.answers import reject_unknown
 from maild.desk import Desk
 from maild.errors import Temporary
-from maild.mail import files
+from maild.mail import dsn, files
 from maild.mail.classify import Verdict, classify
 from maild.mail.parse import InboundMail, parse
-from maild.models import InboundMessage
+from maild.models import InboundMessage, OutboxMail
 from maild.tickets import add_follow_up, open_ticket
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Prepared:
     verdict: Verdict | None
     error: str
     planned: list[files.Planned] | None = None
+    report: dsn.Report | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +127,18 @@ class Intake:
         raw_sha = self.desk.store.put(mail.raw, sync=False)
         try:
             parsed = parse(mail.raw)
-            verdict = classify(parsed, self.desk.sender.address)
+            verdict = classify(parsed, self.desk.sender.address, self.desk.spam_rule)
             planned = files.plan(parsed.attachments, self.desk.limits)
             for f in planned:
                 if f.store:
                     self.desk.store.put(f.data, sync=False)
+            report = (dsn.read(mail.raw, self.desk.sender.domain)
+                      if verdict.kind == "bounce" else None)
         except Temporary:
             raise
         except Exception as exc:  # a parser bug on this mail's content: counted against it
-            log.exception("mail failed uid=%s", mail.uid)
-            return Prepared(mail, key, raw_sha, None, None, _describe(exc))
-        return Prepared(mail, key, raw_sha, parsed, verdict, "", planned)
+            return Prepared(mail, key, raw_sha, None, None, _failed(exc, mail.uid))
+        return Prepared(mail, key, raw_sha, parsed, verdict, "", planned, report)
 
     def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
         if p.error:
@@ -151,8 +154,7 @@ class Intake:
         except Exception as exc:  # a bug or a mail we cannot handle: count it against the mail
             if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
                 raise
-            log.exception("mail failed uid=%s", p.mail.uid)
-            return self._record_failure(session, uidvalidity, p, _describe(exc), now)
+            return self._record_failure(session, uidvalidity, p, _failed(exc, p.mail.uid), now)
 
     def _apply(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
         assert p.parsed is not None and p.verdict is not None
@@ -167,8 +169,26 @@ class Intake:
             row.state = "quarantined"
             return Outcome(mail.uid, "quarantine", verdict.reason)
         row.state = "processed"
+        if verdict.kind != "own" and _ours(session, parsed.message_id):
+            verdict = Verdict("own", "one of our own Message-IDs (a copy of a mail we sent)")
+            row.kind, row.reason = verdict.kind, verdict.reason
         if verdict.kind == "own":
             return Outcome(mail.uid, "processed", verdict.reason)
+        if verdict.kind == "bounce":
+            bounced, summary = bounces.record(session, self.desk, parsed,
+                                              p.report or dsn.Report(), inbound_id=row.id,
+                                              now=now)
+            row.ticket_id = bounced.id if bounced else None
+            row.reason = summary[:2000]
+            return Outcome(mail.uid, "processed", summary,
+                           bounced.number if bounced else None)
+        if verdict.answer:
+            blocker = bounces.blocked(session, parsed.from_addr)
+            if blocker is not None:
+                verdict = Verdict("spam", f"sender blocked by {blocker.blocked_by}")
+                row.kind, row.reason = verdict.kind, verdict.reason
+            else:
+                bounces.wrote_again(session, parsed.from_addr, now)
         agent = self.desk.roster.get(session, parsed.from_addr) if verdict.answer else None
         proven = work.proof(session, self.desk, parsed) if agent is not None else ""
         match = threader.find(session, parsed, self.desk.sender.address, self.desk.secret,
@@ -251,8 +271,22 @@ class Intake:
             return Outcome(p.mail.uid, "quarantine", row.reason)
 
 
+def _failed(exc: BaseException, uid: int) -> str:
+    """Log the traceback under a short error id and return what the row records, with the
+    id, so an operator finds the traceback in the journal (`journalctl | grep ID`)."""
+    error_id = secrets.token_hex(4)
+    log.exception("mail failed uid=%s error_id=%s", uid, error_id)
+    return f"{_describe(exc)[:1900]} [error id {error_id}]"
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _ours(session: Session, message_id: str | None) -> bool:
+    """Whether `message_id` is one we gave a mail we sent (client copies saved to the inbox)."""
+    return bool(message_id) and session.scalar(
+        select(OutboxMail.id).where(OutboxMail.message_id == message_id)) is not None
 
 
 def _find(session: Session, key: str) -> InboundMessage | None:

@@ -153,6 +153,20 @@ class Agent(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class AddressFlag(Base):
+    """What we know about an address beyond the account book: it bounces (no mail goes to
+    it until it writes again or ops clear it), or an agent blocked it as a spammer."""
+
+    __tablename__ = "address_flags"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    bouncing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    bounce_status: Mapped[str] = mapped_column(String(20), default="")
+    bounce_detail: Mapped[str] = mapped_column(Text, default="")
+    blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    blocked_by: Mapped[str] = mapped_column(String(320), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Ticket(Base):
     __tablename__ = "tickets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -267,7 +281,8 @@ class OutboxMail(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
-                      Index("ix_outbox_recipient", "recipient", "created_at"))
+                      Index("ix_outbox_recipient", "recipient", "created_at"),
+                      Index("ix_outbox_kind", "kind", "created_at"))
 
 
 class Event(Base):

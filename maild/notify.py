@@ -72,6 +72,23 @@ def agent_notice(
           in_reply_to=mail.message_id, references=mail.references)
 
 
+def bounce_notice(
+    session: Session, desk: Desk, ticket: Ticket, lines: Sequence[str], permanent: bool,
+    now: datetime,
+) -> None:
+    """Tell the owner (or team) that a mail on the ticket could not be delivered."""
+    to = _recipients(session, desk, ticket.owner)
+    if not to:
+        return
+    context = {"number": ticket.number, "subject": ticket.subject, "notice": "bounce",
+               "lines": list(lines), "permanent": permanent, "status": ticket.status,
+               "priority": ticket.priority, "owner": ticket.owner,
+               "sender": ticket.customer_address, "original_subject": "",
+               "language": desk.agent_language}
+    _send(session, desk, ticket, "agent_notice", to, context, now,
+          in_reply_to=_last_notice(session, ticket), kind="bounce_notice")
+
+
 def forged_warning(
     session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
 ) -> None:

@@ -37,7 +37,7 @@ def open_ticket(
     hours = desk.response_hours(level, account.tier if account else "")
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
-        status="new",
+        status="spam" if verdict.kind == "spam" else "new",
         priority=level,
         facts=found,
         missing=[] if automatic else facts.missing(found, desk.required_facts),
@@ -119,6 +119,7 @@ def add_follow_up(
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
         new_text=body.latest_reply(mail.text), facts=found, automatic=not person,
         created_at=now, kind="customer" if person else "automatic",
+        internal=not person,  # an out-of-office reply is for agents' eyes
     )
     session.add(message)
     session.flush()

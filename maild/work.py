@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maild import answers, links, notify
+from maild import answers, bounces, links, notify
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
@@ -54,7 +54,7 @@ def agent_mail(
     ticket = match.ticket
     parsed = commands.parse(body.latest_reply(mail.text))
     errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
-    internal = (bool(errors) or parsed.note
+    internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
                 or (match.referenced is not None and match.referenced.kind == "note"))
     message = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=agent.address,
@@ -158,6 +158,16 @@ def _apply(
             assert target is not None  # checked before
             _merge(session, ticket, target, actor, now)
             changes.append(f"merged into #{target.number} (this ticket is closed)")
+        elif c.name == "spam":
+            if ticket.status != "spam":
+                set_status(session, ticket, "spam", actor, now)
+            changes.append("marked as spam, closed silently")
+            if c.value == "block":
+                bounces.block(session, ticket.customer_address, actor, now)
+                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="blocked",
+                                  detail={"address": ticket.customer_address}))
+                changes.append(f"sender {ticket.customer_address} blocked: their mail is "
+                               "recorded as spam from now on")
         elif c.name != "note":
             changes.append(f"{c.name} stays {c.value}")
     return changes, new_status

@@ -140,8 +140,12 @@ def test_automatic_mail_is_recorded_but_not_answered(intake, factory):
     for uid, name in enumerate(["out_of_office.eml", "bounce.eml"], start=1):
         intake.process(7, Fetched(uid, (DATA / name).read_bytes(), NOW))
     with db.transaction(factory) as s:
-        assert s.scalars(select(Ticket.automatic)).all() == [True, True]
-        assert s.scalars(select(Ticket.first_response_due)).all() == [None, None]
+        # The out-of-office reply is a ticket flagged automatic; a bounce never opens one.
+        assert s.scalars(select(Ticket.automatic)).all() == [True]
+        assert s.scalars(select(Ticket.first_response_due)).all() == [None]
+        bounce = s.scalars(select(InboundMessage).where(InboundMessage.uid == 2)).one()
+        assert (bounce.state, bounce.kind, bounce.ticket_id) == ("processed", "bounce", None)
+        assert "matches no mail we sent" in bounce.reason
     assert count(factory, OutboxMail) == 0
 
 

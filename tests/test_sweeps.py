@@ -207,10 +207,10 @@ def test_the_daily_digest_goes_to_the_lead_once_on_business_days(
     desk.mail("Alles steht still, Ausfall!", when=at(2026, 11, 26, 11, 0))
     desk.sweep(at(2026, 11, 28, 9, 0))  # Saturday: no digest
     assert not desk.outbox("digest")
-    desk.sweep(at(2026, 11, 30, 8, 0))  # Monday before 08:30
+    desk.sweep(at(2026, 11, 30, 8, 59))  # Monday before opening (the digest time)
     assert not desk.outbox("digest")
-    desk.sweep(at(2026, 11, 30, 8, 30))
     desk.sweep(at(2026, 11, 30, 9, 0))
+    desk.sweep(at(2026, 11, 30, 9, 5))
     desk.sweeper().run()
     [digest] = desk.outbox("digest")
     assert digest.recipients == ["lead@example.com"]
@@ -219,7 +219,7 @@ def test_the_daily_digest_goes_to_the_lead_once_on_business_days(
                               "2 überfällig")
     text = msg.get_content()
     assert "Überfällig (2):" in text and "#10002" in text and "Eskaliert (0):" in text
-    desk.sweep(at(2026, 12, 1, 8, 45))
+    desk.sweep(at(2026, 12, 1, 9, 45))
     assert len(desk.outbox("digest")) == 2
 
 

@@ -12,12 +12,38 @@ from typing import Literal
 
 from maild.mail.parse import InboundMail
 
-Kind = Literal["normal", "automatic", "bounce", "own", "unparseable"]
+Kind = Literal["normal", "automatic", "bounce", "own", "spam", "unparseable"]
 
 LOOP_HEADER = "X-Maild-Loop"
 _BROKEN_MIME = {"NoBoundaryInMultipartDefect", "StartBoundaryNotFoundDefect"}
 _BOUNCE_SENDERS = ("mailer-daemon", "postmaster", "post_master")
 _NOREPLY = re.compile(r"^(no-?reply|do-?not-?reply|donotreply|bounces?)([+._-].*)?$")
+# Out-of-office subjects in German and English (and what Exchange/Outlook, Gmail, Apple
+# Mail and Thunderbird put there), anchored at the start so that "Urlaubsplanung geht nicht"
+# stays a customer's mail.
+_OOO_SUBJECT = re.compile(
+    r"^\s*(?:"
+    r"(?:automatische antwort|abwesenheitsnotiz|abwesenheitsmeldung|abwesend"
+    r"|out of (?:the )?office(?: reply| autoreply)?|automatic reply|auto[- ]?reply"
+    r"|auto[- ]?response|autoresponder|ooo|vacation reply|urlaubsnotiz|urlaubsabwesenheit"
+    r"|r[ée]ponse automatique|ich bin (?:nicht im b[üu]ro|abwesend|im urlaub|au(?:ß|ss)er haus)"
+    r"|i am (?:out of (?:the )?office|away))\s*[:\-–]"
+    r"|(?:abwesenheitsnotiz|out of (?:the )?office|automatische antwort|automatic reply"
+    r"|ich bin nicht im b[üu]ro|i am out of (?:the )?office)\s*$)",
+    re.IGNORECASE,
+)
+_STATUS_PARTS = {"message/delivery-status", "message/global-delivery-status"}
+_RETURNED_PARTS = {"message/rfc822", "message/global", "text/rfc822-headers",
+                   "text/global-headers"}
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|delivery (?:status|failure|has failed|notification)|returned mail"
+    r"|failure notice|mail delivery (?:failed|system|subsystem)|non[- ]?delivery"
+    r"|could not be delivered|not delivered|unzustellbar|nicht zugestellt"
+    r"|zustellung fehlgeschlagen|unzustellbarkeit|mail error|delivery problem",
+    re.IGNORECASE)
+_DAEMON_NAME = re.compile(r"mail(?:er)?[- ]daemon|mail delivery", re.IGNORECASE)
+_SES_BOUNCE = re.compile(r'\\?"notificationType\\?"\s*:\s*\\?"(?:Bounce|Complaint|Delivery)')
+_SUPPRESS = re.compile(r"\b(all|oof|autoreply)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +57,8 @@ class Verdict:
         return self.kind == "normal"
 
 
-def classify(mail: InboundMail, support_address: str) -> Verdict:
+def classify(mail: InboundMail, support_address: str,
+             spam_rule: tuple[str, re.Pattern[str]] | None = None) -> Verdict:
     """The verdict on `mail` as received by the mailbox of `support_address`."""
     broken = _unusable(mail)
     if broken:
@@ -43,13 +70,35 @@ def classify(mail: InboundMail, support_address: str) -> Verdict:
         return Verdict("own", "sent from our own address")
     if mail.content_type == "multipart/report":
         return Verdict("bounce", "multipart/report (delivery or disposition report)")
+    parts = {a.content_type for a in mail.attachments}
+    if parts & _STATUS_PARTS:
+        return Verdict("bounce", "carries a delivery-status part")
+    if h.get("x-failed-recipients"):
+        return Verdict("bounce", "X-Failed-Recipients header")
     sender = (mail.from_addr or h.get("from", "")).lower()
+    if h.get("auto-submitted", "").split(";")[0].strip().lower() not in ("", "no"):
+        # An explicit marker: automatic, a bounce only from the mail system itself.
+        if "mailer-daemon" in sender or _DAEMON_NAME.search(h.get("from", "")):
+            return Verdict("bounce", "sender is the mail system (MAILER-DAEMON)")
+        return _automatic(h) or Verdict("automatic", "Auto-Submitted")
     for name in _BOUNCE_SENDERS:
         if name in sender:
             return Verdict("bounce", f"sender is {name}")
+    robot = (not mail.from_addr or h.get("return-path", "x").strip() in {"<>", ""}
+             or bool(_NOREPLY.match(mail.from_addr.partition("@")[0]))
+             or bool(_DAEMON_NAME.search(h.get("from", ""))))
+    if robot and (_BOUNCE_SUBJECT.search(mail.subject) or parts & _RETURNED_PARTS):
+        return Verdict("bounce", "a robot returning a mail (bounce subject or returned copy)")
+    if robot and _SES_BOUNCE.search(mail.text):
+        return Verdict("bounce", "Amazon SES delivery notification")
+    spam = _spam(h, spam_rule)
+    if spam:
+        return Verdict("spam", spam)
     automatic = _automatic(h)
     if automatic:
         return automatic
+    if _OOO_SUBJECT.match(mail.subject):
+        return Verdict("automatic", "out-of-office subject")
     if _NOREPLY.match(mail.from_addr.partition("@")[0]):
         return Verdict("automatic", "sender is a no-reply address")
     if not mail.from_addr:
@@ -59,6 +108,21 @@ def classify(mail: InboundMail, support_address: str) -> Verdict:
         names = ", ".join(sorted(defects))
         return Verdict("unparseable", f"broken MIME ({names}), nothing readable")
     return Verdict("normal", "")
+
+
+def _spam(h: dict[str, str], rule: tuple[str, re.Pattern[str]] | None) -> str:
+    """The upstream filter's verdict: X-Spam-Flag: YES, X-Spam-Status: Yes, or the
+    configured header matching the configured pattern."""
+    if h.get("x-spam-flag", "").strip().lower() == "yes":
+        return "X-Spam-Flag: YES"
+    if h.get("x-spam-status", "").strip().lower().startswith("yes"):
+        return "X-Spam-Status: Yes"
+    if rule is not None:
+        name, pattern = rule
+        value = h.get(name.lower(), "")
+        if value and pattern.search(value):
+            return f"{name}: {value.strip()[:80]}"
+    return ""
 
 
 def _unusable(mail: InboundMail) -> str:
@@ -80,7 +144,12 @@ def _automatic(h: dict[str, str]) -> Verdict | None:
         return Verdict("automatic", "List-Id (mailing list)")
     if "return-path" in h and h["return-path"].strip() in {"<>", ""}:
         return Verdict("automatic", "empty Return-Path")
-    for name in ("x-autoreply", "x-autorespond", "x-auto-response"):
+    for name in ("x-autoreply", "x-autorespond", "x-auto-response", "x-autoresponder"):
         if h.get(name):
             return Verdict("automatic", f"{name} header")
+    suppress = h.get("x-auto-response-suppress", "")
+    if _SUPPRESS.search(suppress):
+        return Verdict("automatic", f"X-Auto-Response-Suppress: {suppress.strip()[:60]}")
+    if h.get("list-unsubscribe"):
+        return Verdict("automatic", "List-Unsubscribe (bulk mail)")
     return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 STATUSES = ("in_progress", "waiting", "resolved", "closed")
 PRIORITIES = ("urgent", "high", "normal", "low")
 CAUSES = ("ours", "customer", "third-party")
-NAMES = ("status", "priority", "assign", "note", "cause", "merge")
+NAMES = ("status", "priority", "assign", "note", "cause", "merge", "spam")
 USAGE = {
     "status": f"#status {'|'.join(STATUSES)}",
     "priority": f"#priority {'|'.join(PRIORITIES)}",
@@ -22,6 +22,7 @@ USAGE = {
     "note": "#note",
     "cause": f"#cause {'|'.join(CAUSES)}",
     "merge": "#merge NUMBER",
+    "spam": "#spam [block]",
 }
 _LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]*)(?:[ \t]+(.*))?$")
 _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
@@ -91,6 +92,8 @@ def _check(name: str, value: str) -> tuple[str, str]:
     word = value.lower().replace(" ", "_")
     if name == "note":
         return "", ""
+    if name == "spam":
+        return (word, "") if word in ("", "block") else ("", f"unknown option {value!r}")
     if not value:
         return "", "needs a value"
     if name == "status":

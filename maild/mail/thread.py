@@ -27,12 +27,17 @@ def plus_tokens(mail: InboundMail, support_address: str) -> list[tuple[int, str]
     """(number, token) from recipients like `service+10001.TOKEN@example.com`."""
     local, _, domain = support_address.partition("@")
     found = []
-    recipients = [*mail.to, *mail.cc]
-    for header in ("delivered-to", "x-original-to", "envelope-to"):
-        if mail.headers.get(header):
-            recipients.append(mail.headers[header].strip().strip("<>").lower())
-    for address in recipients:
+    for address in recipients(mail):
         match = _PLUS.match(address)
         if match and match["local"] == local and match["domain"] == domain:
             found.append((int(match["number"]), match["token"]))
     return list(dict.fromkeys(found))
+
+
+def recipients(mail: InboundMail) -> list[str]:
+    """Every address the mail was for: To, Cc and the delivery headers servers add."""
+    found = [*mail.to, *mail.cc]
+    for header in ("delivered-to", "x-original-to", "envelope-to"):
+        if mail.headers.get(header):
+            found.append(mail.headers[header].strip().strip("<>").lower())
+    return found

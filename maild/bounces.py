@@ -1,0 +1,142 @@
+"""Bounces: matched to the mail we sent, recorded on its ticket, the address marked as
+bouncing on a permanent failure, the agent told. Never a ticket, never answered.
+
+An address marked bouncing gets no mail of any kind until it writes to us again or ops
+clear it (`maild addresses clear`); blocked senders (`#spam block`) are kept here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maild import notify
+from maild.desk import Desk
+from maild.mail import dsn, thread
+from maild.mail.parse import InboundMail
+from maild.models import AddressFlag, Event, OutboxMail, Ticket, TicketMessage
+
+log = logging.getLogger(__name__)
+
+
+def verp_address(support_address: str, message_id: str) -> str:
+    """The envelope sender that names the mail it belongs to: `service+b-TOKEN@…`, TOKEN
+    the random part of our Message-ID (`<maild.t10001.TOKEN@…>`)."""
+    local, _, domain = support_address.partition("@")
+    token = message_id.strip("<>").partition("@")[0].rpartition(".")[2]
+    return f"{local}+b-{token}@{domain}"
+
+
+def _verp_outbox(session: Session, mail: InboundMail, support: str) -> OutboxMail | None:
+    local, _, domain = support.partition("@")
+    for address in thread.recipients(mail):
+        head, _, tail = address.partition("@")
+        if tail == domain and head.startswith(f"{local}+b-"):
+            token = head.removeprefix(f"{local}+b-")
+            if token.isalnum():
+                found = session.scalars(select(OutboxMail).where(
+                    OutboxMail.message_id.like(f"%.{token}@%"))).first()
+                if found is not None:
+                    return found
+    return None
+
+
+def record(
+    session: Session, desk: Desk, mail: InboundMail, report: dsn.Report, *,
+    inbound_id: int, now: datetime,
+) -> tuple[Ticket | None, str]:
+    """Apply a bounce; returns the ticket it concerns (if any) and what was done."""
+    out = None
+    for message_id in report.message_ids:
+        out = session.scalars(select(OutboxMail).where(
+            OutboxMail.message_id == message_id)).first()
+        if out is not None:
+            break
+    if out is None:
+        out = _verp_outbox(session, mail, desk.sender.address)
+    if out is None:
+        return None, "bounce: matches no mail we sent"
+    recipients = [r.lower() for r in out.recipients]
+    failures = [f for f in report.failures if f.recipient in recipients]
+    if not failures:  # a forwarded or rewritten address: it was about this mail anyway
+        first = report.failures[0] if report.failures else None
+        failures = [dsn.Failure(out.recipient or recipients[0], first.status if first else "",
+                                first.action if first else "failed",
+                                first.diagnostic if first else "")]
+    permanent = [f for f in failures if f.permanent]
+    for f in permanent:
+        mark_bouncing(session, f.recipient, f.status, f.diagnostic, now)
+    out.last_error = "; ".join(f"bounced {f.recipient} {f.status}".strip() for f in failures)
+    ticket = session.get(Ticket, out.ticket_id) if out.ticket_id else None
+    summary = (f"bounce of {out.message_id}: "
+               + ", ".join(f"{f.recipient} {f.status or f.action}" for f in failures)
+               + (" (permanent: address marked bouncing)" if permanent else " (temporary)"))
+    if ticket is not None:
+        session.add(TicketMessage(
+            ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
+            author=mail.from_addr or "mailer-daemon", message_id=mail.message_id,
+            subject=mail.subject, body_text=mail.text, new_text=summary, facts={},
+            automatic=True, created_at=now, kind="bounce", internal=True,
+        ))
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="bounce", detail={
+            "message_id": out.message_id, "permanent": bool(permanent),
+            "failures": [{"recipient": f.recipient, "status": f.status, "action": f.action,
+                          "diagnostic": f.diagnostic[:200]} for f in failures]}))
+        if out.kind not in ("notify", "agent_notice", "warning", "sla_warning", "sla_breach",
+                            "digest"):  # agents need not hear of their own bounces twice
+            notify.bounce_notice(session, desk, ticket, [
+                f"{f.recipient}: {f.status or f.action} {f.diagnostic}".strip()
+                for f in failures], bool(permanent), now)
+    log.info("%s ticket=%s", summary, ticket.number if ticket else "-")
+    return ticket, summary
+
+
+def flag(session: Session, address: str) -> AddressFlag | None:
+    return session.get(AddressFlag, address.lower()) if address else None
+
+
+def mark_bouncing(session: Session, address: str, status: str, detail: str,
+                  now: datetime) -> None:
+    row = flag(session, address)
+    if row is None:
+        row = AddressFlag(address=address.lower(), updated_at=now)
+        session.add(row)
+    row.bouncing_since = row.bouncing_since or now
+    row.bounce_status, row.bounce_detail, row.updated_at = status, detail[:1000], now
+
+
+def wrote_again(session: Session, address: str, now: datetime) -> bool:
+    """A bouncing address that writes to us works again: clear the mark."""
+    row = flag(session, address)
+    if row is None or row.bouncing_since is None:
+        return False
+    row.bouncing_since, row.bounce_status, row.updated_at = None, "", now
+    log.info("address writes again, no longer marked bouncing: %s", address)
+    return True
+
+
+def blocked(session: Session, address: str) -> AddressFlag | None:
+    row = flag(session, address)
+    return row if row is not None and row.blocked_at is not None else None
+
+
+def block(session: Session, address: str, by: str, now: datetime) -> None:
+    row = flag(session, address)
+    if row is None:
+        row = AddressFlag(address=address.lower(), updated_at=now)
+        session.add(row)
+    row.blocked_at, row.blocked_by, row.updated_at = now, by, now
+
+
+def deliverable(session: Session, recipients: Sequence[str]) -> list[str]:
+    """`recipients` without those marked bouncing."""
+    if not recipients:
+        return []
+    bouncing = set(session.scalars(select(AddressFlag.address).where(
+        AddressFlag.address.in_([r.lower() for r in recipients]),
+        AddressFlag.bouncing_since.is_not(None))))
+    return [r for r in recipients if r.lower() not in bouncing]
