@@ -154,10 +154,17 @@ class ImapMailbox:
         client = self._client()
         target = to or self.settings.folder
         with _translated(f"{self.where} folder {folder!r}"):
+            client.select_folder(folder)
             found: list[int] = []
             if message_id:
-                client.select_folder(folder)
                 found = [int(u) for u in client.search(["HEADER", "Message-ID", message_id])]
+            if not found:  # no or an unusable Message-ID: the same size, then the same bytes
+                same_size = [int(u) for u in client.search(
+                    ["LARGER", str(len(raw) - 1), "SMALLER", str(len(raw) + 1)])]
+                if same_size:
+                    data = client.fetch(same_size[:50], ["BODY.PEEK[]"])
+                    found = [u for u in same_size[:50]
+                             if data.get(u, {}).get(b"BODY[]") == raw]
             if found:
                 self.move(found[:1], target)
                 how = f"moved from {folder} to {target}"
