@@ -60,6 +60,7 @@ class ImapSettings(_Section):
     idle_renew: float = Field(default=300.0, gt=0)
     batch_size: int = Field(default=50, ge=1, le=1000)
     timeout: float = Field(default=30.0, gt=0)
+    max_fetch_mb: float = Field(default=50.0, gt=0)
 
     @property
     def mailbox_id(self) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import re
+import secrets
 import ssl
 import threading
 import time
@@ -21,7 +23,7 @@ from imapclient.exceptions import LoginError
 
 from maild.config import ImapSettings
 from maild.errors import ImapRejected, ImapUnavailable
-from maild.intake import Fetched
+from maild.intake import Fetched, Omitted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,17 +121,59 @@ class ImapMailbox:
             return sorted(int(u) for u in self._client().search(["UNDELETED"]))
 
     def fetch(self, uids: Sequence[int]) -> list[Fetched]:
-        """Raw bytes (without setting \\Seen) and INTERNALDATE of `uids`."""
+        """Raw bytes (without setting \\Seen) and INTERNALDATE of `uids`; a mail over
+        `max_fetch_mb` is fetched in part: its headers and text, the rest listed."""
+        limit = int(self.settings.max_fetch_mb * 1_000_000)
+        client = self._client()
         with _translated(self.where):
-            data = self._client().fetch(list(uids), ["BODY.PEEK[]", "INTERNALDATE"])
+            sizes = client.fetch(list(uids), ["RFC822.SIZE"])
+            small = [u for u in uids if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= limit]
+            data = client.fetch(small, ["BODY.PEEK[]", "INTERNALDATE"]) if small else {}
         fetched = []
         for uid in uids:
+            if uid not in sizes:  # expunged meanwhile by someone else
+                continue
+            if uid not in small:
+                large = self._fetch_large(uid, int(sizes[uid][b"RFC822.SIZE"]), limit)
+                if large is not None:
+                    fetched.append(large)
+                continue
             item = data.get(uid)
-            if item is None:  # expunged meanwhile by someone else
+            if item is None:
                 continue
             arrived = _aware(item.get(b"INTERNALDATE"))
             fetched.append(Fetched(uid=uid, raw=item.get(b"BODY[]") or b"", internaldate=arrived))
         return fetched
+
+    def _fetch_large(self, uid: int, size: int, limit: int) -> Fetched | None:
+        """The headers and text parts of a mail too large to fetch whole (BODYSTRUCTURE),
+        as a mail of their own; what was left out is listed in `omitted`."""
+        client = self._client()
+        with _translated(self.where):
+            info = client.fetch([uid], ["BODYSTRUCTURE", "BODY.PEEK[HEADER]", "INTERNALDATE"])
+            item = info.get(uid)
+            if item is None:
+                return None
+            texts, omitted = [], []
+            budget = limit
+            for section, part in _leaves(item[b"BODYSTRUCTURE"]):
+                kind = _ctype(part)
+                name = _part_name(part)
+                part_size = _part_size(part)
+                if kind in ("text/plain", "text/html") and not name and part_size <= budget:
+                    texts.append((section, part))
+                    budget -= part_size
+                else:
+                    omitted.append(Omitted(name or f"part-{section}", kind, part_size))
+            bodies = client.fetch([uid], [f"BODY.PEEK[{s}]" for s, _ in texts]) if texts else {}
+        got = bodies.get(uid, {})
+        raw = _rebuild(item.get(b"BODY[HEADER]") or b"",
+                       [(p, got.get(f"BODY[{s}]".encode()) or b"") for s, p in texts],
+                       size, omitted)
+        log.warning("mail uid=%s is %d bytes, over the fetch limit: took its text, left out %d "
+                    "parts", uid, size, len(omitted))
+        return Fetched(uid=uid, raw=raw, internaldate=_aware(item.get(b"INTERNALDATE")),
+                       omitted=tuple(omitted))
 
     def move(self, uids: Sequence[int], folder: str) -> None:
         """Move `uids` to `folder`: MOVE, else COPY + \\Deleted + UID EXPUNGE."""
@@ -203,6 +247,77 @@ class ImapMailbox:
                 client.shutdown()
             except (OSError, imaplib.IMAP4.error):
                 pass
+
+
+def _leaves(structure: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(IMAP section, part) of every non-multipart part of a BODYSTRUCTURE."""
+    if getattr(structure, "is_multipart", False):
+        children = structure[0] if isinstance(structure[0], list) else []
+        found = []
+        for number, child in enumerate(children, start=1):
+            found.extend(_leaves(child, f"{prefix}{number}."))
+        return found
+    return [((prefix.rstrip(".") or "1"), structure)]
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return str(value) if value is not None else ""
+
+
+def _ctype(part: Any) -> str:
+    try:
+        return f"{_word(part[0])}/{_word(part[1])}".lower()
+    except (IndexError, TypeError):
+        return "application/octet-stream"
+
+
+def _params(value: Any) -> dict[str, str]:
+    if not isinstance(value, (list, tuple)):
+        return {}
+    items = [_word(v) for v in value]
+    return {items[i].lower(): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def _part_name(part: Any) -> str:
+    try:
+        name = _params(part[2]).get("name", "")
+        disposition = part[8] if len(part) > 8 else None
+        if isinstance(disposition, (list, tuple)) and len(disposition) > 1:
+            name = _params(disposition[1]).get("filename", name)
+            if _word(disposition[0]).lower() == "attachment" and not name:
+                name = "attachment"
+        return name
+    except (IndexError, TypeError):
+        return ""
+
+
+def _part_size(part: Any) -> int:
+    try:
+        return int(part[6])
+    except (IndexError, TypeError, ValueError):
+        return 0
+
+
+def _rebuild(header: bytes, texts: list[tuple[Any, bytes]], size: int,
+             omitted: list[Omitted]) -> bytes:
+    """A mail of the original headers and the fetched text parts (their transfer encoding
+    kept), in a multipart/mixed of our own."""
+    keep = [line for line in re.split(rb"\r?\n(?![ \t])", header.strip())
+            if line and not line.lower().startswith((b"content-", b"mime-version"))]
+    boundary = f"maild-partial-{secrets.token_hex(8)}".encode()
+    out = [*keep, b"MIME-Version: 1.0",
+           b'Content-Type: multipart/mixed; boundary="' + boundary + b'"',
+           f"X-Maild-Partial: {size} bytes; {len(omitted)} parts left out".encode(), b""]
+    for part, body in texts:
+        charset = _params(part[2]).get("charset", "utf-8")
+        encoding = _word(part[5]) or "7bit"
+        out += [b"--" + boundary,
+                f"Content-Type: {_ctype(part)}; charset=\"{charset}\"".encode(),
+                f"Content-Transfer-Encoding: {encoding}".encode(), b"", body]
+    out += [b"--" + boundary + b"--", b""]
+    return b"\r\n".join(out)
 
 
 def _is_change(response: Any) -> bool:

@@ -38,12 +38,22 @@ _MSGID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULT
 
 
 @dataclass(frozen=True, slots=True)
+class Omitted:
+    """A part of a mail too large to fetch whole that was not fetched."""
+
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fetched:
-    """A mail as fetched from IMAP."""
+    """A mail as fetched from IMAP (in part, when `omitted` lists what was left out)."""
 
     uid: int
     raw: bytes
     internaldate: datetime | None
+    omitted: tuple[Omitted, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +139,8 @@ class Intake:
             parsed = parse(mail.raw)
             verdict = classify(parsed, self.desk.sender.address, self.desk.spam_rule)
             planned = files.plan(parsed.attachments, self.desk.limits)
+            planned += [files.left_out(o.filename, o.content_type, o.size)
+                        for o in mail.omitted]
             for f in planned:
                 if f.store:
                     self.desk.store.put(f.data, sync=False)

@@ -277,7 +277,7 @@ class SmtpCapture:
 
 
 def write_config(path: Path, *, imap_port: int, user: str, password: str, smtp_port: int,
-                 database_url: str, extra: str = "") -> Path:
+                 database_url: str, extra: str = "", imap_extra: str = "") -> Path:
     path.write_text(f"""
 [imap]
 host = "127.0.0.1"
@@ -287,6 +287,7 @@ password = "{password}"
 tls = "none"
 idle_renew = 30
 timeout = 10
+{imap_extra}
 
 [smtp]
 host = "127.0.0.1"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import os
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from harness import cli_config, offline_settings
+from harness import cli_config, offline_settings, wait_until
 from sqlalchemy import select
 
 from maild import db
@@ -17,7 +19,15 @@ from maild.daemon import build_desk
 from maild.intake import Fetched, Intake
 from maild.mail import files
 from maild.mail.parse import Part
-from maild.models import Attachment, Blob, Event, InboundMessage, OutboxMail, Ticket
+from maild.models import (
+    Attachment,
+    Blob,
+    Event,
+    InboundMessage,
+    OutboxMail,
+    Ticket,
+    TicketMessage,
+)
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
@@ -194,3 +204,48 @@ def test_a_forwarded_mail_is_kept_with_its_subject():
     planned = files.plan((Part("weitergeleitet.eml", "application/octet-stream", inner, False,
                                ""),), files.Limits(10**6, 10**6))
     assert planned[0].store and planned[0].note == "forwarded mail: Lieferung 4711 fehlt"
+
+
+def test_a_mail_over_the_fetch_limit_becomes_a_ticket_from_its_text(
+        tmp_path, dovecot, mailbox, smtp, database_url):
+    # 3 MB of video with a 1 MB fetch limit: maild reads the structure, fetches the text
+    # only, records the video as not fetched and tells the customer how to send it.
+    from harness import Daemon, write_config
+
+    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+                          password=mailbox.password, smtp_port=smtp.port,
+                          database_url=database_url, imap_extra="max_fetch_mb = 1.0")
+    msg = EmailMessage()
+    msg["From"] = "Bob Smith <bob@customer.example>"
+    msg["To"] = "service@example.com"
+    msg["Subject"] = "Screen recording of the crash"
+    msg["Message-ID"] = "<big@customer.example>"
+    msg.set_content("The app crashes when I open the order list. Recording attached.\n"
+                    "Version 5.1 on Windows 11.")
+    msg.add_alternative("<p>The app crashes when I open the order list.</p>", subtype="html")
+    msg.add_attachment(os.urandom(3_000_000), maintype="video", subtype="mp4",
+                       filename="crash.mp4")
+    daemon = Daemon(config, tmp_path / "maild.log").start()
+    try:
+        mailbox.append(msg.as_bytes())
+        [ack] = smtp.wait_for(1)
+        assert wait_until(lambda: mailbox.count("Processed") == 1)
+    finally:
+        daemon.kill()
+    text = ack.message.get_body(preferencelist=("plain",)).get_content()
+    assert "crash.mp4" in text and "zu groß" not in text  # an English customer
+    assert "too large" in text or "download link" in text.lower()
+    engine = db.make_engine(database_url)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            ticket = s.scalars(select(Ticket)).one()
+            message = s.scalars(select(TicketMessage)).first()
+            [video] = s.scalars(select(Attachment)).all()
+            assert "crashes when I open the order list" in message.body_text
+            assert ticket.facts.get("software_version") == "5.1"
+            assert (video.filename, video.blob_sha256, video.size) == ("crash.mp4", None,
+                                                                      pytest.approx(4_000_000,
+                                                                                    rel=0.4))
+            assert "not fetched" in video.note
+    finally:
+        engine.dispose()

@@ -134,3 +134,12 @@ def plan(parts: tuple[Part, ...], limits: Limits) -> list[Planned]:
 
 def _mb(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB"
+
+
+def left_out(filename: str, content_type: str, size: int) -> Planned:
+    """A file of a mail too large to fetch whole: recorded by name and size, not stored."""
+    return Planned(
+        filename=safe_filename(filename), content_type=content_type[:255],
+        declared_type=content_type[:255], data=b"", sha256="", size=size, inline=False,
+        store=False, note="not fetched: the mail was over the size limit for a whole mail",
+    )
