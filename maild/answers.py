@@ -87,6 +87,14 @@ def acknowledge(
             automatic=True)
 
 
+def is_ours(desk: Desk, address: str) -> bool:
+    """The support address or one of its plus-variants (reply and bounce addresses)."""
+    local, _, domain = desk.sender.address.partition("@")
+    addr = address.strip().lower()
+    return addr == desk.sender.address or (addr.startswith(f"{local}+")
+                                           and addr.endswith(f"@{domain}"))
+
+
 def enqueue(
     session: Session, desk: Desk, mail: Rendered, recipients: list[str],
     ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
@@ -94,7 +102,10 @@ def enqueue(
 ) -> OutboxMail:
     """Put a rendered mail in the outbox and on the ticket's record (`internal`: for
     agents' eyes only, never quoted or referenced towards a customer)."""
-    reachable = bounces.deliverable(session, recipients)
+    ours = [r for r in recipients if is_ours(desk, r)]
+    if ours:  # never mail ourselves: it would come straight back in
+        log.warning("not sending to our own address %s message_id=%s", ours, mail.message_id)
+    reachable = bounces.deliverable(session, [r for r in recipients if r not in ours])
     out = OutboxMail(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
         recipient=recipients[0].lower() if recipients else "",
@@ -103,8 +114,8 @@ def enqueue(
         recipients=reachable or recipients,
         raw=mail.raw, state="pending" if reachable else "suppressed", attempts=0,
         next_attempt_at=max(now, not_before or now),
-        last_error="" if reachable else "not sent: every recipient is marked bouncing "
-                                        "(`maild addresses clear ADDRESS` to send again)",
+        last_error="" if reachable else "not sent: every recipient is our own address or "
+                                        "marked bouncing (`maild addresses clear ADDRESS`)",
         created_at=now,
     )
     if len(reachable) < len(recipients):

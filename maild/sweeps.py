@@ -211,17 +211,16 @@ class Sweeper:
             "breached": [t for t in unanswered if t.breached_at is not None],
             "escalated": [t for t in tickets if t.id in escalated],
         }
-        with session.begin_nested():
-            session.add(SweepMark(key=key, at=now))
-            session.flush()
-            rendered = render_mail(
-                self.desk.templates, "digest", self.desk.agent_language,
-                {**context, "timezone": self.desk.timezone, "number": None,
-                 "language": self.desk.agent_language},
-                sender=self.desk.sender, to=", ".join(to), now=now,
-                auto_submitted="auto-generated")
-            answers.enqueue(session, self.desk, rendered, to, None, "digest", now,
-                            automatic=True, internal=True)
+        if not _claim(session, key, now):
+            return  # another process sends today's
+        rendered = render_mail(
+            self.desk.templates, "digest", self.desk.agent_language,
+            {**context, "timezone": self.desk.timezone, "number": None,
+             "language": self.desk.agent_language},
+            sender=self.desk.sender, to=", ".join(to), now=now,
+            auto_submitted="auto-generated")
+        answers.enqueue(session, self.desk, rendered, to, None, "digest", now,
+                        automatic=True, internal=True)
         counts.digests += 1
 
     # -- mails ------------------------------------------------------------------------------------

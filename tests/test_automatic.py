@@ -297,3 +297,9 @@ def test_fuzzed_mail_never_crashes_parsing_classifying_or_bounce_reading(headers
 def test_random_bytes_never_crash(raw):
     classify(parse(raw), US)
     dsn.read(raw)
+
+
+def test_we_never_mail_our_own_addresses(desk):
+    desk.feed(CUSTOMER.format(n="o1").replace("anna@kunde.example", "service+x@example.com"))
+    [ack] = desk.outbox("ack")
+    assert ack.state == "suppressed" and "our own address" in ack.last_error
