@@ -80,7 +80,11 @@ def test_automatic_mail_and_bounces_get_no_answer(daemon, mailbox, smtp, databas
     assert wait_until(lambda: mailbox.count("Processed") == 3)
     time.sleep(1)
     assert [m.recipients for m in smtp.mails] == [["anna.berger@kunde-gmbh.de"]]
-    assert sorted(t.automatic for t in rows(database_url, Ticket)) == [False, True, True]
+    # The out-of-office reply is a ticket flagged automatic; the bounce (about no mail of
+    # ours) is recorded without one.
+    assert sorted(t.automatic for t in rows(database_url, Ticket)) == [False, True]
+    bounce = rows(database_url, InboundMessage, InboundMessage.kind == "bounce")
+    assert len(bounce) == 1 and bounce[0].ticket_id is None
 
 
 def test_garbage_is_quarantined_and_the_next_mail_still_processed(
