@@ -81,10 +81,11 @@ def generate(n: int, rng: random.Random, previous: list[str]) -> tuple[bytes, st
     return raw.encode("utf-8"), mid
 
 
-def fill(box: Mailbox, count: int, seed: int) -> int:
+def fill(box: Mailbox, count: int, seed: int) -> tuple[int, int]:
+    """Append `count` generated mails; (bytes, how many are replies to earlier ones)."""
     rng = random.Random(seed)
     previous: list[str] = []
-    total = 0
+    total = replies = 0
     client = box.client()
     try:
         for n in range(count):
@@ -92,9 +93,10 @@ def fill(box: Mailbox, count: int, seed: int) -> int:
             previous.append(mid)
             client.append("INBOX", raw)
             total += len(raw)
+            replies += b"\r\nIn-Reply-To: " in raw.split(b"\r\n\r\n", 1)[0]
     finally:
         client.logout()
-    return total
+    return total, replies
 
 
 def bound(box: Mailbox) -> tuple[float, float, int]:
@@ -149,7 +151,8 @@ def main() -> int:
     daemon = Daemon(config, work / "maild.log")
     try:
         print(f"filling INBOX with {args.mails} mails ...", flush=True)
-        size = fill(box, args.mails, args.seed)
+        size, replies = fill(box, args.mails, args.seed)
+        answers = args.mails - replies  # a reply joins its ticket: no acknowledgement
         fetch_s, parse_s, n = bound(box)
         print(f"mailbox: {n} mails, {size / 1e6:.0f} MB")
         print(f"bound: raw fetch {n / fetch_s:,.0f} mails/s, stdlib parse {n / parse_s:,.0f} "
@@ -162,11 +165,12 @@ def main() -> int:
         assert daemon.process is not None
         wait_until(lambda: "watching" in daemon.output(), timeout=30, interval=0.01)
         started = time.perf_counter()
-        done = wait_until(lambda: len(smtp.mails) >= args.mails, timeout=1800, interval=0.02)
+        done = wait_until(lambda: len(smtp.mails) >= answers, timeout=1800, interval=0.02)
         elapsed = time.perf_counter() - started
         inbox = box.count("INBOX")
         print(f"maild: {args.mails} mails in {elapsed:.1f} s = {args.mails / elapsed:,.0f} "
-              f"mails/s, answers {len(smtp.mails)}, left in INBOX {inbox}"
+              f"mails/s, answers {len(smtp.mails)} (+{replies} replies joined their tickets), "
+              f"left in INBOX {inbox}"
               + ("" if done else "  (TIMED OUT)"))
         latencies = []
         rng = random.Random(args.seed + 1)

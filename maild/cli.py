@@ -58,7 +58,7 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("imapclient", "aiosmtplib", "alembic", "mail.log"):
+    for noisy in ("imapclient", "aiosmtplib", "alembic", "mail.log", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
