@@ -116,7 +116,8 @@ def enqueue(
         next_attempt_at=max(now, not_before or now),
         last_error="" if reachable else "not sent: every recipient is our own address or "
                                         "marked bouncing (`maild addresses clear ADDRESS`)",
-        created_at=now,
+        # A mail held for support hours counts its age (give_up_after_hours) from then.
+        created_at=max(now, not_before or now),
     )
     if len(reachable) < len(recipients):
         log.warning("not sending to bouncing addresses %s message_id=%s",

@@ -153,6 +153,7 @@ def test_a_breach_found_at_night_is_flagged_at_once_and_mailed_at_opening(desk):
     assert desk.ticket().breached_at == at(2026, 11, 27, 11, 0)
     [breach] = desk.outbox("sla_breach")
     assert breach.next_attempt_at == at(2026, 11, 30, 9, 0)  # Monday morning
+    assert breach.created_at == breach.next_attempt_at  # its age counts from then
 
 
 def test_waiting_reminds_after_three_business_days_and_closes_after_ten(desk):
@@ -165,6 +166,11 @@ def test_waiting_reminds_after_three_business_days_and_closes_after_ten(desk):
     desk.sweep(at(2026, 12, 1, 9, 30))
     [reminder] = desk.outbox("reminder")
     assert reminder.recipients == ["anna@kunde.example"]
+    msg = email.message_from_bytes(reminder.raw, policy=policy.default)
+    assert msg["Subject"] == ("[#10001] Erinnerung: Wir warten auf Deine Antwort: "
+                              "Export bricht ab")
+    assert msg["In-Reply-To"] and msg["Auto-Submitted"] == "auto-generated"
+    assert "nach 10 Werktagen" in msg.get_body(preferencelist=("html",)).get_content()
     desk.sweep(at(2026, 12, 10, 8, 59))  # before opening on the tenth business day
     assert desk.ticket().status == "waiting"
     desk.sweep(at(2026, 12, 10, 9, 0))
