@@ -6,8 +6,9 @@ and the database (`maild agents add|remove`, changed at run time). Both are read
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,17 +26,37 @@ class AgentInfo:
     source: str  # "config" or "database"
 
 
+REFRESH_SECONDS = 30.0  # a running daemon sees `maild agents add|remove` within this
+
+
+@dataclass(slots=True)
+class _Cache:
+    loaded_at: float = -REFRESH_SECONDS
+    agents: dict[str, AgentInfo] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Roster:
-    """The configured agents and the team address; the database's are looked up live."""
+    """The configured agents and the team address, and those in the database (read at
+    most every REFRESH_SECONDS: every incoming mail asks whether its sender is an agent)."""
 
     configured: tuple[AgentInfo, ...] = ()
     team_address: str = ""
+    cache: _Cache = field(default_factory=_Cache, compare=False)
+
+    def _stored(self, session: Session) -> dict[str, AgentInfo]:
+        now = time.monotonic()
+        if now - self.cache.loaded_at >= REFRESH_SECONDS:
+            self.cache.agents = {
+                row.address: AgentInfo(row.address, row.name, row.lead, "database")
+                for row in session.scalars(select(Agent))}
+            self.cache.loaded_at = now
+        return self.cache.agents
 
     def all(self, session: Session) -> list[AgentInfo]:
         found = {a.address: a for a in self.configured}
-        for row in session.scalars(select(Agent).order_by(Agent.address)):
-            found.setdefault(row.address, AgentInfo(row.address, row.name, row.lead, "database"))
+        for address, info in self._stored(session).items():
+            found.setdefault(address, info)
         return sorted(found.values(), key=lambda a: a.address)
 
     def get(self, session: Session, address: str) -> AgentInfo | None:
@@ -43,8 +64,7 @@ class Roster:
         for a in self.configured:
             if a.address == address:
                 return a
-        row = session.get(Agent, address) if address else None
-        return AgentInfo(row.address, row.name, row.lead, "database") if row else None
+        return self._stored(session).get(address) if address else None
 
     def notify_to(self, session: Session, owner: str) -> list[str]:
         """Who hears about a ticket: its owner, else the team address, else every agent."""

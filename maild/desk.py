@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from jinja2 import Environment
 
@@ -13,6 +14,11 @@ from maild import blobs, sla
 from maild.agents import Roster
 from maild.mail import files
 from maild.mail.render import Sender
+
+
+def _gate() -> Any:
+    from maild.answers import AnswerGate  # answers needs Desk: imported when first used
+    return AnswerGate()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,7 @@ class Desk:
     verp: bool = False
     spam_rule: tuple[str, re.Pattern[str]] | None = None
     answers_per_hour_total: int = 5000
+    answer_gate: Any = field(default_factory=lambda: _gate())
     response_by_priority: Mapping[str, float] = field(default_factory=dict)
     response_by_tier: Mapping[str, float] = field(default_factory=dict)
 

@@ -194,13 +194,12 @@ class Intake:
             row.reason = summary[:2000]
             return Outcome(mail.uid, "processed", summary,
                            bounced.number if bounced else None)
-        if verdict.answer:
-            blocker = bounces.blocked(session, parsed.from_addr)
-            if blocker is not None:
-                verdict = Verdict("spam", f"sender blocked by {blocker.blocked_by}")
-                row.kind, row.reason = verdict.kind, verdict.reason
-            else:
-                bounces.wrote_again(session, parsed.from_addr, now)
+        flag = bounces.flag(session, parsed.from_addr) if verdict.answer else None
+        if flag is not None and flag.blocked_at is not None:
+            verdict = Verdict("spam", f"sender blocked by {flag.blocked_by}")
+            row.kind, row.reason = verdict.kind, verdict.reason
+        elif flag is not None:
+            bounces.wrote_again(session, parsed.from_addr, now)
         agent = self.desk.roster.get(session, parsed.from_addr) if verdict.answer else None
         proven = work.proof(session, self.desk, parsed) if agent is not None else ""
         match = threader.find(session, parsed, self.desk.sender.address, self.desk.secret,
@@ -297,7 +296,9 @@ def _describe(exc: BaseException) -> str:
 
 def _ours(session: Session, message_id: str | None) -> bool:
     """Whether `message_id` is one we gave a mail we sent (client copies saved to the inbox)."""
-    return bool(message_id) and session.scalar(
+    if not message_id or not message_id.startswith("<maild."):  # the form of ours
+        return False
+    return session.scalar(
         select(OutboxMail.id).where(OutboxMail.message_id == message_id)) is not None
 
 

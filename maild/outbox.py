@@ -26,6 +26,10 @@ from maild.smtp import SmtpConnection
 log = logging.getLogger(__name__)
 
 
+SENT_GROUP = 20  # accepted mails recorded as sent per commit, at most
+SENT_WAIT = 0.25  # seconds an accepted mail waits for its group, at most
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     id: int
@@ -53,6 +57,8 @@ class Outbox:
         self.settings = settings
         self.smtp = smtp
         self.clock = clock
+        self._accepted: list[tuple[Claimed, str]] = []  # accepted, not yet recorded as sent
+        self._since = 0.0
 
     def claim(self) -> list[Claimed]:
         """Lease up to a batch of due mails (FOR UPDATE SKIP LOCKED where the database has it)."""
@@ -82,14 +88,22 @@ class Outbox:
             )
 
     def mark_sent(self, mail: Claimed, answer: str) -> None:
+        self.mark_all_sent([(mail, answer)])
+
+    def mark_all_sent(self, sent: list[tuple[Claimed, str]]) -> None:
+        """Record mails the server accepted, in one transaction."""
+        if not sent:
+            return
         now = self.clock()
         with db.transaction(self.factory) as session:
-            session.execute(update(OutboxMail).where(OutboxMail.id == mail.id).values(
-                state="sent", sent_at=now, leased_until=None, attempts=mail.attempts + 1,
-                last_error="",
-            ))
-        log.info("mail sent message_id=%s to=%s answer=%s",
-                 mail.message_id, ",".join(mail.recipients), answer.splitlines()[0][:80])
+            for mail, _ in sent:
+                session.execute(update(OutboxMail).where(OutboxMail.id == mail.id).values(
+                    state="sent", sent_at=now, leased_until=None, attempts=mail.attempts + 1,
+                    last_error="",
+                ))
+        for mail, answer in sent:
+            log.info("mail sent message_id=%s to=%s answer=%s",
+                     mail.message_id, ",".join(mail.recipients), answer.splitlines()[0][:80])
 
     def mark_failed_attempt(self, mail: Claimed, error: str, permanent: bool) -> None:
         now = self.clock()
@@ -117,10 +131,15 @@ class Outbox:
                 OutboxMail.id.in_([m.id for m in mails])).values(leased_until=lease))
 
     async def deliver_due(self) -> int:
-        """Send everything that is due over one SMTP connection; returns how many were sent."""
-        sent = 0
+        """Send everything that is due over one SMTP connection; returns how many were sent.
+
+        Accepted mails are recorded as sent in small groups (SENT_GROUP, or SENT_WAIT
+        seconds): one commit per group instead of one per mail. A crash inside a group
+        resends those mails with their Message-IDs: at least once, counted once."""
         smtp = SmtpConnection(self.smtp)
         loop = asyncio.get_running_loop()
+        self._accepted, self._since = [], loop.time()
+        sent = 0
         try:
             while claimed := await asyncio.to_thread(self.claim):
                 leased_at = loop.time()
@@ -131,9 +150,26 @@ class Outbox:
                     if not smtp.connected:
                         await self._connect(smtp, claimed[index:])
                     sent += await self._send_one(smtp, mail)
+                    if (len(self._accepted) >= SENT_GROUP
+                            or loop.time() - self._since > SENT_WAIT):
+                        await self._record_accepted()
+                await self._record_accepted()
         finally:
-            await smtp.close()
+            try:
+                await self._record_accepted()
+            finally:
+                await smtp.close()
         return sent
+
+    async def _record_accepted(self) -> None:
+        accepted, self._accepted = self._accepted, []
+        self._since = asyncio.get_running_loop().time()
+        if accepted:
+            try:
+                await asyncio.to_thread(self.mark_all_sent, accepted)
+            except BaseException:
+                self._accepted = accepted + self._accepted  # try again in the finally
+                raise
 
     async def _connect(self, smtp: SmtpConnection, waiting: list[Claimed]) -> None:
         try:
@@ -152,5 +188,5 @@ class Outbox:
         except SmtpDeferred as exc:
             await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
             return 0
-        await asyncio.to_thread(self.mark_sent, mail, answer)
+        self._accepted.append((mail, answer))
         return 1
