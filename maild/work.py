@@ -7,6 +7,7 @@ all at once or, when one is wrong, none of them, with nothing relayed.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -27,6 +28,9 @@ from maild.tickets import store_attachments
 log = logging.getLogger(__name__)
 
 STATUS_MAILS = ("in_progress", "waiting", "resolved")
+REPLY_ABOVE = "please reply above this line"  # the marker line atop every mail to agents
+_QUOTE_HEADER = re.compile(r"(schrieb|wrote|a écrit|escribió)[^:]*:\s*$|^\s*(von|from):",
+                           re.IGNORECASE)
 
 
 def proof(session: Session, desk: Desk, mail: InboundMail) -> str:
@@ -52,7 +56,7 @@ def agent_mail(
 ) -> str:
     """Apply a proven agent's mail to the ticket; returns a short summary for the log."""
     ticket = match.ticket
-    parsed = commands.parse(body.latest_reply(mail.text))
+    parsed = commands.parse(agent_words(mail.text))
     errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
     internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
                 or (match.referenced is not None and match.referenced.kind == "note"))
@@ -98,6 +102,20 @@ def agent_mail(
     log.info("agent mail number=%s agent=%s proof=%r internal=%s changes=%s sent=%s",
              ticket.number, agent.address, why, internal, changes, visible)
     return "agent note" if internal else "agent reply"
+
+
+def agent_words(text: str) -> str:
+    """What the agent wrote: above our "reply above this line" marker (whatever the mail
+    client did with the quote, the notification's internal text never reaches a customer),
+    then without quoted history and signature."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    for index, line in enumerate(lines):
+        if REPLY_ABOVE in line.lower():
+            lines = lines[:index]
+            while lines and (not lines[-1].strip() or _QUOTE_HEADER.search(lines[-1])):
+                lines.pop()  # the client's "Am … schrieb …:" before the quoted marker
+            break
+    return body.latest_reply("\n".join(lines))
 
 
 def _check(session: Session, desk: Desk, ticket: Ticket, parsed: Commands) -> list[str]:

@@ -176,6 +176,21 @@ def test_agent_reply_is_relayed_from_the_support_address_under_the_agents_name(d
     assert not desk.outbox("agent_notice")  # text was relayed: no confirmation needed
 
 
+def test_the_notification_never_reaches_the_customer_whatever_the_client_quotes(desk):
+    # A client that quotes without ">" and with a header the reply parser does not know:
+    # everything from our "reply above this line" marker down is cut.
+    desk.feed(FIRST)
+    notice = text_of(desk.outbox("notify")[0])
+    assert notice.startswith("##- Bitte oberhalb dieser Zeile antworten")
+    desk.agent_reply("Hallo Anna,\nbitte einmal neu starten.\n\nMax\n\n"
+                     "======== Weitergeleitet von Ticketsystem, 26.11.2026 ========\n"
+                     + notice)
+    text = text_of(desk.outbox("relay")[0])
+    assert text.startswith("Hallo Anna,\nbitte einmal neu starten.\n\nMax")
+    for internal in ("Neues Ticket", "Befehle", "Es fehlen", "#status", "oberhalb"):
+        assert internal not in text.split("Viele Grüße")[0], internal
+
+
 def test_an_answer_without_commands_starts_the_work_and_stops_the_clock(desk, clock):
     desk.feed(FIRST)
     clock.now = NOW + timedelta(hours=2)
