@@ -45,7 +45,7 @@ class Desk:
     stranger_tag: str = "new_ticket"
     plus_addressing: bool = False
     answers_per_hour: int = 5
-    roster: Roster = Roster()
+    roster: Roster = field(default_factory=Roster)
     agent_language: str = "de"
     require_proof: bool = True
     trusted_authserv_ids: tuple[str, ...] = ()
