@@ -326,6 +326,7 @@ class SpamSettings(_Section):
 
 class IntakeSettings(_Section):
     max_attempts: int = Field(default=3, ge=1)
+    parse_workers: int = Field(default=1, ge=0, le=64)
     retry_backoff: float = Field(default=5.0, gt=0)
     retry_backoff_max: float = Field(default=300.0, gt=0)
 

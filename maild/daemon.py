@@ -128,7 +128,8 @@ class Daemon:
     async def _main(self, engine: Engine, factory: db.SessionFactory) -> None:
         s = self.settings
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
-        intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock)
+        intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock,
+                        workers=s.intake.parse_workers)
         loop = asyncio.get_running_loop()
 
         def wake_outbox() -> None:
@@ -151,9 +152,12 @@ class Daemon:
         scheduler.start()
         log.info("maild running: mailbox %s, support address %s", s.imap.mailbox_id,
                  s.support.address)
-        await self.should_exit.wait()
-        scheduler.shutdown(wait=False)
-        await self._shutdown(tasks)
+        try:
+            await self.should_exit.wait()
+            scheduler.shutdown(wait=False)
+            await self._shutdown(tasks)
+        finally:
+            intake.close()
 
     async def _sweep(self, sweeper: Sweeper) -> None:
         try:

@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -21,12 +22,13 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from maild import accounts, blobs, bounces, db, notify, threader, work
+from maild.analyse import Analyser, Analysis, Rules
 from maild.answers import reject_unknown
 from maild.desk import Desk
 from maild.errors import Temporary
 from maild.mail import dsn, files
-from maild.mail.classify import Verdict, classify
-from maild.mail.parse import InboundMail, parse
+from maild.mail.classify import Verdict
+from maild.mail.parse import InboundMail
 from maild.models import InboundMessage, OutboxMail
 from maild.tickets import add_follow_up, open_ticket
 
@@ -93,13 +95,23 @@ class Intake:
 
     def __init__(
         self, factory: db.SessionFactory, desk: Desk, mailbox: str, max_attempts: int,
-        clock: Callable[[], datetime],
+        clock: Callable[[], datetime], workers: int = 0,
     ) -> None:
         self.factory = factory
         self.desk = desk
         self.mailbox = mailbox
         self.max_attempts = max_attempts
         self.clock = clock
+        self.analyser = Analyser(Rules(desk.sender.address, desk.sender.domain,
+                                       desk.spam_rule, desk.limits), workers)
+
+    def analyse(self, mails: list[Fetched]) -> Future[list[Analysis]]:
+        """Start the pure work on `mails` (in the worker pool for a batch); hand the result
+        to `process_batch`, which may meanwhile commit the batch before."""
+        return self.analyser.submit([m.raw for m in mails])
+
+    def close(self) -> None:
+        self.analyser.close()
 
     def known(self, uidvalidity: int, uids: Iterable[int]) -> dict[int, str]:
         """State of the UIDs we already finished with (processed or quarantined)."""
@@ -122,35 +134,35 @@ class Intake:
         """Handle one mail; raises only `Temporary`."""
         return self.process_batch(uidvalidity, [mail])[0]
 
-    def process_batch(self, uidvalidity: int, mails: list[Fetched]) -> list[Outcome]:
+    def process_batch(self, uidvalidity: int, mails: list[Fetched],
+                      analysed: Future[list[Analysis]] | None = None) -> list[Outcome]:
         """Handle fetched mails: pure work and blob writes first, one filesystem sync, then
         one transaction with a savepoint per mail, so one mail's failure stays its own.
         Raises only `Temporary`, in which case nothing of the batch was committed."""
-        prepared = [self._prepare(mail) for mail in mails]
+        future = analysed or self.analyse(mails)
+        analyses = self.analyser.result(future, [m.raw for m in mails])
+        prepared = [self._prepare(mail, a) for mail, a in zip(mails, analyses, strict=True)]
         self.desk.store.sync()
         now = self.clock()
         with db.transaction(self.factory) as session:
             return [self._decide(session, uidvalidity, p, now) for p in prepared]
 
-    def _prepare(self, mail: Fetched) -> Prepared:
+    def _prepare(self, mail: Fetched, analysis: Analysis) -> Prepared:
         key = dedupe_key(mail.raw)
         raw_sha = self.desk.store.put(mail.raw, sync=False)
-        try:
-            parsed = parse(mail.raw)
-            verdict = classify(parsed, self.desk.sender.address, self.desk.spam_rule)
-            planned = files.plan(parsed.attachments, self.desk.limits)
-            planned += [files.left_out(o.filename, o.content_type, o.size)
-                        for o in mail.omitted]
-            for f in planned:
-                if f.store:
-                    self.desk.store.put(f.data, sync=False)
-            report = (dsn.read(mail.raw, self.desk.sender.domain)
-                      if verdict.kind == "bounce" else None)
-        except Temporary:
-            raise
-        except Exception as exc:  # a parser bug on this mail's content: counted against it
-            return Prepared(mail, key, raw_sha, None, None, _failed(exc, mail.uid))
-        return Prepared(mail, key, raw_sha, parsed, verdict, "", planned, report)
+        if analysis.error or analysis.planned is None:
+            error_id = secrets.token_hex(4)
+            log.error("mail failed uid=%s error_id=%s: %s\n%s", mail.uid, error_id,
+                      analysis.error, analysis.trace.rstrip())
+            return Prepared(mail, key, raw_sha, None, None,
+                            f"{analysis.error} [error id {error_id}]")
+        planned = analysis.planned + [files.left_out(o.filename, o.content_type, o.size)
+                                      for o in mail.omitted]
+        for f in planned:
+            if f.store:
+                self.desk.store.put(f.data, sync=False)
+        return Prepared(mail, key, raw_sha, analysis.parsed, analysis.verdict, "", planned,
+                        analysis.report)
 
     def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
         if p.error:

@@ -12,13 +12,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime
 
 from maild import db
+from maild.analyse import Analysis
 from maild.config import ImapSettings, IntakeSettings
 from maild.errors import ImapRejected, ImapUnavailable, Temporary
 from maild.imap import ImapMailbox
-from maild.intake import Intake, Outcome
+from maild.intake import Fetched, Intake, Outcome
 from maild.models import MailboxState
 
 log = logging.getLogger(__name__)
@@ -154,16 +156,23 @@ class Watcher:
         self._move(box, [Outcome(u, "processed" if s == "processed" else "quarantine")
                          for u, s in known.items()])
         fresh = [u for u in due if u not in known]
+        # A pipeline: batch k+1 is fetched and analysed (parsed in the worker pool) while
+        # batch k is committed and moved.
+        pending: tuple[list[Fetched], Future[list[Analysis]]] | None = None
         for start in range(0, len(fresh), self.imap.batch_size):
             if self.stop.is_set():
-                return
-            self._batch(box, fresh[start:start + self.imap.batch_size])
+                break
+            fetched = box.fetch(fresh[start:start + self.imap.batch_size])
+            ahead = (fetched, self.intake.analyse(fetched)) if fetched else None
+            if pending is not None:
+                self._finish(box, *pending)
+            pending = ahead
+        if pending is not None:
+            self._finish(box, *pending)
 
-    def _batch(self, box: ImapMailbox, uids: list[int]) -> None:
-        fetched = box.fetch(uids)
-        if not fetched:
-            return
-        outcomes = self.intake.process_batch(box.uidvalidity, fetched)
+    def _finish(self, box: ImapMailbox, fetched: list[Fetched],
+                analysed: Future[list[Analysis]]) -> None:
+        outcomes = self.intake.process_batch(box.uidvalidity, fetched, analysed)
         self.on_committed()
         self._move(box, outcomes)
 

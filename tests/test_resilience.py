@@ -6,6 +6,7 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from harness import Daemon, TcpProxy, customer_mail, wait_until
@@ -23,6 +24,19 @@ def count(url: str, model, *where) -> int:
             return int(s.scalar(select(func.count()).select_from(model).where(*where)))
     finally:
         engine.dispose()
+
+
+def _parse_workers() -> list[str]:
+    """Processes of multiprocessing's spawn start method still alive on this machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "multiprocessing.spawn" in cmd:
+            found.append(f"{proc.name}: {cmd[:100]}")
+    return found
 
 
 @pytest.mark.slow
@@ -55,6 +69,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     resent = {mid: len(v) for mid, v in acks.items() if len(v) > 1}
     print(f"{kills} kills; {len(smtp.mails)} deliveries, {len(acks)} distinct; resent: {resent}")
     assert len(acks) == total
+    # The parse workers of the killed daemons ended with them (no orphans left behind).
+    assert wait_until(lambda: not _parse_workers(), timeout=10), _parse_workers()
     answered = {str(v[0].message["In-Reply-To"]) for v in acks.values()}
     assert len(answered) == total
     assert count(database_url, Ticket) == total
