@@ -29,30 +29,7 @@ def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> boo
         OutboxMail.created_at > since))
     if int(recent or 0) >= desk.answers_per_hour:
         return True
-    return bool(desk.answer_gate.full(session, desk.answers_per_hour_total, now))
-
-
-class AnswerGate:
-    """The global answer limit, counted in the database at most once a minute and by this
-    process in between (a soft limit: several processes may each add a minute's worth)."""
-
-    def __init__(self) -> None:
-        self.counted_at: datetime | None = None
-        self.count = 0
-
-    def full(self, session: Session, limit: int, now: datetime) -> bool:
-        if not limit:
-            return False
-        if self.counted_at is None or not (
-                self.counted_at <= now < self.counted_at + timedelta(minutes=1)):
-            self.count = int(session.scalar(select(func.count()).select_from(OutboxMail).where(
-                OutboxMail.kind.in_(("ack", "reject")),
-                OutboxMail.created_at > now - timedelta(hours=1))) or 0)
-            self.counted_at = now
-        return self.count >= limit
-
-    def note(self) -> None:
-        self.count += 1
+    return desk.answer_gate.full(session, desk.answers_per_hour_total, now)
 
 
 def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> bool:

@@ -119,11 +119,6 @@ def wrote_again(session: Session, address: str, now: datetime) -> bool:
     return True
 
 
-def blocked(session: Session, address: str) -> AddressFlag | None:
-    row = flag(session, address)
-    return row if row is not None and row.blocked_at is not None else None
-
-
 def block(session: Session, address: str, by: str, now: datetime) -> None:
     row = flag(session, address)
     if row is None:

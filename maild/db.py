@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.errors import StorageUnavailable
-from maild.models import AppSecret, Counter
+from maild.models import AppSecret, Counter, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ def next_number(session: Session, name: str) -> int:
     if value is None:
         raise RuntimeError(f"counter {name!r} missing: run `maild db upgrade`")
     return int(value)
+
+
+def ticket_by_number(session: Session, number: int) -> Ticket | None:
+    """The ticket with the human-friendly `number`, or None."""
+    return session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
 
 
 def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:

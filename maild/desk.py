@@ -6,19 +6,40 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timedelta
 
 from jinja2 import Environment
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from maild import blobs, sla
 from maild.agents import Roster
 from maild.mail import files
 from maild.mail.render import Sender
+from maild.models import OutboxMail
 
 
-def _gate() -> Any:
-    from maild.answers import AnswerGate  # answers needs Desk: imported when first used
-    return AnswerGate()
+class AnswerGate:
+    """The global answer limit, counted in the database at most once a minute and by this
+    process in between (a soft limit: several processes may each add a minute's worth)."""
+
+    def __init__(self) -> None:
+        self.counted_at: datetime | None = None
+        self.count = 0
+
+    def full(self, session: Session, limit: int, now: datetime) -> bool:
+        if not limit:
+            return False
+        if self.counted_at is None or not (
+                self.counted_at <= now < self.counted_at + timedelta(minutes=1)):
+            self.count = int(session.scalar(select(func.count()).select_from(OutboxMail).where(
+                OutboxMail.kind.in_(("ack", "reject")),
+                OutboxMail.created_at > now - timedelta(hours=1))) or 0)
+            self.counted_at = now
+        return self.count >= limit
+
+    def note(self) -> None:
+        self.count += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +76,7 @@ class Desk:
     verp: bool = False
     spam_rule: tuple[str, re.Pattern[str]] | None = None
     answers_per_hour_total: int = 5000
-    answer_gate: Any = field(default_factory=lambda: _gate())
+    answer_gate: AnswerGate = field(default_factory=AnswerGate)
     response_by_priority: Mapping[str, float] = field(default_factory=dict)
     response_by_tier: Mapping[str, float] = field(default_factory=dict)
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import secrets
+import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -151,11 +152,8 @@ class Intake:
         key = dedupe_key(mail.raw)
         raw_sha = self.desk.store.put(mail.raw, sync=False)
         if analysis.error or analysis.planned is None:
-            error_id = secrets.token_hex(4)
-            log.error("mail failed uid=%s error_id=%s: %s\n%s", mail.uid, error_id,
-                      analysis.error, analysis.trace.rstrip())
             return Prepared(mail, key, raw_sha, None, None,
-                            f"{analysis.error} [error id {error_id}]")
+                            _failed(analysis.error, analysis.trace, mail.uid))
         planned = analysis.planned + [files.left_out(o.filename, o.content_type, o.size)
                                       for o in mail.omitted]
         for f in planned:
@@ -178,7 +176,8 @@ class Intake:
         except Exception as exc:  # a bug or a mail we cannot handle: count it against the mail
             if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
                 raise
-            return self._record_failure(session, uidvalidity, p, _failed(exc, p.mail.uid), now)
+            error = _failed(_describe(exc), traceback.format_exc(), p.mail.uid)
+            return self._record_failure(session, uidvalidity, p, error, now)
 
     def _apply(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
         assert p.parsed is not None and p.verdict is not None
@@ -294,12 +293,13 @@ class Intake:
             return Outcome(p.mail.uid, "quarantine", row.reason)
 
 
-def _failed(exc: BaseException, uid: int) -> str:
+def _failed(error: str, trace: str, uid: int) -> str:
     """Log the traceback under a short error id and return what the row records, with the
     id, so an operator finds the traceback in the journal (`journalctl | grep ID`)."""
     error_id = secrets.token_hex(4)
-    log.exception("mail failed uid=%s error_id=%s", uid, error_id)
-    return f"{_describe(exc)[:1900]} [error id {error_id}]"
+    log.error("mail failed uid=%s error_id=%s: %s\n%s", uid, error_id, error,
+              trace.rstrip())
+    return f"{error[:1900]} [error id {error_id}]"
 
 
 def _describe(exc: BaseException) -> str:

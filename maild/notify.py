@@ -64,10 +64,7 @@ def agent_notice(
     lines: Sequence[str], mail: InboundMail, now: datetime,
 ) -> None:
     """Answer an agent's mail: what changed, or what was wrong (nothing was done)."""
-    context = {"number": ticket.number, "subject": ticket.subject, "notice": notice,
-               "lines": list(lines), "status": ticket.status, "priority": ticket.priority,
-               "owner": ticket.owner, "sender": mail.from_addr,
-               "original_subject": mail.subject, "language": desk.agent_language}
+    context = _notice(desk, ticket, notice, lines, mail.from_addr, mail.subject)
     _send(session, desk, ticket, "agent_notice", [to], context, now,
           in_reply_to=mail.message_id, references=mail.references)
 
@@ -80,11 +77,8 @@ def bounce_notice(
     to = _recipients(session, desk, ticket.owner)
     if not to:
         return
-    context = {"number": ticket.number, "subject": ticket.subject, "notice": "bounce",
-               "lines": list(lines), "permanent": permanent, "status": ticket.status,
-               "priority": ticket.priority, "owner": ticket.owner,
-               "sender": ticket.customer_address, "original_subject": "",
-               "language": desk.agent_language}
+    context = {**_notice(desk, ticket, "bounce", lines, ticket.customer_address, ""),
+               "permanent": permanent}
     _send(session, desk, ticket, "agent_notice", to, context, now,
           in_reply_to=_last_notice(session, ticket), kind="bounce_notice")
 
@@ -101,12 +95,18 @@ def forged_warning(
         log.warning("unproven agent mail from=%s ticket=%s (team not warned: limit)",
                     mail.from_addr, ticket.number)
         return
-    context = {"number": ticket.number, "subject": ticket.subject, "notice": "forged",
-               "lines": [], "status": ticket.status, "priority": ticket.priority,
-               "owner": ticket.owner, "sender": mail.from_addr,
-               "original_subject": mail.subject, "language": desk.agent_language}
+    context = _notice(desk, ticket, "forged", [], mail.from_addr, mail.subject)
     _send(session, desk, ticket, "agent_notice", to, context, now,
           in_reply_to=_last_notice(session, ticket), kind="warning")
+
+
+def _notice(desk: Desk, ticket: Ticket, notice: str, lines: Sequence[str], sender: str,
+            original_subject: str) -> dict[str, Any]:
+    """The context of an `agent_notice` mail."""
+    return {"number": ticket.number, "subject": ticket.subject, "notice": notice,
+            "lines": list(lines), "status": ticket.status, "priority": ticket.priority,
+            "owner": ticket.owner, "sender": sender, "original_subject": original_subject,
+            "language": desk.agent_language}
 
 
 def _recipients(session: Session, desk: Desk, owner: str) -> list[str]:

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from maild import db
 from maild.blobs import BlobStore
 from maild.models import (
     Attachment,
@@ -17,7 +18,6 @@ from maild.models import (
     Event,
     InboundMessage,
     OutboxMail,
-    Ticket,
     TicketMessage,
 )
 
@@ -36,7 +36,7 @@ def purge_ticket(session: Session, number: int, actor: str, now: datetime) -> Pu
     """Delete ticket `number` and everything of it; None if there is no such ticket.
 
     The caller deletes the returned orphaned blobs from the store after the commit."""
-    ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
+    ticket = db.ticket_by_number(session, number)
     if ticket is None:
         return None
     message_ids = session.scalars(select(TicketMessage.id).where(

@@ -261,19 +261,8 @@ class Sweeper:
 
     def _customer_mail(self, session: Session, ticket: Ticket, template: str,
                        now: datetime) -> None:
-        ids = work.customer_thread(session, ticket)
-        context = {"number": ticket.number, "subject": ticket.subject,
-                   "name": ticket.customer_name, "support_name": self.desk.sender.name,
-                   "days": self.settings.auto_close_after_days,
-                   "reopen_days": f"{self.desk.reopen_days:g}", "language": ticket.language}
-        rendered = render_mail(
-            self.desk.templates, template, ticket.language, context, sender=self.desk.sender,
-            to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
-            references=tuple(ids[:-1]), auto_submitted="auto-generated",
-            reply_to=links.reply_address(self.desk.sender.address, self.desk.secret,
-                                         ticket.number) if self.desk.plus_addressing else None)
-        answers.enqueue(session, self.desk, rendered, [ticket.customer_address], ticket,
-                        template, now, automatic=True)
+        work.customer_notice(session, self.desk, ticket, template, now,
+                             days=self.settings.auto_close_after_days)
 
 
 def _unanswered() -> Any:

@@ -8,7 +8,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import accounts, links
+from maild import accounts, db, links
 from maild.mail import thread
 from maild.mail.parse import InboundMail
 from maild.models import Ticket, TicketMessage
@@ -38,7 +38,7 @@ def find(session: Session, mail: InboundMail, support_address: str, secret: str,
         return found
     ticket, seen = found.ticket, {found.ticket.number}
     while ticket.merged_into is not None and ticket.merged_into not in seen:
-        target = _by_number(session, ticket.merged_into)
+        target = db.ticket_by_number(session, ticket.merged_into)
         if target is None:
             break
         seen.add(target.number)
@@ -58,20 +58,16 @@ def _find(session: Session, mail: InboundMail, support_address: str, secret: str
         how: How | None = ("reply-address" if links.reply_token_valid(secret, number, token)
                            else "agent-address"
                            if links.agent_token_valid(secret, number, token) else None)
-        ticket = _by_number(session, number) if how else None
+        ticket = db.ticket_by_number(session, number) if how else None
         if ticket is not None and how is not None:
             return Match(ticket, how)
     tagged = thread.subject_tag(mail.subject)
-    ticket = _by_number(session, tagged) if tagged is not None else None
+    ticket = db.ticket_by_number(session, tagged) if tagged is not None else None
     if ticket is None:
         return None
     if stranger_tag == "attach" or agent or _belongs(session, ticket, mail.from_addr):
         return Match(ticket, "tag")
     return Match(ticket, "tag-foreign")
-
-
-def _by_number(session: Session, number: int) -> Ticket | None:
-    return session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
 
 
 def _belongs(session: Session, ticket: Ticket, address: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maild import db
 from maild.models import Attachment, Event, Ticket, TicketMessage
 
 
@@ -35,7 +36,7 @@ def ticket_list(session: Session, status: str | None = None) -> list[dict[str, A
 
 def ticket_detail(session: Session, number: int) -> dict[str, Any] | None:
     """Everything about one ticket: facts, what is missing, messages, attachments, events."""
-    ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
+    ticket = db.ticket_by_number(session, number)
     if ticket is None:
         return None
     messages = session.scalars(select(TicketMessage).where(TicketMessage.ticket_id == ticket.id)

@@ -10,11 +10,12 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maild import answers, bounces, links, notify
+from maild import answers, bounces, db, links, notify
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
@@ -126,7 +127,7 @@ def _check(session: Session, desk: Desk, ticket: Ticket, parsed: Commands) -> li
         errors.append(f"{assign.line!r}: {assign.value} is not an agent")
     merge = parsed.get("merge")
     if merge:
-        target = _ticket(session, int(merge.value))
+        target = db.ticket_by_number(session, int(merge.value))
         if target is None:
             errors.append(f"{merge.line!r}: there is no ticket #{merge.value}")
         elif target.id == ticket.id:
@@ -172,7 +173,7 @@ def _apply(
             changes.append(f"cause {ticket.cause or '-'} -> {c.value}")
             ticket.cause = c.value
         elif c.name == "merge":
-            target = _ticket(session, int(c.value))
+            target = db.ticket_by_number(session, int(c.value))
             assert target is not None  # checked before
             _merge(session, ticket, target, actor, now)
             changes.append(f"merged into #{target.number} (this ticket is closed)")
@@ -215,10 +216,6 @@ def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
         set_status(session, ticket, "closed", actor, now)
     ticket.merged_into = target.number
     target.updated_at = now
-
-
-def _ticket(session: Session, number: int) -> Ticket | None:
-    return session.scalars(select(Ticket).where(Ticket.number == number)).one_or_none()
 
 
 def customer_thread(session: Session, ticket: Ticket) -> list[str]:
@@ -273,19 +270,27 @@ def relay(
 def status_mail(session: Session, desk: Desk, ticket: Ticket, status: str,
                 now: datetime) -> None:
     """Tell the customer the ticket's new state (in progress, waiting for them, resolved)."""
+    customer_notice(session, desk, ticket, "status", now, status=status,
+                    escalation_url=links.escalation_url(desk.public_url, desk.secret,
+                                                        ticket.number))
+
+
+def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,
+                    now: datetime, **extra: Any) -> None:
+    """An automatic mail to the ticket's customer (status, reminder, auto-close), on the
+    customer's thread, in the ticket's language."""
     ids = customer_thread(session, ticket)
     context = {
-        "number": ticket.number, "subject": ticket.subject, "status": status,
-        "name": ticket.customer_name, "support_name": desk.sender.name,
-        "reopen_days": f"{desk.reopen_days:g}", "language": ticket.language,
-        "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
+        "number": ticket.number, "subject": ticket.subject, "name": ticket.customer_name,
+        "support_name": desk.sender.name, "reopen_days": f"{desk.reopen_days:g}",
+        "language": ticket.language, **extra,
     }
     rendered = render_mail(
-        desk.templates, "status", ticket.language, context, sender=desk.sender,
+        desk.templates, template, ticket.language, context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
         references=tuple(ids[:-1]), auto_submitted="auto-generated",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None,
     )
-    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket, "status",
+    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket, template,
                     now, automatic=True)

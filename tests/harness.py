@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -458,3 +459,26 @@ def cli_config(path: Path, url: str, blob_dir: Path | None = None) -> Path:
                     f'[support]\naddress = "service@example.com"\n'
                     f'[database]\nurl = "{url}"\n{blobs}')
     return path
+
+
+def rows(url: str, model: Any, *where: Any) -> Any:
+    """Rows of `model` in the database at `url`, oldest first (a connection of its own)."""
+    from sqlalchemy import select
+
+    from maild import db
+    engine = db.make_engine(url)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            return s.scalars(select(model).where(*where).order_by(model.id)).all()
+    finally:
+        engine.dispose()
+
+
+class Clock:
+    """An injected clock that tests move by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now

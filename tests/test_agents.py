@@ -13,7 +13,7 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
-from harness import cli_config, maild, offline_settings
+from harness import Clock, cli_config, maild, offline_settings
 from sqlalchemy import select
 
 from maild import db, links
@@ -31,17 +31,9 @@ AGENTS = {"members": [{"address": "max@example.com", "name": "Max Agent"},
           "team_address": "team@example.com", "trusted_authserv_ids": ["mx.example.com"]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 def make_intake(tmp_path, factory, database_url, clock, **sections) -> Intake:

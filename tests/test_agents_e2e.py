@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Captured, Daemon, SmtpCapture, wait_until, write_config
+from harness import Captured, Daemon, SmtpCapture, rows, wait_until, write_config
 from sqlalchemy import select
 
 from maild import db
@@ -22,15 +22,6 @@ CUSTOMER = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r
             "Subject: Auftragsliste leer\r\nMessage-ID: <start@kunde.example>\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n\r\n"
             "Seit heute früh ist die Auftragsliste leer. Windows 11, Version 5.1.\r\n")
-
-
-def rows(url: str, model, *where):
-    engine = db.make_engine(url)
-    try:
-        with db.transaction(db.session_factory(engine)) as s:
-            return s.scalars(select(model).where(*where).order_by(model.id)).all()
-    finally:
-        engine.dispose()
 
 
 def plain(mail: Captured) -> str:

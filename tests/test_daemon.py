@@ -7,22 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Daemon, maild, wait_until
-from sqlalchemy import select
+from harness import Daemon, maild, rows, wait_until
 
-from maild import db
 from maild.models import Event, InboundMessage, OutboxMail, Ticket
 
 DATA = Path(__file__).parent / "data"
-
-
-def rows(url: str, model, *where):
-    engine = db.make_engine(url)
-    try:
-        with db.transaction(db.session_factory(engine)) as s:
-            return s.scalars(select(model).where(*where)).all()
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

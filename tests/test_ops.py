@@ -7,22 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import Daemon, customer_mail, maild, wait_until
-from sqlalchemy import select
+from harness import Daemon, customer_mail, maild, rows, wait_until
 
 from maild import blobs, config, db
 from maild.intake import dedupe_key
 from maild.mail.parse import parse
 from maild.models import InboundMessage, Ticket
-
-
-def rows(url: str, model, *where):
-    engine = db.make_engine(url)
-    try:
-        with db.transaction(db.session_factory(engine)) as s:
-            return s.scalars(select(model).where(*where).order_by(model.id)).all()
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

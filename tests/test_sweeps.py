@@ -12,7 +12,7 @@ from email import policy
 from zoneinfo import ZoneInfo
 
 import pytest
-from harness import cli_config, maild, offline_settings
+from harness import Clock, cli_config, maild, offline_settings
 from sqlalchemy import select
 
 from maild import db
@@ -34,17 +34,9 @@ def at(*args: int) -> datetime:
 THU_10 = at(2026, 11, 26, 10, 0)  # Thursday; 8 business hours → due Friday 11:00
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = THU_10
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 class Desk:
     def __init__(self, tmp_path, factory, database_url, **sections) -> None:
-        self.clock = Clock()
+        self.clock = Clock(THU_10)
         self.settings = offline_settings(
             database_url, tmp_path / "blobs",
             agents={"members": [{"address": "max@example.com", "name": "Max"}],

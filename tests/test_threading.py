@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from harness import offline_settings
+from harness import Clock, offline_settings
 from sqlalchemy import select
 
 from maild import db, links
@@ -21,17 +21,9 @@ FIRST = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
          "Message-ID: <first@kunde.example>\r\n\r\nDie App stürzt ab. Android 14.\r\n")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 @pytest.fixture
