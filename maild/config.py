@@ -61,6 +61,8 @@ class ImapSettings(_Section):
     batch_size: int = Field(default=50, ge=1, le=1000)
     timeout: float = Field(default=30.0, gt=0)
     max_fetch_mb: float = Field(default=50.0, gt=0)
+    fetch_batch_mb: float = Field(default=100.0, gt=0)
+    idle: bool = True
 
     @property
     def mailbox_id(self) -> str:

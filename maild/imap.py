@@ -110,6 +110,11 @@ class ImapMailbox:
         self.uidnext = int(info.get(b"UIDNEXT", 0))
         self.exists = int(info.get(b"EXISTS", 0))
 
+    @property
+    def idles(self) -> bool:
+        """Whether we wait with IDLE (the server offers it and config allows it)."""
+        return self.settings.idle and "IDLE" in self.capabilities
+
     def _client(self) -> IMAPClient:
         if self.client is None:
             raise ImapUnavailable(f"{self.where}: not connected")
@@ -120,21 +125,36 @@ class ImapMailbox:
         with _translated(self.where):
             return sorted(int(u) for u in self._client().search(["UNDELETED"]))
 
-    def fetch(self, uids: Sequence[int]) -> list[Fetched]:
+    def uids_after(self, uid: int) -> list[int]:
+        """UIDs above `uid` in the watched folder: did anything arrive since we looked?"""
+        with _translated(self.where):
+            found = self._client().search(["UID", f"{uid + 1}:*", "UNDELETED"])
+        return sorted(u for u in (int(x) for x in found) if u > uid)  # n:* includes the last
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of `uids` (those still there), to fetch in bounded batches."""
+        if not uids:
+            return {}
+        with _translated(self.where):
+            data = self._client().fetch(list(uids), ["RFC822.SIZE"])
+        return {int(u): int(item.get(b"RFC822.SIZE", 0)) for u, item in data.items()}
+
+    def fetch(self, uids: Sequence[int], sizes: dict[int, int] | None = None) -> list[Fetched]:
         """Raw bytes (without setting \\Seen) and INTERNALDATE of `uids`; a mail over
         `max_fetch_mb` is fetched in part: its headers and text, the rest listed."""
         limit = int(self.settings.max_fetch_mb * 1_000_000)
         client = self._client()
+        if sizes is None:
+            sizes = self.sizes(uids)
         with _translated(self.where):
-            sizes = client.fetch(list(uids), ["RFC822.SIZE"])
-            small = [u for u in uids if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= limit]
+            small = [u for u in uids if u in sizes and sizes[u] <= limit]
             data = client.fetch(small, ["BODY.PEEK[]", "INTERNALDATE"]) if small else {}
         fetched = []
         for uid in uids:
             if uid not in sizes:  # expunged meanwhile by someone else
                 continue
             if uid not in small:
-                large = self._fetch_large(uid, int(sizes[uid][b"RFC822.SIZE"]), limit)
+                large = self._fetch_large(uid, sizes[uid], limit)
                 if large is not None:
                     fetched.append(large)
                 continue
@@ -220,7 +240,7 @@ class ImapMailbox:
 
     def wait(self, seconds: float, stop: threading.Event) -> None:
         """Return when the folder may have changed, `seconds` passed or `stop` is set."""
-        if "IDLE" not in self.capabilities:
+        if not self.idles:
             stop.wait(seconds)
             return
         client = self._client()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
 
@@ -38,6 +38,23 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.first
+
+
+def batches(uids: list[int], sizes: dict[int, int], count: int,
+            limit: int) -> Iterator[list[int]]:
+    """`uids` in order, in batches of at most `count` mails and `limit` bytes (a mail larger
+    than `limit` alone), so a burst of big mails never sits in memory at once."""
+    batch: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if batch and (len(batch) >= count or total + size > limit):
+            yield batch
+            batch, total = [], 0
+        batch.append(uid)
+        total += size
+    if batch:
+        yield batch
 
 
 class Watcher:
@@ -113,16 +130,20 @@ class Watcher:
         start_uid = self._start_uid(box)
         log.info("watching %s folder=%s uidvalidity=%s", box.where, self.imap.folder,
                  box.uidvalidity)
+        seen = 0
         while not self.stop.is_set():
-            self._drain(box, start_uid)
+            seen = max(seen, self._drain(box, start_uid))
             if self.outage:
                 log.info("mail intake running again after: %s", self.outage)
                 self.outage = ""
+            # Mail that arrived while we were busy was announced during FETCH or MOVE, and
+            # IDLE would wait only for newer changes: ask before waiting.
+            if box.uids_after(seen):
+                continue
             box.wait(self._wait_seconds(box), self.stop)
 
     def _wait_seconds(self, box: ImapMailbox) -> float:
-        idle = "IDLE" in box.capabilities
-        limit = self.imap.idle_renew if idle else self.imap.poll_interval
+        limit = self.imap.idle_renew if box.idles else self.imap.poll_interval
         if self.retry_at:
             soonest = min(t for t, _ in self.retry_at.values()) - time.monotonic()
             limit = max(0.05, min(limit, soonest))
@@ -147,8 +168,8 @@ class Watcher:
                 state.uidvalidity, state.start_uid, state.updated_at = box.uidvalidity, 0, now
             return state.start_uid
 
-    def _drain(self, box: ImapMailbox, start_uid: int) -> None:
-        """Handle every mail now in the folder, batch by batch."""
+    def _drain(self, box: ImapMailbox, start_uid: int) -> int:
+        """Handle every mail now in the folder, batch by batch; returns the highest UID seen."""
         now = time.monotonic()
         uids = [u for u in box.uids() if u >= start_uid]
         due = [u for u in uids if self.retry_at.get((box.uidvalidity, u), (0.0, 0))[0] <= now]
@@ -159,16 +180,20 @@ class Watcher:
         # A pipeline: batch k+1 is fetched and analysed (parsed in the worker pool) while
         # batch k is committed and moved.
         pending: tuple[list[Fetched], Future[list[Analysis]]] | None = None
-        for start in range(0, len(fresh), self.imap.batch_size):
+        sizes = box.sizes(fresh)
+        limit = int(self.imap.fetch_batch_mb * 1_000_000)
+        for batch in batches([u for u in fresh if u in sizes], sizes, self.imap.batch_size,
+                             limit):
             if self.stop.is_set():
                 break
-            fetched = box.fetch(fresh[start:start + self.imap.batch_size])
+            fetched = box.fetch(batch, sizes)
             ahead = (fetched, self.intake.analyse(fetched)) if fetched else None
             if pending is not None:
                 self._finish(box, *pending)
             pending = ahead
         if pending is not None:
             self._finish(box, *pending)
+        return max(uids, default=0)
 
     def _finish(self, box: ImapMailbox, fetched: list[Fetched],
                 analysed: Future[list[Analysis]]) -> None:
