@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from maild import bounces, links
 from maild.desk import Desk
 from maild.mail import files, language
-from maild.mail.parse import InboundMail
+from maild.mail.parse import InboundMail, plausible_address
 from maild.mail.render import Rendered, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import OutboxMail, Ticket, TicketMessage
@@ -69,6 +69,7 @@ def acknowledge(
         "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
         "missing": list(ticket.missing),
         "urgent": ticket.priority == "urgent",
+        "encrypted": mail.encrypted,
         "support_name": desk.sender.name,
         "language": ticket.language,
     }
@@ -98,9 +99,10 @@ def enqueue(
 ) -> OutboxMail:
     """Put a rendered mail in the outbox and on the ticket's record (`internal`: for
     agents' eyes only, never quoted or referenced towards a customer)."""
-    ours = [r for r in recipients if is_ours(desk, r)]
-    if ours:  # never mail ourselves: it would come straight back in
-        log.warning("not sending to our own address %s message_id=%s", ours, mail.message_id)
+    ours = [r for r in recipients if is_ours(desk, r) or not plausible_address(r)]
+    if ours:  # never mail ourselves (it would come straight back in) nor a non-address
+        log.warning("not sending to our own or unusable address %s message_id=%s", ours,
+                    mail.message_id)
     reachable = bounces.deliverable(session, [r for r in recipients if r not in ours])
     out = OutboxMail(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
@@ -110,8 +112,9 @@ def enqueue(
         recipients=reachable or recipients,
         raw=mail.raw, state="pending" if reachable else "suppressed", attempts=0,
         next_attempt_at=max(now, not_before or now),
-        last_error="" if reachable else "not sent: every recipient is our own address or "
-                                        "marked bouncing (`maild addresses clear ADDRESS`)",
+        last_error="" if reachable else "not sent: every recipient is our own address, no "
+                                        "address, or marked bouncing "
+                                        "(`maild addresses clear ADDRESS`)",
         # A mail held for support hours counts its age (give_up_after_hours) from then.
         created_at=max(now, not_before or now),
     )

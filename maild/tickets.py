@@ -26,7 +26,7 @@ def open_ticket(
     refers_to: int | None = None,
 ) -> Ticket:
     """Create a ticket with its first message, attachments, event and, if due, the answer."""
-    automatic = not verdict.answer
+    automatic = verdict.kind != "normal"  # a person's mail without address is not automatic
     found = facts.extract(mail.text, facts.Sender(mail.from_addr, mail.from_name),
                           desk.fact_patterns)
     if account is not None:  # the account book fills what the mail leaves out
@@ -42,7 +42,7 @@ def open_ticket(
         facts=found,
         missing=[] if automatic else facts.missing(found, desk.required_facts),
         participants=participants_of(mail, desk.sender.address, mail.from_addr),
-        customer_address=mail.from_addr or mail.headers.get("from", "")[:320],
+        customer_address=mail.from_addr,  # '' when the mail gave no address to answer
         customer_name=mail.from_name[:300],
         subject=strip_prefixes(mail.subject),
         language=(account.language if account and account.language else
@@ -88,6 +88,12 @@ def open_ticket(
         answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown,
                             hours)
         notify.ticket_notice(session, desk, ticket, first, shown, "new", now)
+    elif verdict.kind == "normal":  # a person's mail we cannot answer: agents must know
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
+                          detail={"reason": "no reply address"}))
+        notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
+                             warning=f"no reply address / keine Antwortadresse: "
+                                     f"From: {mail.headers.get('from', '')[:200]!r}")
     return ticket
 
 
@@ -107,7 +113,7 @@ def add_follow_up(
     """Add a customer's further mail to `ticket`; False when it is too old to reopen
     (the caller then opens a new ticket that references it). Automatic mail (an
     out-of-office reply) is recorded but changes nothing."""
-    person = verdict.answer
+    person = verdict.kind == "normal"
     if person and ticket.status in ("resolved", "closed"):
         since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
         if (now - since).total_seconds() > reopen_days * 86400:

@@ -63,18 +63,24 @@ def test_auto_submitted_no_is_a_person():
     assert verdict(b"From: a@b.example\nAuto-Submitted: no\nSubject: x\n\nhi\n").answer
 
 
-def test_postmaster_and_our_own_address_are_not_answered():
-    assert verdict(b"From: postmaster@b.example\nSubject: x\n\nhi\n").kind == "bounce"
+def test_postmaster_bounces_but_not_persons_and_our_own_address_is_not_answered():
+    # A bounce from postmaster@ reads like one; a person writing from postmaster@ is not one.
+    assert verdict(b"From: postmaster@b.example\nSubject: Undelivered Mail\n\nhi\n"
+                   ).kind == "bounce"
+    assert verdict(b"From: postmaster@b.example\nSubject: x\n\n550 5.1.1 user unknown\n"
+                   ).kind == "bounce"
+    assert verdict(b"From: postmaster@b.example\nSubject: Frage zur Rechnung\n\nHallo, "
+                   b"wir haben eine Frage zur Rechnung 2026-11.\n").kind == "normal"
     assert verdict(b"From: Service <SERVICE@example.com>\nSubject: x\n\nhi\n").kind == "own"
 
 
 @pytest.mark.parametrize("raw,reason", [
     (os.urandom(64).replace(b":", b"_").replace(b"\n", b"_"), "no mail headers"),
     (b"just one line of text\r\n", "no mail headers"),
-    (b"From: a@b.example\r\nSubject: header only\r\n", "header-only"),
+    (b"X-Foo: bar\r\n", "header-only"),
     (b"From: a@b.example\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary=Q\r\n\r\n"
      b"no boundary ever\r\n".replace(b"no boundary ever", b""), "broken MIME"),
-    (b"Subject: no sender\r\n\r\nhello\r\n", "no usable sender"),
+    (b"From: nobody\r\n\r\n", "no usable sender"),
 ])
 def test_garbage_is_unparseable_with_a_reason(raw, reason):
     v = verdict(raw)

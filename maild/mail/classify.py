@@ -50,11 +50,12 @@ _SUPPRESS = re.compile(r"\b(all|oof|autoreply)\b", re.IGNORECASE)
 class Verdict:
     kind: Kind
     reason: str
+    reply: bool = True  # False: a person's mail without any address to answer
 
     @property
     def answer(self) -> bool:
         """Whether an automatic answer may go to the sender."""
-        return self.kind == "normal"
+        return self.kind == "normal" and self.reply
 
 
 def classify(mail: InboundMail, support_address: str,
@@ -82,8 +83,10 @@ def classify(mail: InboundMail, support_address: str,
             return Verdict("bounce", "sender is the mail system (MAILER-DAEMON)")
         return _automatic(h) or Verdict("automatic", "Auto-Submitted")
     for name in _BOUNCE_SENDERS:
-        if name in sender:
-            return Verdict("bounce", f"sender is {name}")
+        if name in sender and _reads_like_bounce(mail, parts):
+            return Verdict("bounce", f"sender is {name}, with a bounce's words or structure")
+    if "mailer-daemon" in sender:  # the mail system itself, but no bounce: never a person
+        return Verdict("automatic", "sender is MAILER-DAEMON")
     robot = (not mail.from_addr or h.get("return-path", "x").strip() in {"<>", ""}
              or bool(_NOREPLY.match(mail.from_addr.partition("@")[0]))
              or bool(_DAEMON_NAME.search(h.get("from", ""))))
@@ -99,15 +102,68 @@ def classify(mail: InboundMail, support_address: str,
         return automatic
     if _OOO_SUBJECT.match(mail.subject):
         return Verdict("automatic", "out-of-office subject")
+    bulk = _bulk(mail)
+    if bulk:
+        return Verdict("automatic", bulk)
     if _NOREPLY.match(mail.from_addr.partition("@")[0]):
         return Verdict("automatic", "sender is a no-reply address")
-    if not mail.from_addr:
-        return Verdict("unparseable", "no usable sender address in From")
+    readable = bool(mail.text.strip() or mail.attachments or mail.subject.strip())
     defects = _BROKEN_MIME.intersection(mail.defects)
     if defects and not mail.text.strip() and not mail.attachments:
         names = ", ".join(sorted(defects))
         return Verdict("unparseable", f"broken MIME ({names}), nothing readable")
+    if not mail.from_addr:
+        if readable:
+            return Verdict("normal", "no usable sender address (From, Reply-To, Sender): "
+                           "no reply address", reply=False)
+        return Verdict("unparseable", "no usable sender address and nothing readable")
     return Verdict("normal", "")
+
+
+_DSN_WORDS = re.compile(
+    r"\b[45]\.\d{1,3}\.\d{1,3}\b|\b(?:user unknown|unknown user|no such user|mailbox "
+    r"(?:unavailable|full|not found|does not exist)|diagnostic-code|final-recipient"
+    r"|recipient address rejected|delivery to the following recipients? failed"
+    r"|permanent(?:ly)? (?:error|failure|failed)|could not be delivered|undeliverable"
+    r"|host (?:unknown|not found)|message (?:could not|was not) be(?:en)? delivered"
+    r"|returned to sender|unzustellbar|nicht zugestellt)\b", re.IGNORECASE)
+
+
+def _reads_like_bounce(mail: InboundMail, parts: set[str]) -> bool:
+    """A postmaster's or MAILER-DAEMON's mail is a bounce by its words or structure (a
+    bounce subject, a returned copy, status codes) — a person may write from postmaster@."""
+    return bool(_BOUNCE_SUBJECT.search(mail.subject) or parts & _RETURNED_PARTS
+                or _DSN_WORDS.search(mail.text[:20_000]))
+
+
+_BULK_HEADERS = ("feedback-id", "x-campaign", "x-campaignid", "x-campaign-id",
+                 "x-mc-user", "x-mailchimp-id", "x-newsletter", "x-sib-id", "x-mailjet-campaign",
+                 "x-cr-hashedpuid", "list-unsubscribe-post", "x-csa-complaints")
+_BULK_MAILER = re.compile(
+    r"mailchimp|sendinblue|brevo|cleverreach|rapidmail|newsletter2go|mailjet|klaviyo"
+    r"|hubspot|mailpoet|getresponse|campaign ?monitor|constant ?contact|phplist|mautic"
+    r"|sendy|emarsys|inxmail|optivo|mailerlite|acymailing|newsletter", re.IGNORECASE)
+_UNSUBSCRIBE = re.compile(
+    r"href=[\"']?[^\"'\s>]{0,500}(?:unsubscribe|abmelden|optout|opt-out|abbestellen)"
+    r"|>[^<]{0,100}\b(?:unsubscribe|abmelden|austragen|abbestellen)\b[^<]{0,100}</a>",
+    re.IGNORECASE)
+_REPLY_SUBJECT = re.compile(r"^\s*(?:re|aw|fwd?|wg|tr|sv|antw)\s*:", re.IGNORECASE)
+
+
+def _bulk(mail: InboundMail) -> str:
+    """Newsletters and press mailings without List-* headers: a bulk mailer's headers, or
+    an HTML mail with an unsubscribe link that is not a reply or forward."""
+    h = mail.headers
+    for name in _BULK_HEADERS:
+        if h.get(name):
+            return f"{name} header (bulk mail)"
+    mailer = h.get("x-mailer", "")
+    if mailer and _BULK_MAILER.search(mailer[:200]):
+        return f"X-Mailer: {mailer.strip()[:60]} (bulk mail software)"
+    if (mail.html and not mail.in_reply_to and not _REPLY_SUBJECT.match(mail.subject)
+            and _UNSUBSCRIBE.search(mail.html[-50_000:])):
+        return "HTML mail with an unsubscribe link (newsletter)"
+    return ""
 
 
 def _spam(h: dict[str, str], rule: tuple[str, re.Pattern[str]] | None) -> str:
@@ -128,9 +184,9 @@ def _spam(h: dict[str, str], rule: tuple[str, re.Pattern[str]] | None) -> str:
 def _unusable(mail: InboundMail) -> str:
     if mail.header_count == 0:
         return "no mail headers found (not an RFC 5322 message)"
-    if not mail.has_body_separator:
-        return "no blank line after the headers: message truncated or header-only"
-    return ""
+    if not mail.has_body_separator and not (mail.from_addr or mail.subject.strip()):
+        return "header-only, with neither a sender nor a subject"
+    return ""  # header-only with a sender: a customer who wrote only a subject line
 
 
 def _automatic(h: dict[str, str]) -> Verdict | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.message import EmailMessage, Message
+from html import unescape
 from typing import Any
 
 from inscriptis import get_text
@@ -52,6 +53,8 @@ class InboundMail:
     has_body_separator: bool
     defects: tuple[str, ...]
     auth_results: tuple[str, ...] = ()
+    address_from: str = "From"  # the header the reply address came from ('' when none)
+    encrypted: bool = False  # S/MIME or PGP/MIME encrypted (or opaque-signed): unreadable
 
 
 def parse(raw: bytes) -> InboundMail:
@@ -59,10 +62,12 @@ def parse(raw: bytes) -> InboundMail:
     msg = email.message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     headers = _headers(msg)
-    from_name, from_addr = _first_address(headers.get("from", ""))
+    from_name, from_addr, address_from = _sender(headers)
     text_part, html_part = _body_parts(msg)
     html = _text_of(html_part) if html_part is not None else ""
     text = _text_of(text_part) if text_part is not None else ""
+    if not html and (text_part is None or text_part is msg) and _broken_multiparts(msg):
+        text = _salvage(msg) or text
     if not text.strip() and html:
         text = html_to_text(html)
     text, html = _no_nul(text), _no_nul(html)
@@ -87,7 +92,88 @@ def parse(raw: bytes) -> InboundMail:
         defects=tuple(_defects(msg)),
         auth_results=tuple(_unfold(str(v)) for k, v in msg.raw_items()
                            if k.lower() == "authentication-results"),
+        address_from=address_from,
+        encrypted=_encrypted(msg),
     )
+
+
+def _sender(headers: dict[str, str]) -> tuple[str, str, str]:
+    """(name, address, header it came from): From, else Reply-To, else Sender, else the
+    address in a From without brackets (`Name name@host`)."""
+    from_header = headers.get("from", "")
+    name, addr = _first_address(from_header)
+    if addr:
+        return name, addr, "From"
+    loose = _loose_address(from_header)
+    display = _display_name(from_header).replace(loose, "").strip(" <>\"'") if loose else \
+        _display_name(from_header)
+    for header_name in ("Reply-To", "Sender"):
+        addr = _first_address(headers.get(header_name.lower(), ""))[1]
+        if addr:
+            return display, addr, header_name
+    return (display, loose, "From") if loose else (display, "", "")
+
+
+def _display_name(value: str) -> str:
+    name = email.utils.parseaddr(value[:998])[0] or value[:998]
+    return " ".join(name.replace("<>", "").split()).strip(" \"'")[:300]
+
+
+def _loose_address(value: str) -> str:
+    """An address standing in a header without the brackets it needs."""
+    for word in value[:998].replace("<", " ").replace(">", " ").split():
+        word = word.strip("\"'(),;").lower()
+        if plausible_address(word):
+            return word
+    return ""
+
+
+_ENCRYPTED = {"multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime"}
+
+
+def _encrypted(msg: Message) -> bool:
+    """Encrypted mail we cannot read: PGP/MIME, S/MIME enveloped (or opaque-signed) data."""
+    return _content_type(msg) in _ENCRYPTED
+
+
+def _broken_multiparts(msg: Message) -> list[Message]:
+    """Parts declared multipart whose boundary was never found (kept as one string)."""
+    found: list[Message] = []
+    stack = [msg]
+    while stack and len(found) < 20:
+        part = stack.pop()
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend(p for p in reversed(payload) if isinstance(p, Message))
+        elif _content_type(part).startswith("multipart/"):
+            found.append(part)
+    return found
+
+
+_DELIMITER = re.compile(r"--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*")
+
+
+def _salvage(msg: Message) -> str:
+    """The text of a mail whose MIME structure broke: a multipart whose declared boundary
+    never appears is split on the boundary its body does use; else its text as it is."""
+    for part in _broken_multiparts(msg):
+        body = _payload_bytes(part).decode("utf-8", "replace")
+        for line in body[:100_000].splitlines()[:200]:
+            found = _DELIMITER.fullmatch(line)
+            if found:
+                inner = email.message_from_string(
+                    f'Content-Type: multipart/mixed; boundary="{found.group(1)}"\n\n{body}',
+                    policy=policy.default)
+                assert isinstance(inner, EmailMessage)
+                text_part, html_part = _body_parts(inner)
+                if text_part is not None and text_part is not inner:
+                    return _text_of(text_part)
+                if html_part is not None:
+                    return html_to_text(_text_of(html_part))
+                break
+        if body.strip():
+            return body
+    return ""
 
 
 def _headers(msg: Message) -> dict[str, str]:
@@ -234,11 +320,19 @@ def _payload_bytes(part: Message) -> bytes:
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
+_TAG = re.compile(r"<[^<>]*>")
+
+
 def html_to_text(html: str) -> str:
+    """Readable text of `html`; deeply nested markup (which the HTML parser gives up on)
+    falls back to the text between the tags."""
     try:
-        return str(get_text(html)).strip()
+        text = str(get_text(html)).strip()
     except Exception:
-        return re.sub(r"<[^>]+>", " ", html)
+        text = ""
+    if text or not html.strip():
+        return text
+    return " ".join(unescape(_TAG.sub(" ", html)).split())
 
 
 def _attachments(msg: Message, body_ids: set[int]) -> list[Part]:
@@ -259,8 +353,8 @@ def _collect(part: Message, body_ids: set[int], found: list[Part]) -> None:
         return
     disposition = _disposition(part)
     filename = _filename(part)
-    if ctype.startswith("text/") and not filename and disposition != "attachment":
-        return
+    if ctype.startswith(("text/", "multipart/")) and not filename and disposition != "attachment":
+        return  # body text, or a multipart whose boundary broke (its text is salvaged)
     data = _rfc822_bytes(part) if ctype == "message/rfc822" else _payload_bytes(part)
     if ctype == "message/rfc822" and not filename:
         filename = _attached_subject(part) + ".eml"
