@@ -68,7 +68,7 @@ def test_classification(headers, subject, expected):
 # A person may write from postmaster@ (a draft, a question): only a bounce's words or
 # structure make a bounce; MAILER-DAEMON is never a person.
 @pytest.mark.parametrize(("sender", "expected"), [
-    ("MAILER-DAEMON@mx.firma.example", "automatic"), ("postmaster@firma.example", "normal"),
+    ("MAILER-DAEMON@mx.firma.example", "bounce"), ("postmaster@firma.example", "normal"),
     ("noreply@firma.example", "automatic"), ("no-reply@firma.example", "automatic"),
     ("service@example.com", "own"),
 ])

@@ -82,11 +82,11 @@ def classify(mail: InboundMail, support_address: str,
         if "mailer-daemon" in sender or _DAEMON_NAME.search(h.get("from", "")):
             return Verdict("bounce", "sender is the mail system (MAILER-DAEMON)")
         return _automatic(h) or Verdict("automatic", "Auto-Submitted")
+    if "mailer-daemon" in sender:  # the mail system itself: never a person
+        return Verdict("bounce", "sender is MAILER-DAEMON")
     for name in _BOUNCE_SENDERS:
         if name in sender and _reads_like_bounce(mail, parts):
             return Verdict("bounce", f"sender is {name}, with a bounce's words or structure")
-    if "mailer-daemon" in sender:  # the mail system itself, but no bounce: never a person
-        return Verdict("automatic", "sender is MAILER-DAEMON")
     robot = (not mail.from_addr or h.get("return-path", "x").strip() in {"<>", ""}
              or bool(_NOREPLY.match(mail.from_addr.partition("@")[0]))
              or bool(_DAEMON_NAME.search(h.get("from", ""))))
@@ -126,7 +126,10 @@ _DSN_WORDS = re.compile(
     r"|recipient address rejected|delivery to the following recipients? failed"
     r"|permanent(?:ly)? (?:error|failure|failed)|could not be delivered|undeliverable"
     r"|host (?:unknown|not found)|message (?:could not|was not) be(?:en)? delivered"
-    r"|returned to sender|unzustellbar|nicht zugestellt)\b", re.IGNORECASE)
+    r"|returned to sender|unzustellbar|nicht zugestellt|unable to deliver|failed delivery"
+    r"|delivery (?:has )?failed|could not deliver|original message follows"
+    r"|undelivered mail|returning to sender|failed addresses|unknown host"
+    r"|no valid recipients)\b", re.IGNORECASE)
 
 
 def _reads_like_bounce(mail: InboundMail, parts: set[str]) -> bool:
