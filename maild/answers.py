@@ -4,16 +4,17 @@ per-address limit, and putting a rendered mail into the outbox and on the ticket
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
+from babel.numbers import format_decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import bounces, links
+from maild import bounces, links, sla
 from maild.desk import Desk
 from maild.mail import files, language
 from maild.mail.parse import InboundMail, plausible_address
-from maild.mail.render import Rendered, render_mail
+from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import OutboxMail, Ticket, TicketMessage
 
@@ -59,9 +60,9 @@ def acknowledge(
         "subject": ticket.subject,
         "received": ticket.opened_at,
         "due": ticket.first_response_due,
-        "hours": f"{hours:g}",
-        "hours_text_de": "Mo–Fr, 09:00–16:00 Uhr",
-        "hours_text_en": "Mon–Fri, 09:00–16:00",
+        "hours": format_decimal(hours, "#,##0.##", locale=LOCALES.get(ticket.language, "en")),
+        "hours_text_de": sla.hours_text(desk.calendar, "de", _local_day(desk, now)),
+        "hours_text_en": sla.hours_text(desk.calendar, "en", _local_day(desk, now)),
         "timezone": zone,
         "ask_official": ask_official,
         "attachments": [f.filename for f in shown if f.store],
@@ -82,6 +83,10 @@ def acknowledge(
     )
     enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
             automatic=True)
+
+
+def _local_day(desk: Desk, now: datetime) -> date:
+    return now.astimezone(desk.calendar.zone).date()
 
 
 def is_ours(desk: Desk, address: str) -> bool:

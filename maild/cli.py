@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from maild import (
@@ -33,11 +34,14 @@ from maild import (
     views,
 )
 from maild.config import Settings
-from maild.errors import ConfigError, MaildError, SmtpDeferred
+from maild.errors import ConfigError, MaildError, SmtpDeferred, StorageUnavailable
+from maild.mail import commands
 from maild.models import AddressFlag, InboundMessage, OutboxMail
 from maild.smtp import SmtpConnection
 
 log = logging.getLogger("maild")
+
+TICKET_STATUSES = ("new", *commands.STATUSES, "spam")
 
 
 class JournalFormatter(logging.Formatter):
@@ -75,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("tickets", help="look at tickets")
     tsub = tp.add_subparsers(dest="tickets_command", required=True)
     tl = tsub.add_parser("list", help="list tickets, newest first")
-    tl.add_argument("--status", help="only tickets with this status")
+    tl.add_argument("--status", choices=TICKET_STATUSES, metavar="STATUS",
+                    help=f"only tickets with this status: {', '.join(TICKET_STATUSES)}")
     tl.add_argument("--json", action="store_true", help="machine-readable output")
     ts = tsub.add_parser("show", help="one ticket: facts, messages, attachments, events")
     ts.add_argument("number", type=_ticket_number, help="ticket number, e.g. 10001 or #10001")
@@ -164,20 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     setup_logging(settings.log.level)
-    commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
         "addresses": cmd_addresses,
     }
     try:
-        return commands[args.command](settings, args)
+        code = handlers[args.command](settings, args)
     except ConfigError as exc:
         print(f"maild: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except MaildError as exc:
         print(f"maild: {exc}", file=sys.stderr)
-        return 1
+        code = 1
+    if code and args.command != "check":  # check names the database on its own line
+        print(f"maild: database: {_safe_url(settings.database_url)}", file=sys.stderr)
+    return code
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -187,7 +195,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
-    engine = db.make_engine(settings.database_url)
+    engine = db.make_engine(settings.database_url)  # creates the SQLite file and its folder
     try:
         db.upgrade(engine)
         current, _ = db.schema_status(engine)
@@ -198,25 +206,38 @@ def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL without its password (a malformed one is not shown: it may hold one)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(malformed URL)"
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     print(f"ok    config: {settings.source}")
-    results = [_check_database(settings), _check_imap(settings), _check_smtp(settings)]
+    try:
+        database = _check_database(settings)
+        broken = False
+    except ConfigError as exc:  # no driver, a malformed URL: a config error, exit 2
+        database = (False, f"database: {_safe_url(settings.database_url)}: {exc}")
+        broken = True
+    results = [database, _check_imap(settings), _check_smtp(settings)]
     for ok, line in results:
         print(("ok    " if ok else "FAIL  ") + line)
-    return 0 if all(ok for ok, _ in results) else 1
+    return 2 if broken else 0 if all(ok for ok, _ in results) else 1
 
 
 def _check_database(settings: Settings) -> tuple[bool, str]:
     url = _safe_url(settings.database_url)
-    engine = db.make_engine(settings.database_url)
+    try:
+        engine = db.make_engine(settings.database_url, must_exist=True)
+    except StorageUnavailable as exc:
+        return False, f"database: {url}: {exc}"
     try:
         current, head = db.schema_status(engine)
     except MaildError as exc:
         return False, f"database: {url}: {exc}"
-    except Exception as exc:  # a driver missing or a malformed URL: say it in one line
+    except Exception as exc:  # anything else the driver says: in one line
         return False, f"database: {url}: {type(exc).__name__}: {exc}".splitlines()[0]
     finally:
         engine.dispose()
@@ -254,7 +275,8 @@ def _check_smtp(settings: Settings) -> tuple[bool, str]:
 
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
-    engine = db.make_engine(settings.database_url)
+    """A transaction on the existing database (never creates one: `db upgrade` does)."""
+    engine = db.make_engine(settings.database_url, must_exist=True)
     try:
         with db.transaction(db.session_factory(engine)) as session:
             yield session
@@ -276,7 +298,7 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
         flag = " (automatic)" if r["automatic"] else ""
         print(f"#{r['number']}  {r['status']:<11} {r['priority']:<7} {r['customer']:<32} "
               f"{str(r['subject'])[:60]}{flag}")
-    print(f"{len(rows)} tickets")
+    print(_count(len(rows), "ticket"))
     return 0
 
 
@@ -355,7 +377,7 @@ def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
             also = f" (also {', '.join(r['aliases'])})" if r["aliases"] else ""
             company = f"{r['company']} [{r['customer_number'] or '-'}, {r['tier'] or '-'}]"
             print(f"{r['email']:<36} {r['name']:<24} {company}{also}")
-        print(f"{len(rows)} contacts")
+        print(_count(len(rows), "contact"))
         return 0
     try:
         with open(args.file, encoding="utf-8") as fh:
@@ -367,7 +389,7 @@ def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool) -> int:
-    engine = db.make_engine(settings.database_url)
+    engine = db.make_engine(settings.database_url, must_exist=True)
     try:
         factory = db.session_factory(engine)
         with factory() as session:
@@ -404,7 +426,7 @@ def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
             lead = " (lead)" if r["lead"] else ""
             print(f"{r['address']:<36} {r['name']:<28} {r['source']}{lead}")
         team = settings.agents.team_address or "(none: notifications go to every agent)"
-        print(f"{len(rows)} agents; team address {team}")
+        print(f"{_count(len(rows), 'agent')}; team address {team}")
         return 0
     configured = {a.address for a in roster.configured}
     if args.address == settings.support.address:
@@ -439,8 +461,8 @@ def cmd_sla_report(settings: Settings, args: argparse.Namespace) -> int:
              else "-")
     print(f"Tickets{' since ' + str(args.since) if args.since else ''}: {r['tickets']}, "
           f"answered {r['answered']}")
-    print(f"First response (business hours): median {r['response_hours_median'] or '-'}, "
-          f"p90 {r['response_hours_p90'] or '-'}")
+    print(f"First response (business hours): median {_hours(r['response_hours_median'])}, "
+          f"p90 {_hours(r['response_hours_p90'])}")
     print(f"Within the promise: {r['within_promise']} of {r['promise_due_or_answered']} "
           f"({share})")
     print(f"Breaches: {r['breaches']}")
@@ -451,6 +473,16 @@ def cmd_sla_report(settings: Settings, args: argparse.Namespace) -> int:
         for name, n in r["breaches_by_company"].items():
             print(f"  {n:>4}  {name}")
     return 0
+
+
+def _hours(value: float | None) -> str:
+    """A figure of the report; '-' only when there is none (0.0 h is a figure)."""
+    return "-" if value is None else f"{value:g}"
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    """'1 ticket', '2 tickets'."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
@@ -466,7 +498,7 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>9} B  "
                   f"{r['message_id'] or '(no Message-ID)'}\n        {r['reason'][:150]}")
-        print(f"{len(rows)} mails in quarantine")
+        print(f"{_count(len(rows), 'mail')} in quarantine")
         return 0
     with _session(settings) as session:
         row = session.get(InboundMessage, args.id)
@@ -550,7 +582,7 @@ def cmd_addresses(settings: Settings, args: argparse.Namespace) -> int:
         if r["blocked_at"]:
             what.append(f"blocked by {r['blocked_by']}")
         print(f"{r['address']:<40} {'; '.join(what)}")
-    print(f"{len(rows)} addresses")
+    print(_count(len(rows), "address", "addresses"))
     return 0
 
 
@@ -567,5 +599,5 @@ def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['state']:<8} {r['kind']:<6} {','.join(r['to']):<32} {r['message_id']}"  # type: ignore[arg-type]
               f"{'  ' + str(r['last_error']) if r['last_error'] else ''}")
-    print(f"{total} mails")
+    print(_count(int(total or 0), "mail"))
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
@@ -134,6 +135,25 @@ class CalendarSettings(_Section):
             if hours <= 0:
                 raise ValueError(f"{key}: hours must be more than 0")
         return value
+
+    @model_validator(mode="after")
+    def _open_hours(self) -> CalendarSettings:
+        """Opening before closing, half days within the day, an open hour in the week:
+        a calendar without one would fail every deadline (and so every mail)."""
+        if self.close <= self.open:
+            raise ValueError(f"open ({self.open:%H:%M}) must be before close "
+                             f"({self.close:%H:%M})")
+        hours = self.weekday_hours_parsed
+        for day, closes in self.half_days.items():
+            opens = hours.get(day.isoweekday(), (self.open, self.close))[0]
+            if closes <= opens:
+                raise ValueError(f"half_days {day}: closes at {closes:%H:%M}, before the "
+                                 f"day opens ({opens:%H:%M}); for a closed day use "
+                                 "closed_days")
+        if not any(hours.get(d, (self.open, self.close))[0]
+                   < hours.get(d, (self.open, self.close))[1] for d in self.weekdays):
+            raise ValueError("no open hour in the week: check weekdays and weekday_hours")
+        return self
 
     @model_validator(mode="after")
     def _known_holidays(self) -> CalendarSettings:
@@ -396,7 +416,11 @@ class Settings(_Section):
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.paths.state_dir or os.environ.get("STATE_DIRECTORY") or ".").resolve()
+        """`[paths] state_dir`, else systemd's $STATE_DIRECTORY, else a fixed default
+        (never the working directory: every command must find the same database)."""
+        if self.paths.state_dir:
+            return Path(self.paths.state_dir).expanduser().resolve()
+        return default_state_dir(os.environ, os.geteuid())
 
     @property
     def database_url(self) -> str:
@@ -410,6 +434,21 @@ class Settings(_Section):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             return Path(url.removeprefix("sqlite:///")).parent / "blobs"
         return self.state_dir / "blobs"
+
+
+def default_state_dir(environ: Mapping[str, str], euid: int) -> Path:
+    """Where state lives without `[paths] state_dir`: systemd's $STATE_DIRECTORY (first
+    entry), /var/lib/maild for root, else $XDG_STATE_HOME/maild or ~/.local/state/maild."""
+    given = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if given:
+        return Path(given)
+    if euid == 0:
+        return Path("/var/lib/maild")
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "maild"
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "maild"
 
 
 def load(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> Settings:
@@ -487,4 +526,5 @@ def _describe(name: str, err: Any) -> str:
         return f"{name}: {where}: missing (required)"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{name}: {where}: {err['msg']}{shown}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{name}: {where}: {message}{shown}"

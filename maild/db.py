@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild.errors import StorageUnavailable
+from maild.errors import ConfigError, StorageUnavailable
 from maild.models import AppSecret, Counter, Ticket
 
 log = logging.getLogger(__name__)
@@ -27,14 +28,47 @@ log = logging.getLogger(__name__)
 SessionFactory = sessionmaker[Session]
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, foreign keys, full sync and IMMEDIATE writes."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_on_begin)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+def make_engine(url: str, *, must_exist: bool = False) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys, full sync and IMMEDIATE writes.
+
+    `must_exist`: a read-only use (listing, showing, checking) never creates an empty
+    SQLite file; a missing one is reported instead. Otherwise its folder is created.
+    A missing driver or a malformed URL is a configuration error, said in one line."""
+    path = sqlite_path(url)
+    if path is not None:
+        if must_exist and not path.exists():
+            raise StorageUnavailable(
+                f"no database at {path} (nothing was created): run `maild db upgrade` to "
+                "create it, or point [paths] state_dir or [database] url at the existing one")
+        if not must_exist:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 30})
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+            return engine
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    except ImportError as exc:
+        hint = ("pip install 'maild[postgresql]' and use postgresql+psycopg://…"
+                if url.startswith("postgres") else "maild supports sqlite and postgresql")
+        raise ConfigError(f"[database] url: the driver for {_dialect(url)} is not "
+                          f"installed (no module {exc.name or exc}): {hint}") from None
+    except sa_exc.ArgumentError as exc:
+        raise ConfigError(f"[database] url: not a usable database URL ({exc}); expected "
+                          "e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB or "
+                          "sqlite:////var/lib/maild/maild.db") from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL (None for other databases and in-memory ones)."""
+    if not url.startswith("sqlite:///") or url in ("sqlite:///:memory:", "sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _dialect(url: str) -> str:
+    return url.partition(":")[0] or "this database"
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

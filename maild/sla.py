@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import holidays
+from babel.dates import format_date
 
 from maild.config import CalendarSettings
 
@@ -133,3 +134,72 @@ def add_business_days(cal: BusinessCalendar, start: datetime, days: int) -> date
             if left <= 0:
                 return window[0]
     raise ValueError("the business calendar has no open hours")
+
+
+# -- the support hours in words ---------------------------------------------------------------
+
+_DAY_NAMES = {
+    "de": ("Mo", "Di", "Mi", "Do", "Fr", "Sa", "So"),
+    "en": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+}
+# Zones whose readers need no zone named after a German "Uhr".
+_HOME_ZONES = frozenset({"Europe/Berlin", "Europe/Vienna", "Europe/Zurich", "Europe/Busingen"})
+HALF_DAYS_AHEAD = 14
+
+
+def hours_text(cal: BusinessCalendar, language: str, today: date) -> str:
+    """The support hours as a customer reads them, e.g. 'Mon–Thu 09:00–16:00, Fri
+    09:00–13:00 (Europe/Berlin)' or 'Mo–Fr 09:00–16:00 Uhr'; half days of the next two
+    weeks are named ('; on 24 Dec until 12:00 only')."""
+    names = _DAY_NAMES["de" if language == "de" else "en"]
+    groups: dict[tuple[time, time], list[int]] = {}
+    for day in sorted(cal.weekdays):
+        opens, closes = cal.weekday_hours.get(day, (cal.opens, cal.closes))
+        if opens < closes:
+            groups.setdefault((opens, closes), []).append(day)
+    parts = [f"{_day_ranges(days, names)} {_clock(opens)}–{_clock(closes)}"
+             for (opens, closes), days in groups.items()]
+    text = ", ".join(parts)
+    zone = str(cal.zone.key)
+    if language == "de":
+        text += " Uhr" + ("" if zone in _HOME_ZONES else f" ({zone})")
+    else:
+        text += f" ({zone})"
+    halves = _half_days_ahead(cal, today)
+    if halves:
+        text += "; " + ", ".join(_half_day(day, closes, language) for day, closes in halves)
+    return text
+
+
+def _clock(moment: time) -> str:
+    return f"{moment:%H:%M}"
+
+
+def _day_ranges(days: list[int], names: tuple[str, ...]) -> str:
+    """[1, 2, 3, 5] → 'Mon–Wed, Fri'; two neighbours stay a list ('Sat, Sun')."""
+    runs: list[list[int]] = []
+    for day in days:
+        if runs and runs[-1][-1] == day - 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ", ".join(
+        f"{names[run[0] - 1]}–{names[run[-1] - 1]}" if len(run) > 2
+        else ", ".join(names[d - 1] for d in run) for run in runs)
+
+
+def _half_days_ahead(cal: BusinessCalendar, today: date) -> list[tuple[date, time]]:
+    """Half days from `today` for two weeks on which support opens at all, in date order."""
+    end = today + timedelta(days=HALF_DAYS_AHEAD)
+    found = []
+    for day, closes in sorted(cal.half_days.items()):
+        regular = cal.weekday_hours.get(day.isoweekday(), (cal.opens, cal.closes))[1]
+        if today <= day < end and closes < regular and cal.window(day) is not None:
+            found.append((day, closes))
+    return found
+
+
+def _half_day(day: date, closes: time, language: str) -> str:
+    if language == "de":
+        return f"am {day.day}.{day.month}. nur bis {_clock(closes)} Uhr"
+    return f"on {format_date(day, 'd MMM', locale='en_GB')} until {_clock(closes)} only"

@@ -261,8 +261,10 @@ class Sweeper:
 
     def _customer_mail(self, session: Session, ticket: Ticket, template: str,
                        now: datetime) -> None:
-        work.customer_notice(session, self.desk, ticket, template, now,
-                             days=self.settings.auto_close_after_days)
+        # The reminder says how many business days are left until the ticket is closed.
+        s = self.settings
+        left = s.auto_close_after_days - s.remind_after_days if s.auto_close_after_days else 0
+        work.customer_notice(session, self.desk, ticket, template, now, days=max(left, 0))
 
 
 def _unanswered() -> Any:

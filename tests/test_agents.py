@@ -110,7 +110,8 @@ def test_a_new_ticket_notifies_the_team_with_text_facts_missing_and_a_reply_path
     text = text_of(notice)
     assert "Die App stürzt ab. Android 14." in text
     assert "os" in text and "Android 14" in text  # the facts found
-    assert "Es fehlen:" in text and "software_version" in text
+    assert "Es fehlen:" in text and "Software-Version" in text  # labels, not keys
+    assert "software_version" not in text
     assert "chef@kunde.example" in text and "#status" in text
     with db.transaction(desk.factory) as s:
         row = s.scalars(select(TicketMessage).where(

@@ -162,7 +162,8 @@ def test_waiting_reminds_after_three_business_days_and_closes_after_ten(desk):
     assert msg["Subject"] == ("[#10001] Erinnerung: Wir warten auf Deine Antwort: "
                               "Export bricht ab")
     assert msg["In-Reply-To"] and msg["Auto-Submitted"] == "auto-generated"
-    assert "nach 10 Werktagen" in msg.get_body(preferencelist=("html",)).get_content()
+    # Closed on the morning of the seventh business day after this one (Dec 10).
+    assert "in 7 Arbeitstagen" in msg.get_body(preferencelist=("html",)).get_content()
     desk.sweep(at(2026, 12, 10, 8, 59))  # before opening on the tenth business day
     assert desk.ticket().status == "waiting"
     desk.sweep(at(2026, 12, 10, 9, 0))

@@ -14,16 +14,65 @@ from dataclasses import dataclass
 STATUSES = ("in_progress", "waiting", "resolved", "closed")
 PRIORITIES = ("urgent", "high", "normal", "low")
 CAUSES = ("ours", "customer", "third-party")
-NAMES = ("status", "priority", "assign", "note", "cause", "merge", "spam")
-USAGE = {
-    "status": f"#status {'|'.join(STATUSES)}",
-    "priority": f"#priority {'|'.join(PRIORITIES)}",
-    "assign": "#assign ADDRESS|me",
-    "note": "#note",
-    "cause": f"#cause {'|'.join(CAUSES)}",
-    "merge": "#merge NUMBER",
-    "spam": "#spam [block]",
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One command: how it is written (placeholders in the reader's language) and what it
+    does, in German and English. The one place a command is described: the parser's
+    errors, the help in mails to agents and README's table all come from here."""
+
+    usage_de: str
+    usage_en: str
+    effect_de: str
+    effect_en: str
+
+    def usage(self, language: str) -> str:
+        return self.usage_de if language == "de" else self.usage_en
+
+    def effect(self, language: str) -> str:
+        return self.effect_de if language == "de" else self.effect_en
+
+
+REGISTRY: dict[str, Spec] = {
+    "status": Spec(
+        f"#status {'|'.join(STATUSES)}", f"#status {'|'.join(STATUSES)}",
+        "neuer Status; der Kunde bekommt für die ersten drei eine Mail",
+        "new state; the customer is told for the first three"),
+    "priority": Spec(
+        f"#priority {'|'.join(PRIORITIES)}", f"#priority {'|'.join(PRIORITIES)}",
+        "neue Priorität", "new priority"),
+    "assign": Spec(
+        "#assign ADRESSE|me", "#assign ADDRESS|me",
+        "neuer Bearbeiter (ein Agent); er bekommt ab jetzt die Benachrichtigungen",
+        "new owner (an agent), who gets the notifications from now on"),
+    "note": Spec(
+        "#note", "#note",
+        "die ganze Mail ist eine interne Notiz, der Kunde sieht nichts",
+        "the whole mail is an internal note; the customer sees nothing"),
+    "cause": Spec(
+        f"#cause {'|'.join(CAUSES)}", f"#cause {'|'.join(CAUSES)}",
+        "Ursache: entscheidet, ob ein Call-Back kostenpflichtig ist (nicht bei ours)",
+        "cause: decides whether a call-back is billable (not for ours)"),
+    "merge": Spec(
+        "#merge NUMMER", "#merge NUMBER",
+        "dieses Ticket wird geschlossen und geht in Ticket NUMMER weiter",
+        "this ticket is closed and continues in ticket NUMBER"),
+    "spam": Spec(
+        "#spam [block]", "#spam [block]",
+        "still als Spam schließen; block: Mails des Absenders sind ab jetzt Spam",
+        "close silently as spam; block: the sender's mail is spam from now on"),
 }
+NAMES = tuple(REGISTRY)
+USAGE = {name: spec.usage_en for name, spec in REGISTRY.items()}
+
+
+def help_text(language: str, indent: str = "  ") -> str:
+    """Every command of the registry, one per line with what it does, for mails to agents."""
+    return "\n".join(f"{indent}{s.usage(language)} – {s.effect(language)}"
+                     for s in REGISTRY.values())
+
+
 _LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]*)(?:[ \t]+(.*))?$")
 _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
 

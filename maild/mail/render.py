@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email import encoders
 from email.charset import QP, Charset
 from email.header import Header
@@ -18,20 +18,24 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
+from babel.dates import format_date, format_time
+from babel.numbers import format_decimal
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    pass_context,
+)
+from jinja2.runtime import Context
 
+from maild.mail import commands
 from maild.mail.classify import LOOP_HEADER
 
-_WEEKDAYS = {
-    "de": ["Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"],
-    "en": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
-}
-_MONTHS = {
-    "de": ["Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August",
-           "September", "Oktober", "November", "Dezember"],
-    "en": ["January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December"],
-}
+# Babel's locale per mail language: German as in Germany, English with a 24-hour clock
+# and day-month order (our customers are in Europe).
+LOCALES = {"de": "de_DE", "en": "en_GB"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,27 +62,45 @@ def environment(override_dir: str = "") -> Environment:
         trim_blocks=True,
     )
     env.filters["when"] = format_when
-    env.filters["size"] = format_size
+    env.filters["size"] = _size
+    env.filters["day"] = format_day
+    env.globals["command_help"] = commands.help_text
     return env
 
 
-def format_size(size: int) -> str:
-    """1234567 → '1.2 MB', 5009 → '5 KB'."""
+def _locale(language: str) -> str:
+    return LOCALES.get(language, LOCALES["en"])
+
+
+@pass_context
+def _size(context: Context, size: int) -> str:
+    """The `size` filter: in the language of the mail being rendered."""
+    return format_size(size, str(context.get("language", "en")))
+
+
+def format_size(size: int, language: str = "en") -> str:
+    """1234567 → '1.2 MB' ('1,2 MB' in German), 5009 → '5 KB'."""
+    locale = _locale(language)
     if size >= 1_000_000:
-        return f"{size / 1_000_000:.1f} MB"
+        return f"{format_decimal(size / 1_000_000, '#,##0.0', locale=locale)} MB"
     if size >= 1000:
-        return f"{size // 1000} KB"
+        return f"{format_decimal(size // 1000, '#,##0', locale=locale)} KB"
     return f"{size} B"
 
 
 def format_when(moment: datetime, language: str, zone: str) -> str:
-    """A reader-friendly local date and time, e.g. 'Dienstag, 1. Dezember 2026, 09:30 Uhr'."""
+    """A reader-friendly local date and time, e.g. 'Dienstag, 1. Dezember 2026, 09:30 Uhr'
+    or 'Tuesday, 1 December 2026, 09:30'."""
     local = moment.astimezone(ZoneInfo(zone))
-    weekday = _WEEKDAYS[language][local.weekday()]
-    month = _MONTHS[language][local.month - 1]
-    if language == "de":
-        return f"{weekday}, {local.day}. {month} {local.year}, {local:%H:%M} Uhr"
-    return f"{weekday}, {local.day} {month} {local.year}, {local:%H:%M}"
+    locale = _locale(language)
+    text = (f"{format_date(local, 'full', locale=locale)}, "
+            f"{format_time(local, 'HH:mm', locale=locale)}")
+    return f"{text} Uhr" if language == "de" else text
+
+
+def format_day(day: date, language: str) -> str:
+    """A date without time, e.g. '01.12.2026' or '1 Dec 2026'."""
+    return format_date(day, "medium", locale=_locale(language))
 
 
 def new_message_id(sender: Sender, ticket_number: int | None) -> str:
