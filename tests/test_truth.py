@@ -205,7 +205,8 @@ ACK = {"received": NOW, "due": at(2026, 12, 1, 17, 30), "hours": "8",
        "hours_text_en": "Mon–Thu 09:00–16:00, Fri 09:00–13:00 (Europe/Berlin)",
        "ask_official": False, "attachments": ["log.txt"],
        "not_stored": [("big.zip", 60_500_000, "too large")],
-       "missing": ["company", "software_version"], "urgent": False}
+       "missing": ["company", "software_version"], "urgent": False,
+       "encrypted": False}
 NOTIFY = {"event": "new", "customer": "anna@kunde.example", "customer_name": "Anna Berger",
           "verified": True, "status": "new", "priority": "normal", "owner": "", "due": NOW,
           "answered": None, "text": "Der Export bricht ab.", "author": "anna@kunde.example",
