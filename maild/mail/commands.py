@@ -14,7 +14,7 @@ from dataclasses import dataclass
 STATUSES = ("in_progress", "waiting", "resolved", "closed")
 PRIORITIES = ("urgent", "high", "normal", "low")
 CAUSES = ("ours", "customer", "third-party")
-NAMES = ("status", "priority", "assign", "note", "cause", "merge", "spam")
+NAMES = ("status", "priority", "assign", "note", "cause", "merge", "spam", "cc")
 USAGE = {
     "status": f"#status {'|'.join(STATUSES)}",
     "priority": f"#priority {'|'.join(PRIORITIES)}",
@@ -23,6 +23,7 @@ USAGE = {
     "cause": f"#cause {'|'.join(CAUSES)}",
     "merge": "#merge NUMBER",
     "spam": "#spam [block]",
+    "cc": "#cc [remove] ADDRESS",
 }
 _LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]*)(?:[ \t]+(.*))?$")
 _ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
@@ -106,6 +107,8 @@ def _check(name: str, value: str) -> tuple[str, str]:
         if word in ("thirdparty", "third"):
             word = "third-party"
         return (word, "") if word in CAUSES else ("", f"unknown cause {value!r}")
+    if name == "cc":
+        return _check_cc(value)
     if name == "assign":
         address = value.strip("<>").lower()
         if address == "me" or _ADDRESS.match(address):
@@ -115,3 +118,20 @@ def _check(name: str, value: str) -> tuple[str, str]:
     if number.isdigit() and len(number) <= 12:
         return str(int(number)), ""
     return "", f"not a ticket number: {value!r}"
+
+
+def _check_cc(value: str) -> tuple[str, str]:
+    """`#cc ADDRESS` adds a person to the ticket, `#cc remove ADDRESS` takes them off:
+    value 'ADDRESS' or 'remove ADDRESS'."""
+    words = value.split()
+    remove = len(words) == 2 and words[0].lower() == "remove"
+    address = (words[-1] if remove or len(words) == 1 else "").strip("<>").lower()
+    if not _ADDRESS.match(address):
+        return "", f"not an address: {value!r}"
+    return (f"remove {address}" if remove else address), ""
+
+
+def cc_change(value: str) -> tuple[bool, str]:
+    """(True to remove / False to add, the address) of a checked `#cc` value."""
+    word, _, address = value.rpartition(" ")
+    return word == "remove", address

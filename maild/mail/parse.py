@@ -17,6 +17,7 @@ from inscriptis import get_text
 _MSGID = re.compile(r"<[^<>\s]+>")
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
+_TRACE = ("received", "authentication-results")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+")
 
 
@@ -52,6 +53,8 @@ class InboundMail:
     has_body_separator: bool
     defects: tuple[str, ...]
     auth_results: tuple[str, ...] = ()
+    # Received and Authentication-Results headers in order, top first: (lower name, value).
+    trace: tuple[tuple[str, str], ...] = ()
 
 
 def parse(raw: bytes) -> InboundMail:
@@ -87,6 +90,8 @@ def parse(raw: bytes) -> InboundMail:
         defects=tuple(_defects(msg)),
         auth_results=tuple(_unfold(str(v)) for k, v in msg.raw_items()
                            if k.lower() == "authentication-results"),
+        trace=tuple((k.lower(), _unfold(str(v))[:2000]) for k, v in msg.raw_items()
+                    if k.lower() in _TRACE),
     )
 
 
