@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -62,24 +62,28 @@ def proof(session: Session, desk: Desk, mail: InboundMail, match: Match | None,
             if number in numbers and threader.agent_token_holder(
                     desk, number, token, mail.from_addr, now):
                 return "agent token in the reply address"
-        if _answers_own_notice(session, desk, match, mail.from_addr):
+        if _answers_own_notice(session, desk, match, mail.from_addr, now):
             return "answers a mail sent to this agent about this ticket"
     ids = desk.trusted_authserv_ids
     return auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.trusted_hosts),
                               ids, mail.from_addr)
 
 
-def _answers_own_notice(session: Session, desk: Desk, match: Match, sender: str) -> bool:
+def _answers_own_notice(session: Session, desk: Desk, match: Match, sender: str,
+                        now: datetime) -> bool:
     """The mail answers (by its references) a mail we sent to agents only, about this
-    ticket, and `sender` or the team address was among its recipients."""
+    ticket, within `token_days`, and `sender` or the team address was among its
+    recipients."""
     answered = match.referenced
     if match.how != "reference" or answered is None or not answered.internal \
             or answered.direction != "out" or not answered.message_id:
         return False
-    recipients = session.scalars(select(OutboxMail.recipients).where(
-        OutboxMail.message_id == answered.message_id)).first() or []
+    sent = session.execute(select(OutboxMail.recipients, OutboxMail.created_at).where(
+        OutboxMail.message_id == answered.message_id)).first()
+    if sent is None or now - sent.created_at > timedelta(days=desk.token_days):
+        return False
     allowed = {sender, desk.roster.team_address} - {""}
-    return any(r.lower() in allowed for r in recipients)
+    return any(r.lower() in allowed for r in sent.recipients)
 
 
 def agent_mail(

@@ -239,6 +239,9 @@ def test_an_agent_token_works_only_for_its_ticket_its_agent_and_its_time(plus, c
                   headers=f"Delivered-To: {address}\r\n")
 
     reply(10002, f"service+10002.{token_a}@example.com")  # ticket A's token on ticket B
+    ack_b = plus.outbox("ack")[1].message_id  # A's valid token, threaded to B by reference
+    plus.mail("max@example.com", "#priority low", subject="Re: x",
+              headers=f"Delivered-To: {team_a}\r\nIn-Reply-To: {ack_b}\r\n")
     max_only = token_address(plus, 10001, "max@example.com")
     reply(10001, max_only, sender="lea@example.com")  # Max's token in Lea's hands
     old_form = "service+10001.a" + "0" * 24 + "@example.com"  # the unbound form of before
@@ -395,3 +398,24 @@ def test_a_forged_cc_on_the_thread_sends_the_attacker_nothing(
         assert ticket.participants == []
     finally:
         daemon.kill()
+
+
+def test_cc_command_parsing():
+    from maild.mail import commands
+    parsed = commands.parse("#cc <Bob@Kunde.example>\nHallo")
+    assert [(c.name, c.value) for c in parsed.commands] == [("cc", "bob@kunde.example")]
+    removal = commands.parse("#cc remove bob@kunde.example")
+    assert commands.cc_change(removal.commands[0].value) == (True, "bob@kunde.example")
+    assert commands.parse("#cc not an address").errors
+
+
+def test_a_reference_to_a_notice_proves_only_within_token_days(desk, clock):
+    # Max answers his notification after 31 days: no proof (DKIM of our MX still works).
+    desk.feed(FIRST)
+    notice = desk.outbox("notify")[0].message_id
+    clock.now = NOW + timedelta(days=31)
+    desk.mail("max@example.com", "#priority low", headers=f"In-Reply-To: {notice}\r\n")
+    assert desk.ticket().priority == "normal" and desk.outbox("warning")
+    desk.mail("max@example.com", "#priority low",
+              headers=f"In-Reply-To: {notice}\r\n{GOOD_DKIM}")
+    assert desk.ticket().priority == "low"
