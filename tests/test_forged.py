@@ -234,23 +234,23 @@ def test_an_agent_token_works_only_for_its_ticket_its_agent_and_its_time(plus, c
     assert notice["Reply-To"].addresses[0].addr_spec == team_a
     token_a = team_a.partition(".")[2].partition("@")[0]
 
-    def reply(number: int, address: str, sender: str = "max@example.com") -> None:
+    def reply(address: str, sender: str = "max@example.com") -> None:
         plus.mail(sender, "#priority low", subject="Re: Ticket",
                   headers=f"Delivered-To: {address}\r\n")
 
-    reply(10002, f"service+10002.{token_a}@example.com")  # ticket A's token on ticket B
+    reply(f"service+10002.{token_a}@example.com")  # ticket A's token on ticket B
     ack_b = plus.outbox("ack")[1].message_id  # A's valid token, threaded to B by reference
     plus.mail("max@example.com", "#priority low", subject="Re: x",
               headers=f"Delivered-To: {team_a}\r\nIn-Reply-To: {ack_b}\r\n")
     max_only = token_address(plus, 10001, "max@example.com")
-    reply(10001, max_only, sender="lea@example.com")  # Max's token in Lea's hands
+    reply(max_only, sender="lea@example.com")  # Max's token in Lea's hands
     old_form = "service+10001.a" + "0" * 24 + "@example.com"  # the unbound form of before
-    reply(10001, old_form)
+    reply(old_form)
     clock.now = NOW + timedelta(days=31)
-    reply(10001, team_a)  # expired
+    reply(team_a)  # expired
     assert plus.ticket(10001).priority == plus.ticket(10002).priority == "normal"
     clock.now = NOW + timedelta(days=29)
-    reply(10001, team_a)
+    reply(team_a)
     assert plus.ticket(10001).priority == "low"  # the control: within token_days it works
 
 
@@ -419,3 +419,22 @@ def test_a_reference_to_a_notice_proves_only_within_token_days(desk, clock):
     desk.mail("max@example.com", "#priority low",
               headers=f"In-Reply-To: {notice}\r\n{GOOD_DKIM}")
     assert desk.ticket().priority == "low"
+
+
+def test_without_a_team_address_a_notice_to_all_agents_proves_each_of_them(
+        tmp_path, factory, database_url, clock):
+    # One notification to every agent: its token and its Message-ID prove any of them.
+    desk = Desk(make_intake(tmp_path, factory, database_url, clock,
+                            agents={"team_address": ""},
+                            threading={"plus_addressing": True}), factory)
+    desk.feed(FIRST)
+    [notice] = desk.outbox("notify")
+    assert sorted(notice.recipients) == ["lea@example.com", "max@example.com"]
+    everyone = token_address(desk, 10001, links.ALL_AGENTS)
+    assert message(notice)["Reply-To"].addresses[0].addr_spec == everyone
+    desk.mail("lea@example.com", "#priority low", subject="Re: Ticket",
+              headers=f"Delivered-To: {everyone}\r\n")
+    assert desk.ticket().priority == "low"
+    desk.mail("max@example.com", "#priority high", subject="Re: x",
+              headers=f"In-Reply-To: {notice.message_id}\r\n")
+    assert desk.ticket().priority == "high"
