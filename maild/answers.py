@@ -12,13 +12,18 @@ from sqlalchemy.orm import Session
 
 from maild import bounces, links, sla
 from maild.desk import Desk
-from maild.mail import files, language
+from maild.mail import auth, files, language
 from maild.mail.parse import InboundMail, plausible_address
 from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import OutboxMail, Ticket, TicketMessage
 
 log = logging.getLogger(__name__)
+
+
+def short_subject(subject: str, limit: int) -> str:
+    """A sender's subject as far as our mails repeat it: at most `limit` characters."""
+    return subject if len(subject) <= limit else subject[:limit - 1].rstrip() + "…"
 
 
 def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> bool:
@@ -36,7 +41,8 @@ def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> boo
 def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> bool:
     """No ticket for an unknown sender: a polite answer explains how to reach support."""
     lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
-    context = {"name": mail.from_name, "subject": strip_prefixes(mail.subject),
+    context = {"name": mail.from_name[:100],
+               "subject": short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
                "support_address": desk.sender.address, "support_name": desk.sender.name,
                "language": lang, "number": None}
     if over_limit(session, desk, mail.from_addr, now):
@@ -53,10 +59,13 @@ def acknowledge(
     session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, now: datetime,
     zone: str, ask_official: bool, shown: list[files.Planned], hours: float,
 ) -> None:
-    """Queue the acknowledgement with ticket number, promise and escalation link."""
+    """Queue the acknowledgement with ticket number, promise and escalation link. It
+    names the mail's attachments only to a known sender (an account contact, or a From a
+    trusted server vouches for)."""
+    known = ticket.verified or from_proven(desk, mail)
     context = {
         "number": ticket.number,
-        "name": mail.from_name,
+        "name": mail.from_name[:100],
         "subject": ticket.subject,
         "received": ticket.opened_at,
         "due": ticket.first_response_due,
@@ -65,8 +74,12 @@ def acknowledge(
         "hours_text_en": sla.hours_text(desk.calendar, "en", _local_day(desk, now)),
         "timezone": zone,
         "ask_official": ask_official,
-        "attachments": [f.filename for f in shown if f.store],
-        "not_stored": [(f.filename, f.size, f.note) for f in shown if not f.store],
+        # Names only to a sender we know: to anyone else (maybe a forged From) they would
+        # carry an attacker's words, so the count only.
+        "attachments": [f.filename for f in shown if f.store] if known else [],
+        "attachment_count": sum(1 for f in shown if f.store),
+        "not_stored": [(f.filename if known else "", f.size, f.note)
+                       for f in shown if not f.store],
         "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
         "missing": list(ticket.missing),
         "urgent": ticket.priority == "urgent",
@@ -87,6 +100,13 @@ def acknowledge(
 
 def _local_day(desk: Desk, now: datetime) -> date:
     return now.astimezone(desk.calendar.zone).date()
+
+
+def from_proven(desk: Desk, mail: InboundMail) -> bool:
+    """A trusted server of ours vouches for the mail's From (aligned DKIM/DMARC pass)."""
+    ids = desk.trusted_authserv_ids
+    return bool(auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.trusted_hosts),
+                                   ids, mail.from_addr))
 
 
 def is_ours(desk: Desk, address: str) -> bool:

@@ -1,6 +1,10 @@
 """Bounces: matched to the mail we sent, recorded on its ticket, the address marked as
 bouncing on a permanent failure, the agent told. Never a ticket, never answered.
 
+Anybody can send a report that looks like a bounce. It counts only when it names a mail
+we sent (its VERP envelope address or our Message-ID) and, as failed, a recipient of that
+very mail: a report that names someone else marks nobody.
+
 An address marked bouncing gets no mail of any kind until it writes to us again or ops
 clear it (`maild addresses clear`); blocked senders (`#spam block`) are kept here too.
 """
@@ -60,13 +64,14 @@ def record(
         out = _verp_outbox(session, mail, desk.sender.address)
     if out is None:
         return None, "bounce: matches no mail we sent"
-    recipients = [r.lower() for r in out.recipients]
+    recipients = {r.lower() for r in out.recipients}
     failures = [f for f in report.failures if f.recipient in recipients]
-    if not failures:  # a forwarded or rewritten address: it was about this mail anyway
-        first = report.failures[0] if report.failures else None
-        failures = [dsn.Failure(out.recipient or recipients[0], first.status if first else "",
-                                first.action if first else "failed",
-                                first.diagnostic if first else "")]
+    if not failures:  # a forged report, or a forwarded address: nothing to mark
+        summary = (f"bounce of {out.message_id} names none of its recipients "
+                   f"({', '.join(f.recipient for f in report.failures[:5]) or 'nobody'}): "
+                   "nothing marked")
+        log.warning("%s", summary)
+        return None, summary
     permanent = [f for f in failures if f.permanent]
     for f in permanent:
         mark_bouncing(session, f.recipient, f.status, f.diagnostic, now)

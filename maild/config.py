@@ -257,13 +257,16 @@ class AgentsSettings(_Section):
     relay_to_participants: bool = True
     quote_customer: bool = True
     notify_attachments_max_mb: float = Field(default=10.0, ge=0)
+    trusted_hosts: tuple[str, ...] = ()
+    token_days: int = Field(default=30, ge=1)
+    max_relay_recipients: int = Field(default=10, ge=1)
 
     @field_validator("team_address")
     @classmethod
     def _team(cls, value: str) -> str:
         return _address(value) if value else ""
 
-    @field_validator("trusted_authserv_ids")
+    @field_validator("trusted_authserv_ids", "trusted_hosts")
     @classmethod
     def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(v.strip().lower() for v in value if v.strip())
@@ -321,6 +324,8 @@ class AttachmentSettings(_Section):
 class LimitsSettings(_Section):
     answers_per_address_per_hour: int = Field(default=5, ge=0)
     answers_per_hour: int = Field(default=5000, ge=0)
+    subject_max_chars: int = Field(default=200, ge=20)
+    notify_text_max_kb: float = Field(default=20.0, gt=0)
 
 
 class SpamSettings(_Section):
@@ -364,6 +369,7 @@ class OutboxSettings(_Section):
 
 class SecuritySettings(_Section):
     secret_key: str = ""
+    agent_key_version: int = Field(default=1, ge=1)
 
 
 class PathSettings(_Section):

@@ -71,6 +71,12 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         if settings.spam.header else None,
         answers_per_hour_total=settings.limits.answers_per_hour,
         notify_files_max_bytes=int(settings.agents.notify_attachments_max_mb * 1_000_000),
+        trusted_hosts=settings.agents.trusted_hosts,
+        agent_key_version=settings.security.agent_key_version,
+        token_days=settings.agents.token_days,
+        max_relay_recipients=settings.agents.max_relay_recipients,
+        subject_max_chars=settings.limits.subject_max_chars,
+        notify_text_max_bytes=int(settings.limits.notify_text_max_kb * 1000),
     )
 
 

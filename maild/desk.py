@@ -12,7 +12,7 @@ from jinja2 import Environment
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import blobs, sla
+from maild import blobs, links, sla
 from maild.agents import Roster
 from maild.mail import files
 from maild.mail.render import Sender
@@ -79,6 +79,17 @@ class Desk:
     answer_gate: AnswerGate = field(default_factory=AnswerGate)
     response_by_priority: Mapping[str, float] = field(default_factory=dict)
     response_by_tier: Mapping[str, float] = field(default_factory=dict)
+    trusted_hosts: tuple[str, ...] = ()
+    agent_key_version: int = 1
+    token_days: int = 30
+    max_relay_recipients: int = 10
+    subject_max_chars: int = 200
+    notify_text_max_bytes: int = 20_000
+
+    @property
+    def agent_key(self) -> str:
+        """The key of agents' reply-address tokens (see links.agent_key)."""
+        return links.agent_key(self.secret, self.agent_key_version)
 
     def response_hours(self, priority: str, tier: str) -> float:
         """The first-response promise for a ticket: the smallest that applies."""

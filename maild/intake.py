@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from maild import accounts, blobs, bounces, db, notify, threader, work
+from maild import accounts, blobs, bounces, db, notify, work
 from maild.analyse import Analyser, Analysis, Rules
 from maild.answers import reject_unknown
 from maild.desk import Desk
@@ -212,9 +212,7 @@ class Intake:
         elif flag is not None:
             bounces.wrote_again(session, parsed.from_addr, now)
         agent = self.desk.roster.get(session, parsed.from_addr) if verdict.answer else None
-        proven = work.proof(session, self.desk, parsed) if agent is not None else ""
-        match = threader.find(session, parsed, self.desk.sender.address, self.desk.secret,
-                               self.desk.stranger_tag, agent=bool(proven))
+        proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
         if agent is not None and proven and match is not None:
             summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
                                       inbound_id=row.id, now=now, planned=p.planned)

@@ -29,10 +29,11 @@ Notice = Literal["confirm", "rejected", "forged"]
 def ticket_notice(
     session: Session, desk: Desk, ticket: Ticket, message: TicketMessage,
     shown: Sequence[files.Planned], event: Literal["new", "follow_up"], now: datetime,
-    *, warning: str = "",
+    *, warning: str = "", cc_not_added: Sequence[str] = (),
 ) -> None:
     """Tell the owner (or the team, or every agent) about a new ticket or a customer's
-    follow-up: the new text, facts and what is missing, attachments, the state."""
+    follow-up: the new text (at most `notify_text_max_bytes` of it), facts and what is
+    missing, attachments, the state, and whom an unproven sender copied in vain."""
     to = _recipients(session, desk, ticket.owner)
     if not to:
         log.debug("no agents to notify about ticket=%s", ticket.number)
@@ -48,7 +49,10 @@ def ticket_notice(
         "verified": ticket.verified, "status": ticket.status, "priority": ticket.priority,
         "owner": ticket.owner, "due": ticket.first_response_due,
         "answered": ticket.first_response_at, "timezone": desk.timezone,
-        "text": message.new_text or message.body_text, "author": message.author,
+        "text": capped(message.new_text or message.body_text, desk.notify_text_max_bytes),
+        "text_cut": len((message.new_text or message.body_text).encode())
+        > desk.notify_text_max_bytes,
+        "cc_not_added": list(cc_not_added), "author": message.author,
         "facts": [(name, ticket.facts[name]) for name in FACTS if ticket.facts.get(name)],
         "missing": list(ticket.missing), "participants": list(ticket.participants),
         "files": [(f.filename, f.size, f.store, f.note) for f in shown],
@@ -59,12 +63,19 @@ def ticket_notice(
           in_reply_to=_last_notice(session, ticket), files=attached)
 
 
+def capped(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (at a character boundary)."""
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
+
+
 def agent_notice(
     session: Session, desk: Desk, ticket: Ticket, to: str, notice: Notice,
     lines: Sequence[str], mail: InboundMail, now: datetime,
 ) -> None:
     """Answer an agent's mail: what changed, or what was wrong (nothing was done)."""
-    context = _notice(desk, ticket, notice, lines, mail.from_addr, mail.subject)
+    context = _notice(desk, ticket, notice, lines, mail.from_addr,
+                      answers.short_subject(mail.subject, desk.subject_max_chars))
     _send(session, desk, ticket, "agent_notice", [to], context, now,
           in_reply_to=mail.message_id, references=mail.references)
 
@@ -95,7 +106,8 @@ def forged_warning(
         log.warning("unproven agent mail from=%s ticket=%s (team not warned: limit)",
                     mail.from_addr, ticket.number)
         return
-    context = _notice(desk, ticket, "forged", [], mail.from_addr, mail.subject)
+    context = _notice(desk, ticket, "forged", [], mail.from_addr,
+                      answers.short_subject(mail.subject, desk.subject_max_chars))
     _send(session, desk, ticket, "agent_notice", to, context, now,
           in_reply_to=_last_notice(session, ticket), kind="warning")
 
@@ -107,6 +119,17 @@ def _notice(desk: Desk, ticket: Ticket, notice: str, lines: Sequence[str], sende
             "lines": list(lines), "status": ticket.status, "priority": ticket.priority,
             "owner": ticket.owner, "sender": sender, "original_subject": original_subject,
             "language": desk.agent_language}
+
+
+def agent_reply_to(desk: Desk, number: int, to: Sequence[str], now: datetime) -> str | None:
+    """The Reply-To of a mail to agents about ticket `number` (with plus addressing): its
+    token is bound to the one recipient (an agent or the team address), or to all agents
+    when it goes to several at once, and is valid for `[agents] token_days`."""
+    if not desk.plus_addressing:
+        return None
+    holder = to[0].lower() if len(to) == 1 else links.ALL_AGENTS
+    return links.agent_reply_address(desk.sender.address, desk.agent_key, number, holder,
+                                     now)
 
 
 def _recipients(session: Session, desk: Desk, owner: str) -> list[str]:
@@ -129,8 +152,7 @@ def _send(
         desk.templates, template, desk.agent_language, context, sender=desk.sender,
         to=", ".join(to), now=now, in_reply_to=in_reply_to, references=references,
         auto_submitted="auto-generated", files=files,
-        reply_to=links.agent_reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.plus_addressing else None,
+        reply_to=agent_reply_to(desk, ticket.number, to, now),
     )
     return answers.enqueue(session, desk, rendered, to, ticket, kind or template, now,
                            automatic=True, internal=True)

@@ -28,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from maild import answers, db, links, sla, work
+from maild import answers, db, notify, sla, work
 from maild.config import SlaSettings
 from maild.desk import Desk
 from maild.errors import Temporary
@@ -253,9 +253,7 @@ class Sweeper:
             self.desk.templates, template, self.desk.agent_language, context,
             sender=self.desk.sender, to=", ".join(to), now=now,
             auto_submitted="auto-generated",
-            reply_to=links.agent_reply_address(self.desk.sender.address, self.desk.secret,
-                                               ticket.number)
-            if self.desk.plus_addressing else None)
+            reply_to=notify.agent_reply_to(self.desk, ticket.number, to, now))
         answers.enqueue(session, self.desk, rendered, to, ticket, template, now,
                         automatic=True, internal=True, not_before=not_before)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maild import accounts, db, links
+from maild.desk import Desk
 from maild.mail import thread
 from maild.mail.parse import InboundMail
 from maild.models import Ticket, TicketMessage
@@ -29,11 +31,11 @@ class Match:
         return self.how != "tag-foreign"
 
 
-def find(session: Session, mail: InboundMail, support_address: str, secret: str,
-         stranger_tag: str, *, agent: bool = False) -> Match | None:
+def find(session: Session, desk: Desk, mail: InboundMail, now: datetime, *,
+         agent: bool = False) -> Match | None:
     """The ticket `mail` belongs to, strongest proof first; None for a new matter.
     `agent`: the sender is a proven agent, whom a tag alone lets in."""
-    found = _find(session, mail, support_address, secret, stranger_tag, agent)
+    found = _find(session, desk, mail, now, agent)
     if found is None or found.ticket.merged_into is None:
         return found
     ticket, seen = found.ticket, {found.ticket.number}
@@ -46,18 +48,20 @@ def find(session: Session, mail: InboundMail, support_address: str, secret: str,
     return Match(ticket, found.how, found.referenced, found.ticket.number)
 
 
-def _find(session: Session, mail: InboundMail, support_address: str, secret: str,
-          stranger_tag: str, agent: bool) -> Match | None:
+def _find(session: Session, desk: Desk, mail: InboundMail, now: datetime,
+          agent: bool) -> Match | None:
     ids = thread.referenced_ids(mail)
     if ids:
         message = session.scalars(select(TicketMessage).where(
             TicketMessage.message_id.in_(ids)).order_by(TicketMessage.id.desc())).first()
         if message is not None:
             return Match(session.get_one(Ticket, message.ticket_id), "reference", message)
-    for number, token in thread.plus_tokens(mail, support_address):
-        how: How | None = ("reply-address" if links.reply_token_valid(secret, number, token)
+    for number, token in thread.plus_tokens(mail, desk.sender.address):
+        how: How | None = ("reply-address"
+                           if links.reply_token_valid(desk.secret, number, token)
                            else "agent-address"
-                           if links.agent_token_valid(secret, number, token) else None)
+                           if agent_token_holder(desk, number, token, mail.from_addr, now)
+                           else None)
         ticket = db.ticket_by_number(session, number) if how else None
         if ticket is not None and how is not None:
             return Match(ticket, how)
@@ -65,9 +69,19 @@ def _find(session: Session, mail: InboundMail, support_address: str, secret: str
     ticket = db.ticket_by_number(session, tagged) if tagged is not None else None
     if ticket is None:
         return None
-    if stranger_tag == "attach" or agent or _belongs(session, ticket, mail.from_addr):
+    if desk.stranger_tag == "attach" or agent or _belongs(session, ticket, mail.from_addr):
         return Match(ticket, "tag")
     return Match(ticket, "tag-foreign")
+
+
+def agent_token_holder(desk: Desk, number: int, token: str, sender: str,
+                       now: datetime) -> str | None:
+    """Whom a valid agent token of ticket `number` was issued to: the sender themself,
+    the team address or all agents (a notification to several at once); else None."""
+    holders = [sender, *([desk.roster.team_address] if desk.roster.team_address else []),
+               links.ALL_AGENTS]
+    return links.agent_token_holder(desk.agent_key, number, token, holders, now,
+                                    desk.token_days)
 
 
 def _belongs(session: Session, ticket: Ticket, address: str) -> bool:

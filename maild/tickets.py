@@ -44,7 +44,7 @@ def open_ticket(
         participants=participants_of(mail, desk.sender.address, mail.from_addr),
         customer_address=mail.from_addr,  # '' when the mail gave no address to answer
         customer_name=mail.from_name[:300],
-        subject=strip_prefixes(mail.subject),
+        subject=answers.short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
         language=(account.language if account and account.language else
                   language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)),
         automatic=automatic,
@@ -137,8 +137,13 @@ def add_follow_up(
         ticket.facts = facts.merge(ticket.facts, found)
         if not ticket.automatic:
             ticket.missing = facts.missing(ticket.facts, desk.required_facts)
-        ticket.participants = list(dict.fromkeys([*ticket.participants, *participants_of(
-            mail, desk.sender.address, ticket.customer_address)]))
+        new = [a for a in participants_of(mail, desk.sender.address, ticket.customer_address)
+               if a not in ticket.participants]
+        if new and sender_verified(desk, mail, how):
+            ticket.participants = [*ticket.participants, *new]
+            detail["copied"] = new
+        elif new:
+            detail["cc_not_added"] = new
         if ticket.status in ("resolved", "closed", "waiting"):
             detail["status"] = [ticket.status, "in_progress"]
             if ticket.status != "waiting":
@@ -149,8 +154,18 @@ def add_follow_up(
     session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
                       kind="follow_up" if person else "automatic_reply", detail=detail))
     if person:
-        notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now)
+        refused = detail.get("cc_not_added")
+        notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now,
+                             cc_not_added=refused if isinstance(refused, list) else [])
     return True
+
+
+def sender_verified(desk: Desk, mail: InboundMail, how: str) -> bool:
+    """Whether the From of a follow-up is proven (only then may it bring people onto the
+    ticket): it answers the customer's own reply address (a token only they received),
+    or a trusted server vouches for it (aligned DKIM/DMARC). A reference to one of our
+    Message-IDs or a subject tag proves nothing about who sends."""
+    return how == "reply-address" or answers.from_proven(desk, mail)
 
 
 def store_attachments(

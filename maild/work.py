@@ -9,20 +9,20 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maild import answers, bounces, db, links, notify
+from maild import answers, bounces, db, links, notify, threader
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
 from maild.mail.commands import Commands
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
-from maild.models import Event, Ticket, TicketMessage
+from maild.models import Event, OutboxMail, Ticket, TicketMessage
 from maild.threader import Match
 from maild.tickets import store_attachments
 
@@ -34,21 +34,56 @@ _QUOTE_HEADER = re.compile(r"(schrieb|wrote|a écrit|escribió)[^:]*:\s*$|^\s*(v
                            re.IGNORECASE)
 
 
-def proof(session: Session, desk: Desk, mail: InboundMail) -> str:
-    """Why `mail` (From: an agent) is believed to come from that agent, or '' (not proven):
-    the agent token of a notification's reply address, a reference to a mail we sent to
-    agents only, or a trusted server's DKIM/DMARC pass."""
+def find_and_prove(session: Session, desk: Desk, mail: InboundMail,
+                   agent: AgentInfo | None, now: datetime) -> tuple[str, Match | None]:
+    """The ticket `mail` continues (None: a new matter) and, for a mail From an agent, why
+    it is believed to be theirs ('' = not proven, and then threaded as anyone's)."""
+    if agent is None:
+        return "", threader.find(session, desk, mail, now)
+    match = threader.find(session, desk, mail, now, agent=True)
+    why = proof(session, desk, mail, match, now)
+    if why:
+        return why, match
+    return "", threader.find(session, desk, mail, now)
+
+
+def proof(session: Session, desk: Desk, mail: InboundMail, match: Match | None,
+          now: datetime) -> str:
+    """Why `mail` (From: an agent) is believed to come from that agent, or '' (not proven).
+    Bound to the ticket it continues: an agent token of that ticket issued to this agent
+    (or the team, or all agents) within `token_days`, or an answer to a mail we sent to
+    this agent (or the team) about that ticket. Not bound: a trusted server's aligned
+    DKIM/DMARC pass, which proves the From address itself."""
     if not desk.require_proof:
         return "From address (agents.require_proof = false)"
-    for number, token in thread.plus_tokens(mail, desk.sender.address):
-        if links.agent_token_valid(desk.secret, number, token):
-            return "agent token in the reply address"
-    ids = thread.referenced_ids(mail)
-    if ids and session.scalars(select(TicketMessage.id).where(
-            TicketMessage.message_id.in_(ids), TicketMessage.internal.is_(True),
-            TicketMessage.direction == "out")).first() is not None:
-        return "answers a mail sent to agents only"
-    return auth.sender_proven(mail.auth_results, desk.trusted_authserv_ids, mail.from_addr)
+    if match is not None:
+        numbers = {match.ticket.number, match.merged_from}
+        for number, token in thread.plus_tokens(mail, desk.sender.address):
+            if number in numbers and threader.agent_token_holder(
+                    desk, number, token, mail.from_addr, now):
+                return "agent token in the reply address"
+        if _answers_own_notice(session, desk, match, mail.from_addr, now):
+            return "answers a mail sent to this agent about this ticket"
+    ids = desk.trusted_authserv_ids
+    return auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.trusted_hosts),
+                              ids, mail.from_addr)
+
+
+def _answers_own_notice(session: Session, desk: Desk, match: Match, sender: str,
+                        now: datetime) -> bool:
+    """The mail answers (by its references) a mail we sent to agents only, about this
+    ticket, within `token_days`, and `sender` or the team address was among its
+    recipients."""
+    answered = match.referenced
+    if match.how != "reference" or answered is None or not answered.internal \
+            or answered.direction != "out" or not answered.message_id:
+        return False
+    sent = session.execute(select(OutboxMail.recipients, OutboxMail.created_at).where(
+        OutboxMail.message_id == answered.message_id)).first()
+    if sent is None or now - sent.created_at > timedelta(days=desk.token_days):
+        return False
+    allowed = {sender, desk.roster.team_address} - {""}
+    return any(r.lower() in allowed for r in sent.recipients)
 
 
 def agent_mail(
@@ -135,7 +170,29 @@ def _check(session: Session, desk: Desk, ticket: Ticket, parsed: Commands) -> li
         elif target.merged_into is not None:
             errors.append(f"{merge.line!r}: #{target.number} was itself merged into "
                           f"#{target.merged_into}")
+    cc = parsed.get("cc")
+    if cc:
+        remove, address = commands.cc_change(cc.value)
+        if not remove and (answers.is_ours(desk, address) or desk.roster.is_ours(address)
+                           or desk.roster.get(session, address) is not None):
+            errors.append(f"{cc.line!r}: {address} is an agent or our own address")
     return errors
+
+
+def _cc(session: Session, ticket: Ticket, value: str, actor: str, now: datetime) -> str:
+    """`#cc`: an agent adds a person to the ticket (they get its answers) or removes one."""
+    remove, address = commands.cc_change(value)
+    people = list(ticket.participants)
+    if remove and address not in people:
+        return f"{address} was not copied on the ticket"
+    if not remove and (address in people or address == ticket.customer_address):
+        return f"{address} is on the ticket already"
+    ticket.participants = ([p for p in people if p != address] if remove
+                           else [*people, address])
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="participant",
+                      detail={"address": address, "added": not remove}))
+    return (f"{address} removed: gets no more answers" if remove
+            else f"{address} copied: gets the answers from now on")
 
 
 def _apply(
@@ -187,6 +244,8 @@ def _apply(
                                   detail={"address": ticket.customer_address}))
                 changes.append(f"sender {ticket.customer_address} blocked: their mail is "
                                "recorded as spam from now on")
+        elif c.name == "cc":
+            changes.append(_cc(session, ticket, c.value, actor, now))
         elif c.name != "note":
             changes.append(f"{c.name} stays {c.value}")
     return changes, new_status
@@ -228,10 +287,16 @@ def customer_thread(session: Session, ticket: Ticket) -> list[str]:
 
 
 def _recipients(session: Session, desk: Desk, ticket: Ticket) -> tuple[str, list[str]]:
+    """The customer and the people copied on the ticket, at most `max_relay_recipients`
+    in all (whatever got onto the ticket, one relay cannot become a mass mailing)."""
     cc = []
     if desk.relay_to_participants:
         cc = [p for p in ticket.participants if p != ticket.customer_address
               and not desk.roster.is_ours(p) and desk.roster.get(session, p) is None]
+    if len(cc) > desk.max_relay_recipients - 1:
+        log.warning("relay of ticket=%s: %d copied people, sending to the first %d only",
+                    ticket.number, len(cc), desk.max_relay_recipients - 1)
+        cc = cc[:desk.max_relay_recipients - 1]
     return ticket.customer_address, cc
 
 

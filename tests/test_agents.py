@@ -269,8 +269,9 @@ def test_dkim_from_a_trusted_server_or_the_agent_token_prove_the_agent(
                             threading={"plus_addressing": True}), factory)
     desk.feed(FIRST)
     notice = message(desk.outbox("notify")[0])
-    token_address = links.agent_reply_address("service@example.com", desk.intake.desk.secret,
-                                              10001)
+    token_address = links.agent_reply_address("service@example.com",
+                                              desk.intake.desk.agent_key, 10001,
+                                              "team@example.com", NOW)
     assert notice["Reply-To"].addresses[0].addr_spec == token_address
     # By the token in the address the agent's client replies to (no references kept).
     desk.agent_reply("#priority low", to_notice=False, subject="Re: Ticket",
@@ -361,8 +362,11 @@ def test_authentication_results_parsing():
     trusted = ["mx.example.com"]
     assert auth.sender_proven(["mx.example.com; dmarc=pass header.from=example.com"],
                               trusted, "max@example.com").startswith("dmarc=pass")
-    assert auth.sender_proven(["mx.example.com 1; dkim=pass (good) header.i=@example.com"],
+    assert auth.sender_proven(["mx.example.com 1; dkim=pass (good) header.d=example.com"],
                               trusted, "max@example.com")
+    # header.i alone names no signing domain: no proof (the aligned header.d is required).
+    assert not auth.sender_proven(["mx.example.com; dkim=pass header.i=@example.com"],
+                                  trusted, "max@example.com")
     assert auth.sender_proven(["mx.example.com; dkim=pass header.d=example.com"],
                               trusted, "max@sub.example.com")
     for value in ("mx.example.com; dkim=fail header.d=example.com",

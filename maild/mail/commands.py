@@ -62,6 +62,10 @@ REGISTRY: dict[str, Spec] = {
         "#spam [block]", "#spam [block]",
         "still als Spam schließen; block: Mails des Absenders sind ab jetzt Spam",
         "close silently as spam; block: the sender's mail is spam from now on"),
+    "cc": Spec(
+        "#cc [remove] ADRESSE", "#cc [remove] ADDRESS",
+        "ADRESSE bekommt ab jetzt die Antworten an den Kunden in Kopie (remove: nicht mehr)",
+        "ADDRESS is copied on the answers to the customer from now on (remove: no longer)"),
 }
 NAMES = tuple(REGISTRY)
 USAGE = {name: spec.usage_en for name, spec in REGISTRY.items()}
@@ -155,6 +159,8 @@ def _check(name: str, value: str) -> tuple[str, str]:
         if word in ("thirdparty", "third"):
             word = "third-party"
         return (word, "") if word in CAUSES else ("", f"unknown cause {value!r}")
+    if name == "cc":
+        return _check_cc(value)
     if name == "assign":
         address = value.strip("<>").lower()
         if address == "me" or _ADDRESS.match(address):
@@ -164,3 +170,20 @@ def _check(name: str, value: str) -> tuple[str, str]:
     if number.isdigit() and len(number) <= 12:
         return str(int(number)), ""
     return "", f"not a ticket number: {value!r}"
+
+
+def _check_cc(value: str) -> tuple[str, str]:
+    """`#cc ADDRESS` adds a person to the ticket, `#cc remove ADDRESS` takes them off:
+    value 'ADDRESS' or 'remove ADDRESS'."""
+    words = value.split()
+    remove = len(words) == 2 and words[0].lower() == "remove"
+    address = (words[-1] if remove or len(words) == 1 else "").strip("<>").lower()
+    if not _ADDRESS.match(address):
+        return "", f"not an address: {value!r}"
+    return (f"remove {address}" if remove else address), ""
+
+
+def cc_change(value: str) -> tuple[bool, str]:
+    """(True to remove / False to add, the address) of a checked `#cc` value."""
+    word, _, address = value.rpartition(" ")
+    return word == "remove", address

@@ -18,6 +18,7 @@ from inscriptis import get_text
 _MSGID = re.compile(r"<[^<>\s]+>")
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
+_TRACE = ("received", "authentication-results")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+")
 
 
@@ -55,6 +56,8 @@ class InboundMail:
     auth_results: tuple[str, ...] = ()
     address_from: str = "From"  # the header the reply address came from ('' when none)
     encrypted: bool = False  # S/MIME or PGP/MIME encrypted (or opaque-signed): unreadable
+    # Received and Authentication-Results headers in order, top first: (lower name, value).
+    trace: tuple[tuple[str, str], ...] = ()
 
 
 def parse(raw: bytes) -> InboundMail:
@@ -94,6 +97,8 @@ def parse(raw: bytes) -> InboundMail:
                            if k.lower() == "authentication-results"),
         address_from=address_from,
         encrypted=_encrypted(msg),
+        trace=tuple((k.lower(), _unfold(str(v))[:2000]) for k, v in msg.raw_items()
+                    if k.lower() in _TRACE),
     )
 
 
