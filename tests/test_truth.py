@@ -139,7 +139,8 @@ def test_the_english_acknowledgement_formats_in_english(tmp_path, factory, datab
     text = text_of(desk.outbox("ack")[0])
     assert "Received:  Monday, 30 November 2026, 10:00" in text
     assert "Mon–Fri 09:00–16:00 (Europe/Berlin)" in text
-    assert "log.zip (1.3 MB)" in text and "1,3" not in text
+    # An unverified sender: the file is not named (it could carry a stranger's words).
+    assert "a file (1.3 MB)" in text and "1,3" not in text and "log.zip" not in text
     for german in ("Montag", "November 2026, 10:00 Uhr", "Mo–Fr"):
         assert german not in text
 
@@ -213,7 +214,7 @@ NOTIFY = {"event": "new", "customer": "anna@kunde.example", "customer_name": "An
           "facts": [("company", "Kunde GmbH"), ("order_numbers", ["4711", "4712"])],
           "missing": ["contact_name", "software_version"], "participants": [],
           "files": [("log.zip", 1_234_567, True, ""), ("film.mp4", 80_000_000, True, "")],
-          "attached": 1, "warning": ""}
+          "attached": 1, "warning": "", "cc_not_added": []}
 REJECTED = {"notice": "rejected", "lines": ["'#status bogus': unknown status 'bogus'"],
             "status": "new", "priority": "normal", "owner": "", "sender": "max@example.com",
             "original_subject": "Re: Export"}
