@@ -214,7 +214,8 @@ NOTIFY = {"event": "new", "customer": "anna@kunde.example", "customer_name": "An
           "facts": [("company", "Kunde GmbH"), ("order_numbers", ["4711", "4712"])],
           "missing": ["contact_name", "software_version"], "participants": [],
           "files": [("log.zip", 1_234_567, True, ""), ("film.mp4", 80_000_000, True, "")],
-          "attached": 1, "warning": "", "cc_not_added": []}
+          "attached": 1, "warning": "", "cc_not_added": [],
+          "text_cut": False}
 REJECTED = {"notice": "rejected", "lines": ["'#status bogus': unknown status 'bogus'"],
             "status": "new", "priority": "normal", "owner": "", "sender": "max@example.com",
             "original_subject": "Re: Export"}
