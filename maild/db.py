@@ -110,9 +110,13 @@ def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
             value = secrets.token_urlsafe(48)
             session.execute(insert(AppSecret).values(name=name, value=value, created_at=now))
     except sa_exc.IntegrityError:
-        pass
-    with transaction(factory) as session:
-        return session.scalars(select(AppSecret.value).where(AppSecret.name == name)).one()
+        # Another process wrote it first, if a fresh look finds it; else a real failure.
+        with transaction(factory) as session:
+            found = session.scalar(select(AppSecret.value).where(AppSecret.name == name))
+        if not found:
+            raise
+        return found
+    return value
 
 
 class MailboxLock:
