@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -38,6 +38,8 @@ from maild.models import AddressFlag, InboundMessage, OutboxMail
 from maild.smtp import SmtpConnection
 
 log = logging.getLogger("maild")
+
+GC_GRACE = 3600.0  # seconds a stored file referenced by nothing is spared (mail in flight)
 
 
 class JournalFormatter(logging.Formatter):
@@ -83,6 +85,17 @@ def parser() -> argparse.ArgumentParser:
     tp_ = tsub.add_parser("purge", help="erase a ticket and its personal data (GDPR)")
     tp_.add_argument("number", type=_ticket_number, help="ticket number")
     tp_.add_argument("--yes", action="store_true", help="really erase (no undo)")
+    cp = sub.add_parser("customers", help="erase a customer (GDPR)")
+    cpp = cp.add_subparsers(dest="customers_command", required=True).add_parser(
+        "purge", help="erase every ticket and mail of ADDRESS and cut it out everywhere else")
+    cpp.add_argument("address", type=_address, help="the customer's mail address")
+    cpp.add_argument("--yes", action="store_true", help="really erase (no undo)")
+    bp = sub.add_parser("blobs", help="the store of raw mails and attachments")
+    bg = bp.add_subparsers(dest="blobs_command", required=True).add_parser(
+        "gc", help="delete stored files no row refers to")
+    bg.add_argument("--older-than", type=float, default=GC_GRACE, metavar="SECONDS",
+                    help=f"only files unchanged for SECONDS (default {GC_GRACE:.0f}: "
+                         "spares mails in flight)")
     ap = sub.add_parser("accounts", help="the account book: companies and contacts")
     asub = ap.add_subparsers(dest="accounts_command", required=True)
     ai = asub.add_parser("import", help="upsert contacts and companies from a CSV file")
@@ -168,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
-        "addresses": cmd_addresses,
+        "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
     }
     try:
         return commands[args.command](settings, args)
@@ -308,10 +321,45 @@ def cmd_tickets_purge(settings: Settings, args: argparse.Namespace) -> int:
         print(f"maild: no ticket #{args.number}", file=sys.stderr)
         return 1
     purge.delete_blobs(blobs.FolderStore(settings.blob_dir), result.orphaned_blobs)
+    collected = _collect(settings, GC_GRACE)
     print(f"ticket #{result.number} erased: {result.messages} messages, "
           f"{result.attachments} attachments, {result.raw_mails} raw mails, "
-          f"{result.outgoing} outgoing mails, {len(result.orphaned_blobs)} files deleted")
+          f"{result.outgoing} outgoing mails, "
+          f"{len(result.orphaned_blobs) + collected} files deleted")
     return 0
+
+
+def cmd_customers_purge(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(f"maild: erasing everything of {args.address} cannot be undone; "
+              "run again with --yes", file=sys.stderr)
+        return 1
+    store = blobs.FolderStore(settings.blob_dir)
+    with _session(settings) as session:
+        result = purge.purge_customer(session, store, args.address, _actor(),
+                                      datetime.now(UTC))
+    purge.delete_blobs(store, result.orphaned_blobs)
+    collected = _collect(settings, GC_GRACE)
+    numbers = ", ".join(f"#{n}" for n in result.tickets) or "none"
+    print(f"{result.address} erased: tickets {numbers}, {result.mails} other mails, "
+          f"{result.outgoing} outgoing mails, cut out of {result.redacted} places, "
+          f"{len(result.orphaned_blobs) + collected} files deleted")
+    print("note: the copies in the IMAP folders are not touched; delete them there")
+    return 0
+
+
+def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
+    count = _collect(settings, max(0.0, args.older_than))
+    print(f"{count} unreferenced files deleted from {settings.blob_dir}")
+    return 0
+
+
+def _collect(settings: Settings, grace: float) -> int:
+    store = blobs.FolderStore(settings.blob_dir)
+    with _session(settings) as session:
+        deleted = blobs.collect(session, store,
+                                datetime.now(UTC) - timedelta(seconds=grace))
+    return len(deleted)
 
 
 def _render_ticket(d: dict[str, Any]) -> str:

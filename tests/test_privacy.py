@@ -101,3 +101,153 @@ def test_a_claim_is_lost_only_to_an_existing_mark(factory):
         _claim(s, "digest:2026-11-27", None)
     with db.transaction(factory) as s:
         assert s.scalars(select(SweepMark.key)).all() == ["digest:2026-11-26"]
+
+
+# -- purge -------------------------------------------------------------------------------------
+
+ANNA = "Anna.Berger@Kunde.example"
+PHRASE = "Quittengelee im Serverraum"  # distinctive: found nowhere but in Anna's words
+
+
+def _mail(n: int, sender: str, text: str, *, cc: str = "", subject: str = "Export",
+          attachment: bytes = b"") -> bytes:
+    head = (f"From: {sender}\r\nTo: service@example.com\r\n"
+            + (f"Cc: {cc}\r\n" if cc else "")
+            + f"Subject: {subject}\r\nMessage-ID: <p{n}@mail.example>\r\nMIME-Version: 1.0\r\n")
+    if not attachment:
+        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + text
+                + "\r\n").encode()
+    return (head + 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + text + "\r\n--b\r\n"
+            'Content-Type: text/plain; name="notes.txt"\r\nContent-Disposition: attachment; '
+            'filename="notes.txt"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+            + __import__("base64").b64encode(attachment).decode() + "\r\n--b--\r\n").encode()
+
+
+def _scan(url: str, blob_dir: Path, *needles: str) -> list[str]:
+    """Every text, JSON and binary value of every table (reflected, so nothing is
+    forgotten) and every stored file's bytes, MIME-decoded where they are a mail."""
+    from email import message_from_bytes, policy
+
+    from sqlalchemy import MetaData
+
+    def texts(value) -> list[str]:
+        if isinstance(value, bytes):
+            found = [value.decode("utf-8", "replace")]
+            if b":" in value[:200]:
+                for part in message_from_bytes(value, policy=policy.default).walk():
+                    payload = part.get_payload(decode=True)
+                    if isinstance(payload, bytes):
+                        found.append(payload.decode("utf-8", "replace"))
+            return found
+        if isinstance(value, dict | list):
+            import json
+            return [json.dumps(value, ensure_ascii=False)]
+        return [str(value)]
+
+    hits = []
+    engine = db.make_engine(url)
+    try:
+        meta = MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            for table in meta.sorted_tables:
+                for row in conn.execute(table.select()):
+                    for column, value in zip(table.columns, row, strict=True):
+                        for text in texts(value):
+                            hits += [f"{table.name}.{column.name}: {n}" for n in needles
+                                     if n.lower() in text.lower()]
+    finally:
+        engine.dispose()
+    for path in blob_dir.rglob("*"):
+        if path.is_file():
+            for text in texts(path.read_bytes()):
+                hits += [f"blob {path.name}: {n}" for n in needles if n.lower() in text.lower()]
+    return hits
+
+
+def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, database_url):
+    # Anna has a ticket with an attachment, a quarantined mail, an off-ticket answer, a
+    # bounce flag, an account-book entry, is copied on Bob's ticket and left an orphaned
+    # file: after `customers purge` neither her address nor her words are anywhere.
+    import os
+    import time
+
+    from harness import cli_config, maild
+
+    from maild import accounts, bounces
+    from maild.answers import enqueue
+    from maild.mail.render import Rendered
+    blob_dir = tmp_path / "blobs"
+    settings = offline_settings(database_url, blob_dir,
+                                agents={"members": [{"address": "max@example.com"}]})
+    desk = build_desk(settings, factory, NOW)
+    intake = Intake(factory, desk, "INBOX", max_attempts=3, clock=lambda: NOW)
+    anna = f"Anna Berger <{ANNA}>"
+    with db.transaction(factory) as s:
+        accounts.import_rows(s, accounts.read_csv(
+            f"email;name;phone\n{ANNA};Anna Berger;+49 221 555\n"
+            "bob@firma.example;Bob;\n"), NOW)
+    assert intake.process(1, Fetched(1, _mail(1, anna, f"Der Export bricht ab. {PHRASE}.",
+                                              attachment=PHRASE.encode()), NOW)).ticket_number
+    bob = intake.process(1, Fetched(2, _mail(2, "Bob <bob@firma.example>", "Login geht nicht",
+                                             cc=ANNA), NOW)).ticket_number
+    she_too = _mail(4, anna, f"Bei mir auch. {PHRASE}, seit gestern.",
+                    subject=f"Re: [#{bob}] Login")  # copied on Bob's, she writes there too
+    assert intake.process(1, Fetched(4, she_too, NOW)).ticket_number == bob
+    header_only = f"From: {anna}\r\nSubject: {PHRASE}\r\nMessage-ID: <p3@mail.example>\r\n"
+    assert intake.process(1, Fetched(3, header_only.encode(), NOW)).action == "quarantine"
+    with db.transaction(factory) as s:
+        bounces.mark_bouncing(s, ANNA, "5.1.1", f"550 {ANNA.lower()} unknown", NOW)
+        t = s.scalars(select(Ticket).where(Ticket.number == bob)).one()
+        assert t.participants == [ANNA.lower()]
+        raw = (f"To: {ANNA}\r\nSubject: Re: {PHRASE}\r\nMessage-ID: <maild.r1.x@example.com>"
+               f"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSie schrieben: "
+               f"=\r\n{PHRASE}\r\n").encode()
+        enqueue(s, desk, Rendered("<maild.r1.x@example.com>", f"Re: {PHRASE}", PHRASE, raw),
+                [ANNA.lower()], None, "reject", NOW, automatic=True)
+    orphan = desk.store.put(f"notes of {ANNA}: {PHRASE}".encode())
+    old = time.time() - 7200
+    os.utime(blob_dir / orphan[:2] / orphan[2:4] / orphan, (old, old))
+    assert len(_scan(database_url, blob_dir, ANNA, PHRASE)) > 20
+
+    config = cli_config(tmp_path / "cli.toml", database_url, blob_dir)
+    refused = maild("customers", "purge", ANNA, config=config)
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    done = maild("customers", "purge", ANNA, "--yes", config=config)
+    assert done.returncode == 0, done.stderr
+    assert "tickets #10001" in done.stdout
+    assert _scan(database_url, blob_dir, ANNA, PHRASE) == []
+    with db.transaction(factory) as s:  # Bob's ticket lives on, without her
+        t = s.scalars(select(Ticket).where(Ticket.number == bob)).one()
+        assert t.participants == [] and t.customer_address == "bob@firma.example"
+        assert len(s.scalars(select(Ticket)).all()) == 1
+
+
+def test_blobs_gc_deletes_files_nothing_refers_to_after_the_grace(tmp_path, factory,
+                                                                  database_url):
+    # A rejected mail's attachment was written before the decision and is referenced by
+    # nothing: `blobs gc` leaves it for the grace hour (a mail in flight), then deletes
+    # it; the raw mail, which its row refers to, stays.
+    import os
+    import time
+
+    from harness import cli_config, maild
+    blob_dir = tmp_path / "blobs"
+    desk = build_desk(offline_settings(database_url, blob_dir,
+                                       accounts={"unknown_sender": "reject"}), factory, NOW)
+    intake = Intake(factory, desk, "INBOX", max_attempts=3, clock=lambda: NOW)
+    outcome = intake.process(1, Fetched(1, _mail(1, "x@stranger.example", "Hallo",
+                                                 attachment=b"unreferenced bytes"), NOW))
+    assert outcome.ticket_number is None and "unknown sender" in outcome.reason
+    files = sorted(p for p in blob_dir.rglob("*") if p.is_file())
+    assert len(files) == 2
+    config = cli_config(tmp_path / "cli.toml", database_url, blob_dir)
+    assert maild("blobs", "gc", config=config).stdout.startswith("0 unreferenced")
+    old = time.time() - 7200
+    for path in files:
+        os.utime(path, (old, old))
+    assert maild("blobs", "gc", config=config).stdout.startswith("1 unreferenced")
+    [left] = [p for p in blob_dir.rglob("*") if p.is_file()]
+    with db.transaction(factory) as s:
+        assert s.scalars(select(InboundMessage.raw_sha256)).one() == left.name
