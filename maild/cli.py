@@ -211,7 +211,20 @@ def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparseable: say so without showing what may hold a password
+        return "(a database URL that cannot be parsed)"
+
+
+def _without_secrets(text: str, settings: Settings) -> str:
+    """`text` (a driver's message) with the database URL and its password masked."""
+    text = text.replace(settings.database_url, _safe_url(settings.database_url))
+    try:
+        password = make_url(settings.database_url).password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
@@ -224,15 +237,18 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
 
 def _check_database(settings: Settings) -> tuple[bool, str]:
     url = _safe_url(settings.database_url)
-    engine = db.make_engine(settings.database_url)
+    engine = None
     try:
+        engine = db.make_engine(settings.database_url)
         current, head = db.schema_status(engine)
     except MaildError as exc:
-        return False, f"database: {url}: {exc}"
+        return False, f"database: {url}: {_without_secrets(str(exc), settings)}"
     except Exception as exc:  # a driver missing or a malformed URL: say it in one line
-        return False, f"database: {url}: {type(exc).__name__}: {exc}".splitlines()[0]
+        detail = _without_secrets(f"{type(exc).__name__}: {exc}", settings)
+        return False, f"database: {url}: {detail}".splitlines()[0]
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
     if current != head:
         return False, f"database: {url}: schema {current or 'empty'}, needs {head}: " \
                       "run `maild db upgrade`"
