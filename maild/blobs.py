@@ -61,7 +61,7 @@ class FolderStore:
             _touch(path)  # in use again: `collect` spares it for its grace period
             return sha
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -111,6 +111,23 @@ class FolderStore:
                 yield path, path.stat().st_mtime
             except FileNotFoundError:  # deleted meanwhile
                 continue
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` and its missing parents as 0700 whatever the umask; leave existing
+    folders as they are (an operator's or systemd's choice)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process
+            continue
+        os.chmod(folder, 0o700)
 
 
 def _touch(path: Path) -> None:

@@ -5,6 +5,7 @@ attacker controls (Message-IDs, control characters) never reaches our headers or
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -251,3 +252,42 @@ def test_blobs_gc_deletes_files_nothing_refers_to_after_the_grace(tmp_path, fact
     [left] = [p for p in blob_dir.rglob("*") if p.is_file()]
     with db.transaction(factory) as s:
         assert s.scalars(select(InboundMessage.raw_sha256)).one() == left.name
+
+
+# -- file modes --------------------------------------------------------------------------------
+
+def test_database_and_blob_store_are_private_whatever_the_umask(tmp_path):
+    # With a careless umask (000) the SQLite file with its -wal/-shm and the blob store
+    # are still created readable by maild's user alone.
+    from sqlalchemy import text
+
+    from maild import blobs
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    old = os.umask(0)
+    try:
+        url = f"sqlite:///{tmp_path / 'state' / 'maild.db'}"
+        engine = db.make_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE TABLE t (x INTEGER)"))
+                conn.execute(text("INSERT INTO t VALUES (1)"))
+            with engine.connect() as conn:  # held open: -wal and -shm exist
+                conn.execute(text("SELECT x FROM t")).all()
+                state = tmp_path / "state"
+                assert mode(state) == 0o700
+                for name in ("maild.db", "maild.db-wal", "maild.db-shm"):
+                    assert mode(state / name) == 0o600, name
+        finally:
+            engine.dispose()
+        store = blobs.FolderStore(tmp_path / "var" / "blobs")
+        sha = store.put(b"a customer's mail")
+        path = tmp_path / "var" / "blobs" / sha[:2] / sha[2:4] / sha
+        assert mode(path) == 0o600
+        for folder in (path.parent, path.parent.parent, tmp_path / "var" / "blobs",
+                       tmp_path / "var"):
+            assert mode(folder) == 0o700, folder
+    finally:
+        os.umask(old)
