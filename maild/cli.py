@@ -301,7 +301,7 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
-    for r in rows:
+    for r in views.for_terminal(rows):
         flag = " (automatic)" if r["automatic"] else ""
         print(f"#{r['number']}  {r['status']:<11} {r['priority']:<7} {r['customer']:<32} "
               f"{str(r['subject'])[:60]}{flag}")
@@ -378,7 +378,8 @@ def _collect(settings: Settings, grace: float) -> int:
     return len(deleted)
 
 
-def _render_ticket(d: dict[str, Any]) -> str:
+def _render_ticket(raw: dict[str, Any]) -> str:
+    d = views.for_terminal(raw)  # a customer's ESC or bidi override stays text
     out = [f"Ticket #{d['number']}  {d['status']}, {d['priority']}"
            f"{', automatic' if d['automatic'] else ''}  {d['subject']}",
            f"Owner:     {d['owner'] or '-'}   cause {d['cause'] or '-'}"
@@ -399,12 +400,12 @@ def _render_ticket(d: dict[str, Any]) -> str:
             extra = "".join(f", {x}" for x in (a["note"], "" if a["listed"] else "logo") if x)
             out.append(f"      attachment {a['filename']} ({a['content_type']}, "
                        f"{a['size']} bytes{extra})")
-        for line in m["text"].strip().splitlines()[:12]:
+        for line in m["text"].strip().split("\n")[:12]:
             out.append(f"      | {line}")
     out.append("Events:")
-    for e in d["events"]:
-        out.append(f"  {e['at']}  {e['kind']:<10} by {e['actor']}  "
-                   f"{json.dumps(e['detail'], ensure_ascii=False)}")
+    for e, plain in zip(d["events"], raw["events"], strict=True):
+        detail = views.escape_controls(json.dumps(plain["detail"], ensure_ascii=False))
+        out.append(f"  {e['at']}  {e['kind']:<10} by {e['actor']}  {detail}")
     return "\n".join(out)
 
 
@@ -527,7 +528,7 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2, ensure_ascii=False))
             return 0
-        for r in rows:
+        for r in views.for_terminal(rows):
             print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>9} B  "
                   f"{r['message_id'] or '(no Message-ID)'}\n        {r['reason'][:150]}")
         print(f"{len(rows)} mails in quarantine")
@@ -541,16 +542,17 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         raw = store.get(row.raw_sha256) if row.raw_sha256 and store.exists(
             row.raw_sha256) else b""
     if args.quarantine_command == "show":
-        print(f"Mail {info['id']} in {info['mailbox']}, received {info['received_at']}, "
-              f"{info['size']} bytes, {info['attempts']} attempts")
-        print(f"Message-ID: {info['message_id'] or '-'}")
-        print(f"Reason:     {info['reason']}")
-        if info["error"]:
-            print(f"Error:      {info['error']}")
+        shown = views.for_terminal(info)  # what a sender wrote stays text on the terminal
+        print(f"Mail {shown['id']} in {shown['mailbox']}, received {shown['received_at']}, "
+              f"{shown['size']} bytes, {shown['attempts']} attempts")
+        print(f"Message-ID: {shown['message_id'] or '-'}")
+        print(f"Reason:     {shown['reason']}")
+        if shown["error"]:
+            print(f"Error:      {shown['error']}")
         head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
         print("Headers:")
-        for line in head.decode("utf-8", "replace").splitlines()[:60]:
-            print(f"  {line}")
+        for line in head.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")[:60]:
+            print(f"  {views.escape_controls(line, newlines=True)}")
         return 0
     if not raw:
         print(f"maild: the stored copy of mail {args.id} is missing", file=sys.stderr)

@@ -291,3 +291,39 @@ def test_database_and_blob_store_are_private_whatever_the_umask(tmp_path):
             assert mode(folder) == 0o700, folder
     finally:
         os.umask(old)
+
+
+# -- what a sender controls --------------------------------------------------------------------
+
+ESC_SUBJECT = "=?utf-8?b?" + __import__("base64").b64encode(
+    "Rechnung \x1b[2J\x1b]0;pwned\x07 \u202eexe.pdf".encode()).decode() + "?="
+
+
+def test_tickets_show_and_quarantine_show_print_control_characters_escaped(
+        intake, tmp_path, database_url):
+    # A sender's ESC sequences and bidi overrides reach the operator's terminal as text:
+    # `\x1b`, `\u202e`; the body's line breaks stay.
+    from harness import cli_config, maild
+    raw = (f"From: Eve <eve@evil.example>\r\nTo: service@example.com\r\n"
+           f"Subject: {ESC_SUBJECT}\r\nMessage-ID: <e1@evil.example>\r\n"
+           "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+           "Zeile eins\r\n\x1b[31mrot\x1b[0m und \u202eevil\r\nZeile drei\r\n").encode()
+    assert intake.process(1, Fetched(1, raw, NOW)).ticket_number == 10001
+    head = (f"From: Eve <eve@evil.example>\r\nSubject: {ESC_SUBJECT} \x1b[5m\r\n"
+            "Message-ID: <e2@evil.example>\r\n").encode()
+    assert intake.process(1, Fetched(2, head, NOW)).action == "quarantine"
+    config = cli_config(tmp_path / "cli.toml", database_url, tmp_path / "blobs")
+    shown = maild("tickets", "show", "10001", config=config)
+    listed = maild("tickets", "list", config=config)
+    with db.transaction(intake.factory) as s:
+        quarantined = s.scalars(select(InboundMessage.id).where(
+            InboundMessage.state == "quarantined")).one()
+    q = maild("quarantine", "show", str(quarantined), config=config)
+    for done in (shown, listed, q):
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "\u202e" not in done.stdout
+        assert "\x07" not in done.stdout
+    assert "Rechnung \\x1b[2J\\x1b]0;pwned\\x07 \\u202eexe.pdf" in shown.stdout
+    assert "| Zeile eins\n      | \\x1b[31mrot\\x1b[0m und \\u202eevil\n      | Zeile drei" \
+        in shown.stdout
+    assert "\\x1b[5m" in q.stdout
