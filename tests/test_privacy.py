@@ -327,3 +327,58 @@ def test_tickets_show_and_quarantine_show_print_control_characters_escaped(
     assert "| Zeile eins\n      | \\x1b[31mrot\\x1b[0m und \\u202eevil\n      | Zeile drei" \
         in shown.stdout
     assert "\\x1b[5m" in q.stdout
+
+
+def test_a_hostile_message_id_is_treated_as_absent():
+    # Control characters, spaces or more than a header line: not a Message-ID we copy.
+    from maild.mail.parse import parse
+    from maild.mail.thread import referenced_ids
+
+    def mail(message_id: str, in_reply_to: str = "", references: str = ""):
+        return parse((f"From: a@b.example\r\nMessage-ID: {message_id}\r\n"
+                      f"In-Reply-To: {in_reply_to}\r\nReferences: {references}\r\n"
+                      "\r\nHallo\r\n").encode())
+
+    assert mail("<ok.1@b.example>").message_id == "<ok.1@b.example>"
+    assert mail("ok.2@b.example").message_id == "<ok.2@b.example>"
+    assert mail("<x" + "a" * 990 + "@b>").message_id is not None  # 996: still a line
+    for bad in ("<evil\x1b[2J@b.example>", "evil\x1b@b.example", "<a b@c>",
+                "<" + "a" * 997 + "@b>", "<ok@b>\x07", "<\u202eexe@b>"):
+        parsed = mail(bad, in_reply_to=bad, references=f"<good@b.example> {bad}")
+        assert parsed.message_id in (None, "<ok@b>"), bad
+        assert parsed.in_reply_to in (None, "<ok@b>"), bad
+        assert set(referenced_ids(parsed)) <= {"<good@b.example>", "<ok@b>"}, bad
+    many = " ".join(f"<r{i}@b.example>" for i in range(500))
+    refs = mail("<m@b>", references=many).references
+    assert len(refs) == 50 and refs[-1] == "<r499@b.example>"
+
+
+def test_our_answer_never_carries_a_hostile_message_id(intake, factory, caplog):
+    # Mails whose Message-ID or References hold terminal escapes or run over a line: the
+    # acknowledgements' In-Reply-To/References and the log carry only well-formed ids.
+    from email import message_from_bytes, policy
+
+    from maild.models import OutboxMail
+    caplog.set_level(logging.INFO)
+
+    def mail(uid: int, message_id: str, subject: str) -> None:
+        raw = (f"From: Eve <eve@evil.example>\r\nTo: service@example.com\r\n"
+               f"Subject: {subject}\r\nMessage-ID: {message_id}\r\n"
+               f"References: <fine@evil.example> <{'x' * 1200}@evil.example> <e\x1b@v>\r\n"
+               "Content-Type: text/plain; charset=utf-8\r\n\r\nDer Export bricht ab.\r\n")
+        assert intake.process(1, Fetched(uid, raw.encode(), NOW)).ticket_number
+
+    mail(1, "<evil\x1b]0;x\x07@evil.example>", "Eins")
+    mail(2, "<m2@evil.example>", "Zwei")
+    with db.transaction(factory) as s:
+        acks = s.scalars(select(OutboxMail).where(OutboxMail.kind == "ack")
+                         .order_by(OutboxMail.id)).all()
+        assert s.scalars(select(InboundMessage.message_id).order_by(InboundMessage.id)
+                         ).all() == [None, "<m2@evil.example>"]
+    first, second = (message_from_bytes(a.raw, policy=policy.default) for a in acks)
+    assert first["In-Reply-To"] is None and first["References"] is None
+    assert second["In-Reply-To"] == "<m2@evil.example>"
+    assert second["References"] == "<fine@evil.example> <m2@evil.example>"
+    for ack in acks:
+        assert b"\x1b" not in ack.raw and b"x" * 1200 not in ack.raw
+    assert not [r for r in caplog.records if "\x1b" in r.getMessage()]
