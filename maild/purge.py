@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
+from email.utils import getaddresses
 from typing import Any
 
 from sqlalchemy import JSON, LargeBinary, String, Text, cast, delete, func, select, update
@@ -143,8 +144,9 @@ def _unref(session: Session, shas: Iterable[str | None]) -> list[str]:
 
 
 def _erase_mails(session: Session, store: BlobStore, address: str) -> tuple[int, list[str]]:
-    """The address's own mails on other tickets (as a person copied on them) and every
-    mail off any ticket that is from it or names it (quarantined, rejected, bounces)."""
+    """The address's own mails on other tickets (as a person copied on them), and the
+    mails off any ticket that are from it (quarantined, rejected) or machine mail naming
+    it (bounces, copies of ours); another's mail that only names it is cut later."""
     theirs = session.execute(select(
         TicketMessage.id, TicketMessage.inbound_id, TicketMessage.ticket_id,
         TicketMessage.body_text, TicketMessage.subject).where(
@@ -154,9 +156,11 @@ def _erase_mails(session: Session, store: BlobStore, address: str) -> tuple[int,
                {line.strip() for m in theirs for line in [m.subject, *m.body_text.splitlines()]
                 if len(line.strip()) >= _MIN_LINE})
     inbound = {m.inbound_id for m in theirs if m.inbound_id is not None}
-    for row_id, sha in session.execute(select(InboundMessage.id, InboundMessage.raw_sha256)
-                                       .where(InboundMessage.ticket_id.is_(None))):
-        if sha and store.exists(sha) and mentions(store.get(sha), address):
+    for row_id, sha, kind in session.execute(select(
+            InboundMessage.id, InboundMessage.raw_sha256, InboundMessage.kind).where(
+            InboundMessage.ticket_id.is_(None))):
+        raw = store.get(sha) if sha and store.exists(sha) else b""
+        if mentions(raw, address) and (kind in ("bounce", "own") or sender(raw) == address):
             inbound.add(row_id)
     shas.extend(s for s in session.scalars(select(InboundMessage.raw_sha256).where(
         InboundMessage.id.in_(inbound))) if s)
@@ -351,3 +355,11 @@ def _redact_message(msg: EmailMessage, cuts: dict[str, str]) -> bool:
                              charset="utf-8")
             changed = True
     return changed
+
+
+def sender(raw: bytes) -> str:
+    """The From address of a raw mail, lower case ('' when there is none)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    msg = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
+    found = getaddresses([str(v) for v in msg.get_all("from", [])])
+    return found[0][1].strip().lower() if found else ""

@@ -198,6 +198,8 @@ def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, data
     assert intake.process(1, Fetched(4, she_too, NOW)).ticket_number == bob
     header_only = f"From: {anna}\r\nSubject: {PHRASE}\r\nMessage-ID: <p3@mail.example>\r\n"
     assert intake.process(1, Fetched(3, header_only.encode(), NOW)).action == "quarantine"
+    bobs = f"From: bob@firma.example\r\nCc: {anna}\r\nMessage-ID: <p5@mail.example>\r\n"
+    assert intake.process(1, Fetched(5, bobs.encode(), NOW)).action == "quarantine"
     with db.transaction(factory) as s:
         bounces.mark_bouncing(s, ANNA, "5.1.1", f"550 {ANNA.lower()} unknown", NOW)
         t = s.scalars(select(Ticket).where(Ticket.number == bob)).one()
@@ -223,6 +225,11 @@ def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, data
         t = s.scalars(select(Ticket).where(Ticket.number == bob)).one()
         assert t.participants == [] and t.customer_address == "bob@firma.example"
         assert len(s.scalars(select(Ticket)).all()) == 1
+        # Bob's quarantined mail that only copied her stays, her address cut out
+        [kept] = s.scalars(select(InboundMessage).where(
+            InboundMessage.state == "quarantined")).all()
+        assert kept.message_id == "<p5@mail.example>"
+        assert b"Cc: Anna Berger <erased@invalid>" in desk.store.get(kept.raw_sha256)
 
 
 def test_blobs_gc_deletes_files_nothing_refers_to_after_the_grace(tmp_path, factory,
