@@ -14,15 +14,17 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from maild.errors import StorageUnavailable
-from maild.models import Blob
+from maild.models import Attachment, Blob, InboundMessage
 
 
 class BlobStore(Protocol):
@@ -56,9 +58,10 @@ class FolderStore:
         sha = digest(data)
         path = self._path(sha)
         if path.exists():
+            _touch(path)  # in use again: `collect` spares it for its grace period
             return sha
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -98,6 +101,40 @@ class FolderStore:
 
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
+
+    def files(self) -> Iterator[tuple[Path, float]]:
+        """Every file in the store (blobs and leftover temporary files) with its mtime."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.glob("??/??/*"):
+            try:
+                yield path, path.stat().st_mtime
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` and its missing parents as 0700 whatever the umask; leave existing
+    folders as they are (an operator's or systemd's choice)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process
+            continue
+        os.chmod(folder, 0o700)
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # read-only or gone: the next write will say so
 
 
 def _syncfs(root: Path) -> bool:
@@ -139,3 +176,19 @@ def add_ref(session: Session, sha256: str, size: int, now: datetime) -> None:
         index_elements=[Blob.sha256], set_={"refs": Blob.refs + 1}
     )
     session.execute(stmt)
+
+
+def collect(session: Session, store: FolderStore, older_than: datetime) -> list[Path]:
+    """Delete the files no row refers to (attachments of mails that were rejected, bounced
+    or our own: written before the decision; crash leftovers) once modified before
+    `older_than`, the grace that spares a mail in flight; returns what was deleted."""
+    used = {*session.scalars(select(Blob.sha256).where(Blob.refs > 0)),
+            *session.scalars(select(InboundMessage.raw_sha256)),
+            *session.scalars(select(Attachment.blob_sha256))}
+    cutoff = older_than.timestamp()
+    deleted = []
+    for path, mtime in store.files():
+        if mtime < cutoff and path.name not in used:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted

@@ -12,12 +12,11 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from maild import (
@@ -42,6 +41,7 @@ from maild.smtp import SmtpConnection
 log = logging.getLogger("maild")
 
 TICKET_STATUSES = ("new", *commands.STATUSES, "spam")
+GC_GRACE = 3600.0  # seconds a stored file referenced by nothing is spared (mail in flight)
 
 
 class JournalFormatter(logging.Formatter):
@@ -88,6 +88,17 @@ def parser() -> argparse.ArgumentParser:
     tp_ = tsub.add_parser("purge", help="erase a ticket and its personal data (GDPR)")
     tp_.add_argument("number", type=_ticket_number, help="ticket number")
     tp_.add_argument("--yes", action="store_true", help="really erase (no undo)")
+    cp = sub.add_parser("customers", help="erase a customer (GDPR)")
+    cpp = cp.add_subparsers(dest="customers_command", required=True).add_parser(
+        "purge", help="erase every ticket and mail of ADDRESS and cut it out everywhere else")
+    cpp.add_argument("address", type=_address, help="the customer's mail address")
+    cpp.add_argument("--yes", action="store_true", help="really erase (no undo)")
+    bp = sub.add_parser("blobs", help="the store of raw mails and attachments")
+    bg = bp.add_subparsers(dest="blobs_command", required=True).add_parser(
+        "gc", help="delete stored files no row refers to")
+    bg.add_argument("--older-than", type=float, default=GC_GRACE, metavar="SECONDS",
+                    help=f"only files unchanged for SECONDS (default {GC_GRACE:.0f}: "
+                         "spares mails in flight)")
     ap = sub.add_parser("accounts", help="the account book: companies and contacts")
     asub = ap.add_subparsers(dest="accounts_command", required=True)
     ai = asub.add_parser("import", help="upsert contacts and companies from a CSV file")
@@ -173,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
-        "addresses": cmd_addresses,
+        "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
     }
     try:
         code = handlers[args.command](settings, args)
@@ -209,8 +220,18 @@ def _safe_url(url: str) -> str:
     """The URL without its password (a malformed one is not shown: it may hold one)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(malformed URL)"
+    except Exception:  # unparseable: say so without showing what may hold a password
+        return "(a database URL that cannot be parsed)"
+
+
+def _without_secrets(text: str, settings: Settings) -> str:
+    """`text` (a driver's message) with the database URL and its password masked."""
+    text = text.replace(settings.database_url, _safe_url(settings.database_url))
+    try:
+        password = make_url(settings.database_url).password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
@@ -236,9 +257,10 @@ def _check_database(settings: Settings) -> tuple[bool, str]:
     try:
         current, head = db.schema_status(engine)
     except MaildError as exc:
-        return False, f"database: {url}: {exc}"
-    except Exception as exc:  # anything else the driver says: in one line
-        return False, f"database: {url}: {type(exc).__name__}: {exc}".splitlines()[0]
+        return False, f"database: {url}: {_without_secrets(str(exc), settings)}"
+    except Exception as exc:  # a driver missing or a malformed URL: say it in one line
+        detail = _without_secrets(f"{type(exc).__name__}: {exc}", settings)
+        return False, f"database: {url}: {detail}".splitlines()[0]
     finally:
         engine.dispose()
     if current != head:
@@ -294,7 +316,7 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
-    for r in rows:
+    for r in views.for_terminal(rows):
         flag = " (automatic)" if r["automatic"] else ""
         print(f"#{r['number']}  {r['status']:<11} {r['priority']:<7} {r['customer']:<32} "
               f"{str(r['subject'])[:60]}{flag}")
@@ -330,13 +352,49 @@ def cmd_tickets_purge(settings: Settings, args: argparse.Namespace) -> int:
         print(f"maild: no ticket #{args.number}", file=sys.stderr)
         return 1
     purge.delete_blobs(blobs.FolderStore(settings.blob_dir), result.orphaned_blobs)
+    collected = _collect(settings, GC_GRACE)
     print(f"ticket #{result.number} erased: {result.messages} messages, "
           f"{result.attachments} attachments, {result.raw_mails} raw mails, "
-          f"{result.outgoing} outgoing mails, {len(result.orphaned_blobs)} files deleted")
+          f"{result.outgoing} outgoing mails, "
+          f"{len(result.orphaned_blobs) + collected} files deleted")
     return 0
 
 
-def _render_ticket(d: dict[str, Any]) -> str:
+def cmd_customers_purge(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(f"maild: erasing everything of {args.address} cannot be undone; "
+              "run again with --yes", file=sys.stderr)
+        return 1
+    store = blobs.FolderStore(settings.blob_dir)
+    with _session(settings) as session:
+        result = purge.purge_customer(session, store, args.address, _actor(),
+                                      datetime.now(UTC))
+    purge.delete_blobs(store, result.orphaned_blobs)
+    collected = _collect(settings, GC_GRACE)
+    numbers = ", ".join(f"#{n}" for n in result.tickets) or "none"
+    print(f"{result.address} erased: tickets {numbers}, {result.mails} other mails, "
+          f"{result.outgoing} outgoing mails, cut out of {result.redacted} places, "
+          f"{len(result.orphaned_blobs) + collected} files deleted")
+    print("note: the copies in the IMAP folders are not touched; delete them there")
+    return 0
+
+
+def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
+    count = _collect(settings, max(0.0, args.older_than))
+    print(f"{count} unreferenced files deleted from {settings.blob_dir}")
+    return 0
+
+
+def _collect(settings: Settings, grace: float) -> int:
+    store = blobs.FolderStore(settings.blob_dir)
+    with _session(settings) as session:
+        deleted = blobs.collect(session, store,
+                                datetime.now(UTC) - timedelta(seconds=grace))
+    return len(deleted)
+
+
+def _render_ticket(raw: dict[str, Any]) -> str:
+    d = views.for_terminal(raw)  # a customer's ESC or bidi override stays text
     out = [f"Ticket #{d['number']}  {d['status']}, {d['priority']}"
            f"{', automatic' if d['automatic'] else ''}  {d['subject']}",
            f"Owner:     {d['owner'] or '-'}   cause {d['cause'] or '-'}"
@@ -357,12 +415,12 @@ def _render_ticket(d: dict[str, Any]) -> str:
             extra = "".join(f", {x}" for x in (a["note"], "" if a["listed"] else "logo") if x)
             out.append(f"      attachment {a['filename']} ({a['content_type']}, "
                        f"{a['size']} bytes{extra})")
-        for line in m["text"].strip().splitlines()[:12]:
+        for line in m["text"].strip().split("\n")[:12]:
             out.append(f"      | {line}")
     out.append("Events:")
-    for e in d["events"]:
-        out.append(f"  {e['at']}  {e['kind']:<10} by {e['actor']}  "
-                   f"{json.dumps(e['detail'], ensure_ascii=False)}")
+    for e, plain in zip(d["events"], raw["events"], strict=True):
+        detail = views.escape_controls(json.dumps(plain["detail"], ensure_ascii=False))
+        out.append(f"  {e['at']}  {e['kind']:<10} by {e['actor']}  {detail}")
     return "\n".join(out)
 
 
@@ -495,7 +553,7 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2, ensure_ascii=False))
             return 0
-        for r in rows:
+        for r in views.for_terminal(rows):
             print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>9} B  "
                   f"{r['message_id'] or '(no Message-ID)'}\n        {r['reason'][:150]}")
         print(f"{_count(len(rows), 'mail')} in quarantine")
@@ -509,16 +567,17 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         raw = store.get(row.raw_sha256) if row.raw_sha256 and store.exists(
             row.raw_sha256) else b""
     if args.quarantine_command == "show":
-        print(f"Mail {info['id']} in {info['mailbox']}, received {info['received_at']}, "
-              f"{info['size']} bytes, {info['attempts']} attempts")
-        print(f"Message-ID: {info['message_id'] or '-'}")
-        print(f"Reason:     {info['reason']}")
-        if info["error"]:
-            print(f"Error:      {info['error']}")
+        shown = views.for_terminal(info)  # what a sender wrote stays text on the terminal
+        print(f"Mail {shown['id']} in {shown['mailbox']}, received {shown['received_at']}, "
+              f"{shown['size']} bytes, {shown['attempts']} attempts")
+        print(f"Message-ID: {shown['message_id'] or '-'}")
+        print(f"Reason:     {shown['reason']}")
+        if shown["error"]:
+            print(f"Error:      {shown['error']}")
         head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
         print("Headers:")
-        for line in head.decode("utf-8", "replace").splitlines()[:60]:
-            print(f"  {line}")
+        for line in head.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")[:60]:
+            print(f"  {views.escape_controls(line, newlines=True)}")
         return 0
     if not raw:
         print(f"maild: the stored copy of mail {args.id} is missing", file=sys.stderr)

@@ -12,6 +12,7 @@ instead come from, in this order of precedence:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -65,6 +66,11 @@ class ImapSettings(_Section):
     fetch_batch_mb: float = Field(default=100.0, gt=0)
     idle: bool = True
 
+    @model_validator(mode="after")
+    def _cleartext_only_to_loopback(self) -> ImapSettings:
+        _tls_needs_loopback(self.tls, self.host)
+        return self
+
     @property
     def mailbox_id(self) -> str:
         """Names this watched folder in the database: several accounts may have an INBOX."""
@@ -78,6 +84,11 @@ class SmtpSettings(_Section):
     password: str = ""
     tls: TlsMode = "starttls"
     timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _cleartext_only_to_loopback(self) -> SmtpSettings:
+        _tls_needs_loopback(self.tls, self.host)
+        return self
 
 
 class DatabaseSettings(_Section):
@@ -371,6 +382,37 @@ class SecuritySettings(_Section):
     secret_key: str = ""
     agent_key_version: int = Field(default=1, ge=1)
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"too short: a signing key needs at least {MIN_SECRET_BYTES} bytes (make "
+                "one with `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`), "
+                "or leave it unset and maild generates one and keeps it in the database")
+        return value
+
+
+MIN_SECRET_BYTES = 32
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only hosts a cleartext connection may go to."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_needs_loopback(tls: str, host: str) -> None:
+    if tls == "none" and not is_loopback(host):
+        raise ValueError(
+            f'tls = "none" would send the password in clear to {host}: allowed for a '
+            'loopback host only (127.0.0.1, ::1, localhost); use "ssl" or "starttls"')
+
 
 class PathSettings(_Section):
     state_dir: str = ""
@@ -531,6 +573,14 @@ def _describe(name: str, err: Any) -> str:
     if err["type"] == "missing":
         return f"{name}: {where}: missing (required)"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    secret = tuple(loc[:2]) in SECRET_KEYS or any(
+        word in part for part in loc for word in ("password", "secret"))
+    shown = "" if isinstance(got, dict | list) or secret else f" (got {_short(got)})"
     message = str(err["msg"]).removeprefix("Value error, ")
     return f"{name}: {where}: {message}{shown}"
+
+
+def _short(value: Any) -> str:
+    """A rejected value for a message: repr, capped (a value may be long or hostile)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."

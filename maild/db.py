@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +19,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from maild.blobs import private_dir
 from maild.errors import ConfigError, StorageUnavailable
 from maild.models import AppSecret, Counter, Ticket
 
@@ -41,7 +44,7 @@ def make_engine(url: str, *, must_exist: bool = False) -> Engine:
                 f"no database at {path} (nothing was created): run `maild db upgrade` to "
                 "create it, or point [paths] state_dir or [database] url at the existing one")
         if not must_exist:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(url)
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": 30})
@@ -69,6 +72,26 @@ def sqlite_path(url: str) -> Path | None:
 
 def _dialect(url: str) -> str:
     return url.partition(":")[0] or "this database"
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the SQLite file 0600 (its folder 0700 if missing) whatever the umask; SQLite
+    gives its -wal and -shm files the database file's mode."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        private_dir(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StorageUnavailable(f"database file {path}: {exc.strerror or exc}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -144,9 +167,13 @@ def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
             value = secrets.token_urlsafe(48)
             session.execute(insert(AppSecret).values(name=name, value=value, created_at=now))
     except sa_exc.IntegrityError:
-        pass
-    with transaction(factory) as session:
-        return session.scalars(select(AppSecret.value).where(AppSecret.name == name)).one()
+        # Another process wrote it first, if a fresh look finds it; else a real failure.
+        with transaction(factory) as session:
+            found = session.scalar(select(AppSecret.value).where(AppSecret.name == name))
+        if not found:
+            raise
+        return found
+    return value
 
 
 class MailboxLock:

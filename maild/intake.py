@@ -168,9 +168,12 @@ class Intake:
         try:
             with session.begin_nested():
                 return self._apply(session, uidvalidity, p, now)
-        except sa_exc.IntegrityError:
-            # Another process recorded the same mail first: it is done.
-            return Outcome(p.mail.uid, "processed", "recorded concurrently")
+        except sa_exc.IntegrityError as exc:
+            done = _finished_elsewhere(session, p)
+            if done is not None:  # another process recorded the same mail first
+                return done
+            error = _failed(_describe(exc.orig or exc), traceback.format_exc(), p.mail.uid)
+            return self._record_failure(session, uidvalidity, p, error, now)
         except Temporary:
             raise
         except Exception as exc:  # a bug or a mail we cannot handle: count it against the mail
@@ -289,6 +292,19 @@ class Intake:
             row.reason = f"processing failed {row.attempts} times: {error}"
             row.finished_at = now
             return Outcome(p.mail.uid, "quarantine", row.reason)
+
+
+def _finished_elsewhere(session: Session, p: Prepared) -> Outcome | None:
+    """After an IntegrityError (the savepoint rolled back): a fresh look by the dedupe key.
+    Only a row another process finished makes it a duplicate; anything else (NOT NULL,
+    foreign key, …) is this mail's own failure and None is returned."""
+    row = session.scalars(
+        select(InboundMessage).where(InboundMessage.dedupe_key == p.key)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if row is None or row.state != "processed":
+        return None
+    return Outcome(p.mail.uid, "processed", "recorded concurrently")
 
 
 def _failed(error: str, trace: str, uid: int) -> str:

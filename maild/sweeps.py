@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -115,15 +116,15 @@ class Sweeper:
                 ticket = session.get(Ticket, ticket_id)
                 if ticket is not None:
                     action(session, ticket)
-        except sa_exc.IntegrityError:
-            pass  # another process claimed it first
         except Temporary:
             raise
-        except Exception as exc:
+        except Exception as exc:  # claims lost to another process never get here (`_claim`)
             if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
                 raise
-            log.exception("sweep failed for ticket id=%s", ticket_id)
-            counts.errors.append(f"ticket id={ticket_id}: {exc}")
+            error_id = secrets.token_hex(4)
+            log.exception("sweep failed for ticket id=%s error_id=%s", ticket_id, error_id)
+            counts.errors.append(f"ticket id={ticket_id}: {_describe(exc)} "
+                                 f"[error id {error_id}]")
 
     # -- first response -------------------------------------------------------------------
 
@@ -281,8 +282,18 @@ def _claim(session: Session, key: str, now: datetime) -> bool:
             session.add(SweepMark(key=key, at=now))
             session.flush()
     except sa_exc.IntegrityError:
+        # A fresh look: only the mark written by another process means the claim is lost;
+        # any other integrity failure is a real one and goes up to be logged.
+        if session.scalar(select(SweepMark.key).where(SweepMark.key == key)) is None:
+            raise
         return False
     return True
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an error, without a driver's SQL and parameters."""
+    shown = getattr(exc, "orig", None) or exc
+    return f"{type(shown).__name__}: {shown}".splitlines()[0][:500]
 
 
 # -- the report ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,38 @@ from sqlalchemy.orm import Session
 
 from maild import db
 from maild.models import Attachment, Event, Ticket, TicketMessage
+
+# C0 and C1 controls, DEL, and the marks that reorder text on screen (bidi overrides,
+# isolates, LRM/RLM/ALM): in a terminal they could move the cursor, recolour or hide text.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_TEXT_FIELDS = ("text", "new_text")  # message bodies: their line breaks stay
+
+
+def escape_controls(text: str, *, newlines: bool = False) -> str:
+    """`text` safe for a terminal: every control character written as an escape (ESC as
+    `\\x1b`, U+202E as `\\u202e`); with `newlines`, line breaks (\\n, \\r\\n) and tabs are kept."""
+    if newlines:
+        text = text.replace("\r\n", "\n")
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group(0)
+        if newlines and char in "\n\t":
+            return char
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROLS.sub(escape, text)
+
+
+def for_terminal(value: Any, key: str = "") -> Any:
+    """A view (dicts, lists, strings) with every string escaped for a terminal."""
+    if isinstance(value, str):
+        return escape_controls(value, newlines=key in _TEXT_FIELDS)
+    if isinstance(value, list):
+        return [for_terminal(v, key) for v in value]
+    if isinstance(value, dict):
+        return {escape_controls(str(k)): for_terminal(v, str(k)) for k, v in value.items()}
+    return value
 
 
 def _when(moment: datetime | None) -> str | None:

@@ -161,3 +161,75 @@ def test_calendar_extras_from_toml(tmp_path):
         config.load(bad, environ={})
     assert "[calendar] weekday_hours" in str(err.value) and "closes before it opens" in str(
         err.value)
+
+
+def test_config_errors_never_show_a_secret(tmp_path):
+    # A mistyped password or a too short signing key: the message names the key and the
+    # problem, never the value (it ends up in terminals, journals and tickets).
+    body = MINIMAL.replace('password = "secret"', "password = 987654321", 1)
+    body += '\n[security]\nsecret_key = "hunter2-hunter2"\n'
+    with pytest.raises(ConfigError) as err:
+        config.load(write(tmp_path, body), environ={})
+    text = str(err.value)
+    assert "[imap] password:" in text and "[security] secret_key:" in text
+    assert "987654321" not in text and "hunter2" not in text
+    assert "at least 32 bytes" in text
+
+
+def test_cli_prints_config_errors_without_the_secret(tmp_path):
+    # `maild check` with a short key from the environment: exit 2, a readable message.
+    import os
+    import subprocess
+    import sys
+    path = write(tmp_path, MINIMAL)
+    env = {**os.environ, "MAILD_SECURITY_SECRET_KEY": "tiny-key-4711"}
+    done = subprocess.run([sys.executable, "-m", "maild", "--config", str(path), "check"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert "[security] secret_key: " in done.stderr and "too short" in done.stderr
+    assert "tiny-key-4711" not in done.stderr + done.stdout
+
+
+def test_a_long_signing_key_is_taken(tmp_path):
+    key = "k" * 32
+    s = config.load(write(tmp_path, MINIMAL + f'\n[security]\nsecret_key = "{key}"\n'),
+                    environ={})
+    assert s.security.secret_key == key
+
+
+@pytest.mark.parametrize("section", ["imap", "smtp"])
+def test_cleartext_is_refused_for_a_host_that_is_not_loopback(tmp_path, section):
+    # tls = "none" would send the password in clear over the network: loopback only.
+    tls = 'tls = "ssl"' if section == "imap" else 'tls = "starttls"'
+    body = MINIMAL.replace(tls, 'tls = "none"')
+    with pytest.raises(ConfigError) as err:
+        config.load(write(tmp_path, body), environ={})
+    assert f"[{section}]" in str(err.value) and "loopback" in str(err.value)
+    host = f'host = "{section}.example.com"'
+    for loopback in ("127.0.0.1", "127.8.9.10", "::1", "localhost", "LOCALHOST"):
+        s = config.load(write(tmp_path, body.replace(host, f'host = "{loopback}"')),
+                        environ={})
+        assert getattr(s, section).tls == "none"
+    for remote in ("10.0.0.1", "128.0.0.1", "localhost.example.com", "::2"):
+        with pytest.raises(ConfigError, match="loopback"):
+            config.load(write(tmp_path, body.replace(host, f'host = "{remote}"')), environ={})
+
+
+def test_check_never_prints_the_database_password(tmp_path):
+    # A database that refuses us or a URL that cannot be parsed: `maild check` says so in
+    # one line without the password.
+    import os
+    import subprocess
+    import sys
+    for url in ("postgresql+psycopg://maild:pw-s3cr3t-99@127.0.0.1:1/maild",
+                "postgresql+psycopg://maild:pw-s3cr3t-99@127.0.0.1:notaport/maild"):
+        body = MINIMAL.replace('url = "sqlite:////var/lib/maild/maild.db"', f'url = "{url}"')
+        for server in ("imap", "smtp"):  # closed loopback ports: no network needed
+            body = body.replace(f'host = "{server}.example.com"', 'host = "127.0.0.1"')
+        body = body.replace("port = 993", "port = 1").replace("port = 587", "port = 1")
+        done = subprocess.run(
+            [sys.executable, "-m", "maild", "--config", str(write(tmp_path, body)), "check"],
+            capture_output=True, text=True, env={**os.environ, "MAILD_IMAP_PASSWORD": "x"},
+            timeout=120)
+        assert "FAIL  database:" in done.stdout, done.stdout + done.stderr
+        assert "pw-s3cr3t-99" not in done.stdout + done.stderr

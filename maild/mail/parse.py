@@ -15,7 +15,13 @@ from typing import Any
 
 from inscriptis import get_text
 
-_MSGID = re.compile(r"<[^<>\s]+>")
+# A Message-ID we copy into our headers and logs: `<…>` of printable ASCII without spaces,
+# at most a header line (998) long; anything else is treated as absent.
+MAX_MSGID = 998
+_ID_CHARS = r"[\x21-\x3b\x3d\x3f-\x7e]"  # printable ASCII but space, < and >
+_MSGID = re.compile(rf"<{_ID_CHARS}{{1,{MAX_MSGID - 2}}}>")
+_BARE_MSGID = re.compile(rf"{_ID_CHARS}{{1,{MAX_MSGID - 2}}}")
+MAX_REFERENCES = 50  # the newest; the rest of a long thread adds nothing
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
 _TRACE = ("received", "authentication-results")
@@ -84,7 +90,7 @@ def parse(raw: bytes) -> InboundMail:
         reply_to=_first_address(headers.get("reply-to", ""))[1],
         date=_date(headers.get("date", "")),
         in_reply_to=_one_msgid(headers.get("in-reply-to", "")),
-        references=tuple(_MSGID.findall(headers.get("references", ""))),
+        references=tuple(_MSGID.findall(headers.get("references", "")))[-MAX_REFERENCES:],
         headers=headers,
         content_type=_content_type(msg),
         text=text,
@@ -263,7 +269,12 @@ def _one_msgid(value: str) -> str | None:
     if found:
         return found.group(0)
     value = value.strip()
-    return f"<{value}>" if value and " " not in value else None
+    return f"<{value}>" if _BARE_MSGID.fullmatch(value) else None
+
+
+def valid_message_id(value: str) -> bool:
+    """Whether `value` is a Message-ID we may copy into our headers and logs."""
+    return _MSGID.fullmatch(value) is not None
 
 
 def _date(value: str) -> datetime | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from maild.mail.parse import InboundMail
+from maild.mail.parse import InboundMail, valid_message_id
 
 _TAG = re.compile(r"\[#(\d{1,12})\]")
 _PLUS = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>\d{1,12})\.(?P<token>[A-Za-z0-9_-]{6,64})"
@@ -14,7 +14,7 @@ _PLUS = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>\d{1,12})\.(?P<token>[A-Za-z
 def referenced_ids(mail: InboundMail) -> list[str]:
     """Message-IDs this mail answers, newest first (In-Reply-To, then References)."""
     ids = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))
-    return list(dict.fromkeys(ids))[:50]
+    return [i for i in dict.fromkeys(ids) if valid_message_id(i)][:50]
 
 
 def subject_tag(subject: str) -> int | None:
