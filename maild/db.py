@@ -57,6 +57,10 @@ def make_engine(url: str, *, must_exist: bool = False) -> Engine:
                 if url.startswith("postgres") else "maild supports sqlite and postgresql")
         raise ConfigError(f"[database] url: the driver for {_dialect(url)} is not "
                           f"installed (no module {exc.name or exc}): {hint}") from None
+    except ValueError:  # e.g. a port that is not a number; the URL may hold a password
+        raise ConfigError("[database] url: not a usable database URL; expected "
+                          "e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB or "
+                          "sqlite:////var/lib/maild/maild.db") from None
     except sa_exc.ArgumentError as exc:
         raise ConfigError(f"[database] url: not a usable database URL ({exc}); expected "
                           "e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB or "

@@ -196,9 +196,12 @@ def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, data
     she_too = _mail(4, anna, f"Bei mir auch. {PHRASE}, seit gestern.",
                     subject=f"Re: [#{bob}] Login")  # copied on Bob's, she writes there too
     assert intake.process(1, Fetched(4, she_too, NOW)).ticket_number == bob
-    header_only = f"From: {anna}\r\nSubject: {PHRASE}\r\nMessage-ID: <p3@mail.example>\r\n"
+    broken = "Content-Type: multipart/mixed; boundary=Q\r\n\r\n\r\n"  # nothing readable
+    header_only = (f"From: {anna}\r\nSubject: {PHRASE}\r\nMessage-ID: <p3@mail.example>\r\n"
+                   + broken)
     assert intake.process(1, Fetched(3, header_only.encode(), NOW)).action == "quarantine"
-    bobs = f"From: bob@firma.example\r\nCc: {anna}\r\nMessage-ID: <p5@mail.example>\r\n"
+    bobs = (f"From: bob@firma.example\r\nCc: {anna}\r\nMessage-ID: <p5@mail.example>\r\n"
+            + broken)
     assert intake.process(1, Fetched(5, bobs.encode(), NOW)).action == "quarantine"
     with db.transaction(factory) as s:
         bounces.mark_bouncing(s, ANNA, "5.1.1", f"550 {ANNA.lower()} unknown", NOW)
@@ -317,7 +320,8 @@ def test_tickets_show_and_quarantine_show_print_control_characters_escaped(
            "Zeile eins\r\n\x1b[31mrot\x1b[0m und \u202eevil\r\nZeile drei\r\n").encode()
     assert intake.process(1, Fetched(1, raw, NOW)).ticket_number == 10001
     head = (f"From: Eve <eve@evil.example>\r\nSubject: {ESC_SUBJECT} \x1b[5m\r\n"
-            "Message-ID: <e2@evil.example>\r\n").encode()
+            "Message-ID: <e2@evil.example>\r\n"
+            "Content-Type: multipart/mixed; boundary=Q\r\n\r\n\r\n").encode()  # unreadable
     assert intake.process(1, Fetched(2, head, NOW)).action == "quarantine"
     config = cli_config(tmp_path / "cli.toml", database_url, tmp_path / "blobs")
     shown = maild("tickets", "show", "10001", config=config)
