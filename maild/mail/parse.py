@@ -16,6 +16,7 @@ from inscriptis import get_text
 
 _MSGID = re.compile(r"<[^<>\s]+>")
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_TAG = re.compile(r"<[^<>]++>")  # an HTML tag, for when the HTML parser gives up
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+")
 
@@ -238,7 +239,7 @@ def html_to_text(html: str) -> str:
     try:
         return str(get_text(html)).strip()
     except Exception:
-        return re.sub(r"<[^>]+>", " ", html)
+        return _TAG.sub(" ", html)
 
 
 def _attachments(msg: Message, body_ids: set[int]) -> list[Part]:
