@@ -18,7 +18,10 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _TAG = re.compile(r"<[^<>]++>")  # an HTML tag, for when the HTML parser gives up
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
-_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+")
+# An address (checked whole with fullmatch); starting only where a word starts and with
+# possessive parts it stays linear even when searched.
+_ADDRESS_CHAR = r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]"
+_ADDRESS = re.compile(rf"(?<!{_ADDRESS_CHAR}){_ADDRESS_CHAR}++@{_ADDRESS_CHAR}++")
 
 
 @dataclass(frozen=True, slots=True)
