@@ -20,6 +20,8 @@ FACTS = (
     "order_numbers", "customer_numbers",
 )
 LIST_FACTS = frozenset({"order_numbers", "customer_numbers"})
+MAX_NUMBERS = 100  # reference numbers kept per list and mail
+MAX_SIGNATURE_LINES = 40  # lines of a signature searched for the company
 
 Facts = dict[str, str | list[str]]
 
@@ -211,10 +213,14 @@ class _Found:
     def add_numbers(self, fact: str, numbers: Iterable[str]) -> None:
         current = self.facts.setdefault(fact, [])
         assert isinstance(current, list)
+        seen = set(current)
         for number in numbers:
+            if len(current) >= MAX_NUMBERS:
+                break
             cleaned = number.strip().lstrip("#").rstrip(".,;:")
-            if cleaned and any(c.isdigit() for c in cleaned) and cleaned not in current:
+            if cleaned and any(c.isdigit() for c in cleaned) and cleaned not in seen:
                 current.append(cleaned)
+                seen.add(cleaned)
         if not current:
             del self.facts[fact]
 
@@ -364,9 +370,10 @@ def _who(body: str, sender: Sender, found: _Found) -> None:
         found.put("contact_name", name)
     name = str(found.facts.get("contact_name", ""))
     if name:  # "Laura Chen, RetailCo Ltd, +1 …" at the top counts as a signature too
+        known = set(sig_lines)
         sig_lines += [line.strip() for line in body.splitlines()
-                      if name in line and "," in line and line.strip() not in sig_lines]
-    company = _company(sig_lines, name)
+                      if name in line and "," in line and line.strip() not in known]
+    company = _company(sig_lines[:MAX_SIGNATURE_LINES], name)
     if company:
         found.put("company", company)
 
