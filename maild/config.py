@@ -329,6 +329,7 @@ class AccountsSettings(_Section):
 class AttachmentSettings(_Section):
     max_file_mb: float = Field(default=25.0, gt=0)
     max_mail_mb: float = Field(default=50.0, gt=0)
+    max_count: int = Field(default=100, ge=1)
     logo_max_kb: float = Field(default=32.0, ge=0)
 
 

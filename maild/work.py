@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 STATUS_MAILS = ("in_progress", "waiting", "resolved")
 REPLY_ABOVE = "please reply above this line"  # the marker line atop every mail to agents
-_QUOTE_HEADER = re.compile(r"(schrieb|wrote|a écrit|escribió)[^:]*:\s*$|^\s*(von|from):",
+# "… schrieb …:" ending the line, or "Von:"/"From:" starting it. From a keyword the scan
+# stops at the next keyword (that one is tried on its own), so each character is read once.
+_QUOTE_HEADER = re.compile(r"(schrieb|wrote|a écrit|escribió)"
+                           r"(?:(?!schrieb|wrote|a écrit|escribió)[^:])*+:\s*+$|^\s*+(von|from):",
                            re.IGNORECASE)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from maild.mail.bounded import bounded
+
 STATUSES = ("in_progress", "waiting", "resolved", "closed")
 PRIORITIES = ("urgent", "high", "normal", "low")
 CAUSES = ("ours", "customer", "third-party")
@@ -77,8 +79,10 @@ def help_text(language: str, indent: str = "  ") -> str:
                      for s in REGISTRY.values())
 
 
-_LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]*)(?:[ \t]+(.*))?$")
-_ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
+_LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]*+)(?:[ \t]++(.*))?$")
+# local@domain, the domain with a '.' that neither starts nor ends it (found left to right,
+# so the check is linear).
+_ADDRESS = re.compile(r"^[^\s@<>]++@[^\s@<>](?=[^\s@<>]*?\.[^\s@<>])[^\s@<>]*+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +107,9 @@ class Commands:
 
 
 def parse(text: str) -> Commands:
-    """Split `text` (the agent's new words) into commands, errors and the remaining text."""
-    lines = text.replace("\r\n", "\n").split("\n")
+    """Split `text` (the agent's new words) into commands, errors and the remaining text
+    (of at most `bounded.MAX_TEXT` characters, lines cut at `bounded.MAX_LINE`)."""
+    lines = bounded(text.replace("\r\n", "\n")).split("\n")
     commands: list[Command] = []
     errors: list[str] = []
     note_words = ""

@@ -1,6 +1,7 @@
 """What a bounce says (RFC 3464 delivery status, and the plain-text notices of MTAs that
 send none): which recipients failed, how (permanent 5.x.x or temporary 4.x.x), and which
-mail of ours it was about. Pure and best effort: never raises on content."""
+mail of ours it was about. Pure and best effort: never raises on content; reads at most
+`bounded.MAX_TEXT` characters of the notice's text."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 
+from maild.mail.bounded import bounded
+
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SMTP_CODE = re.compile(r"(?:^|\s)([45])\d\d[ -]", re.MULTILINE)
-_MSGID = re.compile(r"<[^<>\s]{3,250}@[^<>\s]{1,250}>")
-_ADDRESS = re.compile(r"[^\s<>;:\"'(),\[\]]+@[^\s<>;:\"'(),\[\]]+\.[A-Za-z]{2,}")
+_MSGID = re.compile(r"<(?=[^<>\s]{4,501}>)[^<>\s]{3,250}@[^<>\s]{1,250}+>")
+# An address in prose: its local part starts where a word does (or after an '@'), and
+# neither part holds an '@', so no character is read by more than two attempts.
+_ADDRESS = re.compile(r"(?<![^\s<>;:\"'(),\[\]@])[^\s<>;:\"'(),\[\]@]++@"
+                      r"[^\s<>;:\"'(),\[\]@]+\.[A-Za-z]{2,}+")
+_BLANK_LINE = re.compile(r"\r?\n(?:[^\S\n]*+\n)++")  # a newline, blanks, a newline
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +76,7 @@ def read(raw: bytes, own_domain: str = "") -> Report:
             texts.append(text)
         elif ctype.startswith("text/"):
             texts.append(_text(part))
-    body = "\n".join(texts)
+    body = bounded("\n".join(texts))
     # Plain-text notices: Message-ID lines of the returned headers, our own IDs anywhere.
     for line in body.splitlines():
         if line.lower().lstrip("> ").startswith("message-id:"):
@@ -113,7 +120,7 @@ def _delivery_status(part: Message) -> list[Failure]:
         blocks = [b for b in payload if isinstance(b, Message)]
     elif isinstance(payload, str):  # some parsers leave it as text: split on blank lines
         blocks = [email.message_from_string(chunk, policy=policy.compat32)
-                  for chunk in re.split(r"\r?\n\s*\r?\n", payload) if chunk.strip()]
+                  for chunk in _BLANK_LINE.split(payload) if chunk.strip()]
     found = []
     for block in blocks:
         recipient = _address(str(block.get("Final-Recipient", "")

@@ -12,18 +12,25 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from maild.mail.bounded import bounded
+
 FACTS = (
     "contact_name", "email", "phone", "company", "occurred", "location", "device", "os",
     "software_version", "network", "action", "error_message", "reproducible",
     "order_numbers", "customer_numbers",
 )
 LIST_FACTS = frozenset({"order_numbers", "customer_numbers"})
+MAX_NUMBERS = 100  # reference numbers kept per list and mail
+MAX_SIGNATURE_LINES = 40  # lines of a signature searched for the company
 
 Facts = dict[str, str | list[str]]
 
 
+_NORM = re.compile(r"[\s.\-_:]+")
+
+
 def _norm(label: str) -> str:
-    return re.sub(r"[\s.\-_:]+", "", label.lower())
+    return _NORM.sub("", label.lower())
 
 
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -65,26 +72,32 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 LABELS: dict[str, str] = {_norm(a): fact for fact, aliases in _ALIASES.items() for a in aliases}
 _LABEL_WORDS = sorted({a for aliases in _ALIASES.values() for a in aliases}, key=len, reverse=True)
 _LABEL_RE = "|".join(re.escape(a) for a in _LABEL_WORDS)
+# A label, then ':', '=', '|', ' - ' or two blanks (after an optional '?'), then the
+# value: one character at least follows the separator (a blank makes the value empty);
+# its trailing blanks and '|' are cut in Python (as a pattern they cost cubic time).
 _LABELLED = re.compile(
-    rf"^\s*(?:[-*•]\s*|\|\s*)?(?P<label>{_LABEL_RE})\.?\s*(?:\?\s*)?"
-    rf"(?:[:=|]|\s[-–]\s|\s{{2,}})\s*(?P<value>.+?)\s*\|?\s*$",
+    rf"^\s*+(?:[-*•]\s*+|\|\s*+)?(?P<label>{_LABEL_RE})\.?(?:\s*+\?\s*+|\s*+)"
+    r"(?:(?:[:=|]|(?<=\s)[-–]\s|(?<=\s\s))(?=.)|(?<=\s\s\s)$)\s*+(?P<value>.*)",
     re.IGNORECASE,
 )
 
-_NUMBER = r"#?[A-Z0-9][A-Z0-9\-/]*\d[A-Z0-9\-/]*"
+# A reference number: letters, digits, '-' and '/', a digit after the first character,
+# at most 64 characters (a bound keeps every search over it linear).
+_NUMBER = r"#?[A-Z0-9](?=[A-Z\-/]{0,63}\d)[A-Z0-9\-/]{0,63}+(?![A-Z0-9\-/])"
+_NUMBER_RE = re.compile(r"(?<![A-Z0-9])" + _NUMBER, re.IGNORECASE)
 _CUSTOMER_FREE = re.compile(
     r"(?:kundennummer|kunden-?nr\.?|kd\.?-?\s?nr\.?|customer\s+(?:number|no\.?|#|id)"
-    r"|account\s+(?:number|no\.?))\s*(?:is|lautet|ist|:|#)?\s*(" + _NUMBER + ")",
+    r"|account\s+(?:number|no\.?))\s*+(?:is|lautet|ist|:|#)?\s*+(" + _NUMBER + ")",
     re.IGNORECASE,
 )
 _ORDER_FREE = re.compile(
     r"(?:auftrags?(?:nummer|-?nr\.?)?|bestell(?:nummer|-?nr\.?)|angebotsnummer"
-    r"|orders?(?:\s+(?:number|no\.?|#))?|po(?:\s+number)?)\s*[:#]?\s*"
-    r"(" + _NUMBER + r"(?:\s*(?:,|and|und)\s*" + _NUMBER + r")*)",
+    r"|orders?(?:\s++(?:number|no\.?|#))?|po(?:\s++number)?)\s*+[:#]?\s*+"
+    r"(" + _NUMBER + r"(?:\s*+(?:,|and|und)\s*+" + _NUMBER + r")*)",
     re.IGNORECASE,
 )
 _ORDER_PROSE = re.compile(
-    r"(?:order|auftrags|bestell)(?:\s*number|nummer)[^\n:]{0,30}?\s(?:is|lautet|ist)\s+("
+    r"(?:order|auftrags|bestell)(?:\s*+number|nummer)[^\n:]{0,30}?\s(?:is|lautet|ist)\s++("
     + _NUMBER + ")",
     re.IGNORECASE,
 )
@@ -119,8 +132,8 @@ _NETWORK = [re.compile(rf"(?<![\w-]){re.escape(n)}(?![\w-])(?:\s*\([^)]{{1,20}}\
                        re.IGNORECASE) for n in _NETWORKS]
 _ERROR_QUOTED = re.compile(
     r"(?:fehlermeldung|meldung|fehler|error(?:\s+message)?|message|says|shows|zeigt|kommt"
-    r"|erscheint|crashes\s+with|fails\s+with|failed\s+with)[^\"„“»'.]{0,25}?"
-    r"[\"„“»'](?P<msg>[^\"“”«']{2,200})[\"“”«']",
+    r"|erscheint|crashes\s+with|fails\s+with|failed\s+with)[^\"„“»'.]{0,25}+"
+    r"[\"„“»'](?P<msg>[^\"“”«']{2,200}+)[\"“”«']",
     re.IGNORECASE,
 )
 _NOT_REPRODUCIBLE = re.compile(
@@ -165,13 +178,18 @@ _GREETING = re.compile(
     re.IGNORECASE,
 )
 _QUOTE_HEADER = re.compile(
-    r"^\s*(?:On\s.+\swrote:|Am\s.+\sschrieb.*:|Le\s.+\sa\sécrit\s?:)\s*$", re.IGNORECASE
+    r"^\s*+(?:On\s.+\swrote:|Am\s(?>.+?\sschrieb).*:|Le\s.+\sa\sécrit\s?:)\s*+$",
+    re.IGNORECASE,
 )
 _NOT_A_NAME = re.compile(
     r"helpdesk|support|team|info|service|lager|office|admin|noreply|buchhaltung|sales",
     re.IGNORECASE,
 )
-_STEP = re.compile(r"^\s*1[.)]\s+(.+)$")
+_STEP = re.compile(r"^\s*+1[.)]\s++(.+)$")
+_UPDATE_WORD = re.compile(r"\bauf\b|\bto\b")
+_LIST_SEPARATOR = re.compile(r"[,;]")
+_TITLE = re.compile(r"^(?:i\.\s?A\.|i\.\s?V\.|Dr\.|Prof\.|Mr\.?|Mrs\.?|Ms\.?)\s*+")
+_SEGMENT_SEPARATOR = re.compile(r"\s[|,]\s|,\s")
 _YES = ("ja", "yes", "y", "immer", "always", "jedes mal", "every time")
 _NO = ("nein", "no", "n", "nicht", "not", "einmalig", "once")
 
@@ -195,10 +213,14 @@ class _Found:
     def add_numbers(self, fact: str, numbers: Iterable[str]) -> None:
         current = self.facts.setdefault(fact, [])
         assert isinstance(current, list)
+        seen = set(current)
         for number in numbers:
+            if len(current) >= MAX_NUMBERS:
+                break
             cleaned = number.strip().lstrip("#").rstrip(".,;:")
-            if cleaned and any(c.isdigit() for c in cleaned) and cleaned not in current:
+            if cleaned and any(c.isdigit() for c in cleaned) and cleaned not in seen:
                 current.append(cleaned)
+                seen.add(cleaned)
         if not current:
             del self.facts[fact]
 
@@ -222,9 +244,10 @@ def missing(facts: Mapping[str, object], required: Iterable[str]) -> list[str]:
 
 
 def new_content(text: str) -> str:
-    """The customer's own new text: quoted lines and the history under a quote header go."""
+    """The customer's own new text: quoted lines and the history under a quote header go.
+    Reads at most `bounded.MAX_TEXT` characters, in lines of `bounded.MAX_LINE`."""
     kept = []
-    for line in text.splitlines():
+    for line in bounded(text).splitlines():
         if _QUOTE_HEADER.match(line):
             break
         if line.lstrip().startswith(">"):
@@ -258,22 +281,28 @@ def _labelled(body: str, found: _Found) -> None:
             continue
         label = _norm(match.group("label"))
         fact = LABELS.get(label)
-        value = match.group("value")
+        value = _trailing_cut(match.group("value"))
         if fact is None or not value.strip(" |"):
             continue
         value = value.strip(" |")
         if fact in LIST_FACTS:
-            found.add_numbers(fact, re.findall(_NUMBER, value, re.IGNORECASE))
+            found.add_numbers(fact, _NUMBER_RE.findall(value))
         elif fact == "reproducible":
             _put_yes_no(found, value)
         elif fact == "os" and label in ("androidversion", "iosversion", "windowsversion"):
             found.put("os", f"{label.removesuffix('version').capitalize()} {value}")
         elif fact in ("device", "network", "software_version", "phone"):
-            found.put(fact, re.split(r"[,;]", value)[0])
+            found.put(fact, _LIST_SEPARATOR.split(value)[0])
         elif fact == "action" and value.endswith(":"):
             continue
         else:
             found.put(fact, value)
+
+
+def _trailing_cut(value: str) -> str:
+    """A labelled value without its trailing blanks and one table bar ('a |' → 'a')."""
+    value = value.rstrip()
+    return value[:-1].rstrip() if value.endswith("|") else value
 
 
 def _put_yes_no(found: _Found, value: str) -> None:
@@ -287,11 +316,11 @@ def _put_yes_no(found: _Found, value: str) -> None:
 def _free_text(body: str, found: _Found) -> None:
     found.add_numbers("customer_numbers", _CUSTOMER_FREE.findall(body))
     for group in _ORDER_FREE.findall(body):
-        found.add_numbers("order_numbers", re.findall(_NUMBER, group, re.IGNORECASE))
+        found.add_numbers("order_numbers", _NUMBER_RE.findall(group))
     found.add_numbers("order_numbers", _ORDER_PROSE.findall(body))
     versions = [a or b for a, b in _VERSION.findall(body)]
     if versions:
-        found.put("software_version", versions[-1] if re.search(r"\bauf\b|\bto\b", body)
+        found.put("software_version", versions[-1] if _UPDATE_WORD.search(body)
                   and len(versions) > 1 else versions[0])
     for fact, pattern in (("os", _OS), ("device", _DEVICE), ("occurred", _DATE),
                           ("occurred", _SINCE)):
@@ -341,17 +370,17 @@ def _who(body: str, sender: Sender, found: _Found) -> None:
         found.put("contact_name", name)
     name = str(found.facts.get("contact_name", ""))
     if name:  # "Laura Chen, RetailCo Ltd, +1 …" at the top counts as a signature too
+        known = set(sig_lines)
         sig_lines += [line.strip() for line in body.splitlines()
-                      if name in line and "," in line and line.strip() not in sig_lines]
-    company = _company(sig_lines, name)
+                      if name in line and "," in line and line.strip() not in known]
+    company = _company(sig_lines[:MAX_SIGNATURE_LINES], name)
     if company:
         found.put("company", company)
 
 
 def _person(text: str) -> str:
     """A person's name from a display name or a signature line, or ''."""
-    text = re.sub(r"^(?:i\.\s?A\.|i\.\s?V\.|Dr\.|Prof\.|Mr\.?|Mrs\.?|Ms\.?)\s*", "",
-                  text.strip().strip('"'))
+    text = _TITLE.sub("", text.strip().strip('"'))
     text = text.split("|")[0].strip()
     if "," in text:
         last, _, first = text.partition(",")
@@ -367,7 +396,7 @@ def _person(text: str) -> str:
 
 
 def _company(sig_lines: list[str], name: str) -> str:
-    segments = [seg.strip() for line in sig_lines for seg in re.split(r"\s[|,]\s|,\s", line)]
+    segments = [seg.strip() for line in sig_lines for seg in _SEGMENT_SEPARATOR.split(line)]
     for seg in segments:
         if _COMPANY_SUFFIX.search(seg) and not _PHONE.search(seg) and ":" not in seg:
             return seg

@@ -14,11 +14,15 @@ import unicodedata
 from dataclasses import dataclass
 
 import puremagic
-from tnefparse import TNEF
 
+from maild.mail import tnef
 from maild.mail.parse import Part
 
 log = logging.getLogger(__name__)
+# tnefparse logs a warning per property it skips (billions, in a hostile file): its
+# findings reach our log as one line per file instead.
+logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
+TNEF = tnef.read  # the decoder: tnefparse, bounded
 
 _TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
 _GENERIC = {"application/octet-stream", "application/zip", "text/plain", ""}
@@ -29,6 +33,7 @@ MAX_NAME = 150
 class Limits:
     max_file_bytes: int
     max_mail_bytes: int
+    max_count: int = 100  # files per mail; the ones after it are recorded, not stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +78,13 @@ def sniff(data: bytes, declared: str) -> str:
 
 
 def unpack_tnef(part: Part) -> list[Part]:
-    """The files inside a winmail.dat (TNEF) part; the part itself if it cannot be read."""
+    """The files inside a winmail.dat (TNEF) part; the part itself if it cannot be read
+    (damaged, or counts and lengths that do not fit its size: see `tnef.sound`)."""
     try:
-        tnef = TNEF(part.data)
+        decoded = TNEF(part.data)
         files = [Part(filename=a.long_filename() or a.name or "attachment",
                       content_type="", data=bytes(a.data), inline=False, content_id="")
-                 for a in tnef.attachments]
+                 for a in decoded.attachments]
     except Exception as exc:  # tnefparse raises assorted errors on damaged data
         log.info("winmail.dat not readable, kept as it is: %s", exc)
         return [part]
@@ -109,6 +115,9 @@ def plan(parts: tuple[Part, ...], limits: Limits) -> list[Planned]:
     planned: list[Planned] = []
     kept = 0
     for number, part in enumerate(expanded, start=1):
+        if number > limits.max_count:
+            planned.append(_over_count(part, number, limits.max_count))
+            continue
         size = len(part.data)
         note = ""
         kept_it = False
@@ -130,6 +139,16 @@ def plan(parts: tuple[Part, ...], limits: Limits) -> list[Planned]:
             inline=part.inline, store=kept_it, note=note,
         ))
     return planned
+
+
+def _over_count(part: Part, number: int, max_count: int) -> Planned:
+    """A file after the first `max_count` of a mail: recorded by name and size only."""
+    return Planned(
+        filename=safe_filename(part.filename, f"attachment-{number}"),
+        content_type=(part.content_type or "application/octet-stream")[:255],
+        declared_type=part.content_type[:255], data=b"", sha256="", size=len(part.data),
+        inline=part.inline, store=False, note=f"limit of {max_count} files per mail reached",
+    )
 
 
 def _mb(size: int) -> str:

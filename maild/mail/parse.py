@@ -23,9 +23,13 @@ _MSGID = re.compile(rf"<{_ID_CHARS}{{1,{MAX_MSGID - 2}}}>")
 _BARE_MSGID = re.compile(rf"{_ID_CHARS}{{1,{MAX_MSGID - 2}}}")
 MAX_REFERENCES = 50  # the newest; the rest of a long thread adds nothing
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_TAG = re.compile(r"<[^<>]++>")  # an HTML tag, for when the HTML parser gives up
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
 _TRACE = ("received", "authentication-results")
-_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+")
+# An address (checked whole with fullmatch); starting only where a word starts and with
+# possessive parts it stays linear even when searched.
+_ADDRESS_CHAR = r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]"
+_ADDRESS = re.compile(rf"(?<!{_ADDRESS_CHAR}){_ADDRESS_CHAR}++@{_ADDRESS_CHAR}++")
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,9 +338,6 @@ def _payload_bytes(part: Message) -> bytes:
         return data
     raw = part.get_payload()
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-
-
-_TAG = re.compile(r"<[^<>]*>")
 
 
 def html_to_text(html: str) -> str:
