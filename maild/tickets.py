@@ -35,13 +35,14 @@ def open_ticket(
                                  desk.urgent_keywords,
                                  desk.tier_priority.get(account.tier, "") if account else "")
     hours = desk.response_hours(level, account.tier if account else "")
+    copied, refused = first_participants(desk, mail)
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
         status="spam" if verdict.kind == "spam" else "new",
         priority=level,
         facts=found,
         missing=[] if automatic else facts.missing(found, desk.required_facts),
-        participants=participants_of(mail, desk.sender.address, mail.from_addr),
+        participants=copied,
         customer_address=mail.from_addr,  # '' when the mail gave no address to answer
         customer_name=mail.from_name[:300],
         subject=answers.short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
@@ -75,7 +76,8 @@ def open_ticket(
         ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
         detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
                 "priority": level, "priority_reason": why,
-                **({"refers_to": refers_to} if refers_to else {})},
+                **({"refers_to": refers_to} if refers_to else {}),
+                **({"cc_not_added": refused} if refused else {})},
     ))
     if verdict.answer and answers.over_limit(session, desk, ticket.customer_address, now):
         session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
@@ -87,13 +89,15 @@ def open_ticket(
         ask_official = not ticket.verified and has_accounts(session)
         answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown,
                             hours)
-        notify.ticket_notice(session, desk, ticket, first, shown, "new", now)
+        notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
+                             cc_not_added=refused)
     elif verdict.kind == "normal":  # a person's mail we cannot answer: agents must know
         session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
                           detail={"reason": "no reply address"}))
-        notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
-                             warning=f"no reply address / keine Antwortadresse: "
-                                     f"From: {mail.headers.get('from', '')[:200]!r}")
+        notify.ticket_notice(
+            session, desk, ticket, first, shown, "new", now, cc_not_added=refused,
+            warning=f"no reply address / keine Antwortadresse: "
+                    f"From: {mail.headers.get('from', '')[:200]!r}")
     return ticket
 
 
@@ -158,6 +162,18 @@ def add_follow_up(
         notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now,
                              cc_not_added=refused if isinstance(refused, list) else [])
     return True
+
+
+def first_participants(desk: Desk, mail: InboundMail) -> tuple[list[str], list[str]]:
+    """(copied, refused) of a new ticket's Cc: colleagues at the sender's own domain join
+    (a forged From cannot bring in an outsider that way), others only when a trusted server
+    vouches for the From; the refused are shown to agents, who may add them with #cc."""
+    people = participants_of(mail, desk.sender.address, mail.from_addr)
+    if not people or answers.from_proven(desk, mail):
+        return people, []
+    domain = mail.from_addr.rpartition("@")[2]
+    same = [a for a in people if domain and a.rpartition("@")[2] == domain]
+    return same, [a for a in people if a not in same]
 
 
 def sender_verified(desk: Desk, mail: InboundMail, how: str) -> bool:

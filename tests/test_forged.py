@@ -182,6 +182,23 @@ def test_a_forged_customer_from_cannot_copy_a_stranger_onto_the_ticket(desk, rou
     assert not [o for o in desk.outbox() if "attacker@evil.example" in o.recipients]
 
 
+def test_a_new_tickets_cc_joins_only_from_the_senders_domain_unless_proven(desk):
+    # A forged From opening a ticket cannot copy an outsider: colleagues at the sender's
+    # domain join, the outsider is shown to agents and never mailed; a trusted DKIM pass
+    # lets everyone join.
+    desk.mail("Anna Berger <anna@kunde.example>", "Die App stuerzt ab.", subject="App",
+              headers="Cc: kollege@kunde.example, attacker@evil.example\r\n")
+    assert desk.ticket().participants == ["kollege@kunde.example"]
+    [created] = [e for e in desk.events() if e.kind == "created"]
+    assert created.detail["cc_not_added"] == ["attacker@evil.example"]
+    assert "attacker@evil.example" in text_of(desk.outbox("notify")[0])
+    assert not [o for o in desk.outbox() if "attacker@evil.example" in o.recipients]
+    desk.mail("bob@kunde.example", "Auch bei mir.", subject="Export", headers=(
+        "Authentication-Results: mx.example.com; dkim=pass header.d=kunde.example\r\n"
+        "Cc: partner@dienstleister.example\r\n"))
+    assert desk.ticket(10002).participants == ["partner@dienstleister.example"]
+
+
 def test_an_agent_copies_someone_with_cc_and_takes_them_off_again(desk):
     desk.feed(FIRST)
     notice = desk.outbox("notify")[0].message_id
