@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test bench lint dovecot clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	scripts/make-venv $(VENV) $(PYTHON)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
