@@ -277,6 +277,8 @@ class SmtpCapture:
             self.controller = None
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Captured]:
+        """The mails captured once there are at least `count`; an AssertionError that lists
+        what did come (To, Subject) when they do not within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
@@ -284,7 +286,15 @@ class SmtpCapture:
                     return list(self.mails)
             time.sleep(0.05)
         with self.lock:
-            return list(self.mails)
+            if len(self.mails) >= count:
+                return list(self.mails)
+            raise AssertionError(f"expected {count} mails at the SMTP capture within "
+                                 f"{timeout:g}s, got {len(self.mails)}:{self.seen()}")
+
+    def seen(self) -> str:
+        """The mails captured so far, one line each (To, Subject), for failure messages."""
+        return "".join(f"\n  To: {', '.join(m.recipients)}  Subject: {m.message['Subject']}"
+                       for m in self.mails) or " none"
 
     def by_message_id(self) -> dict[str, list[Captured]]:
         found: dict[str, list[Captured]] = {}
