@@ -501,6 +501,14 @@ def rows(url: str, model: Any, *where: Any) -> Any:
         engine.dispose()
 
 
+def outbox_settled(url: str) -> bool:
+    """Every mail in the outbox at `url` is sent or failed: once the mails in hand are
+    processed (their answers are queued in the same transaction), no more will go out, so a
+    test may then assert what did not arrive."""
+    from maild.models import OutboxMail
+    return not rows(url, OutboxMail, OutboxMail.state.not_in(("sent", "failed")))
+
+
 class Clock:
     """An injected clock that tests move by hand."""
 
