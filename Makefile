@@ -1,4 +1,5 @@
-# maild: `make demo` shows it working, `make test` runs the whole suite.
+# maild: `make demo` shows it working, `make test` runs the whole suite (as CI does),
+# `make test-quick` all but the tests marked slow.
 # Both bootstrap what they need: a virtualenv in .venv and, when missing, Dovecot.
 
 PYTHON ?= python3
@@ -7,10 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint dovecot clean
+.PHONY: demo test test-quick bench lint dovecot clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	scripts/make-venv $(VENV) $(PYTHON)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -23,6 +24,9 @@ demo: $(STAMP) dovecot
 
 test: $(STAMP) dovecot
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-quick: $(STAMP) dovecot
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP) dovecot
 	$(PY) bench/bench.py $(BENCH_ARGS)

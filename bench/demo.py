@@ -1,41 +1,57 @@
 """`make demo`: a throwaway Dovecot and SMTP capture, SQLite, the daemon, sample mails, and
 an agent answering one ticket by replying to its notification.
 
-Shows the tickets created and the answers sent; Ctrl-C stops everything (without a
-terminal it stops by itself once everything is shown).
+Tells the story in a few lines (the mails in, the tickets, the answers, the agent's reply
+and what the customer then got); the full record goes to .demo/demo.log. On a terminal
+maild keeps running with a mail client's connection details shown until Ctrl-C; without
+one it stops by itself.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import sys
 import tempfile
+import textwrap
 import time
+from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import Daemon, Dovecot, Mailbox, SmtpCapture, maild, wait_until, write_config  # noqa: E402
+from harness import (  # noqa: E402
+    Captured,
+    Daemon,
+    Dovecot,
+    Mailbox,
+    ServerUnavailable,
+    SmtpCapture,
+    maild,
+    wait_until,
+    write_config,
+)
 
 SAMPLES = [
-    ("customer_de.eml", "a German customer, app error with customer and order number"),
-    ("customer_en.eml", "an English customer with a screenshot attached"),
-    ("customer_de_html.eml", "an Outlook HTML mail about an outage"),
-    ("out_of_office.eml", "an out-of-office reply (recorded, never answered)"),
+    ("customer_de.eml", "app error, with customer and order number"),
+    ("customer_en.eml", "cannot log in, screenshot attached"),
+    ("customer_de_html.eml", "an outage, as Outlook HTML"),
+    ("out_of_office.eml", "an out-of-office reply"),
 ]
-
-
 AGENTS = """
 [agents]
 team_address = "team@example.com"
 members = [{ address = "max@example.com", name = "Max Agent" }]
 """
+WORK = ROOT / ".demo"
+LOG = WORK / "demo.log"
 
 
 def agent_answer(notice: bytes) -> bytes:
     """What Max's mail client sends when he answers a ticket notification."""
-    from email import message_from_bytes, policy
     msg = message_from_bytes(notice, policy=policy.default)
     return (f"From: Max Agent <max@example.com>\r\nTo: service@example.com\r\n"
             f"Subject: AW: {msg['Subject']}\r\nMessage-ID: <demo-agent-1@example.com>\r\n"
@@ -46,65 +62,143 @@ def agent_answer(notice: bytes) -> bytes:
             "\r\nMax\r\n").encode()
 
 
+def stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
-    work = ROOT / ".demo"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    # Ctrl-C or a plain kill stops everything and cleans up (even when started in the
+    # background, where SIGINT comes ignored).
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    # Not under the checkout: Dovecot's unprivileged processes must reach the folder.
     imap_dir = Path(tempfile.mkdtemp(prefix="maild-demo-dovecot-"))
-    dovecot = Dovecot(imap_dir).start()
-    smtp = SmtpCapture().start()
-    user, password = dovecot.add_user()
-    box = Mailbox(dovecot.port, user, password)
-    config = write_config(work / "maild.toml", imap_port=dovecot.port, user=user,
-                          password=password, smtp_port=smtp.port,
-                          database_url=f"sqlite:///{work / 'maild.db'}", extra=AGENTS)
-    print(f"Dovecot on 127.0.0.1:{dovecot.port}, SMTP capture on 127.0.0.1:{smtp.port}, "
-          f"SQLite in {work}/maild.db")
-    print(maild("db", "upgrade", config=config).stdout.strip())
-    daemon = Daemon(config, work / "maild.log").start()
+    dovecot, smtp, daemon = Dovecot(imap_dir), SmtpCapture(), None
     try:
-        wait_until(lambda: "watching" in daemon.output(), timeout=20)
-        for name, what in SAMPLES:
-            print(f"→ mail into INBOX: {what}")
-            box.append((ROOT / "tests" / "data" / name).read_bytes())
-        smtp.wait_for(6, timeout=30)  # 3 acknowledgements, 3 notifications to the team
-        notice = next(m for m in smtp.mails if m.recipients == ["team@example.com"])
-        print("→ Max (agent) answers the first notification: #status in_progress, #assign me")
-        box.append(agent_answer(notice.raw))
-        smtp.wait_for(8, timeout=30)  # the relayed answer and the status mail
-        wait_until(lambda: box.count("INBOX") == 0, timeout=10)
-        show(config, smtp, box, daemon)
+        dovecot.start()
+        smtp.start()
+        user, password = dovecot.add_user()
+        box = Mailbox(dovecot.port, user, password)
+        config = write_config(WORK / "maild.toml", imap_port=dovecot.port, user=user,
+                              password=password, smtp_port=smtp.port,
+                              database_url=f"sqlite:///{WORK / 'maild.db'}", extra=AGENTS)
+        upgraded = maild("db", "upgrade", config=config)
+        if upgraded.returncode:
+            raise RuntimeError(f"maild db upgrade failed: {upgraded.stderr.strip()}")
+        daemon = Daemon(config, WORK / "maild.log").start()
+        if not wait_until(lambda: "watching" in daemon.output(), timeout=20):
+            raise RuntimeError("the daemon did not start watching the mailbox")
+        story(box, smtp, config)
+        shown = len(smtp.mails)
+        record(config, smtp, daemon)
+        print(f"\nThe full record (daemon log, every ticket, every mail): {LOG}")
         if sys.stdin.isatty():
-            print("\nmaild keeps running; append more mail or press Ctrl-C to stop.")
-            while True:
-                time.sleep(1)
+            keep_running(dovecot, box, smtp, shown)
     except KeyboardInterrupt:
         pass
+    except (ServerUnavailable, RuntimeError, AssertionError, OSError) as exc:
+        print(f"\nThe demo could not go on: {str(exc).splitlines()[0]}", file=sys.stderr)
+        if daemon is not None:
+            record_log(daemon)
+            print(f"See {LOG}", file=sys.stderr)
+        return 1
     finally:
-        daemon.stop()
+        if daemon is not None:
+            daemon.stop()
         smtp.stop()
         dovecot.stop()
         shutil.rmtree(imap_dir, ignore_errors=True)
-        print("\nstopped: daemon, Dovecot and the SMTP capture.")
+    print("Stopped: daemon, Dovecot and the SMTP capture.")
     return 0
 
 
-def show(config: Path, smtp: SmtpCapture, box: Mailbox, daemon: Daemon) -> None:
-    print("\n=== daemon log ===")
-    print(daemon.output().rstrip())
-    print("\n=== maild tickets list ===")
-    print(maild("tickets", "list", config=config).stdout.rstrip())
-    print(f"\n=== folders: INBOX {box.count('INBOX')}, Processed {box.count('Processed')}, "
-          f"Quarantine {box.count('Quarantine')} ===")
-    print("\n=== maild tickets show 10001 ===")
-    print(maild("tickets", "show", "10001", config=config).stdout.rstrip())
-    print(f"\n=== {len(smtp.mails)} mails sent ===")
-    for mail in smtp.mails:
-        msg = mail.message
-        print(f"\nTo: {', '.join(mail.recipients)}\nSubject: {msg['Subject']}\n"
-              f"In-Reply-To: {msg['In-Reply-To']}\nAuto-Submitted: {msg['Auto-Submitted']}\n")
-        body = msg.get_body(preferencelist=("plain",))
-        print("    " + body.get_content().rstrip().replace("\n", "\n    "))
+def story(box: Mailbox, smtp: SmtpCapture, config: Path) -> None:
+    print(f"maild demo: Dovecot on 127.0.0.1:{box.port}, SMTP capture on 127.0.0.1:{smtp.port}, "
+          f"SQLite in {WORK / 'maild.db'}\n\n1. Mail arrives in the support mailbox:")
+    for name, what in SAMPLES:
+        raw = (ROOT / "tests" / "data" / name).read_bytes()
+        msg = message_from_bytes(raw, policy=policy.default)
+        sender = msg["From"].addresses[0]
+        print(f"   {sender.display_name or sender.addr_spec:<14} "
+              f"{short(str(msg['Subject']), 46):<46} ({what})")
+        box.append(raw)
+    smtp.wait_for(6, timeout=30)  # 3 acknowledgements, 3 notifications to the team
+    print("\n2. Tickets (maild tickets list):")
+    for t in reversed(json.loads(maild("tickets", "list", "--json", config=config).stdout)):
+        if t.get("automatic"):
+            print(f"   #{t['number']}  {t['customer']}: automatic mail, recorded, not answered")
+            continue
+        missing = ", ".join(t.get("missing") or []) or "nothing"
+        print(f"   #{t['number']}  {t['customer']:<32} {t['priority']:<7} missing: {missing}")
+    print("\n3. Answers sent at once (the SMTP capture):")
+    for mail in list(smtp.mails):
+        show_mail(mail, lines=3 if mail.recipients != ["team@example.com"] else 0)
+    notice = next(m for m in smtp.mails if m.recipients == ["team@example.com"])
+    print("\n4. Max (agent) answers the team's notification for #10001:")
+    print("   #status in_progress / #assign me / Hallo Anna, wir haben den Fehler nachgestellt…")
+    seen = len(smtp.mails)
+    box.append(agent_answer(notice.raw))
+    smtp.wait_for(seen + 2, timeout=30)  # the relayed answer and the status mail
+    print("   and the customer gets:")
+    for mail in smtp.mails[seen:]:
+        show_mail(mail, lines=3)
+    wait_until(lambda: box.count("INBOX") == 0, timeout=10)
+    print(f"\n5. Folders: INBOX {box.count('INBOX')}, Processed {box.count('Processed')}, "
+          f"Quarantine {box.count('Quarantine')}")
+
+
+def show_mail(mail: Captured, lines: int) -> None:
+    msg = mail.message
+    print(f"   → {', '.join(mail.recipients):<30} {short(str(msg['Subject']), 60)}")
+    for line in body_lines(msg)[:lines]:
+        print(f"       {short(line, 80)}")
+
+
+def body_lines(msg: Any) -> list[str]:
+    body = msg.get_body(preferencelist=("plain",))
+    text = body.get_content() if body is not None else ""
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.startswith("##-")]
+
+
+def short(text: str, width: int) -> str:
+    return textwrap.shorten(text, width, placeholder="…")
+
+
+def record(config: Path, smtp: SmtpCapture, daemon: Daemon) -> None:
+    """Everything the short story leaves out, into the log file."""
+    tickets = json.loads(maild("tickets", "list", "--json", config=config).stdout)
+    parts = ["=== maild tickets list ===", maild("tickets", "list", config=config).stdout]
+    for t in reversed(tickets):
+        parts += [f"=== maild tickets show {t['number']} ===",
+                  maild("tickets", "show", str(t["number"]), config=config).stdout]
+    parts.append(f"=== {len(smtp.mails)} mails sent ===")
+    for mail in list(smtp.mails):
+        parts += [f"--- envelope to {', '.join(mail.recipients)} ---",
+                  mail.raw.decode("utf-8", errors="replace")]
+    LOG.write_text("\n".join(parts) + "\n")
+    record_log(daemon)
+
+
+def record_log(daemon: Daemon) -> None:
+    with LOG.open("a") as fh:
+        fh.write("=== daemon log ===\n" + daemon.output())
+
+
+def keep_running(dovecot: Dovecot, box: Mailbox, smtp: SmtpCapture, seen: int) -> None:
+    print(f"""
+maild keeps running. Connect a mail client to the support mailbox:
+   IMAP  127.0.0.1 port {dovecot.port}, no TLS, user {box.user}, password {box.password}
+         (folders INBOX, Processed, Quarantine; put mail into INBOX)
+   SMTP  nothing leaves this machine: the capture on 127.0.0.1:{smtp.port} keeps what maild
+         sends and lists it here. Ctrl-C stops everything.""")
+    while True:
+        time.sleep(1)
+        for mail in smtp.mails[seen:]:
+            show_mail(mail, lines=0)
+        seen = len(smtp.mails)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def dovecot() -> Iterator[Dovecot]:
     try:
         server.start()
     except (ServerUnavailable, OSError) as exc:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
         unavailable(f"cannot start Dovecot: {exc}")
     yield server
     server.stop()

@@ -69,22 +69,23 @@ class Dovecot:
             raise ServerUnavailable("dovecot is not installed (apt-get install dovecot-imapd)")
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "mail").mkdir(exist_ok=True)
-        nobody = pwd.getpwnam("nobody")
-        os.chown(self.base / "mail", nobody.pw_uid, nobody.pw_gid)
         if not self.pool:  # users are made up front: passwd-file reloads go by mtime
             self.pool = [(f"u{n}x{secrets.token_hex(3)}", secrets.token_hex(8))
                          for n in range(500)]
             self.passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self.pool))
-        with contextlib.suppress(KeyError):
-            os.chown(self.passwd, 0, grp.getgrnam("dovecot").gr_gid)
         os.chmod(self.passwd, 0o640)
         os.chmod(self.base, 0o755)
         self.port = self.port or free_port()
         conf = self.base / "dovecot.conf"
-        conf.write_text(self._config(nobody.pw_uid, nobody.pw_gid))
-        # Dovecot's master daemonises; its children would hold captured pipes open.
-        subprocess.run([binary, "-c", str(conf)], check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conf.write_text(self._config(self._users()))
+        # Dovecot's master daemonises; its children would hold captured pipes open, so
+        # what it says on the way up goes to a file.
+        errors = self.base / "dovecot.stderr"
+        with errors.open("wb") as fh:
+            code = subprocess.run([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=fh).returncode
+        if code:
+            raise ServerUnavailable(f"dovecot did not start: {errors.read_text().strip()}")
         try:
             wait_for_port(self.port, 15, b"* OK")
         except RuntimeError as exc:
@@ -92,7 +93,21 @@ class Dovecot:
             raise ServerUnavailable(f"{exc}\n{log.read_text() if log.exists() else ''}") from exc
         return self
 
-    def _config(self, uid: int, gid: int) -> str:
+    def _users(self) -> dict[str, str]:
+        """Who owns the mail and runs Dovecot's processes: as root, the unprivileged system
+        users (mail as `nobody`); otherwise everything runs as the current user."""
+        if os.geteuid() != 0:
+            me, group = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+            return {"uid": str(os.geteuid()), "gid": str(os.getegid()), "login": me,
+                    "internal": me, "group": group, "chroot": ""}
+        nobody = pwd.getpwnam("nobody")
+        os.chown(self.base / "mail", nobody.pw_uid, nobody.pw_gid)
+        with contextlib.suppress(KeyError):
+            os.chown(self.passwd, 0, grp.getgrnam("dovecot").gr_gid)
+        return {"uid": str(nobody.pw_uid), "gid": str(nobody.pw_gid), "login": "dovenull",
+                "internal": "dovecot", "group": "dovecot", "chroot": "login"}
+
+    def _config(self, users: dict[str, str]) -> str:
         b = self.base
         return f"""
 instance_name = maild-test-{b.name}-{os.getpid()}
@@ -108,9 +123,11 @@ info_log_path = {b}/dovecot.log
 mail_location = maildir:{b}/mail/%u
 first_valid_uid = 1
 first_valid_gid = 1
-default_login_user = dovenull
-default_internal_user = dovecot
+default_login_user = {users["login"]}
+default_internal_user = {users["internal"]}
+default_internal_group = {users["group"]}
 service imap-login {{
+  chroot = {users["chroot"]}
   inet_listener imap {{
     address = 127.0.0.1
     port = {self.port}
@@ -128,7 +145,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid={uid} gid={gid} home={b}/mail/%u
+  args = uid={users["uid"]} gid={users["gid"]} home={b}/mail/%u
 }}
 protocol imap {{
   mail_max_userip_connections = 100
@@ -260,6 +277,8 @@ class SmtpCapture:
             self.controller = None
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Captured]:
+        """The mails captured once there are at least `count`; an AssertionError that lists
+        what did come (To, Subject) when they do not within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
@@ -267,7 +286,15 @@ class SmtpCapture:
                     return list(self.mails)
             time.sleep(0.05)
         with self.lock:
-            return list(self.mails)
+            if len(self.mails) >= count:
+                return list(self.mails)
+            raise AssertionError(f"expected {count} mails at the SMTP capture within "
+                                 f"{timeout:g}s, got {len(self.mails)}:{self.seen()}")
+
+    def seen(self) -> str:
+        """The mails captured so far, one line each (To, Subject), for failure messages."""
+        return "".join(f"\n  To: {', '.join(m.recipients)}  Subject: {m.message['Subject']}"
+                       for m in self.mails) or " none"
 
     def by_message_id(self) -> dict[str, list[Captured]]:
         found: dict[str, list[Captured]] = {}
@@ -472,6 +499,14 @@ def rows(url: str, model: Any, *where: Any) -> Any:
             return s.scalars(select(model).where(*where).order_by(model.id)).all()
     finally:
         engine.dispose()
+
+
+def outbox_settled(url: str) -> bool:
+    """Every mail in the outbox at `url` is sent or failed: once the mails in hand are
+    processed (their answers are queued in the same transaction), no more will go out, so a
+    test may then assert what did not arrive."""
+    from maild.models import OutboxMail
+    return not rows(url, OutboxMail, OutboxMail.state.not_in(("sent", "failed")))
 
 
 class Clock:

@@ -3,11 +3,18 @@ databases. The mails an agent and a customer would send, built from what they re
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from harness import Captured, Daemon, SmtpCapture, rows, wait_until, write_config
+from harness import (
+    Captured,
+    Daemon,
+    SmtpCapture,
+    outbox_settled,
+    rows,
+    wait_until,
+    write_config,
+)
 from sqlalchemy import select
 
 from maild import db
@@ -98,8 +105,9 @@ def test_customer_agent_customer_round_trip(daemon, mailbox, smtp, database_url)
     assert "Hat leider nicht geholfen." in plain(follow)
     assert follow.message["In-Reply-To"] == notice.message["Message-ID"]
     assert wait_until(lambda: mailbox.count("Processed") == 3 and mailbox.count("INBOX") == 0)
-    time.sleep(1)
-    assert len(smtp.mails) == 5 and len(smtp.by_message_id()) == 5
+    assert wait_until(lambda: outbox_settled(database_url))  # all three are through
+    assert len(smtp.mails) == len(rows(database_url, OutboxMail)) == 5
+    assert len(smtp.by_message_id()) == 5
     [ticket] = rows(database_url, Ticket)
     assert ticket.status == "in_progress" and ticket.first_response_at is not None
     kinds = [m.kind for m in rows(database_url, TicketMessage)]
@@ -158,6 +166,17 @@ close = 23:59:59
 """
 
 
+def overdue(url: str, number: int) -> None:
+    """Ticket `number`'s first response is long overdue, as if years had passed."""
+    engine = db.make_engine(url)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            ticket = s.scalars(select(Ticket).where(Ticket.number == number)).one()
+            ticket.first_response_due = ticket.opened_at.replace(year=2020)
+    finally:
+        engine.dispose()
+
+
 def test_the_daemon_sweeps_breaches_and_warnings_once_across_a_restart(
         tmp_path, dovecot, mailbox, smtp, database_url):
     # Always open, so mails to people go out at once; the deadlines are moved in the
@@ -167,13 +186,13 @@ def test_the_daemon_sweeps_breaches_and_warnings_once_across_a_restart(
                           database_url=database_url, extra=SWEEPING)
     daemon = Daemon(config, tmp_path / "maild.log").start()
     try:
-        mailbox.append(CUSTOMER.encode())
-        mailbox.append(CUSTOMER.replace("start@", "second@").encode())
-        smtp.wait_for(4)  # two acknowledgements, two notifications
+        for name in ("start@", "second@", "third@", "fourth@"):
+            mailbox.append(CUSTOMER.replace("start@", name).encode())
+        smtp.wait_for(8)  # four acknowledgements, four notifications
         engine = db.make_engine(database_url)
         try:
             with db.transaction(db.session_factory(engine)) as s:
-                first, second = s.scalars(select(Ticket).order_by(Ticket.number)).all()
+                first, second = s.scalars(select(Ticket).order_by(Ticket.number)).all()[:2]
                 first.first_response_due = first.opened_at.replace(year=2020)  # long overdue
                 second.first_response_due = second.opened_at + (
                     second.first_response_due - second.opened_at) / 100  # 1 % left
@@ -181,17 +200,25 @@ def test_the_daemon_sweeps_breaches_and_warnings_once_across_a_restart(
                     second.first_response_due - second.opened_at) * 99
         finally:
             engine.dispose()
-        smtp.wait_for(7)  # breach, warning, and the day's digest
+        smtp.wait_for(11)  # breach, warning, and the day's digest
         daemon.kill()
         daemon.start()
-        time.sleep(3)  # several sweeps of the restarted daemon
+        # Proof that the restarted daemon swept whole sweeps: #10003 made overdue now is
+        # flagged by one sweep, #10004 made overdue after that by a later one.
+        overdue(database_url, 10003)
+        smtp.wait_for(12)
+        overdue(database_url, 10004)
+        smtp.wait_for(13)
+        assert wait_until(lambda: outbox_settled(database_url))
         subjects = [m.message["Subject"] for m in smtp.mails]
-        assert sum("Antwortfrist überschritten" in s for s in subjects) == 1, subjects
+        breaches = [s for s in subjects if "Antwortfrist überschritten" in s]
+        assert [s.split("]")[0] for s in breaches] == ["[#10001", "[#10003", "[#10004"], subjects
         assert sum("Antwortfrist zu 75 %" in s for s in subjects) == 1, subjects
         breach = next(m for m in smtp.mails if "überschritten" in m.message["Subject"])
         assert breach.recipients == ["team@example.com"]  # the lead defaults to the team
         assert sum(s.startswith("Support-Übersicht") for s in subjects) == 1  # today's digest
-        assert len(smtp.mails) == 7 and len(smtp.by_message_id()) == 7
-        assert [t.breached_at is not None for t in rows(database_url, Ticket)] == [True, False]
+        assert len(smtp.mails) == 13 and len(smtp.by_message_id()) == 13
+        assert [t.breached_at is not None for t in rows(database_url, Ticket)] == [
+            True, False, True, True]
     finally:
         daemon.kill()

@@ -32,7 +32,7 @@ from maild.models import (
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
                        "hgGAWjR9awAAAABJRU5ErkJggg==")
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "public"
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 
 
 @pytest.mark.parametrize("name,safe", [

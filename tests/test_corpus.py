@@ -14,7 +14,7 @@ from maild import db
 from maild.intake import dedupe_key
 from maild.models import Event, InboundMessage, OutboxMail, Ticket
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "public"
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 
 
 # What the sisimai files are, by name; the few exceptions are deliberate (see EXCEPTIONS).
@@ -46,9 +46,8 @@ def test_public_corpus_through_the_daemon(config, tmp_path, mailbox, smtp, datab
     # 735 real-world mails (bounces, auto-replies, broken MIME, odd charsets) are appended;
     # each ends processed (a ticket or a recorded automatic mail) or quarantined with a
     # reason, nothing stays behind, and no bounce or automatic mail is answered.
-    if not CORPUS.is_dir():
-        pytest.fail(f"public corpus missing at {CORPUS} (../shared beside the checkout)")
     files = {p: p.read_bytes() for p in sorted(CORPUS.rglob("*.eml"))}
+    assert len(files) == 735, f"the corpus in {CORPUS} is incomplete"
     files = {p: raw for p, raw in files.items() if raw}  # Dovecot refuses 0-byte messages
     # Each mail names its file in a header of its own (changes no verdict), so the outcome
     # can be told per category below.

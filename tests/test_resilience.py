@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Daemon, TcpProxy, customer_mail, wait_until
+from harness import Daemon, TcpProxy, customer_mail, outbox_settled, wait_until
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from maild import db
 from maild.models import InboundMessage, OutboxMail, Ticket
+
+# Killed daemons, outages, takeovers: long scenarios, left out of `make test-quick`.
+pytestmark = pytest.mark.slow
 
 
 def count(url: str, model, *where) -> int:
@@ -62,7 +65,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     try:
         assert wait_until(lambda: mailbox.count("INBOX") == 0, timeout=120), daemon.output()
         assert wait_until(lambda: len(smtp.by_message_id()) >= total, timeout=60)
-        time.sleep(2)
+        assert wait_until(lambda: outbox_settled(database_url))  # nothing more to go out
     finally:
         assert daemon.stop() == 0
     acks = smtp.by_message_id()
@@ -95,15 +98,19 @@ def test_postgresql_unreachable_quarantines_nothing(
     daemon = Daemon(config, tmp_path / "maild.log").start()
     try:
         mailbox.append(customer_mail(1))
-        assert len(smtp.wait_for(1)) == 1
+        smtp.wait_for(1)
         proxy.cut()
         for n in range(2, 6):
             mailbox.append(customer_mail(n))
-        assert wait_until(lambda: "database unavailable" in daemon.output(), timeout=30)
+        # The intake itself met the outage (not only the outbox's polling), then kept
+        # retrying for a while: the mails are still waiting, none quarantined.
+        assert wait_until(lambda: any("maild.watcher" in line and "database unavailable" in line
+                                      for line in daemon.output().splitlines()), timeout=30), (
+            daemon.output())
         time.sleep(2)
         assert mailbox.count("INBOX") == 4 and mailbox.count("Quarantine") == 0
         proxy.restore()
-        assert len(smtp.wait_for(5, timeout=60)) == 5, daemon.output()
+        smtp.wait_for(5, timeout=60)
         assert wait_until(lambda: mailbox.count("INBOX") == 0)
         assert mailbox.count("Quarantine") == 0 and mailbox.count("Processed") == 5
         assert count(database_url, InboundMessage, InboundMessage.state != "processed") == 0
@@ -127,14 +134,14 @@ def test_two_daemons_on_one_database_share_the_work_without_doubling(
         assert wait_until(lambda: "standing by" in second.output())
         for n in range(5):
             mailbox.append(customer_mail(n))
-        assert len(smtp.wait_for(5)) == 5
+        smtp.wait_for(5)
         first.kill(signal.SIGKILL)
         before_kill = set(smtp.by_message_id())
         for n in range(5, 10):
             mailbox.append(customer_mail(n))
-        assert len(smtp.wait_for(10, timeout=40)) == 10, second.output()
+        smtp.wait_for(10, timeout=40)
         assert "taken over" in second.output()
-        time.sleep(1)
+        assert wait_until(lambda: outbox_settled(database_url))  # nothing more to go out
         # Counted by Message-ID (DESIGN.md): a mail the first daemon had handed over when it
         # was killed, but not yet marked sent, may go out again -- as the same mail. Nothing
         # that was not in flight at the kill is ever sent twice.

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from harness import Daemon, customer_mail, wait_until
+from harness import Daemon, customer_mail, outbox_settled, wait_until
 from sqlalchemy import func, select
 
 from maild import db
@@ -73,7 +73,7 @@ def test_soak_with_a_flapping_smtp_server_and_killed_daemons(
         if smtp.controller is None:
             smtp.start()
         assert wait_until(lambda: len(smtp.by_message_id()) >= TOTAL, timeout=120)
-        time.sleep(2)
+        assert wait_until(lambda: outbox_settled(database_url))  # nothing more to go out
     finally:
         stop_flapping.set()
         assert daemon.stop() == 0
