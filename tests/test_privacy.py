@@ -193,6 +193,9 @@ def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, data
                                               attachment=PHRASE.encode()), NOW)).ticket_number
     bob = intake.process(1, Fetched(2, _mail(2, "Bob <bob@firma.example>", "Login geht nicht",
                                              cc=ANNA), NOW)).ticket_number
+    with db.transaction(factory) as s:  # an agent copies her on Bob's (#cc): she may write
+        s.scalars(select(Ticket).where(Ticket.number == bob)).one().participants = [
+            ANNA.lower()]
     she_too = _mail(4, anna, f"Bei mir auch. {PHRASE}, seit gestern.",
                     subject=f"Re: [#{bob}] Login")  # copied on Bob's, she writes there too
     assert intake.process(1, Fetched(4, she_too, NOW)).ticket_number == bob
