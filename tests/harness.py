@@ -517,3 +517,44 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+class Feeder:
+    """Feeds mails to an in-process intake, numbering UIDs, and reads what it queued."""
+
+    def __init__(self, intake: Any, factory: Any) -> None:
+        self.intake, self.factory, self.uid = intake, factory, 0
+
+    def feed(self, raw: str) -> Any:
+        from maild.intake import Fetched
+        self.uid += 1
+        return self.intake.process(1, Fetched(self.uid, raw.encode(), self.intake.clock()))
+
+    def outbox(self, kind: str | None = None) -> list[Any]:
+        from sqlalchemy import select
+
+        from maild import db
+        from maild.models import OutboxMail
+        with db.transaction(self.factory) as s:
+            query = select(OutboxMail).order_by(OutboxMail.id)
+            if kind:
+                query = query.where(OutboxMail.kind == kind)
+            return list(s.scalars(query))
+
+    def ticket(self, number: int = 10001) -> Any:
+        from sqlalchemy import select
+
+        from maild import db
+        from maild.models import Ticket
+        with db.transaction(self.factory) as s:
+            return s.scalars(select(Ticket).where(Ticket.number == number)).one()
+
+    def events(self, number: int = 10001) -> list[Any]:
+        from sqlalchemy import select
+
+        from maild import db
+        from maild.models import Event, Ticket
+        with db.transaction(self.factory) as s:
+            t = s.scalars(select(Ticket).where(Ticket.number == number)).one()
+            return list(s.scalars(select(Event).where(Event.ticket_id == t.id)
+                                  .order_by(Event.id)))

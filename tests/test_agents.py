@@ -13,14 +13,14 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
-from harness import Clock, cli_config, maild, offline_settings
+from harness import Clock, Feeder, cli_config, maild, offline_settings
 from sqlalchemy import select
 
 from maild import db, links
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
 from maild.mail import auth, commands
-from maild.models import Event, OutboxMail, Ticket, TicketMessage
+from maild.models import OutboxMail, TicketMessage
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, within support hours
 FIRST = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
@@ -47,32 +47,8 @@ def intake(tmp_path, factory, database_url, clock) -> Intake:
     return make_intake(tmp_path, factory, database_url, clock)
 
 
-class Desk:
-    """Feeds mails to the intake, numbering UIDs, and reads what it queued."""
-
-    def __init__(self, intake: Intake, factory) -> None:
-        self.intake, self.factory, self.uid = intake, factory, 0
-
-    def feed(self, raw: str):
-        self.uid += 1
-        return self.intake.process(1, Fetched(self.uid, raw.encode(), self.intake.clock()))
-
-    def outbox(self, kind: str | None = None) -> list[OutboxMail]:
-        with db.transaction(self.factory) as s:
-            query = select(OutboxMail).order_by(OutboxMail.id)
-            if kind:
-                query = query.where(OutboxMail.kind == kind)
-            return list(s.scalars(query))
-
-    def ticket(self, number: int = 10001) -> Ticket:
-        with db.transaction(self.factory) as s:
-            return s.scalars(select(Ticket).where(Ticket.number == number)).one()
-
-    def events(self, number: int = 10001) -> list[Event]:
-        with db.transaction(self.factory) as s:
-            t = s.scalars(select(Ticket).where(Ticket.number == number)).one()
-            return list(s.scalars(select(Event).where(Event.ticket_id == t.id)
-                                  .order_by(Event.id)))
+class Desk(Feeder):
+    """Feeds mails to the intake and reads what it queued (see harness.Feeder)."""
 
     def agent_reply(self, body: str, sender: str = "max@example.com", headers: str = "",
                     to_notice: bool = True, subject: str = "Re: [#10001] App stuerzt ab") -> str:

@@ -16,14 +16,13 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from harness import Clock, Daemon, rows, wait_until, write_config
-from sqlalchemy import select
+from harness import Clock, Daemon, Feeder, rows, wait_until, write_config
 
 from maild import db, links
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
 from maild.mail import auth
-from maild.models import AddressFlag, Event, OutboxMail, Ticket
+from maild.models import AddressFlag, OutboxMail, Ticket
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, within support hours
 US = "service@example.com"
@@ -47,32 +46,8 @@ def offline_settings_with(database_url, tmp_path, sections):
                             agents={**AGENTS, **sections.pop("agents", {})}, **sections)
 
 
-class Desk:
-    """Feeds mails to the intake, numbering UIDs, and reads what it queued."""
-
-    def __init__(self, intake: Intake, factory) -> None:
-        self.intake, self.factory, self.uid = intake, factory, 0
-
-    def feed(self, raw: str):
-        self.uid += 1
-        return self.intake.process(1, Fetched(self.uid, raw.encode(), self.intake.clock()))
-
-    def outbox(self, kind: str | None = None) -> list[OutboxMail]:
-        with db.transaction(self.factory) as s:
-            query = select(OutboxMail).order_by(OutboxMail.id)
-            if kind:
-                query = query.where(OutboxMail.kind == kind)
-            return list(s.scalars(query))
-
-    def ticket(self, number: int = 10001) -> Ticket:
-        with db.transaction(self.factory) as s:
-            return s.scalars(select(Ticket).where(Ticket.number == number)).one()
-
-    def events(self, number: int = 10001) -> list[Event]:
-        with db.transaction(self.factory) as s:
-            t = s.scalars(select(Ticket).where(Ticket.number == number)).one()
-            return list(s.scalars(select(Event).where(Event.ticket_id == t.id)
-                                  .order_by(Event.id)))
+class Desk(Feeder):
+    """Feeds mails to the intake and reads what it queued (see harness.Feeder)."""
 
     def mail(self, sender: str, body: str, *, subject: str = "Re: [#10001] App stuerzt ab",
              headers: str = "") -> object:
