@@ -261,7 +261,9 @@ def relay(
         from_name=f"{agent.name} ({desk.sender.name})" if agent.name else None,
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None,
-        files=[File(f.filename, f.content_type, f.data) for f in shown if f.store],
+        # A big file's bytes stay in the blob store (the parse worker wrote them there).
+        files=[File(f.filename, f.content_type, f.data or desk.store.get(f.sha256))
+               for f in shown if f.store],
     )
     answers.enqueue(session, desk, rendered, [to, *cc], ticket, "relay", now,
                     automatic=False, author=agent.address)
