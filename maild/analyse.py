@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
@@ -32,9 +32,11 @@ from typing import Any
 
 from maild import blobs
 from maild.errors import Temporary
-from maild.mail import dsn, files
+from maild.mail import body, dsn, facts, files, language
 from maild.mail.classify import Verdict, classify
+from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail, parse
+from maild.work import REPLY_ABOVE, agent_words
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class Rules:
     spam_rule: tuple[str, re.Pattern[str]] | None
     limits: files.Limits
     keep_bytes: int = 0  # stored files up to this size keep their bytes (agent notices)
+    fact_patterns: Mapping[str, Sequence[str]] | None = None
+    default_language: str = "en"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class Analysis:
     verdict: Verdict | None
     planned: list[files.Planned] | None
     report: dsn.Report | None
+    extracted: Extracted | None = None
     error: str = ""  # "Type: message" when the mail's content broke the analysis
     trace: str = ""  # the traceback, for the log
     over_budget: str = ""  # why the mail was stopped (time, memory, a dead worker, crashes)
@@ -111,16 +116,33 @@ def analyse(raw: bytes, rules: Rules) -> Analysis:
         verdict = classify(parsed, rules.support_address, rules.spam_rule)
         planned = files.plan(parsed.attachments, rules.limits)
         report = dsn.read(raw, rules.domain) if verdict.kind == "bounce" else None
+        extracted = extract(parsed, rules) if verdict.kind != "bounce" else None
     except MemoryError:
         raise
     except Exception as exc:  # a parser bug on this mail's content
         return _failure(exc)
-    return Analysis(parsed, verdict, planned, report)
+    return Analysis(parsed, verdict, planned, report, extracted)
+
+
+def extract(mail: InboundMail, rules: Rules) -> Extracted:
+    """The text-heavy work on a mail's text that the ticket code needs (regular
+    expressions and a reply parser over text of any size)."""
+    text = mail.text
+    new_text = body.latest_reply(text)
+    plain = "\r" not in text and REPLY_ABOVE not in text.lower()
+    return Extracted(
+        facts=facts.extract(text, facts.Sender(mail.from_addr, mail.from_name),
+                            rules.fact_patterns),
+        new_text=new_text,
+        new_content=facts.new_content(text),
+        language=language.guess(f"{mail.subject}\n{text}", rules.default_language),
+        agent_text=new_text if plain else agent_words(text),  # the same without a marker
+    )
 
 
 def _failure(exc: Exception) -> Analysis:
-    return Analysis(None, None, None, None, f"{type(exc).__name__}: {exc}"[:1900],
-                    traceback.format_exc())
+    return Analysis(None, None, None, None, error=f"{type(exc).__name__}: {exc}"[:1900],
+                    trace=traceback.format_exc())
 
 
 def handle(raw: bytes, rules: Rules, store: blobs.BlobStore, fn: AnalyseFn) -> Analysis:

@@ -37,6 +37,7 @@ from maild.desk import Desk
 from maild.errors import Temporary
 from maild.mail import dsn, files
 from maild.mail.classify import Verdict
+from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.models import InboundMessage, OutboxMail, ParseAttempt
 from maild.tickets import add_follow_up, open_ticket
@@ -79,6 +80,7 @@ class Prepared:
     planned: list[files.Planned] | None = None
     report: dsn.Report | None = None
     over_budget: bool = False
+    extracted: Extracted | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,8 @@ class Intake:
         self.max_crashes = max_crashes
         self.clock = clock
         rules = Rules(desk.sender.address, desk.sender.domain, desk.spam_rule, desk.limits,
-                      keep_bytes=desk.notify_files_max_bytes)
+                      keep_bytes=desk.notify_files_max_bytes, fact_patterns=desk.fact_patterns,
+                      default_language=desk.default_language)
         self.analyser = Analyser(rules, workers, desk.store, budget, analysis)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
 
@@ -208,7 +211,7 @@ class Intake:
         planned = analysis.planned + [files.left_out(o.filename, o.content_type, o.size)
                                       for o in mail.omitted]
         return Prepared(mail, key, raw_sha, analysis.parsed, analysis.verdict, "", planned,
-                        analysis.report)
+                        analysis.report, extracted=analysis.extracted)
 
     def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
         if p.error:
@@ -265,7 +268,8 @@ class Intake:
                                self.desk.stranger_tag, agent=bool(proven))
         if agent is not None and proven and match is not None:
             summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
-                                      inbound_id=row.id, now=now, planned=p.planned)
+                                      inbound_id=row.id, now=now, planned=p.planned,
+                                      extracted=p.extracted)
             row.ticket_id = match.ticket.id
             return Outcome(mail.uid, "processed", summary, match.ticket.number)
         forged = agent is not None and not proven
@@ -274,7 +278,8 @@ class Intake:
                         "from=%s message_id=%s", parsed.from_addr, parsed.message_id)
         if match is not None and match.attach and add_follow_up(
                 session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
-                how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days):
+                how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days,
+                extracted=p.extracted):
             row.ticket_id = match.ticket.id
             if forged:
                 notify.forged_warning(session, self.desk, match.ticket, parsed, now)
@@ -294,7 +299,7 @@ class Intake:
         ticket = open_ticket(
             session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
             arrived=mail.internaldate or now, now=now, account=account, planned=p.planned,
-            refers_to=refers_to,
+            refers_to=refers_to, extracted=p.extracted,
         )
         row.ticket_id = ticket.id
         if forged:

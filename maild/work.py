@@ -20,6 +20,7 @@ from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
 from maild.mail.commands import Commands
+from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
 from maild.models import Event, Ticket, TicketMessage
@@ -54,10 +55,11 @@ def proof(session: Session, desk: Desk, mail: InboundMail) -> str:
 def agent_mail(
     session: Session, desk: Desk, match: Match, mail: InboundMail, agent: AgentInfo,
     why: str, *, inbound_id: int, now: datetime, planned: list[files.Planned] | None,
+    extracted: Extracted | None = None,
 ) -> str:
     """Apply a proven agent's mail to the ticket; returns a short summary for the log."""
     ticket = match.ticket
-    parsed = commands.parse(agent_words(mail.text))
+    parsed = commands.parse(extracted.agent_text if extracted else agent_words(mail.text))
     errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
     internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
                 or (match.referenced is not None and match.referenced.kind == "note"))
