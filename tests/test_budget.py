@@ -16,6 +16,7 @@ from sqlalchemy import select
 from maild import db
 from maild.analyse import Budget
 from maild.daemon import build_desk
+from maild.errors import Temporary
 from maild.intake import Fetched, Intake
 from maild.models import InboundMessage, ParseAttempt, Ticket
 
@@ -152,3 +153,18 @@ def test_the_daemon_survives_a_mail_over_the_worker_memory_limit(
         assert len(smtp.wait_for(2, timeout=30)) == 2
     finally:
         assert daemon.stop() == 0
+
+
+def test_stopping_maild_under_a_long_analysis_is_no_verdict_on_the_mail(
+        make_intake, factory):
+    # maild is stopped while a mail is being analysed: the batch ends as a temporary
+    # failure (nothing recorded, the mail stays for the next start), not as a quarantine.
+    intake = make_intake(seconds=60)
+    analysed = intake.analyse(7, [Fetched(1, hostile_mail(1, "sleep"), NOW)])
+    time.sleep(1.0)
+    began = time.monotonic()
+    intake.close()
+    with pytest.raises(Temporary):
+        intake.process_batch(7, [Fetched(1, hostile_mail(1, "sleep"), NOW)], analysed)
+    assert time.monotonic() - began < 10
+    assert inbound(factory) == {}
