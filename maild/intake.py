@@ -334,7 +334,11 @@ class Intake:
         self, session: Session, uidvalidity: int, p: Prepared, error: str, now: datetime
     ) -> Outcome:
         with session.begin_nested():
-            row = self._row(session, _find(session, p.key), uidvalidity, p, now)
+            existing = _find(session, p.key)
+            done = _already_done(existing, uidvalidity, p.mail.uid) if p.over_budget else None
+            if done is not None:  # a copy of it was processed (when the machine was idle)
+                return done
+            row = self._row(session, existing, uidvalidity, p, now)
             row.attempts += 1
             row.error = error
             if p.over_budget:  # over its time or memory budget, or it crashed us

@@ -168,3 +168,16 @@ def test_stopping_maild_under_a_long_analysis_is_no_verdict_on_the_mail(
         intake.process_batch(7, [Fetched(1, hostile_mail(1, "sleep"), NOW)], analysed)
     assert time.monotonic() - began < 10
     assert inbound(factory) == {}
+
+
+def test_a_copy_of_a_processed_mail_that_runs_over_budget_stays_processed(
+        make_intake, factory):
+    # The same mail again (same Message-ID and body, another header) whose analysis now
+    # runs over budget: the mail is done already, its record is not turned into a quarantine.
+    intake = make_intake(seconds=1.0)
+    raw = customer_mail(1)
+    assert intake.process(7, Fetched(1, raw, NOW)).action == "processed"
+    copy = raw.replace(b"\r\n\r\n", b"\r\nX-Hostile: hang\r\n\r\n", 1)
+    assert intake.process(7, Fetched(2, copy, NOW)).reason == "already processed"
+    [row] = inbound(factory).values()
+    assert row.state == "processed" and row.ticket_id is not None
