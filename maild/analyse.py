@@ -86,6 +86,7 @@ class Analysis:
     key: str = ""  # its dedupe key, and its raw blob, when written where it was analysed
     raw_sha: str = ""
     written: tuple[str, ...] = ()  # blobs written but not yet synced
+    unavailable: str = ""  # the blob store failed in the worker (a Temporary, not the mail's)
 
 
 AnalyseFn = Callable[[bytes, Rules], Analysis]
@@ -209,12 +210,35 @@ def _serve(conn: Connection, rules: Rules, store: blobs.BlobStore, fn: AnalyseFn
                 raw = conn.recv_bytes()
             except (EOFError, OSError):
                 return
-            # A fresh store per mail: what it wrote unsynced is reported, the daemon syncs.
-            result = handle(raw, rules, copy.deepcopy(store), fn)
+            result = _handle_here(raw, rules, store, fn)
             del raw
             conn.send(result)
     except MemoryError:
         os._exit(MEMORY_EXIT)  # the daemon reads the status; a new worker starts clean
+
+
+def _handle_here(raw: bytes, rules: Rules, store: blobs.BlobStore,
+                 fn: AnalyseFn) -> Analysis:
+    """`handle` in a worker, failures turned into values: the blob store down is no verdict
+    on the mail; a bug counts against the mail, as a parser bug does."""
+    try:
+        # A fresh store per mail: what it wrote unsynced is reported, the daemon syncs.
+        return handle(raw, rules, copy.deepcopy(store), fn)
+    except Temporary as exc:
+        return Analysis(None, None, None, None, unavailable=str(exc))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        return _failure(exc)
+
+
+def _in_process(raw: bytes, rules: Rules, store: blobs.BlobStore, fn: AnalyseFn) -> Analysis:
+    """`handle` in the daemon's own process (no time budget; memory errors still end only
+    the mail)."""
+    try:
+        return handle(raw, rules, store, fn)
+    except MemoryError:
+        return stopped(MEMORY)
 
 
 class _Worker:
@@ -298,8 +322,8 @@ class Analyser:
                 except RuntimeError:  # closed meanwhile
                     pass
         done: Future[list[Analysis]] = Future()
-        done.set_result([w if isinstance(w, Analysis) else handle(w, self.rules, self.store,
-                                                                   self.fn) for w in items])
+        done.set_result([w if isinstance(w, Analysis) else _in_process(
+            w, self.rules, self.store, self.fn) for w in items])
         return done
 
     def _run(self, work: list[bytes | Analysis]) -> list[Analysis]:
@@ -339,7 +363,7 @@ class Analyser:
         except OSError as exc:  # cannot start a worker: not this mail's fault
             log.warning("parse worker unavailable (%s); analysing in-process", exc)
             self._replace(slot)
-            return handle(raw, self.rules, self.store, self.fn)
+            return _in_process(raw, self.rules, self.store, self.fn)
         try:
             worker.conn.send_bytes(raw)
         except OSError:

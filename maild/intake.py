@@ -34,7 +34,7 @@ from maild.analyse import (
 )
 from maild.answers import reject_unknown
 from maild.desk import Desk
-from maild.errors import Temporary
+from maild.errors import StorageUnavailable, Temporary
 from maild.mail import dsn, files
 from maild.mail.classify import Verdict
 from maild.mail.extracted import Extracted
@@ -198,6 +198,8 @@ class Intake:
         return outcomes
 
     def _prepare(self, mail: Fetched, analysis: Analysis) -> Prepared:
+        if analysis.unavailable:
+            raise StorageUnavailable(analysis.unavailable)
         # The worker wrote the blobs (not when it was stopped); this process syncs them.
         self.desk.store.adopt(analysis.written)
         key = analysis.key or dedupe_key(mail.raw)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from maild import db
 from maild.analyse import Budget
 from maild.daemon import build_desk
-from maild.errors import Temporary
+from maild.errors import StorageUnavailable, Temporary
 from maild.intake import Fetched, Intake
 from maild.models import InboundMessage, ParseAttempt, Ticket
 
@@ -181,3 +181,24 @@ def test_a_copy_of_a_processed_mail_that_runs_over_budget_stays_processed(
     assert intake.process(7, Fetched(2, copy, NOW)).reason == "already processed"
     [row] = inbound(factory).values()
     assert row.state == "processed" and row.ticket_id is not None
+
+
+def test_a_blob_store_failure_in_the_worker_is_temporary_not_the_mails_fault(
+        tmp_path, factory, database_url):
+    # The worker cannot write the blobs (the store's folder is a file): the batch fails
+    # temporarily, nothing is recorded and no crash counted; once the store works, the
+    # same mail is processed.
+    blob_dir = tmp_path / "blobs"
+    blob_dir.write_text("not a folder")
+    desk = build_desk(offline_settings(database_url, blob_dir), factory, NOW)
+    intake = Intake(factory, desk, "INBOX", 3, lambda: NOW, workers=1)
+    intake.start()
+    try:
+        with pytest.raises(StorageUnavailable):
+            intake.process(7, Fetched(1, customer_mail(1), NOW))
+        assert inbound(factory) == {}
+        blob_dir.unlink()
+        assert intake.process(7, Fetched(1, customer_mail(1), NOW)).action == "processed"
+        assert marks(factory) == []
+    finally:
+        intake.close()
