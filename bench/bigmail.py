@@ -6,7 +6,9 @@ Generates a ~50 MB mail (a PDF-like attachment of `--mb` MB, base64-encoded) int
 reads it as the IMAP fetch would hand it over, and processes it through `Intake` (the
 daemon's intake path: analysis in the parse worker, blobs, one transaction) against a
 SQLite database in a temporary folder. Prints the daemon's resident memory before and its
-peak (VmHWM) after, and the worker's peak.
+peak (VmHWM) after, and the worker's peaks (resident, and address space: what
+`[intake] parse_memory_mb` limits). Other child processes (multiprocessing's resource
+tracker) are listed too.
 """
 
 from __future__ import annotations
@@ -113,14 +115,15 @@ def main() -> None:
         began = time.monotonic()
         outcome = intake.process(7, Fetched(1, raw, now))
         took = time.monotonic() - began
-        workers = {pid: status(pid, "VmHWM") for pid in children()}
+        workers = {pid: (status(pid, "VmHWM"), status(pid, "VmPeak")) for pid in children()}
         intake.close()
         engine.dispose()
     print(f"mail: {len(raw) / MB:.1f} MB, attachment {args.mb} MB; outcome: {outcome.action} "
           f"{outcome.reason} ticket {outcome.ticket_number}; {took:.2f} s")
     print(f"daemon: RSS before {before} MB, peak (VmHWM) {status('self', 'VmHWM')} MB")
-    for pid, hwm in workers.items():
-        print(f"worker {pid}: peak (VmHWM) {hwm} MB")
+    for pid, (hwm, peak) in workers.items():
+        print(f"worker {pid}: peak (VmHWM) {hwm} MB, address space peak (VmPeak, what "
+              f"parse_memory_mb limits) {peak} MB")
 
 
 if __name__ == "__main__":
