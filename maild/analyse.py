@@ -1,30 +1,51 @@
-"""The pure part of handling a mail (parse, classify, plan its files, read a bounce), in a
-small pool of worker processes for batches: parsing is the CPU-heavy step and the daemon's
-own process is busy with the database. Single mails (the latency path) and small batches
-are analysed in-process; a broken pool falls back to in-process work.
+"""The pure part of handling a mail (parse, classify, plan its files, read a bounce) and the
+writing of its blobs, in parse worker processes beside the daemon.
+
+Each mail is one task with a time budget, and each worker runs under a memory limit
+(RLIMIT_AS): a mail that takes too long, exhausts the memory or kills its worker is
+reported `over_budget` (the intake quarantines it), the worker is replaced, and the mails
+behind it go on. The workers start with the daemon and end with it, even after SIGKILL.
+The daemon gets back hashes, sizes and text, not the decoded files: the worker writes the
+blobs (not yet synced; the intake syncs them before its commit). `workers = 0` analyses
+in the daemon's own process, without budget (tests, debugging).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import multiprocessing
 import os
 import re
+import resource
+import signal
 import threading
 import time
 import traceback
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
+from typing import Any
 
-from maild.mail import dsn, files
+from maild import blobs
+from maild.errors import Temporary
+from maild.mail import body, dsn, facts, files, language
 from maild.mail.classify import Verdict, classify
+from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail, parse
+from maild.work import REPLY_ABOVE, agent_words
 
 log = logging.getLogger(__name__)
 
-MIN_POOLED = 4  # smaller batches are analysed in the daemon's own process
+MEMORY = "parsing exceeded the memory limit"
+DIED = "the parse worker died"
+MEMORY_EXIT = 86  # a worker's exit status after a MemoryError
+START_SECONDS = 60.0  # for a new worker to be ready (imports), not counted against a mail
+_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_MSGID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +56,21 @@ class Rules:
     domain: str
     spam_rule: tuple[str, re.Pattern[str]] | None
     limits: files.Limits
+    keep_bytes: int = 0  # stored files up to this size keep their bytes (agent notices)
+    fact_patterns: Mapping[str, Sequence[str]] | None = None
+    default_language: str = "en"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    seconds: float = 10.0  # per mail
+    memory_mb: int = 1024  # per worker (address space)
+
+    def timeout(self) -> str:
+        return f"parsing took longer than {self.seconds:g} s"
+
+
+DEFAULT_BUDGET = Budget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +79,98 @@ class Analysis:
     verdict: Verdict | None
     planned: list[files.Planned] | None
     report: dsn.Report | None
+    extracted: Extracted | None = None
     error: str = ""  # "Type: message" when the mail's content broke the analysis
     trace: str = ""  # the traceback, for the log
+    over_budget: str = ""  # why the mail was stopped (time, memory, a dead worker, crashes)
+    key: str = ""  # its dedupe key, and its raw blob, when written where it was analysed
+    raw_sha: str = ""
+    written: tuple[str, ...] = ()  # blobs written but not yet synced
+    unavailable: str = ""  # the blob store failed in the worker (a Temporary, not the mail's)
+
+
+AnalyseFn = Callable[[bytes, Rules], Analysis]
+
+
+def stopped(reason: str) -> Analysis:
+    """The analysis of a mail that was stopped (or not started) for `reason`."""
+    return Analysis(None, None, None, None, over_budget=reason)
+
+
+def dedupe_key(raw: bytes) -> str:
+    """Same Message-ID and same body → same key, whatever trace headers were added."""
+    found = _SEPARATOR.search(raw)
+    head, body_at = (raw[:found.start()], found.end()) if found else (raw, len(raw))
+    mid = _MSGID.search(head)
+    if mid is None:
+        return hashlib.sha256(b"raw\0" + raw).hexdigest()
+    digest = hashlib.sha256(b"mid\0" + mid.group(1).strip() + b"\0")
+    digest.update(memoryview(raw)[body_at:])  # no copy of a big body
+    return digest.hexdigest()
 
 
 def analyse(raw: bytes, rules: Rules) -> Analysis:
-    """Never raises: a failure is returned as `error` (counted against the mail)."""
+    """The default analysis. Never raises but MemoryError: a failure is returned as
+    `error` (counted against the mail)."""
     try:
         parsed = parse(raw)
         verdict = classify(parsed, rules.support_address, rules.spam_rule)
         planned = files.plan(parsed.attachments, rules.limits)
         report = dsn.read(raw, rules.domain) if verdict.kind == "bounce" else None
+        extracted = extract(parsed, rules) if verdict.kind != "bounce" else None
+    except MemoryError:
+        raise
     except Exception as exc:  # a parser bug on this mail's content
-        return Analysis(None, None, None, None, f"{type(exc).__name__}: {exc}"[:1900],
-                        traceback.format_exc())
-    return Analysis(parsed, verdict, planned, report)
+        return _failure(exc)
+    return Analysis(parsed, verdict, planned, report, extracted)
+
+
+def extract(mail: InboundMail, rules: Rules) -> Extracted:
+    """The text-heavy work on a mail's text that the ticket code needs (regular
+    expressions and a reply parser over text of any size)."""
+    text = mail.text
+    new_text = body.latest_reply(text)
+    plain = "\r" not in text and REPLY_ABOVE not in text.lower()
+    return Extracted(
+        facts=facts.extract(text, facts.Sender(mail.from_addr, mail.from_name),
+                            rules.fact_patterns),
+        new_text=new_text,
+        new_content=facts.new_content(text),
+        language=language.guess(f"{mail.subject}\n{text}", rules.default_language),
+        agent_text=new_text if plain else agent_words(text),  # the same without a marker
+    )
+
+
+def _failure(exc: Exception) -> Analysis:
+    return Analysis(None, None, None, None, error=f"{type(exc).__name__}: {exc}"[:1900],
+                    trace=traceback.format_exc())
+
+
+def handle(raw: bytes, rules: Rules, store: blobs.BlobStore, fn: AnalyseFn) -> Analysis:
+    """Analyse one mail with `fn` and write its blobs (raw mail, kept files) unsynced; the
+    result holds their hashes, and the bytes of small kept files only."""
+    key = dedupe_key(raw)
+    written = [store.put(raw, sync=False)]
+    try:
+        result = fn(raw, rules)
+    except MemoryError:
+        raise
+    except Exception as exc:  # an injected analysis may raise
+        result = _failure(exc)
+    planned = None
+    if result.planned is not None:
+        planned = []
+        for f in result.planned:
+            if f.store:
+                written.append(store.put(f.data, sync=False))
+            keep = f.store and f.size <= rules.keep_bytes
+            planned.append(f if keep or not f.data else replace(f, data=b""))
+    parsed = result.parsed
+    if parsed is not None and parsed.attachments:
+        parsed = replace(parsed, attachments=tuple(replace(a, data=b"")
+                                                   for a in parsed.attachments))
+    return replace(result, parsed=parsed, planned=planned, key=key, raw_sha=written[0],
+                   written=tuple(written))
 
 
 def _watch_parent(parent: int) -> None:
@@ -70,47 +183,238 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _analyse_all(raws: list[bytes], rules: Rules) -> list[Analysis]:
-    return [analyse(raw, rules) for raw in raws]
+def _limit_memory(megabytes: int) -> None:
+    limit = megabytes * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("parse worker: memory limit not set: %s", exc)
+
+
+def _serve(conn: Connection, rules: Rules, store: blobs.BlobStore, fn: AnalyseFn,
+           memory_mb: int, parent: int) -> None:
+    """A worker's life: one mail in, its analysis out, until the daemon closes the pipe."""
+    # The daemon's signals are its own: a worker ends when its pipe closes or the daemon is
+    # gone, never under a mail because the whole group got SIGTERM or Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _watch_parent(parent)
+    _limit_memory(memory_mb)
+    conn.send(None)  # ready
+    try:
+        while True:
+            try:
+                raw = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            result = _handle_here(raw, rules, store, fn)
+            del raw
+            conn.send(result)
+    except MemoryError:
+        os._exit(MEMORY_EXIT)  # the daemon reads the status; a new worker starts clean
+
+
+def _handle_here(raw: bytes, rules: Rules, store: blobs.BlobStore,
+                 fn: AnalyseFn) -> Analysis:
+    """`handle` in a worker, failures turned into values: the blob store down is no verdict
+    on the mail; a bug counts against the mail, as a parser bug does."""
+    try:
+        # A fresh store per mail: what it wrote unsynced is reported, the daemon syncs.
+        return handle(raw, rules, copy.deepcopy(store), fn)
+    except Temporary as exc:
+        return Analysis(None, None, None, None, unavailable=str(exc))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        return _failure(exc)
+
+
+def _in_process(raw: bytes, rules: Rules, store: blobs.BlobStore, fn: AnalyseFn) -> Analysis:
+    """`handle` in the daemon's own process (no time budget; memory errors still end only
+    the mail)."""
+    try:
+        return handle(raw, rules, store, fn)
+    except MemoryError:
+        return stopped(MEMORY)
+
+
+class _Worker:
+    """One parse worker process and the daemon's end of its pipe."""
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        # spawn: forking a process that runs threads (IMAP, SMTP, scheduler) is unsafe.
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, *args), name="maild-parse",
+                                   daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Wait for the worker's imports (not counted against a mail's budget)."""
+        if self.ready:
+            return
+        try:
+            if not self.conn.poll(START_SECONDS):
+                raise OSError(f"no word from the parse worker in {START_SECONDS:g} s")
+            self.conn.recv()
+        except EOFError as exc:
+            raise OSError(f"the parse worker ended at start (status "
+                          f"{self.stop()})") from exc
+        self.ready = True
+
+    def stop(self) -> int | None:
+        """End the worker (a stuck one too: it holds no state worth a goodbye); its exit
+        status. Killed before its pipe is closed, so a wait on the pipe ends at once."""
+        self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+        return self.process.exitcode
 
 
 class Analyser:
-    """Runs `analyse` for batches, in `workers` processes (0: in-process)."""
+    """Runs the analysis of mails, one mail per task, in `workers` processes (0: in the
+    daemon's own process), batch after batch in the order submitted."""
 
-    def __init__(self, rules: Rules, workers: int) -> None:
+    def __init__(self, rules: Rules, workers: int, store: blobs.BlobStore,
+                 budget: Budget = DEFAULT_BUDGET, fn: AnalyseFn = analyse) -> None:
         self.rules = rules
         self.workers = workers
-        self.pool: ProcessPoolExecutor | None = None
+        self.store = store
+        self.budget = budget
+        self.fn = fn
+        self.pool: list[_Worker] = []
+        self.dispatch: ThreadPoolExecutor | None = None
+        self.closing = False
+        self.lock = threading.Lock()
 
-    def submit(self, raws: Sequence[bytes]) -> Future[list[Analysis]]:
-        """Start analysing `raws`; the result keeps their order."""
-        if self.workers and len(raws) >= MIN_POOLED:
+    def start(self) -> None:
+        """Start the workers now, so the first mail finds them warm."""
+        with self.lock:
+            if not self.workers or self.dispatch is not None or self.closing:
+                return
             try:
-                return self._pool().submit(_analyse_all, list(raws), self.rules)
-            except (BrokenProcessPool, RuntimeError, OSError) as exc:
-                log.warning("analysis pool unavailable, analysing in-process: %s", exc)
-                self.close()
+                self.pool = [self._spawn() for _ in range(self.workers)]
+            except OSError as exc:
+                log.warning("parse workers not started (%s); analysing in-process", exc)
+                for worker in self.pool:
+                    worker.stop()
+                self.pool = []
+                return
+            self.dispatch = ThreadPoolExecutor(1, thread_name_prefix="analyse")
+
+    def _spawn(self) -> _Worker:
+        return _Worker((self.rules, self.store, self.fn, self.budget.memory_mb, os.getpid()))
+
+    def submit(self, work: Sequence[bytes | Analysis]) -> Future[list[Analysis]]:
+        """Start analysing the raw mails of `work` (an Analysis given is the result already);
+        the result keeps the order."""
+        items = list(work)
+        if self.workers:
+            self.start()
+            if self.dispatch is not None:
+                try:
+                    return self.dispatch.submit(self._run, items)
+                except RuntimeError:  # closed meanwhile
+                    pass
         done: Future[list[Analysis]] = Future()
-        done.set_result(_analyse_all(list(raws), self.rules))
+        done.set_result([w if isinstance(w, Analysis) else _in_process(
+            w, self.rules, self.store, self.fn) for w in items])
         return done
 
-    def result(self, future: Future[list[Analysis]], raws: Sequence[bytes]) -> list[Analysis]:
+    def _run(self, work: list[bytes | Analysis]) -> list[Analysis]:
         try:
-            return future.result()
-        except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
-            log.warning("analysis worker died (%s); analysing the batch in-process", exc)
-            self.close()
-            return _analyse_all(list(raws), self.rules)
+            results = self._run_all(work)
+        except (OSError, ValueError):
+            if not self.closing:
+                raise
+            results = []
+        if self.closing:  # workers stopped under a mail are no verdict on it
+            raise Temporary("analysis stopped: maild is shutting down")
+        return results
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self.pool is None:
-            # spawn: forking a process that runs threads (IMAP, SMTP, scheduler) is unsafe.
-            self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_watch_parent, initargs=(os.getpid(),))
-        return self.pool
+    def _run_all(self, work: list[bytes | Analysis]) -> list[Analysis]:
+        results: list[Analysis | None] = [w if isinstance(w, Analysis) else None for w in work]
+        todo = deque(i for i, r in enumerate(results) if r is None)
+        busy: dict[int, tuple[int, float]] = {}  # slot → (mail, deadline)
+        while (todo or busy) and not self.closing:
+            for slot in range(len(self.pool)):
+                if todo and slot not in busy:
+                    i = todo.popleft()
+                    done = self._send(slot, work[i])
+                    if done is not None:
+                        results[i] = done
+                    else:
+                        busy[slot] = (i, time.monotonic() + self.budget.seconds)
+            if busy:
+                self._collect(busy, results)
+        return [r if r is not None else stopped(DIED) for r in results]
+
+    def _send(self, slot: int, raw: bytes | Analysis) -> Analysis | None:
+        """Hand a mail to the worker in `slot`; an analysis when it died taking it."""
+        assert isinstance(raw, bytes)
+        worker = self.pool[slot]
+        try:
+            worker.wait_ready()
+        except OSError as exc:  # cannot start a worker: not this mail's fault
+            log.warning("parse worker unavailable (%s); analysing in-process", exc)
+            self._replace(slot)
+            return _in_process(raw, self.rules, self.store, self.fn)
+        try:
+            worker.conn.send_bytes(raw)
+        except OSError:
+            return self._lost(slot)
+        return None
+
+    def _collect(self, busy: dict[int, tuple[int, float]],
+                 results: list[Analysis | None]) -> None:
+        """Wait for the first result or the first deadline; replace stopped workers."""
+        conns: dict[object, int] = {self.pool[slot].conn: slot for slot in busy}
+        first = min(deadline for _, deadline in busy.values())
+        ready = wait([self.pool[slot].conn for slot in busy],
+                     timeout=max(0.0, first - time.monotonic()))
+        for conn in ready:
+            slot = conns[conn]
+            i, _ = busy.pop(slot)
+            try:
+                results[i] = self.pool[slot].conn.recv()
+            except (EOFError, OSError):
+                results[i] = self._lost(slot)
+        now = time.monotonic()
+        for slot, (i, deadline) in list(busy.items()):
+            if deadline <= now:
+                del busy[slot]
+                log.warning("parse worker stopped after %g s; starting a new one",
+                            self.budget.seconds)
+                self._replace(slot)
+                results[i] = stopped(self.budget.timeout())
+
+    def _lost(self, slot: int) -> Analysis:
+        """The worker in `slot` died on its mail: why, and a new worker."""
+        status = self._replace(slot)
+        reason = MEMORY if status == MEMORY_EXIT else DIED
+        log.warning("parse worker ended (status %s): %s; starting a new one", status, reason)
+        return stopped(reason)
+
+    def _replace(self, slot: int) -> int | None:
+        status = self.pool[slot].stop()
+        if not self.closing:
+            self.pool[slot] = self._spawn()
+        return status
+
+    def result(self, future: Future[list[Analysis]]) -> list[Analysis]:
+        return future.result()
 
     def close(self) -> None:
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        with self.lock:
+            self.closing = True
+            dispatch, self.dispatch = self.dispatch, None
+            pool = list(self.pool)
+        if dispatch is not None:
+            dispatch.shutdown(wait=False, cancel_futures=True)
+        for worker in pool:
+            worker.stop()

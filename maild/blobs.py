@@ -14,7 +14,7 @@ import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +33,7 @@ class BlobStore(Protocol):
         ...
 
     def sync(self) -> None: ...
+    def adopt(self, sha256s: Iterable[str]) -> None: ...
     def exists(self, sha256: str) -> bool: ...
     def get(self, sha256: str) -> bytes: ...
     def delete(self, sha256: str) -> None: ...
@@ -92,6 +93,11 @@ class FolderStore:
         except OSError as exc:
             raise StorageUnavailable(f"blob store {self.root}: {exc.strerror or exc}") from exc
         self._unsynced.clear()
+
+    def adopt(self, sha256s: Iterable[str]) -> None:
+        """Blobs another process (the parse worker) wrote here with sync=False: made
+        durable by the next `sync()`."""
+        self._unsynced.update(self._path(sha) for sha in sha256s)
 
     def exists(self, sha256: str) -> bool:
         return self._path(sha256).exists()

@@ -366,6 +366,9 @@ class SpamSettings(_Section):
 class IntakeSettings(_Section):
     max_attempts: int = Field(default=3, ge=1)
     parse_workers: int = Field(default=1, ge=0, le=64)
+    parse_timeout: float = Field(default=10.0, gt=0)
+    parse_memory_mb: int = Field(default=1024, ge=100)
+    max_crashes: int = Field(default=3, ge=1)
     retry_backoff: float = Field(default=5.0, gt=0)
     retry_backoff_max: float = Field(default=300.0, gt=0)
 

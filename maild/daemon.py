@@ -14,6 +14,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
 from maild import agents, blobs, db, sla
+from maild.analyse import Budget
 from maild.config import Settings
 from maild.desk import Desk
 from maild.errors import ConfigError, StorageUnavailable, Temporary
@@ -136,7 +137,10 @@ class Daemon:
         s = self.settings
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
         intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock,
-                        workers=s.intake.parse_workers)
+                        workers=s.intake.parse_workers,
+                        budget=Budget(s.intake.parse_timeout, s.intake.parse_memory_mb),
+                        max_crashes=s.intake.max_crashes)
+        intake.start()  # the parse workers, warm before the first mail
         loop = asyncio.get_running_loop()
 
         def wake_outbox() -> None:

@@ -7,9 +7,7 @@ failure (database or disk down) stops the batch with `Temporary` and touches not
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import secrets
 import traceback
 from collections.abc import Callable, Iterable
@@ -18,26 +16,35 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from maild import accounts, blobs, bounces, db, notify, work
-from maild.analyse import Analyser, Analysis, Rules
+from maild.analyse import (
+    DEFAULT_BUDGET,
+    AnalyseFn,
+    Analyser,
+    Analysis,
+    Budget,
+    Rules,
+    analyse,
+    dedupe_key,
+    stopped,
+)
 from maild.answers import reject_unknown
 from maild.desk import Desk
-from maild.errors import Temporary
+from maild.errors import StorageUnavailable, Temporary
 from maild.mail import dsn, files
 from maild.mail.classify import Verdict
+from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
-from maild.models import InboundMessage, OutboxMail
+from maild.models import InboundMessage, OutboxMail, ParseAttempt
 from maild.tickets import add_follow_up, open_ticket
 
 log = logging.getLogger(__name__)
 
 Action = Literal["processed", "quarantine", "retry"]
-_SEPARATOR = re.compile(rb"\r?\n\r?\n")
-_MSGID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,8 @@ class Fetched:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A mail after the pure work: parsed and classified, its blobs written (not yet synced)."""
+    """A mail after the pure work: parsed and classified, its blobs written (not yet synced);
+    `over_budget`: `error` says why its analysis was stopped (it goes to quarantine)."""
 
     mail: Fetched
     key: str
@@ -71,6 +79,8 @@ class Prepared:
     error: str
     planned: list[files.Planned] | None = None
     report: dsn.Report | None = None
+    over_budget: bool = False
+    extracted: Extracted | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,38 +91,71 @@ class Outcome:
     ticket_number: int | None = None
 
 
-def dedupe_key(raw: bytes) -> str:
-    """Same Message-ID and same body → same key, whatever trace headers were added."""
-    parts = _SEPARATOR.split(raw, 1)
-    head, body = parts[0], parts[1] if len(parts) > 1 else b""
-    found = _MSGID.search(head)
-    if found:
-        return hashlib.sha256(b"mid\0" + found.group(1).strip() + b"\0" + body).hexdigest()
-    return hashlib.sha256(b"raw\0" + raw).hexdigest()
-
-
 class Intake:
     """Processes fetched mails of one mailbox against the database."""
 
     def __init__(
         self, factory: db.SessionFactory, desk: Desk, mailbox: str, max_attempts: int,
-        clock: Callable[[], datetime], workers: int = 0,
+        clock: Callable[[], datetime], workers: int = 0, budget: Budget = DEFAULT_BUDGET,
+        max_crashes: int = 3, analysis: AnalyseFn = analyse,
     ) -> None:
+        """`workers` parse worker processes analyse the mails within `budget` (0: in this
+        process, without budget); `analysis` is the analysis they run (a module-level
+        function: it is pickled to the workers)."""
         self.factory = factory
         self.desk = desk
         self.mailbox = mailbox
         self.max_attempts = max_attempts
+        self.max_crashes = max_crashes
         self.clock = clock
-        self.analyser = Analyser(Rules(desk.sender.address, desk.sender.domain,
-                                       desk.spam_rule, desk.limits), workers)
+        rules = Rules(desk.sender.address, desk.sender.domain, desk.spam_rule, desk.limits,
+                      keep_bytes=desk.notify_files_max_bytes, fact_patterns=desk.fact_patterns,
+                      default_language=desk.default_language)
+        self.analyser = Analyser(rules, workers, desk.store, budget, analysis)
+        self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
 
-    def analyse(self, mails: list[Fetched]) -> Future[list[Analysis]]:
-        """Start the pure work on `mails` (in the worker pool for a batch); hand the result
-        to `process_batch`, which may meanwhile commit the batch before."""
-        return self.analyser.submit([m.raw for m in mails])
+    def start(self) -> None:
+        """Start the parse workers (so the first mail finds them warm)."""
+        self.analyser.start()
+
+    def analyse(self, uidvalidity: int, mails: list[Fetched]) -> Future[list[Analysis]]:
+        """Mark the mails' attempts, then start the pure work on them (in the parse
+        workers); hand the result to `process_batch`, which may meanwhile commit the batch
+        before. A mail that ended the process `max_crashes` times is not analysed again."""
+        given_up = self._mark_attempts(uidvalidity, mails)
+        return self.analyser.submit([given_up.get(m.uid, m.raw) for m in mails])
 
     def close(self) -> None:
         self.analyser.close()
+
+    def _mark_attempts(self, uidvalidity: int, mails: list[Fetched]) -> dict[int, Analysis]:
+        """Commit an open attempt mark per mail (one multi-row insert). A mark still open
+        from an earlier run is a crash: the mail ended that process while being parsed."""
+        uids = [m.uid for m in mails]
+        if not uids:
+            return {}
+        now = self.clock()
+        given_up: dict[int, Analysis] = {}
+        with db.transaction(self.factory) as session:
+            open_marks = {row.uid: row for row in session.scalars(select(ParseAttempt).where(
+                ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,
+                ParseAttempt.uid.in_(uids)))}
+            for uid, row in open_marks.items():
+                if (uidvalidity, uid) in self.opened:
+                    continue  # ours (a batch that failed temporarily): no crash
+                row.crashes += 1
+                row.started_at = now
+                log.warning("mail was being parsed when maild ended uid=%s crashes=%s",
+                            uid, row.crashes)
+                if row.crashes >= self.max_crashes:
+                    given_up[uid] = stopped(
+                        f"killed the process {row.crashes} times while being parsed")
+            new = [{"mailbox": self.mailbox, "uidvalidity": uidvalidity, "uid": uid,
+                    "started_at": now, "crashes": 0} for uid in uids if uid not in open_marks]
+            if new:
+                session.execute(insert(ParseAttempt), new)
+        self.opened.update((uidvalidity, uid) for uid in uids)
+        return given_up
 
     def known(self, uidvalidity: int, uids: Iterable[int]) -> dict[int, str]:
         """State of the UIDs we already finished with (processed or quarantined)."""
@@ -140,27 +183,37 @@ class Intake:
         """Handle fetched mails: pure work and blob writes first, one filesystem sync, then
         one transaction with a savepoint per mail, so one mail's failure stays its own.
         Raises only `Temporary`, in which case nothing of the batch was committed."""
-        future = analysed or self.analyse(mails)
-        analyses = self.analyser.result(future, [m.raw for m in mails])
-        prepared = [self._prepare(mail, a) for mail, a in zip(mails, analyses, strict=True)]
+        future = analysed or self.analyse(uidvalidity, mails)
+        prepared = [self._prepare(mail, a)
+                    for mail, a in zip(mails, future.result(), strict=True)]
         self.desk.store.sync()
         now = self.clock()
+        uids = [m.uid for m in mails]
         with db.transaction(self.factory) as session:
-            return [self._decide(session, uidvalidity, p, now) for p in prepared]
+            outcomes = [self._decide(session, uidvalidity, p, now) for p in prepared]
+            session.execute(delete(ParseAttempt).where(  # the attempts are over
+                ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,
+                ParseAttempt.uid.in_(uids)))
+        self.opened.difference_update((uidvalidity, uid) for uid in uids)
+        return outcomes
 
     def _prepare(self, mail: Fetched, analysis: Analysis) -> Prepared:
-        key = dedupe_key(mail.raw)
-        raw_sha = self.desk.store.put(mail.raw, sync=False)
+        if analysis.unavailable:
+            raise StorageUnavailable(analysis.unavailable)
+        # The worker wrote the blobs (not when it was stopped); this process syncs them.
+        self.desk.store.adopt(analysis.written)
+        key = analysis.key or dedupe_key(mail.raw)
+        raw_sha = analysis.raw_sha or self.desk.store.put(mail.raw, sync=False)
+        if analysis.over_budget:
+            return Prepared(mail, key, raw_sha, None, None, analysis.over_budget,
+                            over_budget=True)
         if analysis.error or analysis.planned is None:
             return Prepared(mail, key, raw_sha, None, None,
                             _failed(analysis.error, analysis.trace, mail.uid))
         planned = analysis.planned + [files.left_out(o.filename, o.content_type, o.size)
                                       for o in mail.omitted]
-        for f in planned:
-            if f.store:
-                self.desk.store.put(f.data, sync=False)
         return Prepared(mail, key, raw_sha, analysis.parsed, analysis.verdict, "", planned,
-                        analysis.report)
+                        analysis.report, extracted=analysis.extracted)
 
     def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
         if p.error:
@@ -218,7 +271,8 @@ class Intake:
         proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
         if agent is not None and proven and match is not None:
             summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
-                                      inbound_id=row.id, now=now, planned=p.planned)
+                                      inbound_id=row.id, now=now, planned=p.planned,
+                                      extracted=p.extracted)
             row.ticket_id = match.ticket.id
             return Outcome(mail.uid, "processed", summary, match.ticket.number)
         forged = agent is not None and not proven
@@ -227,7 +281,8 @@ class Intake:
                         "from=%s message_id=%s", parsed.from_addr, parsed.message_id)
         if match is not None and match.attach and add_follow_up(
                 session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
-                how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days):
+                how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days,
+                extracted=p.extracted):
             row.ticket_id = match.ticket.id
             if forged:
                 notify.forged_warning(session, self.desk, match.ticket, parsed, now)
@@ -247,7 +302,7 @@ class Intake:
         ticket = open_ticket(
             session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
             arrived=mail.internaldate or now, now=now, account=account, planned=p.planned,
-            refers_to=refers_to,
+            refers_to=refers_to, extracted=p.extracted,
         )
         row.ticket_id = ticket.id
         if forged:
@@ -282,9 +337,16 @@ class Intake:
         self, session: Session, uidvalidity: int, p: Prepared, error: str, now: datetime
     ) -> Outcome:
         with session.begin_nested():
-            row = self._row(session, _find(session, p.key), uidvalidity, p, now)
+            existing = _find(session, p.key)
+            done = _already_done(existing, uidvalidity, p.mail.uid) if p.over_budget else None
+            if done is not None:  # a copy of it was processed (when the machine was idle)
+                return done
+            row = self._row(session, existing, uidvalidity, p, now)
             row.attempts += 1
             row.error = error
+            if p.over_budget:  # over its time or memory budget, or it crashed us
+                row.state, row.reason, row.finished_at = "quarantined", error, now
+                return Outcome(p.mail.uid, "quarantine", error)
             if row.attempts < self.max_attempts:
                 row.state = "failed"
                 return Outcome(p.mail.uid, "retry", error)

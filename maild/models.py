@@ -102,6 +102,18 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ParseAttempt(Base):
+    """A mail handed to the analysis whose outcome is not committed yet. A row left over
+    from an earlier run means the mail ended that process: `crashes` counts such runs."""
+
+    __tablename__ = "parse_attempts"
+    mailbox: Mapped[str] = mapped_column(String(300), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Company(Base):
     """A customer company: its number, its support tier, the mail domains it owns."""
 

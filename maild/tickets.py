@@ -12,6 +12,7 @@ from maild.accounts import Account, has_accounts
 from maild.desk import Desk
 from maild.mail import body, facts, files, language, triage
 from maild.mail.classify import Verdict
+from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Blob, Event, Ticket, TicketMessage
@@ -23,15 +24,17 @@ def open_ticket(
     session: Session, desk: Desk, mail: InboundMail, verdict: Verdict,
     *, inbound_id: int, mailbox: str, arrived: datetime, now: datetime,
     account: Account | None = None, planned: list[files.Planned] | None = None,
-    refers_to: int | None = None,
+    refers_to: int | None = None, extracted: Extracted | None = None,
 ) -> Ticket:
-    """Create a ticket with its first message, attachments, event and, if due, the answer."""
+    """Create a ticket with its first message, attachments, event and, if due, the answer.
+    `extracted`: the text work done in the parse worker (else done here)."""
     automatic = verdict.kind != "normal"  # a person's mail without address is not automatic
-    found = facts.extract(mail.text, facts.Sender(mail.from_addr, mail.from_name),
-                          desk.fact_patterns)
+    found = extracted.facts if extracted else facts.extract(
+        mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.fact_patterns)
     if account is not None:  # the account book fills what the mail leaves out
         found = facts.merge(found, account.facts(mail.from_addr))
-    level, why = triage.priority(mail.subject, facts.new_content(mail.text),
+    level, why = triage.priority(mail.subject, extracted.new_content if extracted
+                                 else facts.new_content(mail.text),
                                  desk.urgent_keywords,
                                  desk.tier_priority.get(account.tier, "") if account else "")
     hours = desk.response_hours(level, account.tier if account else "")
@@ -47,6 +50,7 @@ def open_ticket(
         customer_name=mail.from_name[:300],
         subject=answers.short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
         language=(account.language if account and account.language else
+                  extracted.language if extracted else
                   language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)),
         automatic=automatic,
         verified=bool(account and account.verified),
@@ -64,8 +68,9 @@ def open_ticket(
     first = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
         author=ticket.customer_address, message_id=mail.message_id, subject=mail.subject,
-        body_text=mail.text, new_text=body.latest_reply(mail.text), facts=found,
-        automatic=automatic, created_at=now, kind="automatic" if automatic else "customer",
+        body_text=mail.text, new_text=extracted.new_text if extracted
+        else body.latest_reply(mail.text), facts=found, automatic=automatic, created_at=now,
+        kind="automatic" if automatic else "customer",
     )
     session.add(first)
     session.flush()
@@ -112,7 +117,7 @@ def participants_of(mail: InboundMail, support: str, customer: str) -> list[str]
 def add_follow_up(
     session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, verdict: Verdict,
     *, inbound_id: int, how: str, now: datetime, planned: list[files.Planned] | None,
-    reopen_days: float,
+    reopen_days: float, extracted: Extracted | None = None,
 ) -> bool:
     """Add a customer's further mail to `ticket`; False when it is too old to reopen
     (the caller then opens a new ticket that references it). Automatic mail (an
@@ -122,12 +127,13 @@ def add_follow_up(
         since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
         if (now - since).total_seconds() > reopen_days * 86400:
             return False
-    found = facts.extract(mail.text, facts.Sender(mail.from_addr, mail.from_name),
-                          desk.fact_patterns)
+    found = extracted.facts if extracted else facts.extract(
+        mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.fact_patterns)
     message = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=mail.from_addr,
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
-        new_text=body.latest_reply(mail.text), facts=found, automatic=not person,
+        new_text=extracted.new_text if extracted else body.latest_reply(mail.text),
+        facts=found, automatic=not person,
         created_at=now, kind="customer" if person else "automatic",
         internal=not person,  # an out-of-office reply is for agents' eyes
     )

@@ -187,7 +187,8 @@ class Watcher:
             if self.stop.is_set():
                 break
             fetched = box.fetch(batch, sizes)
-            ahead = (fetched, self.intake.analyse(fetched)) if fetched else None
+            ahead = ((fetched, self.intake.analyse(box.uidvalidity, fetched))
+                     if fetched else None)
             if pending is not None:
                 self._finish(box, *pending)
             pending = ahead

@@ -20,6 +20,7 @@ from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
 from maild.mail.commands import Commands
+from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
 from maild.models import Event, OutboxMail, Ticket, TicketMessage
@@ -92,10 +93,11 @@ def _answers_own_notice(session: Session, desk: Desk, match: Match, sender: str,
 def agent_mail(
     session: Session, desk: Desk, match: Match, mail: InboundMail, agent: AgentInfo,
     why: str, *, inbound_id: int, now: datetime, planned: list[files.Planned] | None,
+    extracted: Extracted | None = None,
 ) -> str:
     """Apply a proven agent's mail to the ticket; returns a short summary for the log."""
     ticket = match.ticket
-    parsed = commands.parse(agent_words(mail.text))
+    parsed = commands.parse(extracted.agent_text if extracted else agent_words(mail.text))
     errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
     internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
                 or (match.referenced is not None and match.referenced.kind == "note"))
@@ -329,7 +331,9 @@ def relay(
         from_name=f"{agent.name} ({desk.sender.name})" if agent.name else None,
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None,
-        files=[File(f.filename, f.content_type, f.data) for f in shown if f.store],
+        # A big file's bytes stay in the blob store (the parse worker wrote them there).
+        files=[File(f.filename, f.content_type, f.data or desk.store.get(f.sha256))
+               for f in shown if f.store],
     )
     answers.enqueue(session, desk, rendered, [to, *cc], ticket, "relay", now,
                     automatic=False, author=agent.address)
