@@ -253,6 +253,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.ready = False
+        self.stopping = threading.Lock()  # close() and the dispatch thread may both stop it
 
     def wait_ready(self) -> None:
         """Wait for the worker's imports (not counted against a mail's budget)."""
@@ -270,9 +271,11 @@ class _Worker:
     def stop(self) -> int | None:
         """End the worker (a stuck one too: it holds no state worth a goodbye); its exit
         status. Killed before its pipe is closed, so a wait on the pipe ends at once."""
-        self.process.kill()
-        self.process.join(5)
-        self.conn.close()
+        with self.stopping:
+            if not self.conn.closed:
+                self.process.kill()
+                self.process.join(5)
+                self.conn.close()
         return self.process.exitcode
 
 
