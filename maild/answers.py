@@ -66,7 +66,7 @@ def acknowledge(
         "ask_official": ask_official,
         "attachments": [f.filename for f in shown if f.store],
         "not_stored": [(f.filename, f.size, f.note) for f in shown if not f.store],
-        "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
+        **customer_links(desk, ticket, now),
         "missing": list(ticket.missing),
         "urgent": ticket.priority == "urgent",
         "encrypted": mail.encrypted,
@@ -82,6 +82,13 @@ def acknowledge(
     )
     enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
             automatic=True)
+
+
+def customer_links(desk: Desk, ticket: Ticket, now: datetime) -> dict[str, str]:
+    """The ticket page and the escalation page, as every mail to the customer carries them."""
+    args = (desk.public_url, desk.secret, ticket.number, ticket.customer_address,
+            ticket.link_version or 0, now)
+    return {"ticket_url": links.ticket_url(*args), "escalation_url": links.escalation_url(*args)}
 
 
 def is_ours(desk: Desk, address: str) -> bool:

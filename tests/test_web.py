@@ -1,0 +1,347 @@
+"""The customer's web pages: signed links, the ticket page, adding information, the
+call-back service (escalation), and the guard around them.
+
+In-process with Starlette's TestClient against both databases (intake + outbox rows); the
+whole path through the daemon, Dovecot and SMTP is the last test here.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from email import policy
+from urllib.parse import urlsplit
+
+import pytest
+from harness import Clock, offline_settings
+from sqlalchemy import func, select, update
+from starlette.testclient import TestClient
+
+from maild import db, links, web
+from maild.daemon import build_desk
+from maild.intake import Fetched, Intake
+from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, within support hours
+SATURDAY = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+FIRST = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
+         "Subject: App stuerzt ab\r\nMessage-ID: <first@kunde.example>\r\n\r\n"
+         "Die App stürzt ab. Android 14. Telefon: +49 30 1234567\r\n"
+         "<script>alert('x')</script>\r\n")
+OTHER = ("From: Bob <bob@firma.example>\r\nTo: service@example.com\r\n"
+         "Subject: Drucker\r\nMessage-ID: <other@firma.example>\r\n\r\n"
+         "Der Drucker druckt nicht.\r\n")
+AGENTS = {"members": [{"address": "max@example.com", "name": "Max Agent"},
+                      {"address": "lea@example.com", "name": "Lea Lead", "lead": True}]}
+LINK = re.compile(r"https?://[^\s\"<>]+/(?:t|escalate)/[A-Za-z0-9_.\-]+")
+
+
+class Site:
+    """A desk with ticket 10001 (and 10002), its web app, and helpers to read the rows."""
+
+    def __init__(self, tmp_path, factory, database_url, clock, **sections) -> None:
+        sections.setdefault("agents", AGENTS)
+        self.settings = offline_settings(database_url, tmp_path / "blobs", **sections)
+        self.desk = build_desk(self.settings, factory, NOW)
+        self.factory, self.clock = factory, clock
+        self.intake = Intake(factory, self.desk, "INBOX", 3, clock)
+        self.intake.process(1, Fetched(1, FIRST.encode(), clock()))
+        self.intake.process(1, Fetched(2, OTHER.encode(), clock()))
+        self.app = web.make_app(self.desk, factory, self.settings, clock)
+        self.client = TestClient(self.app, follow_redirects=False)
+
+    def links(self, number: int = 10001) -> dict[str, str]:
+        """The paths of the links in the ticket's acknowledgement: {"t": …, "escalate": …}."""
+        ack = [o for o in self.outbox("ack") if f"[#{number}]" in o.raw.decode()][0]
+        msg = email.message_from_bytes(ack.raw, policy=policy.default)
+        text = msg.get_body(("plain",)).get_content()
+        found = {urlsplit(u).path.split("/")[1]: urlsplit(u).path for u in LINK.findall(text)}
+        return found
+
+    def outbox(self, kind: str | None = None) -> list[OutboxMail]:
+        with db.transaction(self.factory) as s:
+            query = select(OutboxMail).order_by(OutboxMail.id)
+            return list(s.scalars(query.where(OutboxMail.kind == kind) if kind else query))
+
+    def ticket(self, number: int = 10001) -> Ticket:
+        with db.transaction(self.factory) as s:
+            return s.scalars(select(Ticket).where(Ticket.number == number)).one()
+
+    def events(self, kind: str) -> list[Event]:
+        with db.transaction(self.factory) as s:
+            return list(s.scalars(select(Event).where(Event.kind == kind)))
+
+    def counts(self) -> tuple[int, ...]:
+        with db.transaction(self.factory) as s:
+            return tuple(int(s.scalar(select(func.count()).select_from(m)) or 0)
+                         for m in (OutboxMail, Event, TicketMessage, Attachment))
+
+    def form_token(self, path: str) -> str:
+        page = self.client.get(path).text
+        found = re.search(r'name="form" value="([0-9a-f]+)"', page)
+        assert found, page
+        return found.group(1)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW)
+
+
+@pytest.fixture
+def site(tmp_path, factory, database_url, clock) -> Site:
+    return Site(tmp_path, factory, database_url, clock)
+
+
+def test_ack_carries_both_links_and_the_ticket_page_shows_the_ticket(site):
+    # The customer opens the ticket link from the acknowledgement: number, subject, status,
+    # deadline, their mail and our acknowledgement in the history; security headers set.
+    paths = site.links()
+    assert set(paths) == {"t", "escalate"}
+    page = site.client.get(paths["t"])
+    assert page.status_code == 200
+    assert "Ticket #10001" in page.text and "App stuerzt ab" in page.text
+    assert "Die App stürzt ab" in page.text and "Deine Nachricht an unseren Support" in page.text
+    assert "Reaktion bis" in page.text
+    headers = page.headers
+    assert headers["content-security-policy"].startswith("default-src 'none'; style-src 'self'")
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "<script" not in page.text.replace("&lt;script", "")  # no script of ours or theirs
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page.text  # mail text escaped
+    css = site.client.get("/static/web.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+
+
+def test_forged_expired_revoked_and_cross_ticket_links_get_one_page(site, clock):
+    # Every link that does not open its ticket gets the same friendly page (404), saying how
+    # to get a new link and naming no ticket; nothing is read or changed.
+    paths = site.links()
+    token = paths["t"].rsplit("/", 1)[1]
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    other = site.ticket(10002)
+    cross = links.customer_token(site.desk.secret, "ticket", other.number,
+                                 "anna@kunde.example", 0, NOW)  # Anna's address, Bob's ticket
+    wrong_key = links.customer_token("not-our-key", "ticket", 10001, "anna@kunde.example", 0,
+                                     NOW)
+    kind_swapped = f"/escalate/{token}"  # a ticket-page token is no escalation token
+    answers = {name: site.client.get(path) for name, path in {
+        "forged": f"/t/{forged}", "cross": f"/t/{cross}", "wrong key": f"/t/{wrong_key}",
+        "kind": kind_swapped, "garbage": "/t/x", "unknown path": "/admin",
+    }.items()}
+    clock.now = NOW + timedelta(days=181)
+    answers["expired"] = site.client.get(paths["t"])
+    clock.now = NOW
+    with db.transaction(site.factory) as s:
+        s.execute(update(Ticket).where(Ticket.number == 10001).values(link_version=1))
+    answers["revoked"] = site.client.get(paths["t"])
+    answers["revoked escalation"] = site.client.get(paths["escalate"])
+    bodies = {a.text for a in answers.values()}
+    assert len(bodies) == 1, {k: a.status_code for k, a in answers.items()}
+    assert {a.status_code for a in answers.values()} == {404}
+    body = bodies.pop()
+    assert "Antworte einfach auf eine beliebige E-Mail" in body and "reply to any email" in body
+    assert "10001" not in body and "anna" not in body
+    assert answers["revoked"].headers["referrer-policy"] == "no-referrer"
+    # A link issued after the revocation works.
+    fresh = links.customer_token(site.desk.secret, "ticket", 10001, "anna@kunde.example", 1,
+                                 NOW)
+    assert site.client.get(f"/t/{fresh}").status_code == 200
+
+
+def test_links_signed_with_an_old_key_still_work_after_rotation(tmp_path, factory,
+                                                                database_url, clock):
+    # [security] old_secret_keys: a link signed with the previous key still opens the page;
+    # new links are signed with the current key.
+    site = Site(tmp_path, factory, database_url, clock,
+                security={"secret_key": "new-key", "old_secret_keys": ["old-key"]})
+    old = links.customer_token("old-key", "ticket", 10001, "anna@kunde.example", 0, NOW)
+    assert site.client.get(f"/t/{old}").status_code == 200
+    assert web.link_holds(links.read_customer_token(("new-key",), "ticket", old),
+                          site.ticket(), NOW, 180) is False
+
+
+def test_get_changes_nothing(site):
+    # Mail scanners follow links: opening both pages (twice) changes no row, sends nothing.
+    paths = site.links()
+    before, ticket = site.counts(), site.ticket()
+    for path in (paths["t"], paths["escalate"], paths["t"], paths["escalate"]):
+        assert site.client.get(path).status_code == 200
+    after = site.ticket()
+    assert site.counts() == before
+    assert (after.escalated_at, after.priority, after.updated_at, after.status) == (
+        None, ticket.priority, ticket.updated_at, ticket.status)
+
+
+def test_escalation_page_explains_billing_and_shows_the_phone_number(site):
+    # The confirmation page explains the call-back service, that it is billable when the
+    # problem is not ours, and shows the number from the ticket's facts to correct.
+    page = site.client.get(site.links()["escalate"]).text
+    assert "Call-Back-Service" in page
+    assert "kostenpflichtig ist, wenn das vorliegende Problem nicht auf einen Fehler" in page
+    assert 'value="+49 30 1234567"' in page
+
+
+def test_two_concurrent_posts_escalate_once(site):
+    # A double click as two concurrent POSTs (two threads): one escalation, one event, one
+    # mail to the staff and one to the customer; a replay later changes nothing either.
+    path = site.links()["escalate"]
+    form = {"form": site.form_token(path), "phone": "+49 171 5550123"}
+    results: list[int] = []
+
+    def post() -> None:
+        with TestClient(site.app, follow_redirects=False) as client:
+            results.append(client.post(path, data=form).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [303, 303]
+    assert site.client.post(path, data=form).status_code == 303  # the back button
+    ticket = site.ticket()
+    assert ticket.escalated_at == NOW and ticket.escalation_phone == "+49 171 5550123"
+    assert ticket.priority == "urgent" and ticket.facts["phone"] == "+49 171 5550123"
+    assert [e.detail["phone"] for e in site.events("escalated")] == ["+49 171 5550123"]
+    staff, customer = site.outbox("escalated_staff"), site.outbox("escalated")
+    assert len(staff) == 1 and len(customer) == 1
+    mail = email.message_from_bytes(staff[0].raw, policy=policy.default)
+    assert mail["Importance"] == "high" and mail["X-Priority"].startswith("1")
+    assert "+49 171 5550123" in mail["Subject"] and "[#10001]" in mail["Subject"]
+    assert set(staff[0].recipients) == {"lea@example.com", "max@example.com"}  # lead + agents
+    assert customer[0].recipients == ["anna@kunde.example"]
+    assert "Call-Back-Service aktiviert" in customer[0].raw.decode()
+    done = site.client.get(path).text
+    assert "Dein Ticket ist eskaliert" in done and "+49 171 5550123" in done
+
+
+def test_escalation_needs_the_form_token_and_a_phone_number(site):
+    # A POST without the page's form token (a forged cross-site form) or with no usable
+    # number escalates nothing and sends nothing.
+    path = site.links()["escalate"]
+    before = site.counts()
+    assert site.client.post(path, data={"phone": "+49 30 1"}).status_code == 400
+    bad = site.client.post(path, data={"form": site.form_token(path), "phone": "call me"})
+    assert bad.status_code == 400 and "Bitte gib eine Telefonnummer an" in bad.text
+    assert site.counts() == before and site.ticket().escalated_at is None
+
+
+def test_escalation_outside_support_hours_says_when_we_call(site, clock):
+    # On a Saturday the page and the customer's mail say when the call-back will happen.
+    clock.now = SATURDAY
+    path = site.links()["escalate"]
+    page = site.client.get(path).text
+    assert "gerade nicht besetzt" in page and "Montag, 30. November 2026, 09:00 Uhr" in page
+    site.client.post(path, data={"form": site.form_token(path), "phone": "+49 30 1234567"})
+    mail = site.outbox("escalated")[0].raw
+    text = email.message_from_bytes(mail, policy=policy.default).get_body(
+        ("plain",)).get_content()
+    assert "Montag, 30. November 2026, 09:00 Uhr" in text
+
+
+def test_added_information_becomes_a_message_and_reaches_the_agent(site):
+    # The form's text and file become a customer message like a mail reply: facts merged,
+    # the file stored, the agents notified; the page confirms it.
+    path = site.links()["t"]
+    notices = len(site.outbox("notify"))
+    answer = site.client.post(path, data={"form": site.form_token(path),
+                                          "text": "Version 4.2.1, Fehlermeldung: E42"},
+                              files={"files": ("log.txt", b"line 1\nline 2\n", "text/plain")})
+    assert answer.status_code == 303
+    with db.transaction(site.factory) as s:
+        message = s.scalars(select(TicketMessage).where(TicketMessage.kind == "customer")
+                            .order_by(TicketMessage.id.desc())).first()
+        files = s.scalars(select(Attachment).where(
+            Attachment.ticket_message_id == message.id)).all()
+    assert "E42" in message.body_text and message.author == "anna@kunde.example"
+    assert [f.filename for f in files] == ["log.txt"] and files[0].blob_sha256
+    assert len(site.outbox("notify")) == notices + 1
+    assert [e.detail["how"] for e in site.events("follow_up")] == ["web"]
+    page = site.client.get(answer.headers["location"]).text
+    assert "Deine Informationen sind bei uns angekommen" in page and "E42" in page
+    download = site.client.get(f"{path}/files/{files[0].id}")
+    assert download.content == b"line 1\nline 2\n"
+    assert download.headers["content-disposition"].startswith("attachment")
+    assert download.headers["x-content-type-options"] == "nosniff"
+
+
+def test_added_information_needs_the_form_token(site):
+    # A cross-site POST (no form token from the page) adds nothing.
+    before = site.counts()
+    answer = site.client.post(site.links()["t"], data={"text": "spam"})
+    assert answer.status_code == 400 and site.counts() == before
+
+
+def test_page_never_shows_internal_notes(site):
+    # An agent's internal note (and its file) never appears on the customer's page.
+    with db.transaction(site.factory) as s:
+        ticket = s.scalars(select(Ticket).where(Ticket.number == 10001)).one()
+        s.add(TicketMessage(ticket_id=ticket.id, direction="in", author="max@example.com",
+                            body_text="GEHEIM: Kunde zahlt nicht", new_text="GEHEIM",
+                            created_at=NOW, kind="note", internal=True))
+    page = site.client.get(site.links()["t"]).text
+    assert "GEHEIM" not in page
+    assert "Max Agent" not in page  # nor the agents' notification
+    assert "Neues Ticket" not in page
+
+
+def test_upload_over_the_limit_is_refused_with_a_readable_page(tmp_path, factory,
+                                                              database_url, clock):
+    # A file over [attachments] max_file_mb, or a request body over the mail limit: 413
+    # with a page that says what to do; nothing is added.
+    site = Site(tmp_path, factory, database_url, clock,
+                attachments={"max_file_mb": 0.01, "max_mail_mb": 0.02})
+    path = site.links()["t"]
+    token, before = site.form_token(path), site.counts()
+    too_big = site.client.post(path, data={"form": token, "text": "x"},
+                               files={"files": ("big.bin", b"x" * 20_000, "application/zip")})
+    assert too_big.status_code == 413 and "höchstens 0.01 MB" in too_big.text
+    huge = site.client.post(path, data={"form": token, "text": "x"},
+                            files={"files": ("huge.bin", b"x" * 400_000, "application/zip")})
+    assert huge.status_code == 413 and "Das war zu groß" in huge.text
+    assert site.counts() == before
+
+
+def test_too_many_requests_get_a_429_page(tmp_path, factory, database_url, clock):
+    # Per client address and per link: past the rate, a clear page, no database work.
+    site = Site(tmp_path, factory, database_url, clock, http={"rate_per_minute": 5})
+    codes = [site.client.get("/t/forged").status_code for _ in range(7)]
+    assert codes[:5] == [404] * 5 and codes[5:] == [429, 429]
+    assert "Zu viele Anfragen" in site.client.get("/t/forged").text
+
+
+def test_closed_ticket_page_offers_to_reopen_or_write_again(site, clock):
+    # Resolved recently: the form reopens the ticket; closed long ago: write a new mail.
+    path = site.links()["t"]
+    with db.transaction(site.factory) as s:
+        s.execute(update(Ticket).where(Ticket.number == 10001).values(
+            status="resolved", resolved_at=NOW))
+    assert "Ticket wieder öffnen" in site.client.get(path).text
+    clock.now = NOW + timedelta(days=30)
+    page = site.client.get(path).text
+    assert "Schreib uns einfach eine neue E-Mail" in page and "<form" not in page
+
+
+def test_client_address_trusts_x_forwarded_for_only_from_configured_proxies():
+    # Without trusted proxies the header is ignored; from a trusted proxy the rightmost
+    # address that is not a proxy counts.
+    proxies = (web.ipaddress.ip_network("10.0.0.0/8"),)
+    assert web.client_address("203.0.113.5", "1.2.3.4", ()) == "203.0.113.5"
+    assert web.client_address("203.0.113.5", "1.2.3.4", proxies) == "203.0.113.5"
+    assert web.client_address("10.0.0.2", "1.2.3.4, 198.51.100.7, 10.0.0.9",
+                              proxies) == "198.51.100.7"
+
+
+def test_access_log_lines_carry_no_token(site, caplog):
+    # The access log names the page, never the token that opens it.
+    path = site.links()["t"]
+    token = path.rsplit("/", 1)[1]
+    with caplog.at_level("INFO", logger="maild.web"):
+        site.client.get(path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "maild.web"]
+    assert any("GET /t/… 200" in line for line in lines), lines
+    assert not any(token in line for line in lines)
