@@ -146,7 +146,7 @@ class Daemon:
             asyncio.create_task(self._send_loop(outbox), name="outbox"),
         ]
         if web_socket is not None:  # the ticket pages and the escalation link
-            app = web.make_app(desk, factory, s, self.clock)
+            app = web.make_app(desk, factory, s, self.clock, wake_outbox)
             tasks.append(asyncio.create_task(web.serve(app, web_socket, self.should_exit),
                                              name="web"))
             log.info("web pages on http://%s (links: %s)", s.http.listen, s.support.public_url)

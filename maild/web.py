@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import uvicorn
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -43,7 +44,7 @@ from maild.mail import files
 from maild.mail.classify import Verdict
 from maild.mail.parse import InboundMail, Part
 from maild.mail.render import format_size, format_when, render_mail
-from maild.models import Attachment, Contact, Event, InboundMessage, Ticket, TicketMessage
+from maild.models import Attachment, Company, Contact, Event, InboundMessage, Ticket, TicketMessage
 from maild.tickets import add_follow_up
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,10 @@ class Shown:
     customer_name: str
     history: list[dict[str, Any]]
     can_add: bool  # False: closed too long ago to reopen (write a new mail)
-    ticket_url: str
-    escalation_url: str
+    # Fresh tokens for the links between the pages (relative, so any host or path prefix
+    # of the reverse proxy works).
+    ticket_token: str
+    escalation_token: str
 
 
 def _visible_messages(session: Session, ticket: Ticket) -> list[TicketMessage]:
@@ -234,8 +237,7 @@ def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
     history = [{"at": m.created_at, "ours": m.direction == "out", "kind": m.kind,
                 "subject": m.subject, "text": (m.body_text or m.new_text).strip(),
                 "files": by_message.get(m.id, [])} for m in messages]
-    args = (cfg.public_url, cfg.secret, ticket.number, ticket.customer_address,
-            ticket.link_version, now)
+    args = (cfg.secret, ticket.number, ticket.customer_address, ticket.link_version, now)
     return Shown(
         number=ticket.number, subject=ticket.subject, status=ticket.status,
         priority=ticket.priority, language=ticket.language if ticket.language in ("de", "en")
@@ -244,7 +246,8 @@ def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
         phone=str(ticket.facts.get("phone") or _contact_phone(session, ticket)),
         customer=ticket.customer_address, customer_name=ticket.customer_name,
         history=history, can_add=_can_add(desk, ticket, now),
-        ticket_url=links.ticket_url(*args), escalation_url=links.escalation_url(*args))
+        ticket_token=links.customer_token(args[0], "ticket", *args[1:]),
+        escalation_token=links.customer_token(args[0], "escalate", *args[1:]))
 
 
 def _contact_phone(session: Session, ticket: Ticket) -> str:
@@ -375,6 +378,40 @@ def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
                          reopen_days=desk.reopen_days)
 
 
+def billable(cause: str) -> str:
+    """Whether a call-back is charged: 'no' when the problem was ours, 'yes' when the
+    customer's or a third party's, 'open' until an agent records the cause (#cause)."""
+    return "no" if cause == "ours" else "yes" if cause else "open"
+
+
+def callback_report(session: Session, since: datetime | None,
+                    until: datetime | None) -> list[dict[str, Any]]:
+    """Every escalation (call-back) in [since, until), oldest first, with what billing needs."""
+    query = (select(Ticket, Company.name).outerjoin(Company, Company.id == Ticket.company_id)
+             .where(Ticket.escalated_at.is_not(None)).order_by(Ticket.escalated_at))
+    if since is not None:
+        query = query.where(Ticket.escalated_at >= since)
+    if until is not None:
+        query = query.where(Ticket.escalated_at < until)
+    return [{"ticket": t.number, "company": company or "", "customer": t.customer_address,
+             "escalated_at": t.escalated_at.isoformat() if t.escalated_at else None,
+             "phone": t.escalation_phone, "cause": t.cause or "", "billable": billable(t.cause),
+             "status": t.status, "subject": t.subject}
+            for t, company in session.execute(query)]
+
+
+def revoke_links(session: Session, number: int, actor: str, now: datetime) -> int | None:
+    """Every link issued for ticket `number` stops working; the new link version, or None
+    when there is no such ticket. New mails carry new links."""
+    ticket = db.ticket_by_number(session, number)
+    if ticket is None:
+        return None
+    ticket.link_version = (ticket.link_version or 0) + 1
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="links_revoked",
+                      detail={"version": ticket.link_version}))
+    return ticket.link_version
+
+
 # -- the HTTP side ----------------------------------------------------------------------
 
 def page_environment() -> Environment:
@@ -400,6 +437,7 @@ class Pages:
     factory: db.SessionFactory
     cfg: WebConfig
     clock: Callable[[], datetime]
+    wake: Callable[[], None] = lambda: None  # tells the outbox that mail is waiting
     env: Environment = field(default_factory=page_environment)
 
     # rendering
@@ -410,6 +448,7 @@ class Pages:
 
         html = self.env.get_template(f"{name}.html.j2").render(
             lang=lang, tr=tr, support_address=self.desk.sender.address,
+            stylesheet=urlsplit(self.cfg.public_url).path.rstrip("/") + "/static/web.css",
             support_name=self.desk.sender.name, **context)
         return HTMLResponse(html, status_code=status)
 
@@ -448,7 +487,8 @@ class Pages:
 
     def ticket_response(self, shown: Shown, token: str, *, added: str | None = None,
                         error: str = "", status: int = 200) -> HTMLResponse:
-        return self.page("ticket", shown.language, status, t=shown, added=added, error=error,
+        return self.page("ticket", shown.language, status, t=shown, token=token, added=added,
+                         error=error,
                          form=form_token(self.cfg.secret, token),
                          max_mb=f"{self.desk.limits.max_file_bytes / 1e6:g}",
                          open_now=self.desk.calendar.is_open(self.clock()))
@@ -491,6 +531,7 @@ class Pages:
             return self.refused(404)
         if error:
             return self.ticket_response(shown, token, error=error, status=400)
+        self.wake()
         return RedirectResponse(f"{request.url.path}?added=1", status_code=303)
 
     async def download(self, request: Request) -> Response:
@@ -512,7 +553,6 @@ class Pages:
             return self.refused(404)
         name, kind, data = got
         quoted = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "file"
-        from urllib.parse import quote
         return Response(data, media_type=kind if "/" in kind else "application/octet-stream",
                         headers={"Content-Disposition": f"attachment; filename=\"{quoted}\"; "
                                                         f"filename*=UTF-8''{quote(name)}"})
@@ -535,7 +575,7 @@ class Pages:
     def escalation_response(self, shown: Shown, token: str, phone: str, error: str = "",
                             status: int = 200) -> HTMLResponse:
         now = self.clock()
-        return self.page("escalate", shown.language, status, t=shown, phone=phone,
+        return self.page("escalate", shown.language, status, t=shown, token=token, phone=phone,
                          error=error, form=form_token(self.cfg.secret, token),
                          open_now=self.desk.calendar.is_open(now),
                          callback=self.desk.calendar.next_open(now))
@@ -565,6 +605,7 @@ class Pages:
             return self.refused(404)
         if error:
             return self.escalation_response(shown, token, typed[:100], error, status=400)
+        self.wake()
         return RedirectResponse(request.url.path, status_code=303)
 
     async def not_found(self, request: Request) -> Response:
@@ -651,9 +692,10 @@ class Guard:
 
 
 def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
-             clock: Callable[[], datetime]) -> ASGIApp:
-    """The web app, buildable without the daemon (tests drive it in-process)."""
-    pages = Pages(desk, factory, web_config(settings, desk), clock)
+             clock: Callable[[], datetime], wake: Callable[[], None] | None = None) -> ASGIApp:
+    """The web app, buildable without the daemon (tests drive it in-process); `wake` is
+    called after a change that queued mail."""
+    pages = Pages(desk, factory, web_config(settings, desk), clock, wake or (lambda: None))
     app = Starlette(routes=[
         Route("/t/{token}", pages.ticket_page, methods=["GET"]),
         Route("/t/{token}", pages.add, methods=["POST"]),

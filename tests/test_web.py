@@ -8,18 +8,34 @@ whole path through the daemon, Dovecot and SMTP is the last test here.
 from __future__ import annotations
 
 import email
+import json
 import re
+import socket
 import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from email import policy
 from urllib.parse import urlsplit
 
 import pytest
-from harness import Clock, offline_settings
+from harness import (
+    Clock,
+    Daemon,
+    cli_config,
+    free_port,
+    offline_settings,
+    rows,
+    wait_for_port,
+    wait_until,
+    write_config,
+)
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
-from maild import db, links, web
+from maild import cli, db, links, web
 from maild.daemon import build_desk
 from maild.intake import Fetched, Intake
 from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
@@ -105,6 +121,8 @@ def test_ack_carries_both_links_and_the_ticket_page_shows_the_ticket(site):
     assert "Ticket #10001" in page.text and "App stuerzt ab" in page.text
     assert "Die App stürzt ab" in page.text and "Deine Nachricht an unseren Support" in page.text
     assert "Reaktion bis" in page.text
+    token = paths["t"].rsplit("/", 1)[1]
+    assert f'action="{token}"' in page.text  # the form posts back to this very link
     headers = page.headers
     assert headers["content-security-policy"].startswith("default-src 'none'; style-src 'self'")
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
@@ -345,3 +363,129 @@ def test_access_log_lines_carry_no_token(site, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "maild.web"]
     assert any("GET /t/… 200" in line for line in lines), lines
     assert not any(token in line for line in lines)
+
+
+# -- through the real daemon -------------------------------------------------------------
+
+def _http(port: int, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+    """A GET (or a form POST) with urllib against the daemon's listener; no redirects."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return None
+
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", data=data, timeout=20) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_daemon_serves_the_links_of_its_acknowledgement(tmp_path, dovecot, mailbox, smtp,
+                                                        database_url):
+    # The ack captured at SMTP carries both links; the escalation link, opened against the
+    # daemon's listener, shows the confirmation page; a POST escalates; the staff mail and
+    # the customer's confirmation arrive exactly once, even after a second POST.
+    port = free_port()
+    config = write_config(
+        tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+        password=mailbox.password, smtp_port=smtp.port, database_url=database_url,
+        extra=f'[http]\nlisten = "127.0.0.1:{port}"\n\n[agents]\n'
+              f'members = [{{ address = "lea@example.com", name = "Lea", lead = true }}]\n')
+    daemon = Daemon(config, tmp_path / "maild.log").start()
+    try:
+        mailbox.append(FIRST.encode())
+        assert len(smtp.wait_for(2)) == 2  # the ack and the new-ticket notice to Lea
+        [ack] = [m for m in smtp.mails if m.recipients == ["anna@kunde.example"]]
+        text = ack.message.get_body(("plain",)).get_content()
+        found = {urlsplit(u).path.split("/")[1]: u for u in LINK.findall(text)}
+        assert set(found) == {"t", "escalate"}
+        assert all(u.startswith("https://support.example.com/") for u in found.values())
+        path = urlsplit(found["escalate"]).path
+        wait_for_port(port)
+        status, page = _http(port, path)
+        assert status == 200 and "Call-Back-Service" in page and "+49 30 1234567" in page
+        token = re.search(r'name="form" value="([0-9a-f]+)"', page).group(1)
+        form = {"form": token, "phone": "+49 30 7654321"}
+        assert _http(port, path, form)[0] == 303
+        assert _http(port, path, form)[0] == 303  # the second click
+        assert wait_until(lambda: len(smtp.mails) >= 4)
+        time.sleep(1.5)
+        subjects = sorted(str(m.message["Subject"]) for m in smtp.mails)
+        staff = [m for m in smtp.mails if "ESKALIERT" in str(m.message["Subject"])]
+        confirm = [m for m in smtp.mails
+                   if "Call-Back-Service aktiviert" in str(m.message["Subject"])]
+        assert len(staff) == 1 and len(confirm) == 1, subjects
+        assert staff[0].recipients == ["lea@example.com"]
+        assert staff[0].message["X-Priority"].startswith("1")
+        assert "+49 30 7654321" in staff[0].message.get_body(("plain",)).get_content()
+        assert confirm[0].recipients == ["anna@kunde.example"]
+        assert len(smtp.mails) == 4
+        [ticket] = rows(database_url, Ticket, Ticket.number == 10001)
+        assert ticket.escalated_at is not None and ticket.priority == "urgent"
+        assert "GET /escalate/… 200" in daemon.output()
+        assert "/escalate/" + path.rsplit("/", 1)[1] not in daemon.output()
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+def test_taken_listen_address_is_a_start_up_error(tmp_path, dovecot, mailbox, smtp,
+                                                  database_url):
+    # Another program holds [http] listen: maild says so in one line and exits non-zero.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        config = write_config(
+            tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+            password=mailbox.password, smtp_port=smtp.port, database_url=database_url,
+            extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        daemon = Daemon(config, tmp_path / "maild.log").start()
+        assert daemon.process is not None
+        code = daemon.process.wait(timeout=30)
+    assert code != 0
+    errors = [line for line in daemon.output().splitlines() if line.startswith("maild:")]
+    assert errors == [f"maild: [http] listen = '127.0.0.1:{port}': cannot listen there: "
+                      "Address already in use"], daemon.output()
+
+
+# -- the command line --------------------------------------------------------------------
+
+def test_callbacks_report_lists_escalations_with_the_billable_flag(site, tmp_path, capsys):
+    # After an escalation and the agent's #cause: the month's report (CSV, JSON) lists the
+    # ticket, time, phone, cause and whether it is billable; another month lists nothing;
+    # `tickets list` flags the ticket.
+    path = site.links()["escalate"]
+    site.client.post(path, data={"form": site.form_token(path), "phone": "+49 30 1234567"})
+    with db.transaction(site.factory) as s:
+        s.execute(update(Ticket).where(Ticket.number == 10001).values(cause="customer"))
+    config = cli_config(tmp_path / "cli.toml", site.settings.database_url)
+    assert cli.main(["--config", str(config), "callbacks", "report", "--month", "2026-11",
+                     "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["ticket,company,customer,escalated_at,phone,cause,billable",
+                     "10001,,anna@kunde.example,2026-11-26T11:00+01:00,+49 30 1234567,"
+                     "customer,yes"]
+    assert cli.main(["--config", str(config), "callbacks", "report", "--month", "2026-12",
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["--config", str(config), "tickets", "list"]) == 0
+    listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("#")}
+    assert "(escalated)" in listing["#10001"] and "(escalated)" not in listing["#10002"]
+
+
+def test_revoke_links_stops_every_link_sent(site, tmp_path, capsys):
+    # `maild tickets revoke-links 10001`: the links in the ack no longer open anything;
+    # the next mail's links do.
+    paths = site.links()
+    config = cli_config(tmp_path / "cli.toml", site.settings.database_url)
+    assert cli.main(["--config", str(config), "tickets", "revoke-links", "10001"]) == 0
+    assert "no longer works" in capsys.readouterr().out
+    assert site.client.get(paths["t"]).status_code == 404
+    assert site.client.get(paths["escalate"]).status_code == 404
+    assert site.client.get(site.links(10002)["t"]).status_code == 200  # other tickets' work
+    assert [e.detail for e in site.events("links_revoked")] == [{"version": 1}]
+    assert cli.main(["--config", str(config), "tickets", "revoke-links", "99999"]) == 1
