@@ -198,6 +198,7 @@ class Shown:
     customer_name: str
     history: list[dict[str, Any]]
     can_add: bool  # False: closed too long ago to reopen (write a new mail)
+    can_escalate: bool  # False: closed, spam or merged (a new mail is the way)
     # Fresh tokens for the links between the pages (relative, so any host or path prefix
     # of the reverse proxy works).
     ticket_token: str
@@ -215,6 +216,10 @@ def _visible_messages(session: Session, ticket: Ticket) -> list[TicketMessage]:
 def _zone(session: Session, desk: Desk, ticket: Ticket) -> str:
     contact = session.get(Contact, ticket.contact_id) if ticket.contact_id else None
     return contact.timezone if contact is not None and contact.timezone else desk.timezone
+
+
+def can_escalate(ticket: Ticket) -> bool:
+    return ticket.status not in ("closed", "spam") and ticket.merged_into is None
 
 
 def _can_add(desk: Desk, ticket: Ticket, now: datetime) -> bool:
@@ -246,6 +251,7 @@ def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
         phone=str(ticket.facts.get("phone") or _contact_phone(session, ticket)),
         customer=ticket.customer_address, customer_name=ticket.customer_name,
         history=history, can_add=_can_add(desk, ticket, now),
+        can_escalate=can_escalate(ticket),
         ticket_token=links.customer_token(args[0], "ticket", *args[1:]),
         escalation_token=links.customer_token(args[0], "escalate", *args[1:]))
 
@@ -455,7 +461,8 @@ class Pages:
     def refused(self, status: int) -> HTMLResponse:
         """The one page for a link that does not open anything: forged, expired, revoked,
         another ticket's, or no such page. Says how to get a new link, leaks nothing."""
-        name = {413: "too_large", 429: "slow_down", 500: "broken"}.get(status, "no_link")
+        name = {400: "broken", 413: "too_large", 429: "slow_down", 500: "broken"}.get(
+            status, "no_link")
         return self.page(name, "de", status, max_mb=f"{self.desk.limits.max_file_bytes / 1e6:g}")
 
     async def run(self, fn: Callable[[Session], Any]) -> Any:
@@ -592,7 +599,7 @@ class Pages:
             ticket = self.ticket_of(session, "escalate", token)
             if ticket is None:
                 return None, ""
-            if ticket.escalated_at is None:
+            if ticket.escalated_at is None and can_escalate(ticket):
                 if not csrf_ok:
                     return show(session, self.desk, self.cfg, ticket, now), "form"
                 if phone is None:
@@ -703,8 +710,8 @@ def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
         Route("/escalate/{token}", pages.escalation_page, methods=["GET"]),
         Route("/escalate/{token}", pages.escalate, methods=["POST"]),
         Route("/static/web.css", pages.stylesheet, methods=["GET"]),
-    ], exception_handlers={404: _handler(pages, 404), 405: _handler(pages, 404),
-                           500: _handler(pages, 500)})
+    ], exception_handlers={400: _handler(pages, 400), 404: _handler(pages, 404),
+                           405: _handler(pages, 404), 500: _handler(pages, 500)})
     return Guard(app, pages)
 
 

@@ -489,3 +489,46 @@ def test_revoke_links_stops_every_link_sent(site, tmp_path, capsys):
     assert site.client.get(site.links(10002)["t"]).status_code == 200  # other tickets' work
     assert [e.detail for e in site.events("links_revoked")] == [{"version": 1}]
     assert cli.main(["--config", str(config), "tickets", "revoke-links", "99999"]) == 1
+
+
+def test_escalation_links_sent_before_this_release_still_work(site):
+    # Acks sent before the links were bound carry the old token (the ticket number only):
+    # it still opens the escalation page, until the ticket's links are revoked.
+    from itsdangerous import URLSafeSerializer
+    legacy = URLSafeSerializer(site.desk.secret, salt="maild.escalate").dumps(10001)
+    assert site.client.get(f"/escalate/{legacy}").status_code == 200
+    assert site.client.get(f"/t/{legacy}").status_code == 404  # never a ticket-page token
+    with db.transaction(site.factory) as s:
+        web.revoke_links(s, 10001, "test", NOW)
+    assert site.client.get(f"/escalate/{legacy}").status_code == 404
+
+
+def test_a_closed_ticket_cannot_be_escalated(site):
+    # A closed ticket's escalation page says to write a new mail; a POST changes nothing.
+    path = site.links()["escalate"]
+    token = site.form_token(path)
+    with db.transaction(site.factory) as s:
+        s.execute(update(Ticket).where(Ticket.number == 10001).values(status="closed",
+                                                                      closed_at=NOW))
+    before = site.counts()
+    page = site.client.get(path).text
+    assert "Dieses Ticket ist abgeschlossen" in page and "<form" not in page
+    site.client.post(path, data={"form": token, "phone": "+49 30 1234567"})
+    assert site.counts() == before and site.ticket().escalated_at is None
+
+
+def test_a_failure_shows_our_page_not_a_traceback(site, caplog):
+    # A stored file gone missing from the blob store: the download fails with our page
+    # (500, security headers, no traceback or path), the error is in the log.
+    path = site.links()["t"]
+    site.client.post(path, data={"form": site.form_token(path), "text": "Log anbei"},
+                     files={"files": ("log.txt", b"some log\n", "text/plain")})
+    with db.transaction(site.factory) as s:
+        found = s.scalars(select(Attachment).where(Attachment.filename == "log.txt")).one()
+    site.desk.store.delete(found.blob_sha256)
+    with caplog.at_level("ERROR", logger="maild.web"):
+        answer = site.client.get(f"{path}/files/{found.id}")
+    assert answer.status_code == 500 and "Das hat gerade nicht geklappt" in answer.text
+    assert "Traceback" not in answer.text and "blobs" not in answer.text
+    assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+    assert any("web request failed" in r.getMessage() for r in caplog.records)
