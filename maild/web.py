@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -429,8 +430,9 @@ def page_environment() -> Environment:
     return env
 
 
-class _Refused(Exception):
-    """A request we answer with a page of our own (413, 429) from the guard."""
+class _Refused(HTTPException):
+    """A request we answer with a page of our own (413, 429): raised in the guard, or while
+    the app reads a body that grows past the limit (then Starlette hands it to our page)."""
 
     def __init__(self, status: int) -> None:
         super().__init__(status)
@@ -710,8 +712,8 @@ def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
         Route("/escalate/{token}", pages.escalation_page, methods=["GET"]),
         Route("/escalate/{token}", pages.escalate, methods=["POST"]),
         Route("/static/web.css", pages.stylesheet, methods=["GET"]),
-    ], exception_handlers={400: _handler(pages, 400), 404: _handler(pages, 404),
-                           405: _handler(pages, 404), 500: _handler(pages, 500)})
+    ], exception_handlers={status: _handler(pages, 404 if status == 405 else status)
+                           for status in (400, 404, 405, 413, 429, 500)})
     return Guard(app, pages)
 
 

@@ -532,3 +532,18 @@ def test_a_failure_shows_our_page_not_a_traceback(site, caplog):
     assert "Traceback" not in answer.text and "blobs" not in answer.text
     assert answer.headers["content-security-policy"].startswith("default-src 'none'")
     assert any("web request failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_chunked_body_past_the_limit_is_refused_too(tmp_path, factory, database_url, clock):
+    # No Content-Length (chunked): the body is counted as it arrives; past the limit the
+    # same readable 413 page, nothing added.
+    site = Site(tmp_path, factory, database_url, clock,
+                attachments={"max_file_mb": 0.01, "max_mail_mb": 0.02})
+    path = site.links()["t"]
+    before = site.counts()
+    chunks = iter([b"--x\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n"]
+                  + [b"y" * 100_000] * 4)
+    answer = site.client.post(path, content=chunks,
+                              headers={"content-type": "multipart/form-data; boundary=x"})
+    assert answer.status_code == 413 and "Das war zu groß" in answer.text
+    assert site.counts() == before
