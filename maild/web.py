@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import uvicorn
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
@@ -362,10 +363,16 @@ def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
 
 
 def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
-                    parts: tuple[Part, ...], now: datetime) -> bool:
+                    parts: tuple[Part, ...], now: datetime, once: str) -> str:
     """The form's text and files, exactly as if the customer had replied by mail (facts
-    merged, what is missing updated, the owner told, a closed ticket reopened). False when
-    the ticket was closed too long ago to reopen."""
+    merged, what is missing updated, the owner told, a closed ticket reopened): "added";
+    "again" when this form (its `once` value) was sent before (a double click, a reload);
+    "closed" when the ticket was closed too long ago to reopen."""
+    key = hashlib.sha256(f"maild.web.{ticket.id}.{once}".encode()).hexdigest()
+    if session.scalar(select(InboundMessage.id).where(InboundMessage.dedupe_key == key)):
+        return "again"
+    if not _can_add(desk, ticket, now):
+        return "closed"
     mail = InboundMail(
         message_id=None, subject=f"[#{ticket.number}] {ticket.subject}",
         from_addr=ticket.customer_address, from_name=ticket.customer_name, to=(), cc=(),
@@ -374,15 +381,17 @@ def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
         header_count=0, has_body_separator=True, defects=())
     size = len(text.encode()) + sum(len(p.data) for p in parts)
     row = InboundMessage(  # the record of every way information came in
-        mailbox="web", uidvalidity=0, uid=0, dedupe_key=secrets.token_hex(32),
+        mailbox="web", uidvalidity=0, uid=0, dedupe_key=key,
         message_id=None, raw_sha256=None, size=size, internaldate=now, received_at=now,
         state="processed", kind="normal", reason="ticket page", attempts=1, error="",
         ticket_id=ticket.id, finished_at=now)
     session.add(row)
     session.flush()
-    return add_follow_up(session, desk, ticket, mail, Verdict("normal", "ticket page"),
-                         inbound_id=row.id, how="web", now=now, planned=None,
-                         reopen_days=desk.reopen_days)
+    added = add_follow_up(session, desk, ticket, mail, Verdict("normal", "ticket page"),
+                          inbound_id=row.id, how="web", now=now, planned=None,
+                          reopen_days=desk.reopen_days)
+    assert added, "the reopen rule is checked above"
+    return "added"
 
 
 def billable(cause: str) -> str:
@@ -497,7 +506,7 @@ class Pages:
     def ticket_response(self, shown: Shown, token: str, *, added: str | None = None,
                         error: str = "", status: int = 200) -> HTMLResponse:
         return self.page("ticket", shown.language, status, t=shown, token=token, added=added,
-                         error=error,
+                         error=error, once=secrets.token_hex(16),
                          form=form_token(self.cfg.secret, token),
                          max_mb=f"{self.desk.limits.max_file_bytes / 1e6:g}",
                          open_now=self.desk.calendar.is_open(self.clock()))
@@ -522,6 +531,7 @@ class Pages:
         if sum(len(p.data) for p in parts) > self.desk.limits.max_mail_bytes:
             return self.refused(413)
         csrf_ok = form_token_valid(self.cfg.secret, token, str(form.get("form") or ""))
+        once = str(form.get("once") or "")[:64] or secrets.token_hex(16)
 
         def write(session: Session) -> tuple[Shown | None, str]:
             ticket = self.ticket_of(session, "ticket", token)
@@ -531,11 +541,14 @@ class Pages:
                 return show(session, self.desk, self.cfg, ticket, now), "form"
             if not text and not parts:
                 return show(session, self.desk, self.cfg, ticket, now), "empty"
-            if not add_information(session, self.desk, ticket, text, tuple(parts), now):
-                return show(session, self.desk, self.cfg, ticket, now), "closed"
-            return show(session, self.desk, self.cfg, ticket, now), ""
+            done = add_information(session, self.desk, ticket, text, tuple(parts), now, once)
+            return show(session, self.desk, self.cfg, ticket, now), (
+                "closed" if done == "closed" else "")
 
-        shown, error = await self.run(write)
+        try:
+            shown, error = await self.run(write)
+        except sa_exc.IntegrityError:  # the same form twice at once: the other one added it
+            return RedirectResponse(f"{request.url.path}?added=1", status_code=303)
         if shown is None:
             return self.refused(404)
         if error:

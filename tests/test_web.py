@@ -94,6 +94,11 @@ class Site:
             return tuple(int(s.scalar(select(func.count()).select_from(m)) or 0)
                          for m in (OutboxMail, Event, TicketMessage, Attachment))
 
+    def hidden(self, path: str) -> dict[str, str]:
+        """The hidden fields of the page's form, as the browser would send them."""
+        page = self.client.get(path).text
+        return dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', page))
+
     def form_token(self, path: str) -> str:
         page = self.client.get(path).text
         found = re.search(r'name="form" value="([0-9a-f]+)"', page)
@@ -547,3 +552,30 @@ def test_a_chunked_body_past_the_limit_is_refused_too(tmp_path, factory, databas
                               headers={"content-type": "multipart/form-data; boundary=x"})
     assert answer.status_code == 413 and "Das war zu groß" in answer.text
     assert site.counts() == before
+
+
+def test_the_same_form_sent_twice_adds_once(site):
+    # A double click (two concurrent POSTs) and a later reload-and-resend of one filled
+    # form: one message, one notification.
+    path = site.links()["t"]
+    fields = {**site.hidden(path), "text": "Nachtrag: passiert auch am PC"}
+    assert set(fields) == {"form", "once", "text"}
+    notices = len(site.outbox("notify"))
+    results: list[int] = []
+
+    def post() -> None:
+        with TestClient(site.app, follow_redirects=False) as client:
+            results.append(client.post(path, data=fields).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [303, 303]
+    assert site.client.post(path, data=fields).status_code == 303
+    with db.transaction(site.factory) as s:
+        added = s.scalars(select(TicketMessage).where(
+            TicketMessage.kind == "customer",
+            TicketMessage.body_text.contains("Nachtrag"))).all()
+    assert len(added) == 1 and len(site.outbox("notify")) == notices + 1
