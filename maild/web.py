@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import uvicorn
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -48,6 +49,7 @@ from maild.mail.parse import InboundMail, Part
 from maild.mail.render import format_size, format_when, render_mail
 from maild.models import Attachment, Company, Contact, Event, InboundMessage, Ticket, TicketMessage
 from maild.tickets import add_follow_up
+from maild.work import customer_thread
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +343,6 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
 
 def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, phone: str,
                    callback: datetime, now: datetime) -> None:
-    from maild.work import customer_thread  # work imports answers, as we do
-
     ids = customer_thread(session, ticket)
     context = {
         "number": ticket.number, "subject": ticket.subject, "name": ticket.customer_name,
@@ -430,9 +430,12 @@ def revoke_links(session: Session, number: int, actor: str, now: datetime) -> in
 
 # -- the HTTP side ----------------------------------------------------------------------
 
-def page_environment() -> Environment:
+def page_environment(override_dir: str = "") -> Environment:
+    """The pages' templates: `<templates_dir>/web/` first (ops' wording), then ours."""
+    loaders = [FileSystemLoader(str(Path(override_dir) / "web"))] if override_dir else []
+    loaders.append(FileSystemLoader(str(resources.files("maild.templates") / "web")))
     env = Environment(
-        loader=FileSystemLoader(str(resources.files("maild.templates") / "web")),
+        loader=ChoiceLoader(loaders),
         autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = format_when
     env.filters["size"] = format_size
@@ -717,7 +720,8 @@ def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
              clock: Callable[[], datetime], wake: Callable[[], None] | None = None) -> ASGIApp:
     """The web app, buildable without the daemon (tests drive it in-process); `wake` is
     called after a change that queued mail."""
-    pages = Pages(desk, factory, web_config(settings, desk), clock, wake or (lambda: None))
+    pages = Pages(desk, factory, web_config(settings, desk), clock, wake or (lambda: None),
+                  page_environment(settings.paths.templates_dir))
     app = Starlette(routes=[
         Route("/t/{token}", pages.ticket_page, methods=["GET"]),
         Route("/t/{token}", pages.add, methods=["POST"]),

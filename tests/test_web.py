@@ -579,3 +579,15 @@ def test_the_same_form_sent_twice_adds_once(site):
             TicketMessage.kind == "customer",
             TicketMessage.body_text.contains("Nachtrag"))).all()
     assert len(added) == 1 and len(site.outbox("notify")) == notices + 1
+
+
+def test_ops_can_override_the_pages_wording(tmp_path, factory, database_url, clock):
+    # [paths] templates_dir/web/ overrides a page by name; the others stay ours.
+    (tmp_path / "tpl" / "web").mkdir(parents=True)
+    (tmp_path / "tpl" / "web" / "no_link.html.j2").write_text(
+        "{% extends '_base.html.j2' %}{% block content %}Ruf uns an{% endblock %}")
+    site = Site(tmp_path, factory, database_url, clock,
+                paths={"blob_dir": str(tmp_path / "blobs"),
+                       "templates_dir": str(tmp_path / "tpl")})
+    assert "Ruf uns an" in site.client.get("/t/forged").text
+    assert site.client.get(site.links()["t"]).status_code == 200
