@@ -45,6 +45,7 @@ from maild.desk import Desk
 from maild.errors import MaildError, StorageUnavailable
 from maild.mail import files
 from maild.mail.classify import Verdict
+from maild.mail.facts import FACTS
 from maild.mail.parse import InboundMail, Part
 from maild.mail.render import format_size, format_when, render_mail
 from maild.models import Attachment, Company, Contact, Event, InboundMessage, Ticket, TicketMessage
@@ -168,13 +169,16 @@ class TokenBuckets:
     rate: int
     clock: Callable[[], float] = time.monotonic
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    swept: float = 0.0
 
     def allow(self, key: str) -> bool:
         now = self.clock()
         tokens, last = self.buckets.get(key, (float(self.rate), now))
         tokens = min(float(self.rate), tokens + (now - last) * self.rate / 60.0)
-        if len(self.buckets) > 100_000:  # forget idle keys rather than grow without end
-            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < 120}
+        if len(self.buckets) > 10_000 and now - self.swept > 60:
+            # A full bucket is as good as none: forget keys idle for a minute or more.
+            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < 60}
+            self.swept = now
         if tokens < 1.0:
             self.buckets[key] = (tokens, now)
             return False
@@ -327,13 +331,17 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
         "status": ticket.status, "priority": ticket.priority, "owner": ticket.owner,
         "due": ticket.first_response_due, "timezone": desk.timezone, "callback": callback,
         "open_now": desk.calendar.is_open(now), "cause": ticket.cause,
-        "facts": sorted((k, str(v)) for k, v in ticket.facts.items() if v),
+        "facts": [(name, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+                  for name in FACTS if (value := ticket.facts.get(name))],
         "text": (last.new_text or last.body_text).strip()[:4000] if last else "",
         "language": desk.agent_language,
     }
     rendered = render_mail(
         desk.templates, "escalated_staff", desk.agent_language, context, sender=desk.sender,
         to=", ".join(to), now=now, auto_submitted="auto-generated",
+        in_reply_to=session.scalars(select(TicketMessage.message_id).where(  # agents' thread
+            TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "notify")
+            .order_by(TicketMessage.id.desc())).first(),
         reply_to=links.agent_reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None)
     urgent = b"Importance: high\r\nX-Priority: 1 (Highest)\r\n"

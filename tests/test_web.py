@@ -234,6 +234,10 @@ def test_two_concurrent_posts_escalate_once(site):
     assert len(staff) == 1 and len(customer) == 1
     mail = email.message_from_bytes(staff[0].raw, policy=policy.default)
     assert mail["Importance"] == "high" and mail["X-Priority"].startswith("1")
+    [notice] = [o for o in site.outbox("notify") if o.ticket_id == ticket.id]
+    assert mail["In-Reply-To"] == notice.message_id  # in the agents' thread of the ticket
+    body = mail.get_body(("plain",)).get_content()
+    assert "Zurückrufen:  +49 171 5550123" in body and "Die App stürzt ab" in body
     assert "+49 171 5550123" in mail["Subject"] and "[#10001]" in mail["Subject"]
     assert set(staff[0].recipients) == {"lea@example.com", "max@example.com"}  # lead + agents
     assert customer[0].recipients == ["anna@kunde.example"]
@@ -591,3 +595,17 @@ def test_ops_can_override_the_pages_wording(tmp_path, factory, database_url, clo
                        "templates_dir": str(tmp_path / "tpl")})
     assert "Ruf uns an" in site.client.get("/t/forged").text
     assert site.client.get(site.links()["t"]).status_code == 200
+
+
+def test_token_buckets_refill_and_forget_idle_keys():
+    # A key refills at the rate per minute; idle keys are forgotten past 10,000 keys.
+    now = [0.0]
+    buckets = web.TokenBuckets(2, clock=lambda: now[0])
+    assert [buckets.allow("a") for _ in range(3)] == [True, True, False]
+    now[0] = 30.0  # half a minute: one request back
+    assert [buckets.allow("a") for _ in range(2)] == [True, False]
+    for n in range(10_001):
+        buckets.allow(f"k{n}")
+    now[0] = 200.0
+    buckets.allow("b")
+    assert len(buckets.buckets) == 1
