@@ -248,6 +248,8 @@ def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
         by_message.setdefault(a.ticket_message_id, []).append(
             {"id": a.id, "filename": a.filename, "size": a.size})
     history = [{"at": m.created_at, "ours": m.direction == "out", "kind": m.kind,
+                "author": "" if m.direction == "out" or m.author == ticket.customer_address
+                else m.author,
                 "subject": m.subject, "text": (m.body_text or m.new_text).strip(),
                 "files": by_message.get(m.id, [])} for m in messages]
     args = (cfg.secret, ticket.number, ticket.customer_address, ticket.link_version, now)

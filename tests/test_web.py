@@ -609,3 +609,18 @@ def test_token_buckets_refill_and_forget_idle_keys():
     now[0] = 200.0
     buckets.allow("b")
     assert len(buckets.buckets) == 1
+
+
+def test_an_english_ticket_gets_english_pages(tmp_path, factory, database_url, clock):
+    # The pages speak the ticket's language: English for an English mail.
+    site = Site(tmp_path, factory, database_url, clock)
+    site.intake.process(1, Fetched(3, (
+        b"From: Jane <jane@corp.example>\r\nTo: service@example.com\r\n"
+        b"Subject: The order list does not load\r\nMessage-ID: <en@corp.example>\r\n\r\n"
+        b"Hello, since this morning the order list does not load any more. Thanks, Jane\r\n"
+    ), clock()))
+    paths = site.links(10003)
+    page = site.client.get(paths["t"]).text
+    assert '<html lang="en">' in page and "History" in page and "Add information" in page
+    escalate = site.client.get(paths["escalate"]).text
+    assert "billable if the problem was not caused by a fault of our systems" in escalate
