@@ -221,6 +221,25 @@ def _visible_messages(session: Session, ticket: Ticket) -> list[TicketMessage]:
         .order_by(TicketMessage.created_at, TicketMessage.id)))
 
 
+def _shown_files(session: Session, ticket: Ticket,
+                 messages: list[TicketMessage]) -> dict[int, list[Attachment]]:
+    """Stored files the customer has seen, by the visible message they came with: their
+    own, and those an agent's answer passed on (recorded on the agent's mail, shown with
+    the relayed answer written in the same moment)."""
+    relays = {m.created_at: m.id for m in messages if m.kind == "relay"}
+    answers_ = {m.id: relays[m.created_at] for m in session.scalars(select(TicketMessage).where(
+        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "agent",
+        TicketMessage.internal.is_(False))) if m.created_at in relays}
+    owners = {m.id: m.id for m in messages} | answers_
+    found = session.scalars(select(Attachment).where(
+        Attachment.ticket_message_id.in_(list(owners)), Attachment.listed.is_(True),
+        Attachment.blob_sha256.is_not(None)).order_by(Attachment.id)).all()
+    by_message: dict[int, list[Attachment]] = {}
+    for a in found:
+        by_message.setdefault(owners[a.ticket_message_id], []).append(a)
+    return by_message
+
+
 def _zone(session: Session, desk: Desk, ticket: Ticket) -> str:
     contact = session.get(Contact, ticket.contact_id) if ticket.contact_id else None
     return contact.timezone if contact is not None and contact.timezone else desk.timezone
@@ -240,13 +259,8 @@ def _can_add(desk: Desk, ticket: Ticket, now: datetime) -> bool:
 def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
          now: datetime) -> Shown:
     messages = _visible_messages(session, ticket)
-    found = session.scalars(select(Attachment).where(
-        Attachment.ticket_message_id.in_([m.id for m in messages]),
-        Attachment.listed.is_(True), Attachment.blob_sha256.is_not(None))).all()
-    by_message: dict[int, list[dict[str, Any]]] = {}
-    for a in found:
-        by_message.setdefault(a.ticket_message_id, []).append(
-            {"id": a.id, "filename": a.filename, "size": a.size})
+    by_message = {mid: [{"id": a.id, "filename": a.filename, "size": a.size} for a in found]
+                  for mid, found in _shown_files(session, ticket, messages).items()}
     history = [{"at": m.created_at, "ours": m.direction == "out", "kind": m.kind,
                 "author": "" if m.direction == "out" or m.author == ticket.customer_address
                 else m.author,
@@ -273,11 +287,9 @@ def _contact_phone(session: Session, ticket: Ticket) -> str:
 
 def attachment_of(session: Session, ticket: Ticket, attachment_id: int) -> Attachment | None:
     """A stored file of a message the customer may see, or None."""
-    found = session.get(Attachment, attachment_id)
-    if found is None or found.blob_sha256 is None or not found.listed:
-        return None
-    visible = {m.id for m in _visible_messages(session, ticket)}
-    return found if found.ticket_message_id in visible else None
+    shown = _shown_files(session, ticket, _visible_messages(session, ticket))
+    return next((a for found in shown.values() for a in found if a.id == attachment_id),
+                None)
 
 
 # -- what the pages change (in a thread, one transaction) -------------------------------

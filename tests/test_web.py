@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from email import policy
+from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 import pytest
@@ -624,3 +625,35 @@ def test_an_english_ticket_gets_english_pages(tmp_path, factory, database_url, c
     assert '<html lang="en">' in page and "History" in page and "Add information" in page
     escalate = site.client.get(paths["escalate"]).text
     assert "billable if the problem was not caused by a fault of our systems" in escalate
+
+
+def _agent_mail(notice_id: str, text: str, filename: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Max Agent <max@example.com>"
+    msg["To"] = "service@example.com"
+    msg["Subject"] = "Re: [#10001] App stuerzt ab"
+    msg["Message-ID"] = f"<{filename}@example.com>"
+    msg["In-Reply-To"] = notice_id
+    msg.set_content(text)
+    msg.add_attachment(b"%PDF-1.4 test", maintype="application", subtype="pdf",
+                       filename=filename)
+    return msg.as_bytes()
+
+
+def test_files_an_agent_sent_are_downloads_and_a_notes_files_are_not(site):
+    # An agent's answer with a file: the file is on the page with the answer. An internal
+    # note's file is neither listed nor downloadable.
+    [notice] = [o for o in site.outbox("notify") if o.ticket_id == site.ticket().id]
+    site.intake.process(1, Fetched(3, _agent_mail(
+        notice.message_id, "Bitte probier diese Anleitung.", "anleitung.pdf"), NOW))
+    site.intake.process(1, Fetched(4, _agent_mail(
+        notice.message_id, "#note\nIntern: Kunde hat alte Version.", "intern.pdf"), NOW))
+    with db.transaction(site.factory) as s:
+        files = {a.filename: a.id for a in s.scalars(select(Attachment))}
+    assert {"anleitung.pdf", "intern.pdf"} <= set(files)
+    path = site.links()["t"]
+    page = site.client.get(path).text
+    assert "Bitte probier diese Anleitung." in page and "anleitung.pdf" in page
+    assert "intern.pdf" not in page and "Kunde hat alte Version" not in page
+    assert site.client.get(f"{path}/files/{files['anleitung.pdf']}").content == b"%PDF-1.4 test"
+    assert site.client.get(f"{path}/files/{files['intern.pdf']}").status_code == 404
