@@ -72,9 +72,20 @@ class LinkClaim:
     issued: datetime | None  # None for a legacy escalation link (issued with the ack)
 
 
-def address_tag(address: str) -> str:
-    """The customer's address as the token carries it: a digest, so a token leaks nothing."""
-    return hashlib.sha256(f"maild.link.{address.strip().lower()}".encode()).hexdigest()[:16]
+def address_tag(secret: str, address: str) -> str:
+    """The customer's address as the token carries it: keyed, so a token neither shows
+    the address nor lets anyone test a guess."""
+    mac = hmac.new(secret.encode(), f"maild.link.{address.strip().lower()}".encode(),
+                   hashlib.sha256)
+    return mac.hexdigest()[:16]
+
+
+def address_matches(keys: Sequence[str], tag: str, address: str) -> bool:
+    """Whether `tag` names `address` under one of `keys` (each compared in constant time)."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(tag, address_tag(key, address))
+    return found
 
 
 def _link_serializer(keys: Sequence[str], kind: str) -> URLSafeSerializer:
@@ -85,7 +96,7 @@ def _link_serializer(keys: Sequence[str], kind: str) -> URLSafeSerializer:
 
 def customer_token(secret: str, kind: str, number: int, address: str, version: int,
                    now: datetime) -> str:
-    payload = {"t": number, "a": address_tag(address), "v": version,
+    payload = {"t": number, "a": address_tag(secret, address), "v": version,
                "i": int(now.timestamp())}
     return str(_link_serializer([secret], kind).dumps(payload))
 

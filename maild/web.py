@@ -108,14 +108,13 @@ def web_config(settings: Settings, desk: Desk) -> WebConfig:
 
 
 def link_holds(claim: links.LinkClaim | None, ticket: Ticket | None, now: datetime,
-               link_days: float) -> bool:
+               link_days: float, keys: tuple[str, ...]) -> bool:
     """Whether a link's claim still opens `ticket`: same address, not expired, not revoked."""
     if claim is None or ticket is None or not ticket.customer_address:
         return False
     issued = claim.issued or ticket.opened_at  # a legacy escalation link came with the ack
     if claim.address_tag:
-        same = hmac.compare_digest(claim.address_tag,
-                                   links.address_tag(ticket.customer_address))
+        same = links.address_matches(keys, claim.address_tag, ticket.customer_address)
     else:
         same = claim.issued is None
     fresh = issued - timedelta(minutes=5) <= now <= issued + timedelta(days=link_days)
@@ -511,7 +510,8 @@ class Pages:
         claim = links.read_customer_token(self.cfg.keys, kind, token)
         # Always one lookup, whatever the token: a forged link takes as long as a revoked one.
         ticket = db.ticket_by_number(session, claim.number if claim else -1)
-        return ticket if link_holds(claim, ticket, self.clock(), self.cfg.link_days) else None
+        holds = link_holds(claim, ticket, self.clock(), self.cfg.link_days, self.cfg.keys)
+        return ticket if holds else None
 
     # the ticket page
 

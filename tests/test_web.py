@@ -7,6 +7,7 @@ whole path through the daemon, Dovecot and SMTP is the last test here.
 
 from __future__ import annotations
 
+import base64
 import email
 import json
 import re
@@ -129,6 +130,9 @@ def test_ack_carries_both_links_and_the_ticket_page_shows_the_ticket(site):
     assert "Reaktion bis" in page.text
     token = paths["t"].rsplit("/", 1)[1]
     assert f'action="{token}"' in page.text  # the form posts back to this very link
+    claim = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert set(claim) == {"t", "a", "v", "i"} and "anna" not in json.dumps(claim)
+    assert claim["a"] != links.address_tag("", "anna@kunde.example")  # keyed, not a hash
     headers = page.headers
     assert headers["content-security-policy"].startswith("default-src 'none'; style-src 'self'")
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
@@ -185,7 +189,9 @@ def test_links_signed_with_an_old_key_still_work_after_rotation(tmp_path, factor
     old = links.customer_token("old-key", "ticket", 10001, "anna@kunde.example", 0, NOW)
     assert site.client.get(f"/t/{old}").status_code == 200
     assert web.link_holds(links.read_customer_token(("new-key",), "ticket", old),
-                          site.ticket(), NOW, 180) is False
+                          site.ticket(), NOW, 180, ("new-key",)) is False
+    new = site.links()["t"].rsplit("/", 1)[1]
+    assert links.read_customer_token(("new-key",), "ticket", new) is not None
 
 
 def test_get_changes_nothing(site):
