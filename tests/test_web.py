@@ -248,7 +248,10 @@ def test_two_concurrent_posts_escalate_once(site):
     assert "+49 171 5550123" in mail["Subject"] and "[#10001]" in mail["Subject"]
     assert set(staff[0].recipients) == {"lea@example.com", "max@example.com"}  # lead + agents
     assert customer[0].recipients == ["anna@kunde.example"]
-    assert "Call-Back-Service aktiviert" in customer[0].raw.decode()
+    confirmation = email.message_from_bytes(customer[0].raw, policy=policy.default)
+    assert "Call-Back-Service aktiviert" in confirmation["Subject"]
+    html = confirmation.get_body(("html",)).get_content()
+    assert "<strong>+49 171 5550123</strong>" in html and 'href="http' in html
     done = site.client.get(path).text
     assert "Dein Ticket ist eskaliert" in done and "+49 171 5550123" in done
 
