@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import email
+import ipaddress
 import json
 import re
 import socket
@@ -366,7 +367,7 @@ def test_closed_ticket_page_offers_to_reopen_or_write_again(site, clock):
 def test_client_address_trusts_x_forwarded_for_only_from_configured_proxies():
     # Without trusted proxies the header is ignored; from a trusted proxy the rightmost
     # address that is not a proxy counts.
-    proxies = (web.ipaddress.ip_network("10.0.0.0/8"),)
+    proxies = (ipaddress.ip_network("10.0.0.0/8"),)
     assert web.client_address("203.0.113.5", "1.2.3.4", ()) == "203.0.113.5"
     assert web.client_address("203.0.113.5", "1.2.3.4", proxies) == "203.0.113.5"
     assert web.client_address("10.0.0.2", "1.2.3.4, 198.51.100.7, 10.0.0.9",
@@ -379,7 +380,7 @@ def test_access_log_lines_carry_no_token(site, caplog):
     token = path.rsplit("/", 1)[1]
     with caplog.at_level("INFO", logger="maild.web"):
         site.client.get(path)
-    lines = [r.getMessage() for r in caplog.records if r.name == "maild.web"]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("maild.web")]
     assert any("GET /t/… 200" in line for line in lines), lines
     assert not any(token in line for line in lines)
 
