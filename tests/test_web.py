@@ -38,8 +38,9 @@ from harness import (
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
-from maild import cli, db, links, web
+from maild import cli, config, db, links, web
 from maild.daemon import build_desk
+from maild.errors import ConfigError
 from maild.intake import Fetched, Intake
 from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
 
@@ -667,3 +668,17 @@ def test_files_an_agent_sent_are_downloads_and_a_notes_files_are_not(site):
     assert "intern.pdf" not in page and "Kunde hat alte Version" not in page
     assert site.client.get(f"{path}/files/{files['anleitung.pdf']}").content == b"%PDF-1.4 test"
     assert site.client.get(f"{path}/files/{files['intern.pdf']}").status_code == 404
+
+
+def test_http_settings_are_checked_at_load():
+    # A listen value without a port and a proxy that is no address are config errors that
+    # name the key; the defaults are loopback port 8025, 180 days, no trusted proxy.
+    base = {"imap": {"host": "h", "username": "u"}, "smtp": {"host": "h"},
+            "support": {"address": "service@example.com"}}
+    with pytest.raises(ConfigError, match=r"\[http\] listen: .*HOST:PORT"):
+        config.from_mapping({**base, "http": {"listen": "8025"}}, "m.toml", {})
+    with pytest.raises(ConfigError, match=r"\[http\] trusted_proxies: .*not an address"):
+        config.from_mapping({**base, "http": {"trusted_proxies": ["proxy"]}}, "m.toml", {})
+    http = config.from_mapping(base, "m.toml", {}).http
+    assert (http.host, http.port, http.link_days, http.trusted_proxies) == (
+        "127.0.0.1", 8025, 180.0, ())
