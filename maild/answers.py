@@ -80,7 +80,7 @@ def acknowledge(
         "attachment_count": sum(1 for f in shown if f.store),
         "not_stored": [(f.filename if known else "", f.size, f.note)
                        for f in shown if not f.store],
-        "escalation_url": links.escalation_url(desk.public_url, desk.secret, ticket.number),
+        **customer_links(desk, ticket, now),
         "missing": list(ticket.missing),
         "urgent": ticket.priority == "urgent",
         "encrypted": mail.encrypted,
@@ -107,6 +107,13 @@ def from_proven(desk: Desk, mail: InboundMail) -> bool:
     ids = desk.trusted_authserv_ids
     return bool(auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.trusted_hosts),
                                    ids, mail.from_addr))
+
+
+def customer_links(desk: Desk, ticket: Ticket, now: datetime) -> dict[str, str]:
+    """The ticket page and the escalation page, as every mail to the customer carries them."""
+    args = (desk.public_url, desk.secret, ticket.number, ticket.customer_address,
+            ticket.link_version or 0, now)
+    return {"ticket_url": links.ticket_url(*args), "escalation_url": links.escalation_url(*args)}
 
 
 def is_ours(desk: Desk, address: str) -> bool:

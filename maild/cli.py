@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import getpass
 import json
 import logging
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -99,6 +101,17 @@ def parser() -> argparse.ArgumentParser:
     bg.add_argument("--older-than", type=float, default=GC_GRACE, metavar="SECONDS",
                     help=f"only files unchanged for SECONDS (default {GC_GRACE:.0f}: "
                          "spares mails in flight)")
+    trv = tsub.add_parser("revoke-links", help="every link sent for the ticket stops working "
+                          "(ticket page, escalation); later mails carry new ones")
+    trv.add_argument("number", type=_ticket_number, help="ticket number")
+    cbp = sub.add_parser("callbacks", help="the call-back service (escalations)")
+    cbr = cbp.add_subparsers(dest="callbacks_command", required=True).add_parser(
+        "report", help="escalations with ticket, company, time, phone, cause, billable")
+    cbr.add_argument("--month", type=_month, help="only escalations in this month (YYYY-MM, "
+                     "in the support time zone)")
+    cbf = cbr.add_mutually_exclusive_group()
+    cbf.add_argument("--csv", action="store_true", help="CSV for billing")
+    cbf.add_argument("--json", action="store_true", help="machine-readable output")
     ap = sub.add_parser("accounts", help="the account book: companies and contacts")
     asub = ap.add_subparsers(dest="accounts_command", required=True)
     ai = asub.add_parser("import", help="upsert contacts and companies from a CSV file")
@@ -171,6 +184,13 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _month(text: str) -> date:
+    try:
+        return date.fromisoformat(f"{text.strip()}-01")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a month (YYYY-MM): {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -185,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
         "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
+        "callbacks": cmd_callbacks_report,
     }
     try:
         code = handlers[args.command](settings, args)
@@ -311,6 +332,8 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_tickets_show(settings, args)
     if args.tickets_command == "purge":
         return cmd_tickets_purge(settings, args)
+    if args.tickets_command == "revoke-links":
+        return cmd_tickets_revoke_links(settings, args)
     with _session(settings) as session:
         rows = views.ticket_list(session, args.status)
     if args.json:
@@ -318,10 +341,66 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     for r in views.for_terminal(rows):
         flag = " (automatic)" if r["automatic"] else ""
+        flag += " (escalated)" if r["escalated_at"] else ""
         print(f"#{r['number']}  {r['status']:<11} {r['priority']:<7} {r['customer']:<32} "
               f"{str(r['subject'])[:60]}{flag}")
     print(_count(len(rows), "ticket"))
     return 0
+
+
+def cmd_tickets_revoke_links(settings: Settings, args: argparse.Namespace) -> int:
+    from maild import web
+
+    with _session(settings) as session:
+        version = web.revoke_links(session, args.number, f"cli:{getpass.getuser()}",
+                                   datetime.now(UTC))
+    if version is None:
+        print(f"maild: no ticket #{args.number}", file=sys.stderr)
+        return 1
+    print(f"ticket #{args.number}: every link sent so far no longer works (link version "
+          f"{version}); the customer gets new links with our next mail")
+    return 0
+
+
+def cmd_callbacks_report(settings: Settings, args: argparse.Namespace) -> int:
+    from maild import web
+
+    zone = ZoneInfo(settings.calendar.timezone)
+    since = until = None
+    if args.month:
+        first = args.month
+        following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        since = datetime.combine(first, time(0), tzinfo=zone).astimezone(UTC)
+        until = datetime.combine(following, time(0), tzinfo=zone).astimezone(UTC)
+    with _session(settings) as session:
+        rows = web.callback_report(session, since, until)
+    for r in rows:  # times in the support time zone, as on the invoice
+        if r["escalated_at"]:
+            r["escalated_at"] = datetime.fromisoformat(r["escalated_at"]).astimezone(
+                zone).isoformat(timespec="minutes")
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["ticket", "company", "customer", "escalated_at", "phone", "cause",
+                      "billable"])
+        for r in rows:
+            out.writerow([r["ticket"], r["company"], r["customer"], r["escalated_at"],
+                          r["phone"], r["cause"], r["billable"]])
+        return 0
+    for r in rows:
+        print(f"#{r['ticket']}  {r['escalated_at']}  {r['phone']:<20} "
+              f"{(r['company'] or r['customer'])[:32]:<32} cause {r['cause'] or '-':<11} "
+              f"billable {r['billable']}")
+    billable = sum(1 for r in rows if r["billable"] == "yes")
+    open_ = sum(1 for r in rows if r["billable"] == "open")
+    print(f"{_plural(len(rows), 'call-back')}: {billable} billable, {open_} without a cause yet")
+    return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def cmd_tickets_show(settings: Settings, args: argparse.Namespace) -> int:

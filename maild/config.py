@@ -384,6 +384,8 @@ class OutboxSettings(_Section):
 
 class SecuritySettings(_Section):
     secret_key: str = ""
+    # Keys used before a rotation: links signed with them still work; nothing new is.
+    old_secret_keys: tuple[str, ...] = ()
     agent_key_version: int = Field(default=1, ge=1)
 
     @field_validator("secret_key")
@@ -425,7 +427,42 @@ class PathSettings(_Section):
 
 
 class HttpSettings(_Section):
+    """The ticket pages and the escalation link, behind a TLS-terminating reverse proxy."""
+
     listen: str = "127.0.0.1:8025"
+    enabled: bool = True
+    link_days: float = Field(default=180.0, gt=0)
+    # Proxies whose X-Forwarded-For is believed (addresses or networks); none by default.
+    trusted_proxies: tuple[str, ...] = ()
+    # Requests per minute per client address and per link (token bucket).
+    rate_per_minute: int = Field(default=60, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:8025, got {value!r}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or network: {item!r}") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
 
 class LogSettings(_Section):

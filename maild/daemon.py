@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
-from maild import agents, blobs, db, sla
+from maild import agents, blobs, db, sla, web
 from maild.analyse import Budget
 from maild.config import Settings
 from maild.desk import Desk
@@ -136,6 +136,8 @@ class Daemon:
     async def _main(self, engine: Engine, factory: db.SessionFactory) -> None:
         s = self.settings
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
+        # Bound before anything starts: a taken address is a start-up error, not a surprise.
+        web_socket = web.bind(s) if s.http.enabled else None
         intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock,
                         workers=s.intake.parse_workers,
                         budget=Budget(s.intake.parse_timeout, s.intake.parse_memory_mb),
@@ -154,6 +156,11 @@ class Daemon:
             asyncio.create_task(watcher.run(), name="watcher"),
             asyncio.create_task(self._send_loop(outbox), name="outbox"),
         ]
+        if web_socket is not None:  # the ticket pages and the escalation link
+            app = web.make_app(desk, factory, s, self.clock, wake_outbox)
+            tasks.append(asyncio.create_task(web.serve(app, web_socket, self.should_exit),
+                                             name="web"))
+            log.info("web pages on http://%s (links: %s)", s.http.listen, s.support.public_url)
         # The sweeps over deadlines: the first at once (catching up after downtime).
         sweeper = Sweeper(factory, desk, s.sla, self.clock)
         scheduler = AsyncIOScheduler(timezone=UTC)

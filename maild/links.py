@@ -1,23 +1,29 @@
-"""Signed, unguessable links bound to one ticket (escalation, later the ticket page)."""
+"""Signed, unguessable links bound to one ticket (the ticket page, escalation, replies)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
 _EPOCH = date(1970, 1, 1)
 
 
-def escalation_token(secret: str, ticket_number: int) -> str:
-    return URLSafeSerializer(secret, salt="maild.escalate").dumps(ticket_number)
+def ticket_url(public_url: str, secret: str, number: int, address: str, version: int,
+               now: datetime) -> str:
+    """The ticket page: history, adding information and files, the escalation button."""
+    return customer_url(public_url, secret, "ticket", number, address, version, now)
 
 
-def escalation_url(public_url: str, secret: str, ticket_number: int) -> str:
-    return f"{public_url.rstrip('/')}/escalate/{escalation_token(secret, ticket_number)}"
+def escalation_url(public_url: str, secret: str, number: int, address: str, version: int,
+                   now: datetime) -> str:
+    """The call-back service's confirmation page for the ticket."""
+    return customer_url(public_url, secret, "escalate", number, address, version, now)
 
 
 def reply_token(secret: str, ticket_number: int) -> str:
@@ -90,10 +96,74 @@ def reply_token_valid(secret: str, ticket_number: int, token: str) -> bool:
     return hmac.compare_digest(reply_token(secret, ticket_number), token.lower())
 
 
-def ticket_of_token(secret: str, token: str) -> int | None:
-    """The ticket number a token was issued for, or None if it is forged or damaged."""
+# The customer's links (ticket page, escalation): signed, bound to the ticket and the
+# customer's address, with their issue time and the ticket's link version (revocable).
+LINK_KINDS = ("ticket", "escalate")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClaim:
+    """What a valid-looking customer link says; the caller checks it against the ticket."""
+
+    kind: str
+    number: int
+    address_tag: str  # a digest of the customer's address ('' for a legacy escalation link)
+    version: int
+    issued: datetime | None  # None for a legacy escalation link (issued with the ack)
+
+
+def address_tag(secret: str, address: str) -> str:
+    """The customer's address as the token carries it: keyed, so a token neither shows
+    the address nor lets anyone test a guess."""
+    mac = hmac.new(secret.encode(), f"maild.link.{address.strip().lower()}".encode(),
+                   hashlib.sha256)
+    return mac.hexdigest()[:16]
+
+
+def address_matches(keys: Sequence[str], tag: str, address: str) -> bool:
+    """Whether `tag` names `address` under one of `keys` (each compared in constant time)."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(tag, address_tag(key, address))
+    return found
+
+
+def _link_serializer(keys: Sequence[str], kind: str) -> URLSafeSerializer:
+    # itsdangerous signs with the last key and accepts every one of them.
+    return URLSafeSerializer(list(keys), salt="maild.escalate" if kind == "escalate"
+                             else f"maild.{kind}")
+
+
+def customer_token(secret: str, kind: str, number: int, address: str, version: int,
+                   now: datetime) -> str:
+    payload = {"t": number, "a": address_tag(secret, address), "v": version,
+               "i": int(now.timestamp())}
+    return str(_link_serializer([secret], kind).dumps(payload))
+
+
+def customer_url(public_url: str, secret: str, kind: str, number: int, address: str,
+                 version: int, now: datetime) -> str:
+    path = "t" if kind == "ticket" else "escalate"
+    token = customer_token(secret, kind, number, address, version, now)
+    return f"{public_url.rstrip('/')}/{path}/{token}"
+
+
+def read_customer_token(keys: Sequence[str], kind: str, token: str) -> LinkClaim | None:
+    """The claim of a customer link signed with one of `keys`, or None if forged/damaged.
+    (Expiry, revocation and the address are checked against the ticket by the caller.)"""
+    if not keys or len(token) > 400:
+        return None
     try:
-        value = URLSafeSerializer(secret, salt="maild.escalate").loads(token)
+        value: Any = _link_serializer(keys, kind).loads(token)
     except BadSignature:
         return None
-    return value if isinstance(value, int) else None
+    if kind == "escalate" and isinstance(value, int) and not isinstance(value, bool):
+        return LinkClaim(kind, value, "", 0, None)  # sent before the links were bound
+    if not isinstance(value, dict):
+        return None
+    number, tag, version, issued = (value.get("t"), value.get("a"), value.get("v"),
+                                    value.get("i"))
+    if not (isinstance(number, int) and isinstance(tag, str) and isinstance(version, int)
+            and isinstance(issued, int)):
+        return None
+    return LinkClaim(kind, number, tag, version, datetime.fromtimestamp(issued, UTC))

@@ -209,6 +209,11 @@ class Ticket(Base):
     merged_into: Mapped[int | None] = mapped_column(BigInteger)
     breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The call-back service: when the customer asked for it, and the number to call.
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    escalation_phone: Mapped[str] = mapped_column(String(100), default="")
+    # Bumped by `maild tickets revoke-links N`: every link issued before stops working.
+    link_version: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class InboundMessage(Base):

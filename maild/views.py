@@ -57,6 +57,7 @@ def ticket_summary(t: Ticket) -> dict[str, Any]:
         "opened_at": _when(t.opened_at), "first_response_due": _when(t.first_response_due),
         "first_response_at": _when(t.first_response_at), "missing": list(t.missing),
         "owner": t.owner, "cause": t.cause, "merged_into": t.merged_into,
+        "escalated_at": _when(t.escalated_at),
     }
 
 

@@ -343,8 +343,7 @@ def status_mail(session: Session, desk: Desk, ticket: Ticket, status: str,
                 now: datetime) -> None:
     """Tell the customer the ticket's new state (in progress, waiting for them, resolved)."""
     customer_notice(session, desk, ticket, "status", now, status=status,
-                    escalation_url=links.escalation_url(desk.public_url, desk.secret,
-                                                        ticket.number))
+                    **answers.customer_links(desk, ticket, now))
 
 
 def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,

@@ -306,6 +306,8 @@ class SmtpCapture:
 
 def write_config(path: Path, *, imap_port: int, user: str, password: str, smtp_port: int,
                  database_url: str, extra: str = "", imap_extra: str = "") -> Path:
+    # The web listener on a port of its own, unless the test configures [http] itself.
+    http = "" if "[http]" in extra else f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
     path.write_text(f"""
 [imap]
 host = "127.0.0.1"
@@ -343,7 +345,7 @@ lease_seconds = 5
 retry_backoff = 0.5
 retry_backoff_max = 2
 {extra}
-""")
+{http}""")
     return path
 
 

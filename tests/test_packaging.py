@@ -32,6 +32,8 @@ def test_wheel_ships_migrations_and_templates(tmp_path):
                    "maild/migrations/script.py.mako",
                    "maild/migrations/versions/0001_initial_schema.py",
                    "maild/templates/ack.de.txt.j2", "maild/templates/ack.en.html.j2",
-                   "maild/templates/_layout.html.j2"]:
+                   "maild/templates/_layout.html.j2", "maild/templates/escalated.de.txt.j2",
+                   "maild/templates/web/ticket.html.j2", "maild/templates/web/web.css",
+                   "maild/web/app.py"]:
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "migrations/", "templates/")) for n in names)

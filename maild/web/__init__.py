@@ -1,0 +1,17 @@
+"""The customer's web pages, served inside the daemon: the ticket page (history, adding
+information and files) and the call-back service (escalation), reached by signed links.
+
+No login: a link is the customer's proof (signed, bound to the ticket and the address, with
+its issue time, revocable per ticket). GET never changes anything (mail scanners follow
+links); every change is a POST carrying a form token derived from the link. Database work
+runs in a thread with the daemon's session factory, one transaction per request.
+"""
+
+from maild.web.access import WebConfig, link_holds
+from maild.web.actions import billable, callback_report, revoke_links
+from maild.web.app import bind, make_app, serve
+from maild.web.guard import TokenBuckets, client_address, loggable_path
+
+__all__ = ["TokenBuckets", "WebConfig", "billable", "bind", "callback_report",
+           "client_address", "link_holds", "loggable_path", "make_app", "revoke_links",
+           "serve"]
