@@ -1,6 +1,7 @@
 # maild: `make demo` shows it working, `make test` runs the whole suite (as CI does),
 # `make test-quick` all but the tests marked slow.
-# Both bootstrap what they need: a virtualenv in .venv and, when missing, Dovecot.
+# They bootstrap what they need: a virtualenv in .venv and, when missing, Dovecot (and
+# for `make test` Chromium and systemd-analyze).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick bench lint dovecot clean
+.PHONY: demo test test-quick bench lint dovecot browser-tools clean
 
 $(STAMP): pyproject.toml
 	scripts/make-venv $(VENV) $(PYTHON)
@@ -19,10 +20,15 @@ $(STAMP): pyproject.toml
 dovecot:
 	@scripts/ensure-dovecot
 
+# Debian's Chromium (the real-browser test) and systemd-analyze (the unit's checks).
+browser-tools:
+	@scripts/ensure-chromium
+	@scripts/ensure-systemd-analyze
+
 demo: $(STAMP) dovecot
 	$(PY) bench/demo.py
 
-test: $(STAMP) dovecot
+test: $(STAMP) dovecot browser-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-quick: $(STAMP) dovecot

@@ -1,6 +1,7 @@
 """A person with a real browser (Debian's Chromium, headless, driven by Playwright): the
 ticket link from the acknowledgement, adding information and a file, then the escalation
-link and its confirmation. Screenshots of the pages go to docs/screenshots/.
+link and its confirmation. Screenshots of the pages go to docs/screenshots/ with
+MAILD_SCREENSHOTS=docs (else to a temporary folder).
 
 Needs `apt-get install chromium` and `pip install playwright` (no browser download: the
 system's Chromium is used). With CI=true a missing browser fails the test; elsewhere it
@@ -21,6 +22,8 @@ from harness import ROOT, Daemon, free_port, rows, wait_for_port, wait_until, wr
 from maild.models import Event, Ticket, TicketMessage
 
 CHROMIUM = "/usr/bin/chromium"
+# The screenshots in docs/ are refreshed on request (MAILD_SCREENSHOTS=docs); otherwise
+# they go to a temporary folder, so a test run leaves the checkout as it was.
 SHOTS = ROOT / "docs" / "screenshots"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 FIRST = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
@@ -55,6 +58,7 @@ def test_customer_adds_information_and_escalates_in_a_real_browser(
     # then opens the escalation link and confirms: the ticket is escalated, her note is on
     # the ticket, the staff mail and her confirmation are sent once; no CSP violation.
     sync_playwright = _browser_or_skip()
+    shots = SHOTS if os.environ.get("MAILD_SCREENSHOTS") == "docs" else tmp_path
     port = free_port()
     config = write_config(
         tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
@@ -73,7 +77,7 @@ def test_customer_adds_information_and_escalates_in_a_real_browser(
         wait_for_port(port)
         attachment = tmp_path / "fehler.txt"
         attachment.write_text("E42 beim Laden der Auftragsliste\n")
-        SHOTS.mkdir(parents=True, exist_ok=True)
+        shots.mkdir(parents=True, exist_ok=True)
         problems: list[str] = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -88,14 +92,14 @@ def test_customer_adds_information_and_escalates_in_a_real_browser(
             page.set_input_files("#files", str(attachment))
             page.click("button[type=submit]")
             page.wait_for_selector("text=Deine Informationen sind bei uns angekommen")
-            page.screenshot(path=str(SHOTS / "ticket-page.png"), full_page=True)
+            page.screenshot(path=str(shots / "ticket-page.png"), full_page=True)
             page.goto(base + found["escalate"])
             assert page.input_value("#phone") == "+49 30 1234567"
-            page.screenshot(path=str(SHOTS / "escalation-page.png"), full_page=True)
+            page.screenshot(path=str(shots / "escalation-page.png"), full_page=True)
             page.fill("#phone", "+49 171 5550123")
             page.click("button[type=submit]")
             page.wait_for_selector("text=Dein Ticket ist eskaliert")
-            page.screenshot(path=str(SHOTS / "escalation-confirmed.png"), full_page=True)
+            page.screenshot(path=str(shots / "escalation-confirmed.png"), full_page=True)
             browser.close()
         assert problems == []
         [ticket] = rows(database_url, Ticket)
