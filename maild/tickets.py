@@ -38,7 +38,7 @@ def open_ticket(
                                  desk.urgent_keywords,
                                  desk.tier_priority.get(account.tier, "") if account else "")
     hours = desk.response_hours(level, account.tier if account else "")
-    copied, refused = first_participants(desk, mail)
+    copied, refused = first_participants(desk, mail, account is not None)
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
         status="spam" if verdict.kind == "spam" else "new",
@@ -170,16 +170,37 @@ def add_follow_up(
     return True
 
 
-def first_participants(desk: Desk, mail: InboundMail) -> tuple[list[str], list[str]]:
-    """(copied, refused) of a new ticket's Cc: colleagues at the sender's own domain join
-    (a forged From cannot bring in an outsider that way), others only when a trusted server
-    vouches for the From; the refused are shown to agents, who may add them with #cc."""
+def first_participants(desk: Desk, mail: InboundMail,
+                       known: bool) -> tuple[list[str], list[str]]:
+    """(copied, refused) of a new ticket's Cc: when a trusted server vouches for the From,
+    everyone; else colleagues at the sender's own domain (a forged From cannot bring in an
+    outsider that way) — unless that domain is a freemail provider's and the sender is not
+    in the account book (strangers share gmail.com, not a company). The refused are shown
+    to agents, who may add them with #cc."""
     people = participants_of(mail, desk.sender.address, mail.from_addr)
     if not people or answers.from_proven(desk, mail):
         return people, []
     domain = mail.from_addr.rpartition("@")[2]
-    same = [a for a in people if domain and a.rpartition("@")[2] == domain]
+    company = bool(domain) and (known or not freemail(domain))
+    same = [a for a in people if company and a.rpartition("@")[2] == domain]
     return same, [a for a in people if a not in same]
+
+
+# Mail providers whose users are strangers to each other (a same-domain Cc proves nothing).
+FREEMAIL = frozenset({
+    "gmail.com", "googlemail.com", "outlook.com", "outlook.de", "hotmail.com", "hotmail.de",
+    "live.com", "live.de", "msn.com", "yahoo.com", "yahoo.de", "ymail.com", "aol.com",
+    "icloud.com", "me.com", "mac.com", "gmx.de", "gmx.net", "gmx.at", "gmx.ch", "gmx.com",
+    "web.de", "t-online.de", "freenet.de", "arcor.de", "posteo.de", "mailbox.org",
+    "proton.me", "protonmail.com", "pm.me", "tutanota.com", "tuta.io", "mail.de",
+    "mail.com", "email.de", "online.de", "zoho.com", "yandex.com", "yandex.ru", "mail.ru",
+    "gmx.fr", "orange.fr", "free.fr", "laposte.net", "libero.it", "bluewin.ch"})
+
+
+def freemail(domain: str) -> bool:
+    """Whether `domain` (or a parent of it) is a freemail provider's."""
+    parts = domain.lower().split(".")
+    return any(".".join(parts[i:]) in FREEMAIL for i in range(len(parts) - 1))
 
 
 def sender_verified(desk: Desk, mail: InboundMail, how: str) -> bool:

@@ -172,6 +172,10 @@ def test_a_new_tickets_cc_joins_only_from_the_senders_domain_unless_proven(desk)
         "Authentication-Results: mx.example.com; dkim=pass header.d=kunde.example\r\n"
         "Cc: partner@dienstleister.example\r\n"))
     assert desk.ticket(10002).participants == ["partner@dienstleister.example"]
+    # Strangers share a freemail domain, not a company: nobody joins.
+    desk.mail("mallory@gmail.com", "Billig Uhren!", subject="Angebot",
+              headers="Cc: victim1@gmail.com, victim2@gmail.com\r\n")
+    assert desk.ticket(10003).participants == []
 
 
 def test_an_agent_copies_someone_with_cc_and_takes_them_off_again(desk):

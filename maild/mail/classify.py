@@ -74,18 +74,19 @@ def classify(mail: InboundMail, support_address: str,
     parts = {a.content_type for a in mail.attachments}
     if parts & _STATUS_PARTS:
         return Verdict("bounce", "carries a delivery-status part")
-    if h.get("x-failed-recipients"):
-        return Verdict("bounce", "X-Failed-Recipients header")
     sender = (mail.from_addr or h.get("from", "")).lower()
+    local = sender.partition("@")[0] if "@" in sender else sender
+    if h.get("x-failed-recipients") and _reads_like_bounce(mail, parts):
+        return Verdict("bounce", "X-Failed-Recipients header, with a bounce's words")
     if h.get("auto-submitted", "").split(";")[0].strip().lower() not in ("", "no"):
         # An explicit marker: automatic, a bounce only from the mail system itself.
-        if "mailer-daemon" in sender or _DAEMON_NAME.search(h.get("from", "")):
+        if local == "mailer-daemon" or _DAEMON_NAME.search(h.get("from", "")):
             return Verdict("bounce", "sender is the mail system (MAILER-DAEMON)")
         return _automatic(h) or Verdict("automatic", "Auto-Submitted")
-    if "mailer-daemon" in sender:  # the mail system itself: never a person
+    if local == "mailer-daemon":  # the mail system itself: never a person
         return Verdict("bounce", "sender is MAILER-DAEMON")
     for name in _BOUNCE_SENDERS:
-        if name in sender and _reads_like_bounce(mail, parts):
+        if local == name and _reads_like_bounce(mail, parts):
             return Verdict("bounce", f"sender is {name}, with a bounce's words or structure")
     robot = (not mail.from_addr or h.get("return-path", "x").strip() in {"<>", ""}
              or bool(_NOREPLY.match(mail.from_addr.partition("@")[0]))

@@ -86,7 +86,7 @@ def parse(raw: bytes) -> InboundMail:
     text, html = _no_nul(text), _no_nul(html)
     return InboundMail(
         message_id=_one_msgid(headers.get("message-id", "")),
-        subject=_no_nul(" ".join(headers.get("subject", "").split())),
+        subject=_printable(" ".join(headers.get("subject", "").split())),
         from_addr=from_addr,
         from_name=_no_nul(from_name),
         to=_addresses(headers.get("to", "")),
@@ -197,8 +197,26 @@ def _headers(msg: Message) -> dict[str, str]:
     for name, raw in msg.raw_items():
         key = name.lower()
         if key not in found:
-            found[key] = _no_nul(_lenient_decode(_unfold(str(raw))))
+            found[key] = _no_nul(_lenient_decode(_unfold(_capped(key, str(raw)))))
     return found
+
+
+MAX_HEADER = 16_000  # characters of one header value we decode (the stdlib's are quadratic)
+
+
+def _capped(key: str, value: str) -> str:
+    """A header value cut to MAX_HEADER (References keeps its newest end)."""
+    if len(value) <= MAX_HEADER:
+        return value
+    return value[-MAX_HEADER:] if key == "references" else value[:MAX_HEADER]
+
+
+def _printable(value: str) -> str:
+    """Without control and format characters (category C*): a subject is copied into the
+    headers of our mails, where they make invalid or misleading mail."""
+    if value.isprintable():
+        return value
+    return "".join(c for c in value if c.isprintable() or c == " ")
 
 
 def _no_nul(value: str) -> str:
@@ -211,15 +229,12 @@ def _unfold(value: str) -> str:
 
 
 def header(msg: Message, name: str) -> str:
-    """The decoded value of header `name` ('' when absent); falls back to a lenient decode."""
-    try:
-        value = msg.get(name)
-        return "" if value is None else str(value)
-    except Exception:  # the stdlib's header parsers raise assorted errors on bad input
-        for key, raw in msg.raw_items():
-            if key.lower() == name.lower():
-                return _lenient_decode(str(raw))
-        return ""
+    """The decoded value of header `name` ('' when absent), read leniently from the raw
+    value: the stdlib's structured header parser is quadratic on long encoded words."""
+    for key, raw in msg.raw_items():
+        if key.lower() == name.lower():
+            return _no_nul(_lenient_decode(_unfold(_capped(key.lower(), str(raw)))))
+    return ""
 
 
 def _lenient_decode(raw: str) -> str:
@@ -343,13 +358,18 @@ def _payload_bytes(part: Message) -> bytes:
 def html_to_text(html: str) -> str:
     """Readable text of `html`; deeply nested markup (which the HTML parser gives up on)
     falls back to the text between the tags."""
-    try:
-        text = str(get_text(html)).strip()
-    except Exception:
-        text = ""
+    text = ""
+    if len(html) <= MAX_HTML:  # the HTML renderer takes ~150 times the markup in memory
+        try:
+            text = str(get_text(html)).strip()
+        except Exception:
+            text = ""
     if text or not html.strip():
         return text
     return " ".join(unescape(_TAG.sub(" ", html)).split())
+
+
+MAX_HTML = 1_000_000  # characters rendered as HTML; a larger body is read between the tags
 
 
 def _attachments(msg: Message, body_ids: set[int]) -> list[Part]:
