@@ -340,12 +340,12 @@ state_dir = "{path.parent}"
 initial_backoff = 0.5
 max_backoff = 2
 lease_seconds = 5
-
+{http}
 [intake]
 retry_backoff = 0.5
 retry_backoff_max = 2
 {extra}
-{http}""")
+""")
     return path
 
 
