@@ -200,7 +200,8 @@ NOW = at(2026, 12, 1, 9, 30)
 BASE = {"number": 10001, "subject": "Export bricht ab", "name": "Anna Berger",
         "support_name": "Example Support", "support_address": "service@example.com",
         "timezone": "Europe/Berlin", "reopen_days": "14",
-        "escalation_url": "http://127.0.0.1:8025/e/10001"}
+        "escalation_url": "http://127.0.0.1:8025/e/10001",
+        "ticket_url": "http://127.0.0.1:8025/t/10001"}
 ACK = {"received": NOW, "due": at(2026, 12, 1, 17, 30), "hours": "8",
        "hours_text_de": "Mo–Do 09:00–16:00, Fr 09:00–13:00 Uhr",
        "hours_text_en": "Mon–Thu 09:00–16:00, Fri 09:00–13:00 (Europe/Berlin)",

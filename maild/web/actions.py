@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from maild import answers, db, links, notify
+from maild import answers, db, links, notify, sla
 from maild.desk import Desk
 from maild.mail.classify import Verdict
 from maild.mail.facts import FACTS
@@ -103,6 +103,8 @@ def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
         "phone": phone, "callback": callback, "open_now": desk.calendar.is_open(now),
         "timezone": desk.timezone, "support_name": desk.sender.name,
         "language": ticket.language,
+        "hours": sla.hours_text(desk.calendar, ticket.language,
+                                now.astimezone(desk.calendar.zone).date()),
         "ticket_url": links.ticket_url(cfg.public_url, cfg.secret, ticket.number,
                                        ticket.customer_address, ticket.link_version, now),
     }

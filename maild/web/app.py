@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from maild import db, links
+from maild import db, links, sla
 from maild.config import Settings
 from maild.desk import Desk
 from maild.errors import MaildError
@@ -215,7 +215,9 @@ class Pages:
         return self.page("escalate", shown.language, status, t=shown, token=token, phone=phone,
                          error=error, form=form_token(self.cfg.secret, token),
                          open_now=self.desk.calendar.is_open(now),
-                         callback=self.desk.calendar.next_open(now))
+                         callback=self.desk.calendar.next_open(now),
+                         hours=sla.hours_text(self.desk.calendar, shown.language,
+                                              now.astimezone(self.desk.calendar.zone).date()))
 
     async def escalate(self, request: Request) -> Response:
         token = request.path_params["token"]
