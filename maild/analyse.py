@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 from maild import blobs
@@ -279,12 +281,59 @@ class _Worker:
         return self.process.exitcode
 
 
+class Flight:
+    """Which mails are in the parse worker right now, kept in a small file beside the
+    state (written before a mail goes in, rewritten when it comes out). After the process
+    died, only the mails named there were being parsed: an attempt mark of any other mail
+    of the batch is no crash of its."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.now: set[tuple[int, int]] = set()
+        self.before: set[tuple[int, int]] | None = self._read()
+
+    def _read(self) -> set[tuple[int, int]] | None:
+        """What was in flight when the last process ended (None: not recorded)."""
+        if self.path is None:
+            return None
+        try:
+            return {(int(a), int(b)) for a, b in json.loads(self.path.read_text())}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def take_off(self, key: tuple[int, int] | None) -> None:
+        if key is not None:
+            self.now.add(key)
+            self._write()
+
+    def land(self, key: tuple[int, int] | None) -> None:
+        if key is not None and key in self.now:
+            self.now.discard(key)
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            part = self.path.with_suffix(".part")
+            part.write_text(json.dumps(sorted(self.now)))
+            os.replace(part, self.path)
+        except OSError as exc:  # the count of crashes is lost, never a mail
+            log.debug("in-flight record not written: %s", exc)
+
+
 class Analyser:
     """Runs the analysis of mails, one mail per task, in `workers` processes (0: in the
     daemon's own process), batch after batch in the order submitted."""
 
     def __init__(self, rules: Rules, workers: int, store: blobs.BlobStore,
-                 budget: Budget = DEFAULT_BUDGET, fn: AnalyseFn = analyse) -> None:
+                 budget: Budget = DEFAULT_BUDGET, fn: AnalyseFn = analyse,
+                 flight: Flight | None = None) -> None:
+        self.flight = flight or Flight(None)
+        self.keys: list[tuple[int, int] | None] = []
         self.rules = rules
         self.workers = workers
         self.store = store
@@ -313,23 +362,33 @@ class Analyser:
     def _spawn(self) -> _Worker:
         return _Worker((self.rules, self.store, self.fn, self.budget.memory_mb, os.getpid()))
 
-    def submit(self, work: Sequence[bytes | Analysis]) -> Future[list[Analysis]]:
+    def submit(self, work: Sequence[bytes | Analysis],
+               keys: Sequence[tuple[int, int]] | None = None) -> Future[list[Analysis]]:
         """Start analysing the raw mails of `work` (an Analysis given is the result already);
-        the result keeps the order."""
+        the result keeps the order. `keys` name the mails for the in-flight record."""
         items = list(work)
+        named: list[tuple[int, int] | None] = list(keys) if keys else [None] * len(items)
         if self.workers:
             self.start()
             if self.dispatch is not None:
                 try:
-                    return self.dispatch.submit(self._run, items)
+                    return self.dispatch.submit(self._run, items, named)
                 except RuntimeError:  # closed meanwhile
                     pass
         done: Future[list[Analysis]] = Future()
-        done.set_result([w if isinstance(w, Analysis) else _in_process(
-            w, self.rules, self.store, self.fn) for w in items])
+        done.set_result([w if isinstance(w, Analysis) else self._here(w, key)
+                         for w, key in zip(items, named, strict=True)])
         return done
 
-    def _run(self, work: list[bytes | Analysis]) -> list[Analysis]:
+    def _here(self, raw: bytes, key: tuple[int, int] | None) -> Analysis:
+        self.flight.take_off(key)
+        result = _in_process(raw, self.rules, self.store, self.fn)
+        self.flight.land(key)
+        return result
+
+    def _run(self, work: list[bytes | Analysis],
+             keys: list[tuple[int, int] | None]) -> list[Analysis]:
+        self.keys = keys
         try:
             results = self._run_all(work)
         except (OSError, ValueError):
@@ -348,6 +407,7 @@ class Analyser:
             for slot in range(len(self.pool)):
                 if todo and slot not in busy:
                     i = todo.popleft()
+                    self.flight.take_off(self.keys[i])
                     done = self._send(slot, work[i])
                     if done is not None:
                         results[i] = done
@@ -355,6 +415,9 @@ class Analyser:
                         busy[slot] = (i, time.monotonic() + self.budget.seconds)
             if busy:
                 self._collect(busy, results)
+            for i, key in enumerate(self.keys):
+                if results[i] is not None:
+                    self.flight.land(key)
         return [r if r is not None else stopped(DIED) for r in results]
 
     def _send(self, slot: int, raw: bytes | Analysis) -> Analysis | None:

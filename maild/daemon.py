@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
@@ -32,6 +34,12 @@ DRAIN_SECONDS = 10.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def flight_file(settings: Settings) -> Path:
+    """Where the mails being parsed are recorded for this mailbox (see analyse.Flight)."""
+    name = hashlib.sha256(settings.imap.mailbox_id.encode()).hexdigest()[:16]
+    return settings.state_dir / f"parsing-{name}.json"
 
 
 def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) -> Desk:
@@ -141,7 +149,7 @@ class Daemon:
         intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock,
                         workers=s.intake.parse_workers,
                         budget=Budget(s.intake.parse_timeout, s.intake.parse_memory_mb),
-                        max_crashes=s.intake.max_crashes)
+                        max_crashes=s.intake.max_crashes, flight=flight_file(s))
         intake.start()  # the parse workers, warm before the first mail
         loop = asyncio.get_running_loop()
 

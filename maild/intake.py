@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import delete, insert, select, tuple_
@@ -27,6 +28,7 @@ from maild.analyse import (
     Analyser,
     Analysis,
     Budget,
+    Flight,
     Rules,
     analyse,
     dedupe_key,
@@ -97,11 +99,12 @@ class Intake:
     def __init__(
         self, factory: db.SessionFactory, desk: Desk, mailbox: str, max_attempts: int,
         clock: Callable[[], datetime], workers: int = 0, budget: Budget = DEFAULT_BUDGET,
-        max_crashes: int = 3, analysis: AnalyseFn = analyse,
+        max_crashes: int = 3, analysis: AnalyseFn = analyse, flight: Path | None = None,
     ) -> None:
         """`workers` parse worker processes analyse the mails within `budget` (0: in this
         process, without budget); `analysis` is the analysis they run (a module-level
-        function: it is pickled to the workers)."""
+        function: it is pickled to the workers). `flight`: the file that records which
+        mails are being parsed (None: every mark left open counts as a crash)."""
         self.factory = factory
         self.desk = desk
         self.mailbox = mailbox
@@ -111,7 +114,8 @@ class Intake:
         rules = Rules(desk.sender.address, desk.sender.domain, desk.spam_rule, desk.limits,
                       keep_bytes=desk.notify_files_max_bytes, fact_patterns=desk.fact_patterns,
                       default_language=desk.default_language)
-        self.analyser = Analyser(rules, workers, desk.store, budget, analysis)
+        self.flight = Flight(flight)
+        self.analyser = Analyser(rules, workers, desk.store, budget, analysis, self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
 
     def start(self) -> None:
@@ -123,7 +127,8 @@ class Intake:
         workers); hand the result to `process_batch`, which may meanwhile commit the batch
         before. A mail that ended the process `max_crashes` times is not analysed again."""
         given_up = self._mark_attempts(uidvalidity, mails)
-        return self.analyser.submit([given_up.get(m.uid, m.raw) for m in mails])
+        return self.analyser.submit([given_up.get(m.uid, m.raw) for m in mails],
+                                    [(uidvalidity, m.uid) for m in mails])
 
     def close(self) -> None:
         self.analyser.close()
@@ -140,9 +145,14 @@ class Intake:
             open_marks = {row.uid: row for row in session.scalars(select(ParseAttempt).where(
                 ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,
                 ParseAttempt.uid.in_(uids)))}
+            suspects = self.flight.before
             for uid, row in open_marks.items():
                 if (uidvalidity, uid) in self.opened:
                     continue  # ours (a batch that failed temporarily): no crash
+                if suspects is not None and (uidvalidity, uid) not in suspects:
+                    continue  # in the batch, but not being parsed when the process ended
+                if suspects is not None:
+                    suspects.discard((uidvalidity, uid))  # counted once
                 row.crashes += 1
                 row.started_at = now
                 log.warning("mail was being parsed when maild ended uid=%s crashes=%s",

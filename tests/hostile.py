@@ -49,7 +49,8 @@ def run_in_process(url: str, blob_dir: str, mail_file: str) -> None:
     now = datetime.now(UTC)
     factory = db.session_factory(db.make_engine(url))
     desk = build_desk(offline_settings(url, Path(blob_dir)), factory, now)
-    intake = Intake(factory, desk, "INBOX", 3, lambda: now, workers=0, analysis=analysis)
+    intake = Intake(factory, desk, "INBOX", 3, lambda: now, workers=0, analysis=analysis,
+                    flight=Path(blob_dir).parent / "parsing.json")
     intake.process(7, Fetched(1, Path(mail_file).read_bytes(), now))
     sys.exit("the mail did not kill the process")
 

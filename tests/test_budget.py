@@ -31,10 +31,11 @@ NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 def make_intake(tmp_path, factory, database_url):
     made: list[Intake] = []
 
-    def make(workers: int = 1, seconds: float = 1.0, memory_mb: int = 1024) -> Intake:
+    def make(workers: int = 1, seconds: float = 1.0, memory_mb: int = 1024,
+             flight: Path | None = None) -> Intake:
         desk = build_desk(offline_settings(database_url, tmp_path / "blobs"), factory, NOW)
         intake = Intake(factory, desk, "INBOX", 3, lambda: NOW, workers=workers,
-                        budget=Budget(seconds, memory_mb), analysis=analysis)
+                        budget=Budget(seconds, memory_mb), analysis=analysis, flight=flight)
         intake.start()
         made.append(intake)
         return intake
@@ -107,7 +108,7 @@ def test_a_mail_that_kept_killing_the_process_is_quarantined_without_parsing(
         assert done.returncode == -9, done.stderr
         [mark] = marks(factory)
         assert (mark.uid, mark.crashes) == (1, run)
-    intake = make_intake()
+    intake = make_intake(flight=tmp_path / "parsing.json")
     outcome = intake.process(7, Fetched(1, mail.read_bytes(), NOW))
     assert (outcome.action, outcome.reason) == (
         "quarantine", "killed the process 3 times while being parsed")
@@ -202,3 +203,23 @@ def test_a_blob_store_failure_in_the_worker_is_temporary_not_the_mails_fault(
         assert marks(factory) == []
     finally:
         intake.close()
+
+
+def test_only_the_mail_being_parsed_when_the_process_ended_counts_a_crash(
+        make_intake, factory, tmp_path, caplog):
+    # The daemon was killed during a batch of three: only the mail then in the parse
+    # worker (the in-flight record says which) counts a crash, not its batch-mates.
+    flight = tmp_path / "parsing.json"
+    flight.write_text("[[7, 2]]")
+    with db.transaction(factory) as s:
+        for uid in (1, 2, 3):
+            s.add(ParseAttempt(mailbox="INBOX", uidvalidity=7, uid=uid, started_at=NOW,
+                               crashes=2))
+    intake = make_intake(flight=flight)
+    with caplog.at_level("WARNING", logger="maild.intake"):
+        outcomes = intake.process_batch(7, [Fetched(n, customer_mail(n), NOW) for n in (1, 2, 3)])
+    assert [o.action for o in outcomes] == ["processed", "quarantine", "processed"]
+    assert outcomes[1].reason == "killed the process 3 times while being parsed"
+    counted = [r.getMessage() for r in caplog.records if "when maild ended" in r.getMessage()]
+    assert counted == ["mail was being parsed when maild ended uid=2 crashes=3"]
+    assert marks(factory) == []
