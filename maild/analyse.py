@@ -407,8 +407,7 @@ class Analyser:
             for slot in range(len(self.pool)):
                 if todo and slot not in busy:
                     i = todo.popleft()
-                    self.flight.take_off(self.keys[i])
-                    done = self._send(slot, work[i])
+                    done = self._send(slot, work[i], self.keys[i])
                     if done is not None:
                         results[i] = done
                     else:
@@ -420,7 +419,8 @@ class Analyser:
                     self.flight.land(key)
         return [r if r is not None else stopped(DIED) for r in results]
 
-    def _send(self, slot: int, raw: bytes | Analysis) -> Analysis | None:
+    def _send(self, slot: int, raw: bytes | Analysis,
+              key: tuple[int, int] | None) -> Analysis | None:
         """Hand a mail to the worker in `slot`; an analysis when it died taking it."""
         assert isinstance(raw, bytes)
         worker = self.pool[slot]
@@ -429,7 +429,8 @@ class Analyser:
         except OSError as exc:  # cannot start a worker: not this mail's fault
             log.warning("parse worker unavailable (%s); analysing in-process", exc)
             self._replace(slot)
-            return _in_process(raw, self.rules, self.store, self.fn)
+            return self._here(raw, key)
+        self.flight.take_off(key)  # the worker is ready: from now on the mail is in it
         try:
             worker.conn.send_bytes(raw)
         except OSError:
