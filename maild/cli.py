@@ -421,12 +421,8 @@ def cmd_tickets_purge(settings: Settings, args: argparse.Namespace) -> int:
         print(f"maild: erasing ticket #{args.number} cannot be undone; "
               "run again with --yes", file=sys.stderr)
         return 1
-    try:
-        actor = f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        actor = "cli"
     with _session(settings) as session:
-        result = purge.purge_ticket(session, args.number, actor, datetime.now(UTC))
+        result = purge.purge_ticket(session, args.number, _actor(), datetime.now(UTC))
     if result is None:
         print(f"maild: no ticket #{args.number}", file=sys.stderr)
         return 1

@@ -223,18 +223,7 @@ def test_two_concurrent_posts_escalate_once(site):
     # mail to the staff and one to the customer; a replay later changes nothing either.
     path = site.links()["escalate"]
     form = {"form": site.form_token(path), "phone": "+49 171 5550123"}
-    results: list[int] = []
-
-    def post() -> None:
-        with TestClient(site.app, follow_redirects=False) as client:
-            results.append(client.post(path, data=form).status_code)
-
-    threads = [threading.Thread(target=post) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert results == [303, 303]
+    assert post_twice_at_once(site, path, form) == [303, 303]
     assert site.client.post(path, data=form).status_code == 303  # the back button
     ticket = site.ticket()
     assert ticket.escalated_at == NOW and ticket.escalation_phone == "+49 171 5550123"
@@ -579,18 +568,7 @@ def test_the_same_form_sent_twice_adds_once(site):
     fields = {**site.hidden(path), "text": "Nachtrag: passiert auch am PC"}
     assert set(fields) == {"form", "once", "text"}
     notices = len(site.outbox("notify"))
-    results: list[int] = []
-
-    def post() -> None:
-        with TestClient(site.app, follow_redirects=False) as client:
-            results.append(client.post(path, data=fields).status_code)
-
-    threads = [threading.Thread(target=post) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert results == [303, 303]
+    assert post_twice_at_once(site, path, fields) == [303, 303]
     assert site.client.post(path, data=fields).status_code == 303
     with db.transaction(site.factory) as s:
         added = s.scalars(select(TicketMessage).where(
@@ -684,3 +662,19 @@ def test_http_settings_are_checked_at_load():
     http = config.from_mapping(base, "m.toml", {}).http
     assert (http.host, http.port, http.link_days, http.trusted_proxies) == (
         "127.0.0.1", 8025, 180.0, ())
+
+
+def post_twice_at_once(site, path: str, data: dict[str, str]) -> list[int]:
+    """A double click: the same form POSTed by two threads at once; their status codes."""
+    results: list[int] = []
+
+    def post() -> None:
+        with TestClient(site.app, follow_redirects=False) as client:
+            results.append(client.post(path, data=data).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
