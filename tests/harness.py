@@ -560,3 +560,17 @@ class Feeder:
             t = s.scalars(select(Ticket).where(Ticket.number == number)).one()
             return list(s.scalars(select(Event).where(Event.ticket_id == t.id)
                                   .order_by(Event.id)))
+
+
+def message(out: Any) -> EmailMessage:
+    """An outbox row's mail, parsed."""
+    msg = message_from_bytes(out.raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def text_of(out: Any) -> str:
+    """The plain text of an outbox row's mail, with Unix line ends."""
+    body = message(out).get_body(preferencelist=("plain",))
+    assert body is not None
+    return str(body.get_content()).replace("\r\n", "\n")

@@ -6,21 +6,18 @@ SMTP is in test_agents_e2e.py.
 
 from __future__ import annotations
 
-import email
 import json
 from datetime import UTC, datetime, timedelta
-from email import policy
-from email.message import EmailMessage
 
 import pytest
-from harness import Clock, Feeder, cli_config, maild, offline_settings
+from harness import Clock, Feeder, cli_config, maild, message, offline_settings, text_of
 from sqlalchemy import select
 
 from maild import db, links
 from maild.daemon import build_desk
 from maild.intake import Intake
 from maild.mail import auth, commands
-from maild.models import OutboxMail, TicketMessage
+from maild.models import TicketMessage
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, within support hours
 FIRST = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
@@ -62,16 +59,6 @@ class Desk(Feeder):
 @pytest.fixture
 def desk(intake, factory) -> Desk:
     return Desk(intake, factory)
-
-
-def message(out: OutboxMail) -> EmailMessage:
-    msg = email.message_from_bytes(out.raw, policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def text_of(out: OutboxMail) -> str:
-    return message(out).get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
 
 
 def test_a_new_ticket_notifies_the_team_with_text_facts_missing_and_a_reply_path(desk):

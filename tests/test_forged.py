@@ -8,21 +8,18 @@ SMTP capture in the end-to-end test at the bottom (Dovecot + `maild run`).
 
 from __future__ import annotations
 
-import email
 import time
 from datetime import UTC, datetime, timedelta
-from email import policy
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from harness import Clock, Daemon, Feeder, rows, wait_until, write_config
+from harness import Clock, Daemon, Feeder, message, rows, text_of, wait_until, write_config
 
 from maild import db, links
 from maild.daemon import build_desk
 from maild.intake import Intake
 from maild.mail import auth
-from maild.models import AddressFlag, OutboxMail, Ticket
+from maild.models import AddressFlag, Ticket
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, within support hours
 US = "service@example.com"
@@ -69,16 +66,6 @@ def desk(tmp_path, factory, database_url, clock) -> Desk:
 def plus(tmp_path, factory, database_url, clock) -> Desk:
     return Desk(make_intake(tmp_path, factory, database_url, clock,
                             threading={"plus_addressing": True}), factory)
-
-
-def message(out: OutboxMail) -> EmailMessage:
-    msg = email.message_from_bytes(out.raw, policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def text_of(out: OutboxMail) -> str:
-    return message(out).get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
 
 
 def token_address(desk: Desk, number: int, holder: str, now: datetime = NOW) -> str:

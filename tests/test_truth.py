@@ -5,19 +5,17 @@ database in one fixed place that read-only commands never create."""
 
 from __future__ import annotations
 
-import email
 import os
 import re
 import subprocess
 import sys
 from datetime import UTC, date, datetime, time
-from email import policy
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from harness import Clock, cli_config, maild, offline_settings
+from harness import Clock, cli_config, maild, offline_settings, text_of
 from sqlalchemy import select
 
 from maild import config as config_module
@@ -97,12 +95,6 @@ class Desk:
         with db.transaction(self.factory) as s:
             return list(s.scalars(select(OutboxMail).where(OutboxMail.kind == kind)
                                   .order_by(OutboxMail.id)))
-
-
-def text_of(mail: OutboxMail) -> str:
-    msg = email.message_from_bytes(mail.raw, policy=policy.default)
-    body = msg.get_body(preferencelist=("plain",))
-    return str(body.get_content()).replace("\r\n", "\n")  # type: ignore[union-attr]
 
 
 def customer(lang: str = "de", attachment: bytes = b"") -> str:
