@@ -38,21 +38,18 @@ def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> boo
     return desk.answer_gate.full(session, desk.answers_per_hour_total, now)
 
 
-def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> bool:
-    """No ticket for an unknown sender: a polite answer explains how to reach support."""
+def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
+    """No ticket for an unknown sender: a polite answer explains how to reach support
+    (`decide()` has checked the answer limits)."""
     lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
     context = {"name": mail.from_name[:100],
                "subject": short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
                "support_address": desk.sender.address, "support_name": desk.sender.name,
                "language": lang, "number": None}
-    if over_limit(session, desk, mail.from_addr, now):
-        log.warning("answer limit reached, not answering to=%s", mail.from_addr)
-        return False
     rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
                            references=mail.references, auto_submitted="auto-replied")
     enqueue(session, desk, rendered, [mail.from_addr], None, "reject", now, automatic=True)
-    return True
 
 
 def acknowledge(

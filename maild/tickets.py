@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maild import answers, blobs, db, notify, sla
+from maild import answers, blobs, db, decide, notify, sla
 from maild.accounts import Account, has_accounts
 from maild.desk import Desk
 from maild.mail import body, facts, files, language, triage
@@ -25,8 +25,10 @@ def open_ticket(
     *, inbound_id: int, mailbox: str, arrived: datetime, now: datetime,
     account: Account | None = None, planned: list[files.Planned] | None = None,
     refers_to: int | None = None, extracted: Extracted | None = None,
+    answer: decide.Answer = decide.Answer.NONE, not_answered: str = "",
 ) -> Ticket:
-    """Create a ticket with its first message, attachments, event and, if due, the answer.
+    """Create a ticket with its first message, attachments, event and the answer
+    `decide()` chose (`not_answered`: why a person gets none, recorded as an event).
     `extracted`: the text work done in the parse worker (else done here)."""
     automatic = verdict.kind != "normal"  # a person's mail without address is not automatic
     found = extracted.facts if extracted else facts.extract(
@@ -84,26 +86,31 @@ def open_ticket(
                 **({"refers_to": refers_to} if refers_to else {}),
                 **({"cc_not_added": refused} if refused else {})},
     ))
-    if verdict.answer and answers.over_limit(session, desk, ticket.customer_address, now):
+    if not_answered == decide.ANSWER_LIMIT:
         session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
-                          detail={"reason": "answer limit per address reached"}))
+                          detail={"reason": not_answered}))
         log.warning("answer limit reached, not answering to=%s ticket=%s",
                     ticket.customer_address, ticket.number)
-    elif verdict.answer:
+    elif answer == decide.Answer.ACK:
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
         answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown,
                             hours)
         notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
                              cc_not_added=refused)
-    elif verdict.kind == "normal":  # a person's mail we cannot answer: agents must know
+    elif not_answered:  # a person's mail we cannot answer: agents must know
         session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
-                          detail={"reason": "no reply address"}))
+                          detail={"reason": not_answered}))
         notify.ticket_notice(
             session, desk, ticket, first, shown, "new", now, cc_not_added=refused,
             warning=f"no reply address / keine Antwortadresse: "
                     f"From: {mail.headers.get('from', '')[:200]!r}")
     return ticket
+
+
+def done_at(ticket: Ticket) -> datetime:
+    """Since when a resolved or closed ticket is done (what `reopen_days` counts from)."""
+    return ticket.resolved_at or ticket.closed_at or ticket.updated_at
 
 
 def participants_of(mail: InboundMail, support: str, customer: str) -> list[str]:
@@ -123,10 +130,8 @@ def add_follow_up(
     (the caller then opens a new ticket that references it). Automatic mail (an
     out-of-office reply) is recorded but changes nothing."""
     person = verdict.kind == "normal"
-    if person and ticket.status in ("resolved", "closed"):
-        since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
-        if (now - since).total_seconds() > reopen_days * 86400:
-            return False
+    if not decide.may_join(verdict.kind, ticket.status, done_at(ticket), reopen_days, now):
+        return False
     found = extracted.facts if extracted else facts.extract(
         mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.fact_patterns)
     message = TicketMessage(
