@@ -10,7 +10,7 @@ from babel.numbers import format_decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import bounces, links, sla
+from maild import links, sla, suppression
 from maild.desk import Desk
 from maild.mail import auth, files, language
 from maild.mail.parse import InboundMail, plausible_address
@@ -132,11 +132,11 @@ def enqueue(
     if ours:  # never mail ourselves (it would come straight back in) nor a non-address
         log.warning("not sending to our own or unusable address %s message_id=%s", ours,
                     mail.message_id)
-    reachable = bounces.deliverable(session, [r for r in recipients if r not in ours])
+    reachable = suppression.deliverable(session, [r for r in recipients if r not in ours])
     out = OutboxMail(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
         recipient=recipients[0].lower() if recipients else "",
-        envelope_from=bounces.verp_address(desk.sender.address, mail.message_id)
+        envelope_from=suppression.verp_address(desk.sender.address, mail.message_id)
         if desk.verp else desk.sender.address,
         recipients=reachable or recipients,
         raw=mail.raw, state="pending" if reachable else "suppressed", attempts=0,

@@ -21,7 +21,7 @@ from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from maild import accounts, answers, blobs, bounces, db, decide, notify, work
+from maild import accounts, answers, blobs, bounces, db, decide, notify, suppression, work
 from maild.accounts import Account
 from maild.agents import AgentInfo
 from maild.analyse import (
@@ -43,6 +43,7 @@ from maild.errors import StorageUnavailable, Temporary
 from maild.mail import dsn, files
 from maild.mail.classify import Verdict
 from maild.mail.extracted import Extracted
+from maild.mail.fetched import Fetched
 from maild.mail.parse import InboundMail
 from maild.models import InboundMessage, OutboxMail, ParseAttempt
 from maild.threader import Match
@@ -51,25 +52,6 @@ from maild.tickets import add_follow_up, done_at, open_ticket
 log = logging.getLogger(__name__)
 
 Action = Literal["processed", "quarantine", "retry"]
-
-
-@dataclass(frozen=True, slots=True)
-class Omitted:
-    """A part of a mail too large to fetch whole that was not fetched."""
-
-    filename: str
-    content_type: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """A mail as fetched from IMAP (in part, when `omitted` lists what was left out)."""
-
-    uid: int
-    raw: bytes
-    internaldate: datetime | None
-    omitted: tuple[Omitted, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +258,7 @@ class Intake:
             return Outcome(mail.uid, "processed", summary,
                            bounced.number if bounced else None)
         if known.bouncing:  # the address works after all: it wrote to us
-            bounces.wrote_again(session, parsed.from_addr, now)
+            suppression.wrote_again(session, parsed.from_addr, now)
         if d.route == decide.Route.AGENT:
             assert agent is not None and match is not None
             summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
@@ -328,7 +310,7 @@ class Intake:
         if verdict.kind in ("unparseable", "own", "bounce"):
             return None, "", None, None, Known(ours=_ours(session, parsed.message_id))
         ours = _ours(session, parsed.message_id)
-        flag = bounces.flag(session, parsed.from_addr) if verdict.answer else None
+        flag = suppression.flag(session, parsed.from_addr) if verdict.answer else None
         blocked_by = flag.blocked_by if flag is not None and flag.blocked_at is not None \
             else None
         person = decide.answerable(verdict, blocked_by)

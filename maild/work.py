@@ -7,7 +7,6 @@ all at once or, when one is wrong, none of them, with nothing relayed.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maild import answers, bounces, db, links, notify, threader
+from maild import answers, db, links, notify, suppression, threader
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
@@ -30,13 +29,6 @@ from maild.tickets import store_attachments
 log = logging.getLogger(__name__)
 
 STATUS_MAILS = ("in_progress", "waiting", "resolved")
-REPLY_ABOVE = "please reply above this line"  # the marker line atop every mail to agents
-# "… schrieb …:" ending the line, or "Von:"/"From:" starting it. From a keyword the scan
-# stops at the next keyword (that one is tried on its own), so each character is read once.
-_QUOTE_HEADER = re.compile(r"(schrieb|wrote|a écrit|escribió)"
-                           r"(?:(?!schrieb|wrote|a écrit|escribió)[^:])*+:\s*+$|^\s*+(von|from):",
-                           re.IGNORECASE)
-
 
 def find_and_prove(session: Session, desk: Desk, mail: InboundMail,
                    agent: AgentInfo | None, now: datetime) -> tuple[str, Match | None]:
@@ -97,7 +89,7 @@ def agent_mail(
 ) -> str:
     """Apply a proven agent's mail to the ticket; returns a short summary for the log."""
     ticket = match.ticket
-    parsed = commands.parse(extracted.agent_text if extracted else agent_words(mail.text))
+    parsed = commands.parse(extracted.agent_text if extracted else body.agent_words(mail.text))
     errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
     internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
                 or (match.referenced is not None and match.referenced.kind == "note"))
@@ -144,19 +136,6 @@ def agent_mail(
              ticket.number, agent.address, why, internal, changes, visible)
     return "agent note" if internal else "agent reply"
 
-
-def agent_words(text: str) -> str:
-    """What the agent wrote: above our "reply above this line" marker (whatever the mail
-    client did with the quote, the notification's internal text never reaches a customer),
-    then without quoted history and signature."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    for index, line in enumerate(lines):
-        if REPLY_ABOVE in line.lower():
-            lines = lines[:index]
-            while lines and (not lines[-1].strip() or _QUOTE_HEADER.search(lines[-1])):
-                lines.pop()  # the client's "Am … schrieb …:" before the quoted marker
-            break
-    return body.latest_reply("\n".join(lines))
 
 
 def _check(session: Session, desk: Desk, ticket: Ticket, parsed: Commands) -> list[str]:
@@ -244,7 +223,7 @@ def _apply(
                 set_status(session, ticket, "spam", actor, now)
             changes.append("marked as spam, closed silently")
             if c.value == "block":
-                bounces.block(session, ticket.customer_address, actor, now)
+                suppression.block(session, ticket.customer_address, actor, now)
                 session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="blocked",
                                   detail={"address": ticket.customer_address}))
                 changes.append(f"sender {ticket.customer_address} blocked: their mail is "
