@@ -10,13 +10,14 @@ from babel.numbers import format_decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import links, sla, suppression
+from maild import links, sla, suppression, vocab
 from maild.desk import Desk
 from maild.mail import auth, files, language
 from maild.mail.parse import InboundMail, plausible_address
 from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import OutboxMail, Ticket, TicketMessage
+from maild.vocab import OutboxKind, OutboxState, Priority
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> boo
     addresses together had theirs (a flood of forged senders ends there too)."""
     since = now - timedelta(hours=1)
     recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
-        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(("ack", "reject")),
+        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(vocab.ANSWERS),
         OutboxMail.created_at > since))
     if int(recent or 0) >= desk.answers_per_hour:
         return True
@@ -49,7 +50,8 @@ def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetim
     rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
                            references=mail.references, auto_submitted="auto-replied")
-    enqueue(session, desk, rendered, [mail.from_addr], None, "reject", now, automatic=True)
+    enqueue(session, desk, rendered, [mail.from_addr], None, OutboxKind.REJECT, now,
+            automatic=True)
 
 
 def acknowledge(
@@ -79,7 +81,7 @@ def acknowledge(
                        for f in shown if not f.store],
         **customer_links(desk, ticket, now),
         "missing": list(ticket.missing),
-        "urgent": ticket.priority == "urgent",
+        "urgent": ticket.priority == Priority.URGENT,
         "encrypted": mail.encrypted,
         "support_name": desk.sender.name,
         "language": ticket.language,
@@ -91,7 +93,7 @@ def acknowledge(
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None,
     )
-    enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
+    enqueue(session, desk, mail_out, [ticket.customer_address], ticket, OutboxKind.ACK, now,
             automatic=True)
 
 
@@ -123,7 +125,7 @@ def is_ours(desk: Desk, address: str) -> bool:
 
 def enqueue(
     session: Session, desk: Desk, mail: Rendered, recipients: list[str],
-    ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
+    ticket: Ticket | None, kind: OutboxKind, now: datetime, *, automatic: bool,
     internal: bool = False, author: str = "", not_before: datetime | None = None,
 ) -> OutboxMail:
     """Put a rendered mail in the outbox and on the ticket's record (`internal`: for
@@ -139,7 +141,8 @@ def enqueue(
         envelope_from=suppression.verp_address(desk.sender.address, mail.message_id)
         if desk.verp else desk.sender.address,
         recipients=reachable or recipients,
-        raw=mail.raw, state="pending" if reachable else "suppressed", attempts=0,
+        raw=mail.raw, attempts=0,
+        state=OutboxState.PENDING if reachable else OutboxState.SUPPRESSED,
         next_attempt_at=max(now, not_before or now),
         last_error="" if reachable else "not sent: every recipient is our own address, no "
                                         "address, or marked bouncing "
@@ -151,7 +154,7 @@ def enqueue(
         log.warning("not sending to bouncing addresses %s message_id=%s",
                     sorted(set(recipients) - set(reachable)), mail.message_id)
     session.add(out)
-    if kind in ("ack", "reject"):
+    if kind in vocab.ANSWERS:
         desk.answer_gate.note()
     if ticket is not None:
         session.add(TicketMessage(

@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from maild.mail.classify import Kind, Verdict
+from maild.vocab import DONE
 
 
 class Route(StrEnum):
@@ -132,6 +133,6 @@ def may_join(kind: Kind, status: str, done_at: datetime | None, reopen_days: flo
     """Whether a mail may join a ticket it continues: a person's mail on a ticket resolved
     or closed more than `reopen_days` ago opens a new ticket instead (which names the old
     one); other mail joins whatever the ticket's age."""
-    if kind != "normal" or status not in ("resolved", "closed") or done_at is None:
+    if kind != "normal" or status not in DONE or done_at is None:
         return True
     return (now - done_at).total_seconds() <= reopen_days * 86400

@@ -48,6 +48,7 @@ from maild.mail.parse import InboundMail
 from maild.models import InboundMessage, OutboxMail, ParseAttempt
 from maild.threader import Match
 from maild.tickets import add_follow_up, done_at, open_ticket
+from maild.vocab import InboundState
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ class Intake:
                     select(InboundMessage.uid, InboundMessage.state).where(
                         tuple_(InboundMessage.mailbox, InboundMessage.uidvalidity,
                                InboundMessage.uid).in_(chunk),
-                        InboundMessage.state.in_(("processed", "quarantined")),
+                        InboundMessage.state.in_(
+                            (InboundState.PROCESSED, InboundState.QUARANTINED)),
                     )
                 )
                 found.update({int(uid): state for uid, state in rows})
@@ -244,9 +246,9 @@ class Intake:
         d = decide.decide(verdict, known, self.policy, now)
         row.kind, row.reason, row.finished_at = d.kind, d.reason, now
         if d.route == decide.Route.QUARANTINE:
-            row.state = "quarantined"
+            row.state = InboundState.QUARANTINED
             return Outcome(mail.uid, "quarantine", d.reason)
-        row.state = "processed"
+        row.state = InboundState.PROCESSED
         if d.route == decide.Route.OWN:
             return Outcome(mail.uid, "processed", d.reason)
         if d.route == decide.Route.BOUNCE:
@@ -343,11 +345,11 @@ class Intake:
                 mailbox=self.mailbox, uidvalidity=uidvalidity, uid=p.mail.uid,
                 dedupe_key=p.key, message_id=p.parsed.message_id if p.parsed else None,
                 raw_sha256=p.raw_sha, size=len(p.mail.raw), internaldate=p.mail.internaldate,
-                received_at=now, state="new", kind="", reason="", attempts=0, error="",
+                received_at=now, state=InboundState.NEW, kind="", reason="", attempts=0, error="",
             )
             session.add(row)
             session.flush()
-        if row.state == "quarantined":  # an operator put it back: give it fresh attempts
+        if row.state == InboundState.QUARANTINED:  # an operator put it back: give it fresh attempts
             row.attempts = 0
         row.uidvalidity, row.uid = uidvalidity, p.mail.uid
         return row
@@ -364,12 +366,12 @@ class Intake:
             row.attempts += 1
             row.error = error
             if p.over_budget:  # over its time or memory budget, or it crashed us
-                row.state, row.reason, row.finished_at = "quarantined", error, now
+                row.state, row.reason, row.finished_at = InboundState.QUARANTINED, error, now
                 return Outcome(p.mail.uid, "quarantine", error)
             if row.attempts < self.max_attempts:
-                row.state = "failed"
+                row.state = InboundState.FAILED
                 return Outcome(p.mail.uid, "retry", error)
-            row.state = "quarantined"
+            row.state = InboundState.QUARANTINED
             row.reason = f"processing failed {row.attempts} times: {error}"
             row.finished_at = now
             return Outcome(p.mail.uid, "quarantine", row.reason)
@@ -383,7 +385,7 @@ def _finished_elsewhere(session: Session, p: Prepared) -> Outcome | None:
         select(InboundMessage).where(InboundMessage.dedupe_key == p.key)
         .execution_options(populate_existing=True)
     ).one_or_none()
-    if row is None or row.state != "processed":
+    if row is None or row.state != InboundState.PROCESSED:
         return None
     return Outcome(p.mail.uid, "processed", "recorded concurrently")
 
@@ -418,9 +420,9 @@ def _find(session: Session, key: str) -> InboundMessage | None:
 def _already_done(row: InboundMessage | None, uidvalidity: int, uid: int) -> Outcome | None:
     if row is None:
         return None
-    if row.state == "processed":
+    if row.state == InboundState.PROCESSED:
         return Outcome(uid, "processed", "already processed")
     same_mail = row.uidvalidity == uidvalidity and row.uid == uid
-    if row.state == "quarantined" and same_mail:
+    if row.state == InboundState.QUARANTINED and same_mail:
         return Outcome(uid, "quarantine", row.reason)
     return None  # new, failed, or put back into the folder by an operator: try again

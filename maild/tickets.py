@@ -16,6 +16,7 @@ from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Blob, Event, Ticket, TicketMessage
+from maild.vocab import DONE, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def open_ticket(
     copied, refused = first_participants(desk, mail, account is not None)
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
-        status="spam" if verdict.kind == "spam" else "new",
+        status=TicketStatus.SPAM if verdict.kind == "spam" else TicketStatus.NEW,
         priority=level,
         facts=found,
         missing=[] if automatic else facts.missing(found, desk.required_facts),
@@ -159,12 +160,12 @@ def add_follow_up(
             detail["copied"] = new
         elif new:
             detail["cc_not_added"] = new
-        if ticket.status in ("resolved", "closed", "waiting"):
-            detail["status"] = [ticket.status, "in_progress"]
-            if ticket.status != "waiting":
+        if ticket.status in (*DONE, TicketStatus.WAITING):
+            detail["status"] = [ticket.status, TicketStatus.IN_PROGRESS]
+            if ticket.status != TicketStatus.WAITING:
                 detail["reopened"] = True
-            ticket.status, ticket.resolved_at, ticket.closed_at = "in_progress", None, None
-            ticket.waiting_since = None
+            ticket.status = TicketStatus.IN_PROGRESS
+            ticket.resolved_at = ticket.closed_at = ticket.waiting_since = None
     ticket.updated_at = now
     session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
                       kind="follow_up" if person else "automatic_reply", detail=detail))

@@ -25,10 +25,11 @@ from maild.mail.render import File, render_mail
 from maild.models import Event, OutboxMail, Ticket, TicketMessage
 from maild.threader import Match
 from maild.tickets import store_attachments
+from maild.vocab import OutboxKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
-STATUS_MAILS = ("in_progress", "waiting", "resolved")
+STATUS_MAILS = (TicketStatus.IN_PROGRESS, TicketStatus.WAITING, TicketStatus.RESOLVED)
 
 def find_and_prove(session: Session, desk: Desk, mail: InboundMail,
                    agent: AgentInfo | None, now: datetime) -> tuple[str, Match | None]:
@@ -113,8 +114,8 @@ def agent_mail(
     if parsed.text and not internal:
         relay(session, desk, ticket, agent, parsed.text, shown, now)
         visible.append("answer")
-        if ticket.status == "new":
-            set_status(session, ticket, "in_progress", agent.address, now)
+        if ticket.status == TicketStatus.NEW:
+            set_status(session, ticket, TicketStatus.IN_PROGRESS, agent.address, now)
     if new_status in STATUS_MAILS and not internal:
         status_mail(session, desk, ticket, new_status, now)
         visible.append(f"status mail {new_status}")
@@ -219,8 +220,8 @@ def _apply(
             _merge(session, ticket, target, actor, now)
             changes.append(f"merged into #{target.number} (this ticket is closed)")
         elif c.name == "spam":
-            if ticket.status != "spam":
-                set_status(session, ticket, "spam", actor, now)
+            if ticket.status != TicketStatus.SPAM:
+                set_status(session, ticket, TicketStatus.SPAM, actor, now)
             changes.append("marked as spam, closed silently")
             if c.value == "block":
                 suppression.block(session, ticket.customer_address, actor, now)
@@ -240,9 +241,9 @@ def set_status(session: Session, ticket: Ticket, status: str, actor: str,
     session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="status",
                       detail={"from": ticket.status, "to": status}))
     ticket.status = status
-    ticket.resolved_at = now if status == "resolved" else None
-    ticket.closed_at = now if status == "closed" else None
-    ticket.waiting_since = now if status == "waiting" else None
+    ticket.resolved_at = now if status == TicketStatus.RESOLVED else None
+    ticket.closed_at = now if status == TicketStatus.CLOSED else None
+    ticket.waiting_since = now if status == TicketStatus.WAITING else None
 
 
 def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
@@ -255,8 +256,8 @@ def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
                       detail={"into": target.number}))
     session.add(Event(ticket_id=target.id, at=now, actor=actor, kind="merged_from",
                       detail={"from": ticket.number}))
-    if ticket.status != "closed":
-        set_status(session, ticket, "closed", actor, now)
+    if ticket.status != TicketStatus.CLOSED:
+        set_status(session, ticket, TicketStatus.CLOSED, actor, now)
     ticket.merged_into = target.number
     target.updated_at = now
 
@@ -314,7 +315,7 @@ def relay(
         files=[File(f.filename, f.content_type, f.data or desk.store.get(f.sha256))
                for f in shown if f.store],
     )
-    answers.enqueue(session, desk, rendered, [to, *cc], ticket, "relay", now,
+    answers.enqueue(session, desk, rendered, [to, *cc], ticket, OutboxKind.RELAY, now,
                     automatic=False, author=agent.address)
 
 
@@ -342,5 +343,5 @@ def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None,
     )
-    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket, template,
-                    now, automatic=True)
+    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket,
+                    OutboxKind(template), now, automatic=True)
