@@ -35,7 +35,7 @@ from maild.desk import Desk
 from maild.errors import Temporary
 from maild.mail.render import render_mail
 from maild.models import Company, Event, SweepMark, Ticket
-from maild.vocab import OutboxKind, TicketStatus
+from maild.vocab import EventKind, OutboxKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Sweeper:
         if getattr(claimed, "rowcount", 1) != 1:
             return
         session.refresh(ticket)
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="sla_breach",
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.SLA_BREACH,
                           detail={"due": due.isoformat(), "priority": ticket.priority}))
         to = self.desk.roster.lead_to(session, self.settings.lead_address)
         if to:
@@ -166,7 +166,8 @@ class Sweeper:
                 if lower < share:
                     _claim(session, f"ticket:{ticket.id}:warn:{round(lower * 100)}", now)
             left = sla.business_time(cal, now, due)
-            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="sla_warning",
+            session.add(Event(ticket_id=ticket.id, at=now, actor="maild",
+                              kind=EventKind.SLA_WARNING,
                               detail={"share": share, "due": due.isoformat()}))
             to = self.desk.roster.notify_to(session, ticket.owner)
             if to:
@@ -196,7 +197,7 @@ class Sweeper:
                                                                  s.remind_after_days):
             if not _claim(session, f"ticket:{ticket.id}:remind:{stamp}", now):
                 return
-            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="reminder",
+            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.REMINDER,
                               detail={"waiting_since": since.isoformat()}))
             self._customer_mail(session, ticket, "reminder", now)
             counts.reminders += 1
@@ -220,7 +221,7 @@ class Sweeper:
             Ticket.status.in_(OPEN), Ticket.automatic.is_(False), Ticket.merged_into.is_(None))
             .order_by(Ticket.first_response_due, Ticket.number)))
         escalated = set(session.scalars(select(Event.ticket_id).where(
-            Event.kind == "escalated", Event.ticket_id.in_([t.id for t in tickets]))))
+            Event.kind == EventKind.ESCALATED, Event.ticket_id.in_([t.id for t in tickets]))))
         unanswered = [t for t in tickets if t.first_response_at is None]
         context = {
             "day": today, "open": tickets[:100], "open_count": len(tickets),

@@ -16,7 +16,7 @@ from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Blob, Event, Ticket, TicketMessage
-from maild.vocab import DONE, TicketStatus
+from maild.vocab import DONE, EventKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,14 @@ def open_ticket(
         planned = files.plan(mail.attachments, desk.limits)
     shown = store_attachments(session, desk, first.id, planned, now)
     session.add(Event(
-        ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
+        ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind=EventKind.CREATED,
         detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
                 "priority": level, "priority_reason": why,
                 **({"refers_to": refers_to} if refers_to else {}),
                 **({"cc_not_added": refused} if refused else {})},
     ))
     if not_answered == decide.ANSWER_LIMIT:
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
                           detail={"reason": not_answered}))
         log.warning("answer limit reached, not answering to=%s ticket=%s",
                     ticket.customer_address, ticket.number)
@@ -100,7 +100,7 @@ def open_ticket(
         notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
                              cc_not_added=refused)
     elif not_answered:  # a person's mail we cannot answer: agents must know
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
                           detail={"reason": not_answered}))
         notify.ticket_notice(
             session, desk, ticket, first, shown, "new", now, cc_not_added=refused,
@@ -168,7 +168,8 @@ def add_follow_up(
             ticket.resolved_at = ticket.closed_at = ticket.waiting_since = None
     ticket.updated_at = now
     session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
-                      kind="follow_up" if person else "automatic_reply", detail=detail))
+                      kind=EventKind.FOLLOW_UP if person else EventKind.AUTOMATIC_REPLY,
+                      detail=detail))
     if person:
         refused = detail.get("cc_not_added")
         notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now,

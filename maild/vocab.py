@@ -68,5 +68,36 @@ class OutboxKind(StrEnum):
     SLA_BREACH = "sla_breach"
 
 
+class EventKind(StrEnum):
+    """What happened to a ticket (the `events` table: who, when, what)."""
+
+    AUTOMATIC_REPLY = "automatic_reply"
+    BLOCKED = "blocked"
+    BOUNCE = "bounce"
+    CAUSE = "cause"
+    COMMANDS_REJECTED = "commands_rejected"
+    CREATED = "created"
+    CUSTOMER_PURGED = "customer_purged"
+    ESCALATED = "escalated"
+    FIRST_RESPONSE = "first_response"
+    FOLLOW_UP = "follow_up"
+    LINKS_REVOKED = "links_revoked"
+    MERGED = "merged"
+    MERGED_FROM = "merged_from"
+    NOT_ANSWERED = "not_answered"
+    NOTE = "note"
+    OWNER = "owner"
+    PARTICIPANT = "participant"
+    PRIORITY = "priority"
+    PURGED = "purged"
+    REMINDER = "reminder"
+    SLA_BREACH = "sla_breach"
+    SLA_WARNING = "sla_warning"
+    STATUS = "status"
+
+
 # The automatic answers to a sender, counted by the answer limits.
 ANSWERS = (OutboxKind.ACK, OutboxKind.REJECT)
+# Mails to agents (a bounce of one is not reported to agents again).
+TO_AGENTS = (OutboxKind.NOTIFY, OutboxKind.AGENT_NOTICE, OutboxKind.WARNING,
+             OutboxKind.SLA_WARNING, OutboxKind.SLA_BREACH, OutboxKind.DIGEST)

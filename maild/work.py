@@ -25,7 +25,7 @@ from maild.mail.render import File, render_mail
 from maild.models import Event, OutboxMail, Ticket, TicketMessage
 from maild.threader import Match
 from maild.tickets import store_attachments
-from maild.vocab import OutboxKind, TicketStatus
+from maild.vocab import EventKind, OutboxKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def agent_mail(
                               else files.plan(mail.attachments, desk.limits), now)
     if errors:
         session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
-                          kind="commands_rejected", detail={"errors": errors}))
+                          kind=EventKind.COMMANDS_REJECTED, detail={"errors": errors}))
         notify.agent_notice(session, desk, ticket, agent.address, "rejected", errors, mail, now)
         return f"agent mail rejected: {len(errors)} errors"
     changes, new_status = _apply(session, desk, ticket, parsed, agent, now)
@@ -123,11 +123,11 @@ def agent_mail(
         ticket.first_response_at = now
         due = ticket.first_response_due
         session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
-                          kind="first_response", detail={
+                          kind=EventKind.FIRST_RESPONSE, detail={
                               "what": visible[0], "due": due.isoformat() if due else None,
                               "in_time": due is None or now <= due}))
     if internal and parsed.text:
-        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address, kind="note",
+        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address, kind=EventKind.NOTE,
                           detail={"message_id": mail.message_id}))
     ticket.updated_at = now
     if not parsed.text:
@@ -174,7 +174,7 @@ def _cc(session: Session, ticket: Ticket, value: str, actor: str, now: datetime)
         return f"{address} is on the ticket already"
     ticket.participants = ([p for p in people if p != address] if remove
                            else [*people, address])
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="participant",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.PARTICIPANT,
                       detail={"address": address, "added": not remove}))
     return (f"{address} removed: gets no more answers" if remove
             else f"{address} copied: gets the answers from now on")
@@ -197,19 +197,19 @@ def _apply(
             set_status(session, ticket, c.value, actor, now)
             new_status = c.value
         elif c.name == "priority" and c.value != ticket.priority:
-            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="priority",
+            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.PRIORITY,
                               detail={"from": ticket.priority, "to": c.value}))
             changes.append(f"priority {ticket.priority} -> {c.value}")
             ticket.priority = c.value
         elif c.name == "assign":
             owner = actor if c.value == "me" else c.value
             if owner != ticket.owner:
-                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="owner",
+                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.OWNER,
                                   detail={"from": ticket.owner, "to": owner}))
                 changes.append(f"owner {ticket.owner or '-'} -> {owner}")
                 ticket.owner = owner
         elif c.name == "cause" and c.value != ticket.cause:
-            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="cause",
+            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.CAUSE,
                               detail={"from": ticket.cause, "to": c.value,
                                       "callback_billable": c.value != "ours"}))
             changes.append(f"cause {ticket.cause or '-'} -> {c.value}")
@@ -225,7 +225,7 @@ def _apply(
             changes.append("marked as spam, closed silently")
             if c.value == "block":
                 suppression.block(session, ticket.customer_address, actor, now)
-                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="blocked",
+                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.BLOCKED,
                                   detail={"address": ticket.customer_address}))
                 changes.append(f"sender {ticket.customer_address} blocked: their mail is "
                                "recorded as spam from now on")
@@ -238,7 +238,7 @@ def _apply(
 
 def set_status(session: Session, ticket: Ticket, status: str, actor: str,
                 now: datetime) -> None:
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="status",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.STATUS,
                       detail={"from": ticket.status, "to": status}))
     ticket.status = status
     ticket.resolved_at = now if status == TicketStatus.RESOLVED else None
@@ -252,9 +252,9 @@ def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
     people = [ticket.customer_address, *ticket.participants]
     target.participants = list(dict.fromkeys(
         [*target.participants, *(p for p in people if p != target.customer_address)]))
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="merged",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.MERGED,
                       detail={"into": target.number}))
-    session.add(Event(ticket_id=target.id, at=now, actor=actor, kind="merged_from",
+    session.add(Event(ticket_id=target.id, at=now, actor=actor, kind=EventKind.MERGED_FROM,
                       detail={"from": ticket.number}))
     if ticket.status != TicketStatus.CLOSED:
         set_status(session, ticket, TicketStatus.CLOSED, actor, now)

@@ -20,7 +20,7 @@ from maild.mail.parse import InboundMail, Part
 from maild.mail.render import render_mail
 from maild.models import Company, Event, InboundMessage, Ticket, TicketMessage
 from maild.tickets import add_follow_up
-from maild.vocab import InboundState, OutboxKind, Priority
+from maild.vocab import EventKind, InboundState, OutboxKind, Priority
 from maild.web.access import WebConfig
 from maild.web.views import can_add
 from maild.work import customer_thread
@@ -41,10 +41,10 @@ def escalate(session: Session, desk: Desk, cfg: WebConfig, ticket_id: int, phone
     ticket = session.get(Ticket, ticket_id, populate_existing=True)
     assert ticket is not None
     actor = ticket.customer_address
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="escalated",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.ESCALATED,
                       detail={"phone": phone, "by": actor, "via": "web"}))
     if ticket.priority != Priority.URGENT:
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="priority",
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.PRIORITY,
                           detail={"from": ticket.priority, "to": Priority.URGENT,
                                   "reason": "escalated"}))
         ticket.priority = Priority.URGENT
@@ -180,6 +180,6 @@ def revoke_links(session: Session, number: int, actor: str, now: datetime) -> in
     if ticket is None:
         return None
     ticket.link_version = (ticket.link_version or 0) + 1
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="links_revoked",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.LINKS_REVOKED,
                       detail={"version": ticket.link_version}))
     return ticket.link_version
