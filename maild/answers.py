@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from maild import links, sla, suppression, vocab
 from maild.desk import Desk
-from maild.mail import auth, files, language
+from maild.mail import auth, files, language, thread
 from maild.mail.parse import InboundMail, plausible_address
 from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
@@ -116,11 +116,8 @@ def customer_links(desk: Desk, ticket: Ticket, now: datetime) -> dict[str, str]:
 
 
 def is_ours(desk: Desk, address: str) -> bool:
-    """The support address or one of its plus-variants (reply and bounce addresses)."""
-    local, _, domain = desk.sender.address.partition("@")
-    addr = address.strip().lower()
-    return addr == desk.sender.address or (addr.startswith(f"{local}+")
-                                           and addr.endswith(f"@{domain}"))
+    """The support address or one of its plus-variants (see mail.thread.is_ours)."""
+    return thread.is_ours(desk.sender.address, address)
 
 
 def enqueue(

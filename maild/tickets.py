@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from maild import answers, blobs, db, decide, notify, sla
 from maild.accounts import Account, has_accounts
 from maild.desk import Desk
-from maild.mail import body, facts, files, language, triage
+from maild.mail import body, facts, files, language, thread, triage
 from maild.mail.classify import Verdict
 from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
@@ -116,10 +116,8 @@ def done_at(ticket: Ticket) -> datetime:
 
 def participants_of(mail: InboundMail, support: str, customer: str) -> list[str]:
     """People copied on a customer's mail (they may write into the ticket too)."""
-    local, _, domain = support.partition("@")
-    ours = (f"{local}@", f"{local}+")
     return [a for a in dict.fromkeys((*mail.to, *mail.cc)) if a != customer
-            and not (a.startswith(ours) and a.endswith(f"@{domain}"))]
+            and not thread.is_ours(support, a)]
 
 
 def add_follow_up(
