@@ -40,6 +40,7 @@ bench: $(STAMP) dovecot
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .demo .bench build dist *.egg-info

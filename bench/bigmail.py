@@ -30,7 +30,8 @@ from harness import offline_settings  # noqa: E402
 
 from maild import db  # noqa: E402
 from maild.daemon import build_desk  # noqa: E402
-from maild.intake import Fetched, Intake  # noqa: E402
+from maild.intake import Intake  # noqa: E402
+from maild.mail.fetched import Fetched  # noqa: E402
 
 MB = 1_000_000
 

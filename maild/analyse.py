@@ -38,7 +38,6 @@ from maild.mail import body, dsn, facts, files, language
 from maild.mail.classify import Verdict, classify
 from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail, parse
-from maild.work import REPLY_ABOVE, agent_words
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +131,14 @@ def extract(mail: InboundMail, rules: Rules) -> Extracted:
     expressions and a reply parser over text of any size)."""
     text = mail.text
     new_text = body.latest_reply(text)
-    plain = "\r" not in text and REPLY_ABOVE not in text.lower()
+    plain = "\r" not in text and body.REPLY_ABOVE not in text.lower()
     return Extracted(
         facts=facts.extract(text, facts.Sender(mail.from_addr, mail.from_name),
                             rules.fact_patterns),
         new_text=new_text,
         new_content=facts.new_content(text),
         language=language.guess(f"{mail.subject}\n{text}", rules.default_language),
-        agent_text=new_text if plain else agent_words(text),  # the same without a marker
+        agent_text=new_text if plain else body.agent_words(text),  # the same without a marker
     )
 
 

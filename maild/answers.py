@@ -10,13 +10,14 @@ from babel.numbers import format_decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import bounces, links, sla
+from maild import links, sla, suppression, vocab
 from maild.desk import Desk
-from maild.mail import auth, files, language
+from maild.mail import auth, files, language, thread
 from maild.mail.parse import InboundMail, plausible_address
 from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import OutboxMail, Ticket, TicketMessage
+from maild.vocab import OutboxKind, OutboxState, Priority
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +32,26 @@ def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> boo
     addresses together had theirs (a flood of forged senders ends there too)."""
     since = now - timedelta(hours=1)
     recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
-        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(("ack", "reject")),
+        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(vocab.ANSWERS),
         OutboxMail.created_at > since))
     if int(recent or 0) >= desk.answers_per_hour:
         return True
     return desk.answer_gate.full(session, desk.answers_per_hour_total, now)
 
 
-def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> bool:
-    """No ticket for an unknown sender: a polite answer explains how to reach support."""
+def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
+    """No ticket for an unknown sender: a polite answer explains how to reach support
+    (`decide()` has checked the answer limits)."""
     lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
     context = {"name": mail.from_name[:100],
                "subject": short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
                "support_address": desk.sender.address, "support_name": desk.sender.name,
                "language": lang, "number": None}
-    if over_limit(session, desk, mail.from_addr, now):
-        log.warning("answer limit reached, not answering to=%s", mail.from_addr)
-        return False
     rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
                            references=mail.references, auto_submitted="auto-replied")
-    enqueue(session, desk, rendered, [mail.from_addr], None, "reject", now, automatic=True)
-    return True
+    enqueue(session, desk, rendered, [mail.from_addr], None, OutboxKind.REJECT, now,
+            automatic=True)
 
 
 def acknowledge(
@@ -82,7 +81,7 @@ def acknowledge(
                        for f in shown if not f.store],
         **customer_links(desk, ticket, now),
         "missing": list(ticket.missing),
-        "urgent": ticket.priority == "urgent",
+        "urgent": ticket.priority == Priority.URGENT,
         "encrypted": mail.encrypted,
         "support_name": desk.sender.name,
         "language": ticket.language,
@@ -94,7 +93,7 @@ def acknowledge(
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None,
     )
-    enqueue(session, desk, mail_out, [ticket.customer_address], ticket, "ack", now,
+    enqueue(session, desk, mail_out, [ticket.customer_address], ticket, OutboxKind.ACK, now,
             automatic=True)
 
 
@@ -117,16 +116,13 @@ def customer_links(desk: Desk, ticket: Ticket, now: datetime) -> dict[str, str]:
 
 
 def is_ours(desk: Desk, address: str) -> bool:
-    """The support address or one of its plus-variants (reply and bounce addresses)."""
-    local, _, domain = desk.sender.address.partition("@")
-    addr = address.strip().lower()
-    return addr == desk.sender.address or (addr.startswith(f"{local}+")
-                                           and addr.endswith(f"@{domain}"))
+    """The support address or one of its plus-variants (see mail.thread.is_ours)."""
+    return thread.is_ours(desk.sender.address, address)
 
 
 def enqueue(
     session: Session, desk: Desk, mail: Rendered, recipients: list[str],
-    ticket: Ticket | None, kind: str, now: datetime, *, automatic: bool,
+    ticket: Ticket | None, kind: OutboxKind, now: datetime, *, automatic: bool,
     internal: bool = False, author: str = "", not_before: datetime | None = None,
 ) -> OutboxMail:
     """Put a rendered mail in the outbox and on the ticket's record (`internal`: for
@@ -135,14 +131,15 @@ def enqueue(
     if ours:  # never mail ourselves (it would come straight back in) nor a non-address
         log.warning("not sending to our own or unusable address %s message_id=%s", ours,
                     mail.message_id)
-    reachable = bounces.deliverable(session, [r for r in recipients if r not in ours])
+    reachable = suppression.deliverable(session, [r for r in recipients if r not in ours])
     out = OutboxMail(
         message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
         recipient=recipients[0].lower() if recipients else "",
-        envelope_from=bounces.verp_address(desk.sender.address, mail.message_id)
+        envelope_from=suppression.verp_address(desk.sender.address, mail.message_id)
         if desk.verp else desk.sender.address,
         recipients=reachable or recipients,
-        raw=mail.raw, state="pending" if reachable else "suppressed", attempts=0,
+        raw=mail.raw, attempts=0,
+        state=OutboxState.PENDING if reachable else OutboxState.SUPPRESSED,
         next_attempt_at=max(now, not_before or now),
         last_error="" if reachable else "not sent: every recipient is our own address, no "
                                         "address, or marked bouncing "
@@ -154,7 +151,7 @@ def enqueue(
         log.warning("not sending to bouncing addresses %s message_id=%s",
                     sorted(set(recipients) - set(reachable)), mail.message_id)
     session.add(out)
-    if kind in ("ack", "reject"):
+    if kind in vocab.ANSWERS:
         desk.answer_gate.note()
     if ticket is not None:
         session.add(TicketMessage(

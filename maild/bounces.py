@@ -6,33 +6,26 @@ we sent (its VERP envelope address or our Message-ID) and, as failed, a recipien
 very mail: a report that names someone else marks nobody.
 
 An address marked bouncing gets no mail of any kind until it writes to us again or ops
-clear it (`maild addresses clear`); blocked senders (`#spam block`) are kept here too.
+clear it (`maild addresses clear`): see maild/suppression.py.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import notify
+from maild import notify, vocab
 from maild.desk import Desk
 from maild.mail import dsn, thread
 from maild.mail.parse import InboundMail
-from maild.models import AddressFlag, Event, OutboxMail, Ticket, TicketMessage
+from maild.models import Event, OutboxMail, Ticket, TicketMessage
+from maild.suppression import mark_bouncing
+from maild.vocab import EventKind
 
 log = logging.getLogger(__name__)
-
-
-def verp_address(support_address: str, message_id: str) -> str:
-    """The envelope sender that names the mail it belongs to: `service+b-TOKEN@…`, TOKEN
-    the random part of our Message-ID (`<maild.t10001.TOKEN@…>`)."""
-    local, _, domain = support_address.partition("@")
-    token = message_id.strip("<>").partition("@")[0].rpartition(".")[2]
-    return f"{local}+b-{token}@{domain}"
 
 
 def _verp_outbox(session: Session, mail: InboundMail, support: str) -> OutboxMail | None:
@@ -87,56 +80,14 @@ def record(
             subject=mail.subject, body_text=mail.text, new_text=summary, facts={},
             automatic=True, created_at=now, kind="bounce", internal=True,
         ))
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="bounce", detail={
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.BOUNCE,
+                          detail={
             "message_id": out.message_id, "permanent": bool(permanent),
             "failures": [{"recipient": f.recipient, "status": f.status, "action": f.action,
                           "diagnostic": f.diagnostic[:200]} for f in failures]}))
-        if out.kind not in ("notify", "agent_notice", "warning", "sla_warning", "sla_breach",
-                            "digest"):  # agents need not hear of their own bounces twice
+        if out.kind not in vocab.TO_AGENTS:  # agents need not hear of their own bounces twice
             notify.bounce_notice(session, desk, ticket, [
                 f"{f.recipient}: {f.status or f.action} {f.diagnostic}".strip()
                 for f in failures], bool(permanent), now)
     log.info("%s ticket=%s", summary, ticket.number if ticket else "-")
     return ticket, summary
-
-
-def flag(session: Session, address: str) -> AddressFlag | None:
-    return session.get(AddressFlag, address.lower()) if address else None
-
-
-def mark_bouncing(session: Session, address: str, status: str, detail: str,
-                  now: datetime) -> None:
-    row = flag(session, address)
-    if row is None:
-        row = AddressFlag(address=address.lower(), updated_at=now)
-        session.add(row)
-    row.bouncing_since = row.bouncing_since or now
-    row.bounce_status, row.bounce_detail, row.updated_at = status, detail[:1000], now
-
-
-def wrote_again(session: Session, address: str, now: datetime) -> bool:
-    """A bouncing address that writes to us works again: clear the mark."""
-    row = flag(session, address)
-    if row is None or row.bouncing_since is None:
-        return False
-    row.bouncing_since, row.bounce_status, row.updated_at = None, "", now
-    log.info("address writes again, no longer marked bouncing: %s", address)
-    return True
-
-
-def block(session: Session, address: str, by: str, now: datetime) -> None:
-    row = flag(session, address)
-    if row is None:
-        row = AddressFlag(address=address.lower(), updated_at=now)
-        session.add(row)
-    row.blocked_at, row.blocked_by, row.updated_at = now, by, now
-
-
-def deliverable(session: Session, recipients: Sequence[str]) -> list[str]:
-    """`recipients` without those marked bouncing."""
-    if not recipients:
-        return []
-    bouncing = set(session.scalars(select(AddressFlag.address).where(
-        AddressFlag.address.in_([r.lower() for r in recipients]),
-        AddressFlag.bouncing_since.is_not(None))))
-    return [r for r in recipients if r.lower() not in bouncing]

@@ -36,13 +36,13 @@ from maild import (
 )
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred, StorageUnavailable
-from maild.mail import commands
 from maild.models import AddressFlag, InboundMessage, OutboxMail
 from maild.smtp import SmtpConnection
+from maild.vocab import InboundState, TicketStatus
 
 log = logging.getLogger("maild")
 
-TICKET_STATUSES = ("new", *commands.STATUSES, "spam")
+TICKET_STATUSES = tuple(str(s) for s in TicketStatus)
 GC_GRACE = 3600.0  # seconds a stored file referenced by nothing is spared (mail in flight)
 
 
@@ -623,7 +623,7 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     if args.quarantine_command == "list":
         with _session(settings) as session:
             rows = [_quarantined(r) for r in session.scalars(
-                select(InboundMessage).where(InboundMessage.state == "quarantined")
+                select(InboundMessage).where(InboundMessage.state == InboundState.QUARANTINED)
                 .order_by(InboundMessage.id.desc()))]
         if args.json:
             print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -635,7 +635,7 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     with _session(settings) as session:
         row = session.get(InboundMessage, args.id)
-        if row is None or row.state != "quarantined":
+        if row is None or row.state != InboundState.QUARANTINED:
             print(f"maild: no quarantined mail with id {args.id}", file=sys.stderr)
             return 1
         info = _quarantined(row)
@@ -664,10 +664,10 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     with _session(settings) as session:
         row = session.get_one(InboundMessage, args.id)
         if args.quarantine_command == "retry":
-            row.state, row.attempts, row.error = "failed", 0, ""
+            row.state, row.attempts, row.error = InboundState.FAILED, 0, ""
             row.reason = f"retry requested by {_actor()}: {row.reason}"[:2000]
         else:
-            row.state = "released"
+            row.state = InboundState.RELEASED
             row.reason = f"released by {_actor()}: {row.reason}"[:2000]
             row.finished_at = datetime.now(UTC)
     verb = "will be processed again" if args.quarantine_command == "retry" else "released"

@@ -17,6 +17,7 @@ from maild.agents import Roster
 from maild.mail import files
 from maild.mail.render import Sender
 from maild.models import OutboxMail
+from maild.vocab import ANSWERS
 
 
 class AnswerGate:
@@ -33,7 +34,7 @@ class AnswerGate:
         if self.counted_at is None or not (
                 self.counted_at <= now < self.counted_at + timedelta(minutes=1)):
             self.count = int(session.scalar(select(func.count()).select_from(OutboxMail).where(
-                OutboxMail.kind.in_(("ack", "reject")),
+                OutboxMail.kind.in_(ANSWERS),
                 OutboxMail.created_at > now - timedelta(hours=1))) or 0)
             self.counted_at = now
         return self.count >= limit

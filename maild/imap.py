@@ -23,7 +23,7 @@ from imapclient.exceptions import LoginError
 
 from maild.config import ImapSettings
 from maild.errors import ImapRejected, ImapUnavailable
-from maild.intake import Fetched, Omitted
+from maild.mail.fetched import Fetched, Omitted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

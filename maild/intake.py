@@ -21,7 +21,9 @@ from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from maild import accounts, blobs, bounces, db, notify, work
+from maild import accounts, answers, blobs, bounces, db, decide, notify, suppression, work
+from maild.accounts import Account
+from maild.agents import AgentInfo
 from maild.analyse import (
     DEFAULT_BUDGET,
     AnalyseFn,
@@ -35,37 +37,22 @@ from maild.analyse import (
     stopped,
 )
 from maild.answers import reject_unknown
+from maild.decide import Known
 from maild.desk import Desk
 from maild.errors import StorageUnavailable, Temporary
 from maild.mail import dsn, files
 from maild.mail.classify import Verdict
 from maild.mail.extracted import Extracted
+from maild.mail.fetched import Fetched
 from maild.mail.parse import InboundMail
 from maild.models import InboundMessage, OutboxMail, ParseAttempt
-from maild.tickets import add_follow_up, open_ticket
+from maild.threader import Match
+from maild.tickets import add_follow_up, done_at, open_ticket
+from maild.vocab import InboundState
 
 log = logging.getLogger(__name__)
 
 Action = Literal["processed", "quarantine", "retry"]
-
-
-@dataclass(frozen=True, slots=True)
-class Omitted:
-    """A part of a mail too large to fetch whole that was not fetched."""
-
-    filename: str
-    content_type: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """A mail as fetched from IMAP (in part, when `omitted` lists what was left out)."""
-
-    uid: int
-    raw: bytes
-    internaldate: datetime | None
-    omitted: tuple[Omitted, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +104,7 @@ class Intake:
         self.flight = Flight(flight)
         self.analyser = Analyser(rules, workers, desk.store, budget, analysis, self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
+        self.policy = decide.Policy(decide.UnknownSender(desk.unknown_sender), desk.reopen_days)
 
     def start(self) -> None:
         """Start the parse workers (so the first mail finds them warm)."""
@@ -178,7 +166,8 @@ class Intake:
                     select(InboundMessage.uid, InboundMessage.state).where(
                         tuple_(InboundMessage.mailbox, InboundMessage.uidvalidity,
                                InboundMessage.uid).in_(chunk),
-                        InboundMessage.state.in_(("processed", "quarantined")),
+                        InboundMessage.state.in_(
+                            (InboundState.PROCESSED, InboundState.QUARANTINED)),
                     )
                 )
                 found.update({int(uid): state for uid, state in rows})
@@ -253,17 +242,16 @@ class Intake:
         if done is not None:
             return done
         row = self._row(session, existing, uidvalidity, p, now)
-        row.kind, row.reason, row.finished_at = verdict.kind, verdict.reason, now
-        if verdict.kind == "unparseable":
-            row.state = "quarantined"
-            return Outcome(mail.uid, "quarantine", verdict.reason)
-        row.state = "processed"
-        if verdict.kind != "own" and _ours(session, parsed.message_id):
-            verdict = Verdict("own", "one of our own Message-IDs (a copy of a mail we sent)")
-            row.kind, row.reason = verdict.kind, verdict.reason
-        if verdict.kind == "own":
-            return Outcome(mail.uid, "processed", verdict.reason)
-        if verdict.kind == "bounce":
+        agent, proven, match, account, known = self._read(session, parsed, verdict, now)
+        d = decide.decide(verdict, known, self.policy, now)
+        row.kind, row.reason, row.finished_at = d.kind, d.reason, now
+        if d.route == decide.Route.QUARANTINE:
+            row.state = InboundState.QUARANTINED
+            return Outcome(mail.uid, "quarantine", d.reason)
+        row.state = InboundState.PROCESSED
+        if d.route == decide.Route.OWN:
+            return Outcome(mail.uid, "processed", d.reason)
+        if d.route == decide.Route.BOUNCE:
             bounced, summary = bounces.record(session, self.desk, parsed,
                                               p.report or dsn.Report(), inbound_id=row.id,
                                               now=now)
@@ -271,57 +259,80 @@ class Intake:
             row.reason = summary[:2000]
             return Outcome(mail.uid, "processed", summary,
                            bounced.number if bounced else None)
-        flag = bounces.flag(session, parsed.from_addr) if verdict.answer else None
-        if flag is not None and flag.blocked_at is not None:
-            verdict = Verdict("spam", f"sender blocked by {flag.blocked_by}")
-            row.kind, row.reason = verdict.kind, verdict.reason
-        elif flag is not None:
-            bounces.wrote_again(session, parsed.from_addr, now)
-        agent = self.desk.roster.get(session, parsed.from_addr) if verdict.answer else None
-        proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
-        if agent is not None and proven and match is not None:
+        if known.bouncing:  # the address works after all: it wrote to us
+            suppression.wrote_again(session, parsed.from_addr, now)
+        if d.route == decide.Route.AGENT:
+            assert agent is not None and match is not None
             summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
                                       inbound_id=row.id, now=now, planned=p.planned,
                                       extracted=p.extracted)
             row.ticket_id = match.ticket.id
             return Outcome(mail.uid, "processed", summary, match.ticket.number)
-        forged = agent is not None and not proven
-        if forged:
+        if d.forged:
             log.warning("mail claims an agent's From without proof, treated as a customer's "
                         "from=%s message_id=%s", parsed.from_addr, parsed.message_id)
-        if match is not None and match.attach and add_follow_up(
-                session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
-                how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days,
-                extracted=p.extracted):
+        verdict = Verdict(d.kind, d.reason, verdict.reply)
+        if d.route == decide.Route.FOLLOW_UP:
+            assert match is not None
+            add_follow_up(session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
+                          how=match.how, now=now, planned=p.planned,
+                          reopen_days=self.desk.reopen_days, extracted=p.extracted)
             row.ticket_id = match.ticket.id
-            if forged:
+            if d.forged:
                 notify.forged_warning(session, self.desk, match.ticket, parsed, now)
             log.info("follow-up number=%s how=%s from=%s message_id=%s", match.ticket.number,
                      match.how, parsed.from_addr, parsed.message_id)
             return Outcome(mail.uid, "processed", "follow-up", match.ticket.number)
-        refers_to = match.ticket.number if match is not None else None
-        account = accounts.lookup(session, parsed.from_addr)
-        if account is None and self.desk.unknown_sender == "domain":
-            account = accounts.by_domain(session, parsed.from_addr)
-        if account is None and verdict.answer and self.desk.unknown_sender == "reject":
-            told = reject_unknown(session, self.desk, parsed, now)
-            row.reason = ("unknown sender: told how to reach support, no ticket" if told else
-                          "unknown sender: no ticket, not answered (answer limit reached)")
-            log.info("unknown sender answered, no ticket from=%s", parsed.from_addr)
-            return Outcome(mail.uid, "processed", row.reason)
+        if d.route == decide.Route.REJECT:
+            if d.answer == decide.Answer.REJECT:
+                reject_unknown(session, self.desk, parsed, now)
+                log.info("unknown sender answered, no ticket from=%s", parsed.from_addr)
+            else:
+                log.warning("answer limit reached, not answering to=%s", parsed.from_addr)
+            return Outcome(mail.uid, "processed", d.reason)
         ticket = open_ticket(
             session, self.desk, parsed, verdict, inbound_id=row.id, mailbox=self.mailbox,
-            arrived=mail.internaldate or now, now=now, account=account, planned=p.planned,
-            refers_to=refers_to, extracted=p.extracted,
+            arrived=mail.internaldate or now, now=now, account=account,
+            planned=p.planned, refers_to=match.ticket.number if d.refers and match else None,
+            extracted=p.extracted, answer=d.answer, not_answered=d.not_answered,
         )
         row.ticket_id = ticket.id
-        if forged:
+        if d.forged:
             notify.forged_warning(session, self.desk, ticket, parsed, now)
         log.info(
             "ticket created number=%s kind=%s from=%s message_id=%s",
-            ticket.number, verdict.kind, ticket.customer_address, parsed.message_id,
+            ticket.number, d.kind, ticket.customer_address, parsed.message_id,
         )
-        return Outcome(mail.uid, "processed", verdict.kind, ticket.number)
+        return Outcome(mail.uid, "processed", d.kind, ticket.number)
+
+    def _read(self, session: Session, parsed: InboundMail, verdict: Verdict,
+              now: datetime) -> tuple[AgentInfo | None, str, Match | None, Account | None, Known]:
+        """What the database says about the mail, for `decide()` (and the objects the
+        write then needs: the agent, the ticket it continues, the sender's account)."""
+        if verdict.kind in ("unparseable", "own", "bounce"):
+            return None, "", None, None, Known(ours=_ours(session, parsed.message_id))
+        ours = _ours(session, parsed.message_id)
+        flag = suppression.flag(session, parsed.from_addr) if verdict.answer else None
+        blocked_by = flag.blocked_by if flag is not None and flag.blocked_at is not None \
+            else None
+        person = decide.answerable(verdict, blocked_by)
+        agent = self.desk.roster.get(session, parsed.from_addr) if person else None
+        proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
+        account = self._account(session, parsed)
+        limited = person and answers.over_limit(session, self.desk, parsed.from_addr, now)
+        return agent, proven, match, account, Known(
+            ours=ours, blocked_by=blocked_by, bouncing=flag is not None and blocked_by is None,
+            agent=agent is not None, proven=proven, matched=match is not None,
+            attach=match is not None and match.attach,
+            ticket_status=match.ticket.status if match else "",
+            ticket_done_at=done_at(match.ticket) if match else None,
+            account=account is not None, answer_limited=limited)
+
+    def _account(self, session: Session, parsed: InboundMail) -> Account | None:
+        account = accounts.lookup(session, parsed.from_addr)
+        if account is None and self.desk.unknown_sender == "domain":
+            account = accounts.by_domain(session, parsed.from_addr)
+        return account
 
     def _row(
         self, session: Session, row: InboundMessage | None, uidvalidity: int, p: Prepared,
@@ -334,11 +345,11 @@ class Intake:
                 mailbox=self.mailbox, uidvalidity=uidvalidity, uid=p.mail.uid,
                 dedupe_key=p.key, message_id=p.parsed.message_id if p.parsed else None,
                 raw_sha256=p.raw_sha, size=len(p.mail.raw), internaldate=p.mail.internaldate,
-                received_at=now, state="new", kind="", reason="", attempts=0, error="",
+                received_at=now, state=InboundState.NEW, kind="", reason="", attempts=0, error="",
             )
             session.add(row)
             session.flush()
-        if row.state == "quarantined":  # an operator put it back: give it fresh attempts
+        if row.state == InboundState.QUARANTINED:  # an operator put it back: give it fresh attempts
             row.attempts = 0
         row.uidvalidity, row.uid = uidvalidity, p.mail.uid
         return row
@@ -355,12 +366,12 @@ class Intake:
             row.attempts += 1
             row.error = error
             if p.over_budget:  # over its time or memory budget, or it crashed us
-                row.state, row.reason, row.finished_at = "quarantined", error, now
+                row.state, row.reason, row.finished_at = InboundState.QUARANTINED, error, now
                 return Outcome(p.mail.uid, "quarantine", error)
             if row.attempts < self.max_attempts:
-                row.state = "failed"
+                row.state = InboundState.FAILED
                 return Outcome(p.mail.uid, "retry", error)
-            row.state = "quarantined"
+            row.state = InboundState.QUARANTINED
             row.reason = f"processing failed {row.attempts} times: {error}"
             row.finished_at = now
             return Outcome(p.mail.uid, "quarantine", row.reason)
@@ -374,7 +385,7 @@ def _finished_elsewhere(session: Session, p: Prepared) -> Outcome | None:
         select(InboundMessage).where(InboundMessage.dedupe_key == p.key)
         .execution_options(populate_existing=True)
     ).one_or_none()
-    if row is None or row.state != "processed":
+    if row is None or row.state != InboundState.PROCESSED:
         return None
     return Outcome(p.mail.uid, "processed", "recorded concurrently")
 
@@ -409,9 +420,9 @@ def _find(session: Session, key: str) -> InboundMessage | None:
 def _already_done(row: InboundMessage | None, uidvalidity: int, uid: int) -> Outcome | None:
     if row is None:
         return None
-    if row.state == "processed":
+    if row.state == InboundState.PROCESSED:
         return Outcome(uid, "processed", "already processed")
     same_mail = row.uidvalidity == uidvalidity and row.uid == uid
-    if row.state == "quarantined" and same_mail:
+    if row.state == InboundState.QUARANTINED and same_mail:
         return Outcome(uid, "quarantine", row.reason)
     return None  # new, failed, or put back into the folder by an operator: try again

@@ -19,6 +19,7 @@ from maild.mail.facts import FACTS
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
 from maild.models import OutboxMail, Ticket, TicketMessage
+from maild.vocab import OutboxKind
 
 log = logging.getLogger(__name__)
 
@@ -154,5 +155,6 @@ def _send(
         auto_submitted="auto-generated", files=files,
         reply_to=agent_reply_to(desk, ticket.number, to, now),
     )
-    return answers.enqueue(session, desk, rendered, to, ticket, kind or template, now,
+    return answers.enqueue(session, desk, rendered, to, ticket, OutboxKind(kind or template),
+                           now,
                            automatic=True, internal=True)

@@ -38,6 +38,7 @@ from maild.models import (
     Ticket,
     TicketMessage,
 )
+from maild.vocab import EventKind
 
 ERASED = "[erased]"
 ERASED_ADDRESS = "erased@invalid"  # where an address must stay one (mail headers)
@@ -83,7 +84,7 @@ def purge_ticket(session: Session, number: int, actor: str, now: datetime) -> Pu
     session.delete(ticket)
     result = Purged(number, len(message_ids), len(attachment_shas), len(raw_shas),
                     int(getattr(outgoing, "rowcount", 0) or 0), tuple(orphaned))
-    session.add(Event(ticket_id=None, at=now, actor=actor, kind="purged", detail={
+    session.add(Event(ticket_id=None, at=now, actor=actor, kind=EventKind.PURGED, detail={
         "number": number, "messages": result.messages, "attachments": result.attachments,
         "raw_mails": result.raw_mails, "outgoing": result.outgoing,
         "blobs_deleted": len(orphaned)}))
@@ -110,7 +111,7 @@ def purge_customer(session: Session, store: BlobStore, address: str, actor: str,
     orphaned.extend(_unref(session, [*shas, *more_shas]))
     result = PurgedCustomer(address, tuple(numbers), mails, outgoing, redacted,
                             tuple(dict.fromkeys(orphaned)))
-    session.add(Event(ticket_id=None, at=now, actor=actor, kind="customer_purged", detail={
+    session.add(Event(ticket_id=None, at=now, actor=actor, kind=EventKind.CUSTOMER_PURGED, detail={
         "tickets": len(numbers), "mails": mails, "outgoing": outgoing,
         "redacted": redacted, "blobs_deleted": len(result.orphaned_blobs)}))
     return result

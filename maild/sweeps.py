@@ -29,16 +29,17 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from maild import answers, db, notify, sla, work
+from maild import answers, db, notify, sla, vocab, work
 from maild.config import SlaSettings
 from maild.desk import Desk
 from maild.errors import Temporary
 from maild.mail.render import render_mail
 from maild.models import Company, Event, SweepMark, Ticket
+from maild.vocab import EventKind, OutboxKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
-OPEN = ("new", "in_progress", "waiting")
+OPEN = vocab.OPEN
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Sweeper:
                     self._each(counts, ticket_id, lambda s, t: self._warn(s, t, now, counts))
             if self.settings.remind_after_days or self.settings.auto_close_after_days:
                 for ticket_id in self._ids(select(Ticket.id).where(
-                        Ticket.status == "waiting", Ticket.waiting_since.is_not(None),
+                        Ticket.status == TicketStatus.WAITING, Ticket.waiting_since.is_not(None),
                         Ticket.merged_into.is_(None))):
                     self._each(counts, ticket_id, lambda s, t: self._waiting(s, t, now, counts))
         if self.settings.digest:
@@ -137,7 +138,7 @@ class Sweeper:
         if getattr(claimed, "rowcount", 1) != 1:
             return
         session.refresh(ticket)
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="sla_breach",
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.SLA_BREACH,
                           detail={"due": due.isoformat(), "priority": ticket.priority}))
         to = self.desk.roster.lead_to(session, self.settings.lead_address)
         if to:
@@ -165,7 +166,8 @@ class Sweeper:
                 if lower < share:
                     _claim(session, f"ticket:{ticket.id}:warn:{round(lower * 100)}", now)
             left = sla.business_time(cal, now, due)
-            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="sla_warning",
+            session.add(Event(ticket_id=ticket.id, at=now, actor="maild",
+                              kind=EventKind.SLA_WARNING,
                               detail={"share": share, "due": due.isoformat()}))
             to = self.desk.roster.notify_to(session, ticket.owner)
             if to:
@@ -179,14 +181,14 @@ class Sweeper:
 
     def _waiting(self, session: Session, ticket: Ticket, now: datetime, counts: Counts) -> None:
         since, cal, s = ticket.waiting_since, self.desk.calendar, self.settings
-        if ticket.status != "waiting" or since is None:
+        if ticket.status != TicketStatus.WAITING or since is None:
             return
         stamp = since.strftime("%Y%m%dT%H%M%S")
         if s.auto_close_after_days and now >= sla.add_business_days(
                 cal, since, s.auto_close_after_days):
             if not _claim(session, f"ticket:{ticket.id}:autoclose:{stamp}", now):
                 return
-            work.set_status(session, ticket, "closed", "maild", now)
+            work.set_status(session, ticket, TicketStatus.CLOSED, "maild", now)
             ticket.updated_at = now
             self._customer_mail(session, ticket, "autoclose", now)
             counts.closed += 1
@@ -195,7 +197,7 @@ class Sweeper:
                                                                  s.remind_after_days):
             if not _claim(session, f"ticket:{ticket.id}:remind:{stamp}", now):
                 return
-            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="reminder",
+            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.REMINDER,
                               detail={"waiting_since": since.isoformat()}))
             self._customer_mail(session, ticket, "reminder", now)
             counts.reminders += 1
@@ -219,7 +221,7 @@ class Sweeper:
             Ticket.status.in_(OPEN), Ticket.automatic.is_(False), Ticket.merged_into.is_(None))
             .order_by(Ticket.first_response_due, Ticket.number)))
         escalated = set(session.scalars(select(Event.ticket_id).where(
-            Event.kind == "escalated", Event.ticket_id.in_([t.id for t in tickets]))))
+            Event.kind == EventKind.ESCALATED, Event.ticket_id.in_([t.id for t in tickets]))))
         unanswered = [t for t in tickets if t.first_response_at is None]
         context = {
             "day": today, "open": tickets[:100], "open_count": len(tickets),
@@ -237,7 +239,7 @@ class Sweeper:
              "language": self.desk.agent_language},
             sender=self.desk.sender, to=", ".join(to), now=now,
             auto_submitted="auto-generated")
-        answers.enqueue(session, self.desk, rendered, to, None, "digest", now,
+        answers.enqueue(session, self.desk, rendered, to, None, OutboxKind.DIGEST, now,
                         automatic=True, internal=True)
         counts.digests += 1
 
@@ -255,7 +257,7 @@ class Sweeper:
             sender=self.desk.sender, to=", ".join(to), now=now,
             auto_submitted="auto-generated",
             reply_to=notify.agent_reply_to(self.desk, ticket.number, to, now))
-        answers.enqueue(session, self.desk, rendered, to, ticket, template, now,
+        answers.enqueue(session, self.desk, rendered, to, ticket, OutboxKind(template), now,
                         automatic=True, internal=True, not_before=not_before)
 
     def _customer_mail(self, session: Session, ticket: Ticket, template: str,

@@ -7,15 +7,16 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maild import answers, blobs, db, notify, sla
+from maild import answers, blobs, db, decide, notify, sla
 from maild.accounts import Account, has_accounts
 from maild.desk import Desk
-from maild.mail import body, facts, files, language, triage
+from maild.mail import body, facts, files, language, thread, triage
 from maild.mail.classify import Verdict
 from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Blob, Event, Ticket, TicketMessage
+from maild.vocab import DONE, EventKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ def open_ticket(
     *, inbound_id: int, mailbox: str, arrived: datetime, now: datetime,
     account: Account | None = None, planned: list[files.Planned] | None = None,
     refers_to: int | None = None, extracted: Extracted | None = None,
+    answer: decide.Answer = decide.Answer.NONE, not_answered: str = "",
 ) -> Ticket:
-    """Create a ticket with its first message, attachments, event and, if due, the answer.
+    """Create a ticket with its first message, attachments, event and the answer
+    `decide()` chose (`not_answered`: why a person gets none, recorded as an event).
     `extracted`: the text work done in the parse worker (else done here)."""
     automatic = verdict.kind != "normal"  # a person's mail without address is not automatic
     found = extracted.facts if extracted else facts.extract(
@@ -41,7 +44,7 @@ def open_ticket(
     copied, refused = first_participants(desk, mail, account is not None)
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
-        status="spam" if verdict.kind == "spam" else "new",
+        status=TicketStatus.SPAM if verdict.kind == "spam" else TicketStatus.NEW,
         priority=level,
         facts=found,
         missing=[] if automatic else facts.missing(found, desk.required_facts),
@@ -78,27 +81,27 @@ def open_ticket(
         planned = files.plan(mail.attachments, desk.limits)
     shown = store_attachments(session, desk, first.id, planned, now)
     session.add(Event(
-        ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind="created",
+        ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind=EventKind.CREATED,
         detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
                 "priority": level, "priority_reason": why,
                 **({"refers_to": refers_to} if refers_to else {}),
                 **({"cc_not_added": refused} if refused else {})},
     ))
-    if verdict.answer and answers.over_limit(session, desk, ticket.customer_address, now):
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
-                          detail={"reason": "answer limit per address reached"}))
+    if not_answered == decide.ANSWER_LIMIT:
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
+                          detail={"reason": not_answered}))
         log.warning("answer limit reached, not answering to=%s ticket=%s",
                     ticket.customer_address, ticket.number)
-    elif verdict.answer:
+    elif answer == decide.Answer.ACK:
         zone = account.timezone if account and account.timezone else desk.timezone
         ask_official = not ticket.verified and has_accounts(session)
         answers.acknowledge(session, desk, ticket, mail, now, zone, ask_official, shown,
                             hours)
         notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
                              cc_not_added=refused)
-    elif verdict.kind == "normal":  # a person's mail we cannot answer: agents must know
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="not_answered",
-                          detail={"reason": "no reply address"}))
+    elif not_answered:  # a person's mail we cannot answer: agents must know
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
+                          detail={"reason": not_answered}))
         notify.ticket_notice(
             session, desk, ticket, first, shown, "new", now, cc_not_added=refused,
             warning=f"no reply address / keine Antwortadresse: "
@@ -106,12 +109,15 @@ def open_ticket(
     return ticket
 
 
+def done_at(ticket: Ticket) -> datetime:
+    """Since when a resolved or closed ticket is done (what `reopen_days` counts from)."""
+    return ticket.resolved_at or ticket.closed_at or ticket.updated_at
+
+
 def participants_of(mail: InboundMail, support: str, customer: str) -> list[str]:
     """People copied on a customer's mail (they may write into the ticket too)."""
-    local, _, domain = support.partition("@")
-    ours = (f"{local}@", f"{local}+")
     return [a for a in dict.fromkeys((*mail.to, *mail.cc)) if a != customer
-            and not (a.startswith(ours) and a.endswith(f"@{domain}"))]
+            and not thread.is_ours(support, a)]
 
 
 def add_follow_up(
@@ -123,10 +129,8 @@ def add_follow_up(
     (the caller then opens a new ticket that references it). Automatic mail (an
     out-of-office reply) is recorded but changes nothing."""
     person = verdict.kind == "normal"
-    if person and ticket.status in ("resolved", "closed"):
-        since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
-        if (now - since).total_seconds() > reopen_days * 86400:
-            return False
+    if not decide.may_join(verdict.kind, ticket.status, done_at(ticket), reopen_days, now):
+        return False
     found = extracted.facts if extracted else facts.extract(
         mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.fact_patterns)
     message = TicketMessage(
@@ -154,15 +158,16 @@ def add_follow_up(
             detail["copied"] = new
         elif new:
             detail["cc_not_added"] = new
-        if ticket.status in ("resolved", "closed", "waiting"):
-            detail["status"] = [ticket.status, "in_progress"]
-            if ticket.status != "waiting":
+        if ticket.status in (*DONE, TicketStatus.WAITING):
+            detail["status"] = [ticket.status, TicketStatus.IN_PROGRESS]
+            if ticket.status != TicketStatus.WAITING:
                 detail["reopened"] = True
-            ticket.status, ticket.resolved_at, ticket.closed_at = "in_progress", None, None
-            ticket.waiting_since = None
+            ticket.status = TicketStatus.IN_PROGRESS
+            ticket.resolved_at = ticket.closed_at = ticket.waiting_since = None
     ticket.updated_at = now
     session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
-                      kind="follow_up" if person else "automatic_reply", detail=detail))
+                      kind=EventKind.FOLLOW_UP if person else EventKind.AUTOMATIC_REPLY,
+                      detail=detail))
     if person:
         refused = detail.get("cc_not_added")
         notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now,

@@ -20,7 +20,8 @@ from maild.analyse import Analysis
 from maild.config import ImapSettings, IntakeSettings
 from maild.errors import ImapRejected, ImapUnavailable, Temporary
 from maild.imap import ImapMailbox
-from maild.intake import Fetched, Intake, Outcome
+from maild.intake import Intake, Outcome
+from maild.mail.fetched import Fetched
 from maild.models import MailboxState
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ all at once or, when one is wrong, none of them, with nothing relayed.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maild import answers, bounces, db, links, notify, threader
+from maild import answers, db, links, notify, suppression, threader
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
@@ -26,17 +25,11 @@ from maild.mail.render import File, render_mail
 from maild.models import Event, OutboxMail, Ticket, TicketMessage
 from maild.threader import Match
 from maild.tickets import store_attachments
+from maild.vocab import EventKind, OutboxKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
-STATUS_MAILS = ("in_progress", "waiting", "resolved")
-REPLY_ABOVE = "please reply above this line"  # the marker line atop every mail to agents
-# "… schrieb …:" ending the line, or "Von:"/"From:" starting it. From a keyword the scan
-# stops at the next keyword (that one is tried on its own), so each character is read once.
-_QUOTE_HEADER = re.compile(r"(schrieb|wrote|a écrit|escribió)"
-                           r"(?:(?!schrieb|wrote|a écrit|escribió)[^:])*+:\s*+$|^\s*+(von|from):",
-                           re.IGNORECASE)
-
+STATUS_MAILS = (TicketStatus.IN_PROGRESS, TicketStatus.WAITING, TicketStatus.RESOLVED)
 
 def find_and_prove(session: Session, desk: Desk, mail: InboundMail,
                    agent: AgentInfo | None, now: datetime) -> tuple[str, Match | None]:
@@ -97,7 +90,7 @@ def agent_mail(
 ) -> str:
     """Apply a proven agent's mail to the ticket; returns a short summary for the log."""
     ticket = match.ticket
-    parsed = commands.parse(extracted.agent_text if extracted else agent_words(mail.text))
+    parsed = commands.parse(extracted.agent_text if extracted else body.agent_words(mail.text))
     errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
     internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
                 or (match.referenced is not None and match.referenced.kind == "note"))
@@ -113,7 +106,7 @@ def agent_mail(
                               else files.plan(mail.attachments, desk.limits), now)
     if errors:
         session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
-                          kind="commands_rejected", detail={"errors": errors}))
+                          kind=EventKind.COMMANDS_REJECTED, detail={"errors": errors}))
         notify.agent_notice(session, desk, ticket, agent.address, "rejected", errors, mail, now)
         return f"agent mail rejected: {len(errors)} errors"
     changes, new_status = _apply(session, desk, ticket, parsed, agent, now)
@@ -121,8 +114,8 @@ def agent_mail(
     if parsed.text and not internal:
         relay(session, desk, ticket, agent, parsed.text, shown, now)
         visible.append("answer")
-        if ticket.status == "new":
-            set_status(session, ticket, "in_progress", agent.address, now)
+        if ticket.status == TicketStatus.NEW:
+            set_status(session, ticket, TicketStatus.IN_PROGRESS, agent.address, now)
     if new_status in STATUS_MAILS and not internal:
         status_mail(session, desk, ticket, new_status, now)
         visible.append(f"status mail {new_status}")
@@ -130,11 +123,11 @@ def agent_mail(
         ticket.first_response_at = now
         due = ticket.first_response_due
         session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
-                          kind="first_response", detail={
+                          kind=EventKind.FIRST_RESPONSE, detail={
                               "what": visible[0], "due": due.isoformat() if due else None,
                               "in_time": due is None or now <= due}))
     if internal and parsed.text:
-        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address, kind="note",
+        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address, kind=EventKind.NOTE,
                           detail={"message_id": mail.message_id}))
     ticket.updated_at = now
     if not parsed.text:
@@ -144,19 +137,6 @@ def agent_mail(
              ticket.number, agent.address, why, internal, changes, visible)
     return "agent note" if internal else "agent reply"
 
-
-def agent_words(text: str) -> str:
-    """What the agent wrote: above our "reply above this line" marker (whatever the mail
-    client did with the quote, the notification's internal text never reaches a customer),
-    then without quoted history and signature."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    for index, line in enumerate(lines):
-        if REPLY_ABOVE in line.lower():
-            lines = lines[:index]
-            while lines and (not lines[-1].strip() or _QUOTE_HEADER.search(lines[-1])):
-                lines.pop()  # the client's "Am … schrieb …:" before the quoted marker
-            break
-    return body.latest_reply("\n".join(lines))
 
 
 def _check(session: Session, desk: Desk, ticket: Ticket, parsed: Commands) -> list[str]:
@@ -194,7 +174,7 @@ def _cc(session: Session, ticket: Ticket, value: str, actor: str, now: datetime)
         return f"{address} is on the ticket already"
     ticket.participants = ([p for p in people if p != address] if remove
                            else [*people, address])
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="participant",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.PARTICIPANT,
                       detail={"address": address, "added": not remove}))
     return (f"{address} removed: gets no more answers" if remove
             else f"{address} copied: gets the answers from now on")
@@ -217,19 +197,19 @@ def _apply(
             set_status(session, ticket, c.value, actor, now)
             new_status = c.value
         elif c.name == "priority" and c.value != ticket.priority:
-            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="priority",
+            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.PRIORITY,
                               detail={"from": ticket.priority, "to": c.value}))
             changes.append(f"priority {ticket.priority} -> {c.value}")
             ticket.priority = c.value
         elif c.name == "assign":
             owner = actor if c.value == "me" else c.value
             if owner != ticket.owner:
-                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="owner",
+                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.OWNER,
                                   detail={"from": ticket.owner, "to": owner}))
                 changes.append(f"owner {ticket.owner or '-'} -> {owner}")
                 ticket.owner = owner
         elif c.name == "cause" and c.value != ticket.cause:
-            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="cause",
+            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.CAUSE,
                               detail={"from": ticket.cause, "to": c.value,
                                       "callback_billable": c.value != "ours"}))
             changes.append(f"cause {ticket.cause or '-'} -> {c.value}")
@@ -240,12 +220,12 @@ def _apply(
             _merge(session, ticket, target, actor, now)
             changes.append(f"merged into #{target.number} (this ticket is closed)")
         elif c.name == "spam":
-            if ticket.status != "spam":
-                set_status(session, ticket, "spam", actor, now)
+            if ticket.status != TicketStatus.SPAM:
+                set_status(session, ticket, TicketStatus.SPAM, actor, now)
             changes.append("marked as spam, closed silently")
             if c.value == "block":
-                bounces.block(session, ticket.customer_address, actor, now)
-                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="blocked",
+                suppression.block(session, ticket.customer_address, actor, now)
+                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.BLOCKED,
                                   detail={"address": ticket.customer_address}))
                 changes.append(f"sender {ticket.customer_address} blocked: their mail is "
                                "recorded as spam from now on")
@@ -258,12 +238,12 @@ def _apply(
 
 def set_status(session: Session, ticket: Ticket, status: str, actor: str,
                 now: datetime) -> None:
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="status",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.STATUS,
                       detail={"from": ticket.status, "to": status}))
     ticket.status = status
-    ticket.resolved_at = now if status == "resolved" else None
-    ticket.closed_at = now if status == "closed" else None
-    ticket.waiting_since = now if status == "waiting" else None
+    ticket.resolved_at = now if status == TicketStatus.RESOLVED else None
+    ticket.closed_at = now if status == TicketStatus.CLOSED else None
+    ticket.waiting_since = now if status == TicketStatus.WAITING else None
 
 
 def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
@@ -272,12 +252,12 @@ def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
     people = [ticket.customer_address, *ticket.participants]
     target.participants = list(dict.fromkeys(
         [*target.participants, *(p for p in people if p != target.customer_address)]))
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="merged",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.MERGED,
                       detail={"into": target.number}))
-    session.add(Event(ticket_id=target.id, at=now, actor=actor, kind="merged_from",
+    session.add(Event(ticket_id=target.id, at=now, actor=actor, kind=EventKind.MERGED_FROM,
                       detail={"from": ticket.number}))
-    if ticket.status != "closed":
-        set_status(session, ticket, "closed", actor, now)
+    if ticket.status != TicketStatus.CLOSED:
+        set_status(session, ticket, TicketStatus.CLOSED, actor, now)
     ticket.merged_into = target.number
     target.updated_at = now
 
@@ -335,7 +315,7 @@ def relay(
         files=[File(f.filename, f.content_type, f.data or desk.store.get(f.sha256))
                for f in shown if f.store],
     )
-    answers.enqueue(session, desk, rendered, [to, *cc], ticket, "relay", now,
+    answers.enqueue(session, desk, rendered, [to, *cc], ticket, OutboxKind.RELAY, now,
                     automatic=False, author=agent.address)
 
 
@@ -363,5 +343,5 @@ def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None,
     )
-    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket, template,
-                    now, automatic=True)
+    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket,
+                    OutboxKind(template), now, automatic=True)

@@ -528,7 +528,7 @@ class Feeder:
         self.intake, self.factory, self.uid = intake, factory, 0
 
     def feed(self, raw: str) -> Any:
-        from maild.intake import Fetched
+        from maild.mail.fetched import Fetched
         self.uid += 1
         return self.intake.process(1, Fetched(self.uid, raw.encode(), self.intake.clock()))
 

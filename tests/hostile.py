@@ -44,7 +44,8 @@ def run_in_process(url: str, blob_dir: str, mail_file: str) -> None:
 
     from maild import db
     from maild.daemon import build_desk
-    from maild.intake import Fetched, Intake
+    from maild.intake import Intake
+    from maild.mail.fetched import Fetched
 
     now = datetime.now(UTC)
     factory = db.session_factory(db.make_engine(url))

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from maild import accounts, db
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
+from maild.mail.fetched import Fetched
 from maild.models import OutboxMail, Ticket
 
 DATA = Path(__file__).parent / "data"

@@ -16,8 +16,9 @@ from sqlalchemy import select
 
 from maild import db
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
 from maild.mail import files
+from maild.mail.fetched import Fetched
 from maild.mail.parse import Part
 from maild.models import (
     Attachment,

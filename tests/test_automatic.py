@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from maild import bounces, db
+from maild import db, suppression
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
 from maild.mail import dsn
 from maild.mail.classify import classify
+from maild.mail.fetched import Fetched
 from maild.mail.parse import parse
 from maild.models import AddressFlag, Event, OutboxMail, Ticket, TicketMessage
 
@@ -174,7 +175,7 @@ def test_a_bounce_found_by_its_verp_address(tmp_path, factory, database_url):
     desk = Desk(tmp_path, factory, database_url, outbox={"verp": True})
     desk.feed(CUSTOMER.format(n="c1"))
     [ack] = desk.outbox("ack")
-    assert ack.envelope_from == bounces.verp_address(US, ack.message_id)
+    assert ack.envelope_from == suppression.verp_address(US, ack.message_id)
     assert ack.envelope_from.startswith("service+b-")
     outcome = desk.feed(dsn_mail("<unrelated@x>", to=ack.envelope_from, with_id=False))
     assert outcome.ticket_number == 10001

@@ -17,7 +17,8 @@ from maild import db
 from maild.analyse import Budget
 from maild.daemon import build_desk
 from maild.errors import StorageUnavailable, Temporary
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
+from maild.mail.fetched import Fetched
 from maild.models import InboundMessage, ParseAttempt, Ticket
 
 TESTS = Path(__file__).parent

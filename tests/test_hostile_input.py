@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import maild.mail
-from maild import analyse, work
+from maild import analyse
 from maild.mail import body, commands, dsn, facts, files, triage
 from maild.mail.parse import Part
 
@@ -108,8 +108,8 @@ def test_whitespace_runs_in_a_quote_header():
 def test_agent_quote_header_over_a_long_line():
     # "wrote wrote … <blanks>" before our marker made the agent quote-header scan quadratic.
     text = ("#status resolved\nErledigt.\n" + "wrote" * 10_000 + " " * 50_000 + "x\n"
-            + work.REPLY_ABOVE + "\n")
-    words = within(BOUND, work.agent_words, text)
+            + body.REPLY_ABOVE + "\n")
+    words = within(BOUND, body.agent_words, text)
     assert commands.parse(words).get("status").value == "resolved"
 
 

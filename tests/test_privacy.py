@@ -16,9 +16,10 @@ from sqlalchemy import select
 from test_sweeps import Desk as SweepDesk
 from test_sweeps import at
 
-from maild import db
+from maild import db, suppression
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
+from maild.mail.fetched import Fetched
 from maild.models import Event, InboundMessage, SweepMark, Ticket
 from maild.sweeps import _claim
 
@@ -176,7 +177,7 @@ def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, data
 
     from harness import cli_config, maild
 
-    from maild import accounts, bounces
+    from maild import accounts
     from maild.answers import enqueue
     from maild.mail.render import Rendered
     blob_dir = tmp_path / "blobs"
@@ -207,7 +208,7 @@ def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, data
             + broken)
     assert intake.process(1, Fetched(5, bobs.encode(), NOW)).action == "quarantine"
     with db.transaction(factory) as s:
-        bounces.mark_bouncing(s, ANNA, "5.1.1", f"550 {ANNA.lower()} unknown", NOW)
+        suppression.mark_bouncing(s, ANNA, "5.1.1", f"550 {ANNA.lower()} unknown", NOW)
         t = s.scalars(select(Ticket).where(Ticket.number == bob)).one()
         assert t.participants == [ANNA.lower()]
         raw = (f"To: {ANNA}\r\nSubject: Re: {PHRASE}\r\nMessage-ID: <maild.r1.x@example.com>"

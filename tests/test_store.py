@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from maild import blobs, db
 from maild.daemon import build_desk
 from maild.errors import StorageUnavailable
-from maild.intake import Fetched, Intake, dedupe_key
+from maild.intake import Intake, dedupe_key
+from maild.mail.fetched import Fetched
 from maild.models import (
     Attachment,
     Blob,

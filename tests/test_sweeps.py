@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from maild import db
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
+from maild.mail.fetched import Fetched
 from maild.models import Event, OutboxMail, Ticket
 from maild.sweeps import Sweeper
 

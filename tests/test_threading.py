@@ -10,8 +10,9 @@ from sqlalchemy import select
 
 from maild import db, links
 from maild.daemon import build_desk
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
 from maild.mail import thread
+from maild.mail.fetched import Fetched
 from maild.mail.parse import parse
 from maild.models import Event, OutboxMail, Ticket, TicketMessage
 

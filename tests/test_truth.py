@@ -23,9 +23,10 @@ from maild import db, sla
 from maild.config import CalendarSettings, Settings
 from maild.daemon import build_desk
 from maild.errors import ConfigError
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
 from maild.mail import commands
 from maild.mail.facts import FACTS
+from maild.mail.fetched import Fetched
 from maild.mail.render import environment, format_size, format_when
 from maild.models import OutboxMail
 

@@ -41,7 +41,8 @@ from starlette.testclient import TestClient
 from maild import cli, config, db, links, web
 from maild.daemon import build_desk
 from maild.errors import ConfigError
-from maild.intake import Fetched, Intake
+from maild.intake import Intake
+from maild.mail.fetched import Fetched
 from maild.models import Attachment, Event, OutboxMail, Ticket, TicketMessage
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, within support hours

@@ -104,3 +104,25 @@ def _without_trailing_separators(reply: str) -> str:
                        or _SEPARATOR_LINE.fullmatch(lines[end - 1].strip())):
         end -= 1
     return "\n".join(lines[:end]).strip()
+
+
+REPLY_ABOVE = "please reply above this line"  # the marker line atop every mail to agents
+# "… schrieb …:" ending the line, or "Von:"/"From:" starting it. From a keyword the scan
+# stops at the next keyword (that one is tried on its own), so each character is read once.
+_QUOTE_HEADER = re.compile(r"(schrieb|wrote|a écrit|escribió)"
+                           r"(?:(?!schrieb|wrote|a écrit|escribió)[^:])*+:\s*+$|^\s*+(von|from):",
+                           re.IGNORECASE)
+
+
+def agent_words(text: str) -> str:
+    """What the agent wrote: above our "reply above this line" marker (whatever the mail
+    client did with the quote, the notification's internal text never reaches a customer),
+    then without quoted history and signature."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    for index, line in enumerate(lines):
+        if REPLY_ABOVE in line.lower():
+            lines = lines[:index]
+            while lines and (not lines[-1].strip() or _QUOTE_HEADER.search(lines[-1])):
+                lines.pop()  # the client's "Am … schrieb …:" before the quoted marker
+            break
+    return latest_reply("\n".join(lines))

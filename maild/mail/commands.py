@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 
 from maild.mail.bounded import bounded
+from maild.vocab import SETTABLE
 
-STATUSES = ("in_progress", "waiting", "resolved", "closed")
+STATUSES = tuple(str(s) for s in SETTABLE)
 PRIORITIES = ("urgent", "high", "normal", "low")
 CAUSES = ("ours", "customer", "third-party")
 

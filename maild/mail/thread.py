@@ -11,6 +11,16 @@ _PLUS = re.compile(r"^(?P<local>[^+@]+)\+(?P<number>\d{1,12})\.(?P<token>[A-Za-z
                    r"@(?P<domain>.+)$")
 
 
+def is_ours(support_address: str, address: str) -> bool:
+    """The support address or one of its plus-variants (reply, agent and bounce addresses):
+    the one place that says which addresses are ours (we never mail them, nobody joins a
+    ticket with them)."""
+    local, _, domain = support_address.lower().partition("@")
+    addr = address.strip().lower()
+    return addr == f"{local}@{domain}" or (addr.startswith(f"{local}+")
+                                           and addr.endswith(f"@{domain}"))
+
+
 def referenced_ids(mail: InboundMail) -> list[str]:
     """Message-IDs this mail answers, newest first (In-Reply-To, then References)."""
     ids = ([mail.in_reply_to] if mail.in_reply_to else []) + list(reversed(mail.references))

@@ -6,7 +6,9 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-PRIORITIES = ("urgent", "high", "normal", "low")
+from maild.vocab import Priority
+
+PRIORITIES = tuple(str(p) for p in Priority)
 
 
 @lru_cache(maxsize=8)
@@ -18,12 +20,12 @@ def _pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 def priority(subject: str, text: str, urgent_keywords: Sequence[str],
-             tier_priority: str = "") -> tuple[str, str]:
+             tier_priority: str = "") -> tuple[Priority, str]:
     """(priority, why): urgent on an outage word, else the customer tier's, else normal."""
     pattern = _pattern(tuple(urgent_keywords))
     found = pattern.search(f"{subject}\n{text}") if pattern else None
     if found:
-        return "urgent", f"keyword {found.group(0)!r}"
+        return Priority.URGENT, f"keyword {found.group(0)!r}"
     if tier_priority in PRIORITIES:
-        return tier_priority, "customer tier"
-    return "normal", "default"
+        return Priority(tier_priority), "customer tier"
+    return Priority.NORMAL, "default"

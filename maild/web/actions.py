@@ -20,6 +20,7 @@ from maild.mail.parse import InboundMail, Part
 from maild.mail.render import render_mail
 from maild.models import Company, Event, InboundMessage, Ticket, TicketMessage
 from maild.tickets import add_follow_up
+from maild.vocab import EventKind, InboundState, OutboxKind, Priority
 from maild.web.access import WebConfig
 from maild.web.views import can_add
 from maild.work import customer_thread
@@ -40,13 +41,13 @@ def escalate(session: Session, desk: Desk, cfg: WebConfig, ticket_id: int, phone
     ticket = session.get(Ticket, ticket_id, populate_existing=True)
     assert ticket is not None
     actor = ticket.customer_address
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="escalated",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.ESCALATED,
                       detail={"phone": phone, "by": actor, "via": "web"}))
-    if ticket.priority != "urgent":
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind="priority",
-                          detail={"from": ticket.priority, "to": "urgent",
+    if ticket.priority != Priority.URGENT:
+        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.PRIORITY,
+                          detail={"from": ticket.priority, "to": Priority.URGENT,
                                   "reason": "escalated"}))
-        ticket.priority = "urgent"
+        ticket.priority = Priority.URGENT
     if phone and ticket.facts.get("phone") != phone:
         ticket.facts = {**ticket.facts, "phone": phone}
     callback = desk.calendar.next_open(now)
@@ -92,7 +93,7 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
         reply_to=notify.agent_reply_to(desk, ticket.number, to, now))
     urgent = b"Importance: high\r\nX-Priority: 1 (Highest)\r\n"
     answers.enqueue(session, desk, replace(rendered, raw=urgent + rendered.raw), to, ticket,
-                    "escalated_staff", now, automatic=True, internal=True)
+                    OutboxKind.ESCALATED_STAFF, now, automatic=True, internal=True)
 
 
 def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, phone: str,
@@ -114,8 +115,8 @@ def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
         references=tuple(ids[:-1]), auto_submitted="auto-generated",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
         if desk.plus_addressing else None)
-    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket, "escalated",
-                    now, automatic=True)
+    answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket,
+                    OutboxKind.ESCALATED, now, automatic=True)
 
 
 def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
@@ -139,7 +140,7 @@ def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
     row = InboundMessage(  # the record of every way information came in
         mailbox="web", uidvalidity=0, uid=0, dedupe_key=key,
         message_id=None, raw_sha256=None, size=size, internaldate=now, received_at=now,
-        state="processed", kind="normal", reason="ticket page", attempts=1, error="",
+        state=InboundState.PROCESSED, kind="normal", reason="ticket page", attempts=1, error="",
         ticket_id=ticket.id, finished_at=now)
     session.add(row)
     session.flush()
@@ -179,6 +180,6 @@ def revoke_links(session: Session, number: int, actor: str, now: datetime) -> in
     if ticket is None:
         return None
     ticket.link_version = (ticket.link_version or 0) + 1
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind="links_revoked",
+    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.LINKS_REVOKED,
                       detail={"version": ticket.link_version}))
     return ticket.link_version

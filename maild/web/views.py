@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from maild import links
 from maild.desk import Desk
 from maild.models import Attachment, Contact, Ticket, TicketMessage
+from maild.vocab import DONE, TicketStatus
 from maild.web.access import WebConfig
 
 
@@ -73,12 +74,13 @@ def _zone(session: Session, desk: Desk, ticket: Ticket) -> str:
 
 
 def can_escalate(ticket: Ticket) -> bool:
-    return ticket.status not in ("closed", "spam") and ticket.merged_into is None
+    return ticket.status not in (TicketStatus.CLOSED, TicketStatus.SPAM) \
+        and ticket.merged_into is None
 
 
 def can_add(desk: Desk, ticket: Ticket, now: datetime) -> bool:
-    if ticket.status not in ("resolved", "closed"):
-        return ticket.merged_into is None and ticket.status != "spam"
+    if ticket.status not in DONE:
+        return ticket.merged_into is None and ticket.status != TicketStatus.SPAM
     since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
     return ticket.merged_into is None and (now - since) <= timedelta(days=desk.reopen_days)
 

@@ -1,0 +1,70 @@
+"""Who gets no mail: addresses marked bouncing, and senders agents blocked (`#spam block`).
+
+An address marked bouncing gets no mail of any kind until it writes to us again or ops
+clear it (`maild addresses clear`). The outgoing side asks `deliverable()` before every
+mail; the bounce handling (maild/bounces.py) marks addresses. Also the VERP envelope
+sender that lets a bounce name the mail it belongs to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maild.models import AddressFlag
+
+log = logging.getLogger(__name__)
+
+
+def verp_address(support_address: str, message_id: str) -> str:
+    """The envelope sender that names the mail it belongs to: `service+b-TOKEN@…`, TOKEN
+    the random part of our Message-ID (`<maild.t10001.TOKEN@…>`)."""
+    local, _, domain = support_address.partition("@")
+    token = message_id.strip("<>").partition("@")[0].rpartition(".")[2]
+    return f"{local}+b-{token}@{domain}"
+
+
+def flag(session: Session, address: str) -> AddressFlag | None:
+    return session.get(AddressFlag, address.lower()) if address else None
+
+
+def mark_bouncing(session: Session, address: str, status: str, detail: str,
+                  now: datetime) -> None:
+    row = flag(session, address)
+    if row is None:
+        row = AddressFlag(address=address.lower(), updated_at=now)
+        session.add(row)
+    row.bouncing_since = row.bouncing_since or now
+    row.bounce_status, row.bounce_detail, row.updated_at = status, detail[:1000], now
+
+
+def wrote_again(session: Session, address: str, now: datetime) -> bool:
+    """A bouncing address that writes to us works again: clear the mark."""
+    row = flag(session, address)
+    if row is None or row.bouncing_since is None:
+        return False
+    row.bouncing_since, row.bounce_status, row.updated_at = None, "", now
+    log.info("address writes again, no longer marked bouncing: %s", address)
+    return True
+
+
+def block(session: Session, address: str, by: str, now: datetime) -> None:
+    row = flag(session, address)
+    if row is None:
+        row = AddressFlag(address=address.lower(), updated_at=now)
+        session.add(row)
+    row.blocked_at, row.blocked_by, row.updated_at = now, by, now
+
+
+def deliverable(session: Session, recipients: Sequence[str]) -> list[str]:
+    """`recipients` without those marked bouncing."""
+    if not recipients:
+        return []
+    bouncing = set(session.scalars(select(AddressFlag.address).where(
+        AddressFlag.address.in_([r.lower() for r in recipients]),
+        AddressFlag.bouncing_since.is_not(None))))
+    return [r for r in recipients if r.lower() not in bouncing]
