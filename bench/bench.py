@@ -495,7 +495,8 @@ def main() -> int:
             wanted.discard("postgresql")
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
-        "load_before": os.getloadavg()[0], "command": " ".join(sys.argv[1:]),
+        "load_before": os.getloadavg()[0],
+        "command": " ".join(["bench/bench.py", *sys.argv[1:]]),
         "mails": args.mails, "scenarios": {}}
     work = Path(tempfile.mkdtemp(prefix="maild-bench-"))
     work.chmod(0o755)
