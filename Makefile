@@ -34,6 +34,9 @@ test: $(STAMP) dovecot browser-tools
 test-quick: $(STAMP) dovecot
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Throughput, latency and memory on SQLite, PostgreSQL (127.0.0.1:5432, skipped when it
+# does not answer), with agents, with 100,000 tickets, and the SLA sweep; a table at the end
+# and .bench/results.json. Select with e.g. BENCH_ARGS="--only sqlite" (see bench/README.md).
 bench: $(STAMP) dovecot
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
