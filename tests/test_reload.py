@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ROOT, Daemon, wait_until
+from harness import ROOT, Daemon, maild, outbox_settled, rows, wait_until
 from test_notify import NotifySocket
+
+from maild.models import InboundMessage
 
 DATA = Path(__file__).parent / "data"
 MARK = "Unser Wartungsfenster ist sonntags von 6 bis 8 Uhr."
@@ -154,3 +156,34 @@ def test_sighup_at_startup_and_many_in_a_row_never_end_the_daemon(
     smtp.wait_for(1)
     assert daemon.process.poll() is None
     assert daemon.stop() == 0
+
+
+def test_new_spam_rule_reaches_the_parse_workers(daemon, notify, config, mailbox, smtp,
+                                                 database_url):
+    # The upstream filter's header is configured while maild runs: after the reload the
+    # parse workers (separate processes) classify by it, so the flagged mail gets no answer.
+    daemon.start()
+    notify.wait_for("READY=1")
+    flagged = customer(1).replace(b"Subject:", b"X-Filter-Verdict: junk\r\nSubject:")
+    mailbox.append(flagged)
+    smtp.wait_for(1)
+    config.write_text(config.read_text() + '\n[spam]\nheader = "X-Filter-Verdict"\n'
+                      'pattern = "^junk$"\n')
+    reload(daemon, notify)
+    mailbox.append(flagged.replace(b"<r1@", b"<r2@"))
+    mailbox.append(customer(3))
+    assert wait_until(lambda: mailbox.count("Processed") == 3)
+    assert wait_until(lambda: outbox_settled(database_url))
+    assert sorted(m.recipients[0] for m in smtp.mails) == ["kundin1@firma.example",
+                                                          "kundin3@firma.example"]
+    spam = rows(database_url, InboundMessage, InboundMessage.kind == "spam")
+    assert [m.message_id for m in spam] == ["<r2@firma.example>"]
+
+
+def test_a_broken_template_stops_the_start_as_a_config_error(config, templates, tmp_path):
+    # At start as at a reload every template is compiled: a broken one is a configuration
+    # error (exit 2, which the unit does not restart on), named with file and line.
+    (templates / "ack.de.txt.j2").write_text("Hallo {{ name \n")
+    done = maild("run", config=config)
+    assert done.returncode == 2
+    assert "ack.de.txt.j2, line 1" in done.stderr
