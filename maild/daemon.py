@@ -97,6 +97,15 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
     )
 
 
+def compiled(desk: Desk, settings: Settings) -> jinja2.Environment:
+    """Compile every template of the desk's mails and of the pages (returned): a broken one
+    is a config error, and the running daemon never reads the folder again (they stay
+    cached, auto_reload off) — only a reload does."""
+    pages_env = page_environment(settings.paths.templates_dir)
+    reload.check_templates(desk.templates, pages_env)
+    return pages_env
+
+
 @dataclass
 class Parts:
     """What a reload points at the new desk and settings."""
@@ -192,7 +201,7 @@ class Daemon:
     async def _main(self, engine: Engine, factory: db.SessionFactory) -> None:
         s = self.settings
         self.runtime = health.Runtime(started_at=self.clock())
-        desk, pages_env = await asyncio.to_thread(self._desk, s, factory)
+        desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
         # Bound before anything starts: a taken address is a start-up error, not a surprise.
         web_socket = web.bind(s) if s.http.enabled else None
         intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock,
@@ -200,6 +209,11 @@ class Daemon:
                         budget=Budget(s.intake.parse_timeout, s.intake.parse_memory_mb),
                         max_crashes=s.intake.max_crashes, flight=flight_file(s))
         intake.start()  # the parse workers, warm before the first mail
+        try:  # meanwhile every template is compiled: a broken one stops the start
+            pages_env = await asyncio.to_thread(compiled, desk, s)
+        except BaseException:
+            intake.close()
+            raise
         loop = asyncio.get_running_loop()
 
         def wake_outbox() -> None:
@@ -299,7 +313,8 @@ class Daemon:
         try:
             new = await asyncio.to_thread(config.load, old.source)
             settings = reload.effective(old, new)
-            desk, pages_env = await asyncio.to_thread(self._desk, settings, factory)
+            desk = await asyncio.to_thread(build_desk, settings, factory, self.clock())
+            pages_env = await asyncio.to_thread(compiled, desk, settings)
         except (ConfigError, Temporary) as exc:
             log.error("reload: %s; the running config is kept",
                       str(exc).replace("\n", "; "))
@@ -311,16 +326,6 @@ class Daemon:
         logging.getLogger().setLevel(settings.log.level)
         log.info("reloaded %s: templates, calendar, limits, agents and the rest in effect",
                  settings.source)
-
-    def _desk(self, settings: Settings,
-              factory: db.SessionFactory) -> tuple[Desk, jinja2.Environment]:
-        """The desk and the pages' templates, every template compiled now: a broken one is
-        a config error, and the running daemon never reads the folder again (they are
-        cached, auto_reload off) — only a reload does."""
-        desk = build_desk(settings, factory, self.clock())
-        pages_env = page_environment(settings.paths.templates_dir)
-        reload.check_templates(desk.templates, pages_env)
-        return desk, pages_env
 
     async def _sweep(self, sweeper: Sweeper) -> None:
         try:
