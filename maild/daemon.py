@@ -11,11 +11,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import jinja2
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
@@ -30,7 +28,6 @@ from maild.mail.render import Sender, environment
 from maild.outbox import Outbox
 from maild.sweeps import Sweeper
 from maild.watcher import Backoff, Watcher
-from maild.web.app import page_environment
 
 log = logging.getLogger(__name__)
 
@@ -95,39 +92,6 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         subject_max_chars=settings.limits.subject_max_chars,
         notify_text_max_bytes=int(settings.limits.notify_text_max_kb * 1000),
     )
-
-
-def compiled(desk: Desk, settings: Settings) -> jinja2.Environment:
-    """Compile every template of the desk's mails and of the pages (returned): a broken one
-    is a config error, and the running daemon never reads the folder again (they stay
-    cached, auto_reload off) — only a reload does."""
-    pages_env = page_environment(settings.paths.templates_dir)
-    reload.check_templates(desk.templates, pages_env)
-    return pages_env
-
-
-@dataclass
-class Parts:
-    """What a reload points at the new desk and settings."""
-
-    intake: Intake
-    watcher: Watcher
-    outbox: Outbox
-    sweeper: Sweeper
-    scheduler: AsyncIOScheduler
-    site: web.Site | None
-
-    def use(self, desk: Desk, pages_env: jinja2.Environment, old: Settings,
-            new: Settings) -> None:
-        self.intake.use(desk, new.intake.max_attempts, new.intake.max_crashes)
-        self.watcher.intake_settings = new.intake
-        self.outbox.settings = new.outbox
-        self.sweeper.desk, self.sweeper.settings = desk, new.sla
-        if new.sla.sweep_seconds != old.sla.sweep_seconds:
-            self.scheduler.reschedule_job("sla-sweep", trigger="interval",
-                                          seconds=new.sla.sweep_seconds)
-        if self.site is not None:
-            self.site.use(desk, new, pages_env)
 
 
 class Daemon:
@@ -210,7 +174,7 @@ class Daemon:
                         max_crashes=s.intake.max_crashes, flight=flight_file(s))
         intake.start()  # the parse workers, warm before the first mail
         try:  # meanwhile every template is compiled: a broken one stops the start
-            pages_env = await asyncio.to_thread(compiled, desk, s)
+            pages_env = await asyncio.to_thread(reload.compiled, desk, s)
         except BaseException:
             intake.close()
             raise
@@ -244,7 +208,7 @@ class Daemon:
         scheduler.start()
         log.info("maild running: mailbox %s, support address %s", s.imap.mailbox_id,
                  s.support.address)
-        parts = Parts(intake, watcher, outbox, sweeper, scheduler, site)
+        parts = reload.Parts(intake, watcher, outbox, sweeper, scheduler, site)
         helpers: list[asyncio.Task[None]] = []
         try:
             await self._until_tried(watcher)
@@ -295,7 +259,7 @@ class Daemon:
             self.notifier.status(await self._status(factory))
             await asyncio.sleep(1.0)
 
-    async def _reloads(self, parts: Parts, factory: db.SessionFactory) -> None:
+    async def _reloads(self, parts: reload.Parts, factory: db.SessionFactory) -> None:
         """One reload per SIGHUP (several at once are one), RELOADING=1 … READY=1 around it."""
         while True:
             await self.reload_asked.wait()
@@ -307,14 +271,14 @@ class Daemon:
                 log.exception("reload failed; the running config is kept")
             self.notifier.ready(await self._status(factory))
 
-    async def _reload(self, parts: Parts, factory: db.SessionFactory) -> None:
+    async def _reload(self, parts: reload.Parts, factory: db.SessionFactory) -> None:
         """Read the config file and the templates again; keep the old ones when invalid."""
         old = self.settings
         try:
             new = await asyncio.to_thread(config.load, old.source)
             settings = reload.effective(old, new)
             desk = await asyncio.to_thread(build_desk, settings, factory, self.clock())
-            pages_env = await asyncio.to_thread(compiled, desk, settings)
+            pages_env = await asyncio.to_thread(reload.compiled, desk, settings)
         except (ConfigError, Temporary) as exc:
             log.error("reload: %s; the running config is kept",
                       str(exc).replace("\n", "; "))

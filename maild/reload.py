@@ -3,17 +3,26 @@
 The config file is read again as at start; the connections, the database, the listener,
 the folders and the parse workers stay as they run (each changed key is named in the log),
 everything else — templates, calendar, limits, agents, facts, triage, SLA, outbox
-backoff, log level — takes effect with a new `Desk`.
+backoff, log level — takes effect with a new `Desk` that `Parts.use` hands to the parts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from jinja2 import Environment, TemplateSyntaxError
 
+from maild import web
 from maild.config import Settings
+from maild.desk import Desk
 from maild.errors import ConfigError
+from maild.intake import Intake
+from maild.outbox import Outbox
+from maild.sweeps import Sweeper
+from maild.watcher import Watcher
+from maild.web.app import page_environment
 
 # Per section: the keys only a restart applies (None: the whole section).
 RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
@@ -61,3 +70,36 @@ def check_templates(*envs: Environment) -> None:
             except TemplateSyntaxError as exc:
                 raise ConfigError(f"template {exc.filename or name}, line {exc.lineno}: "
                                   f"{exc.message}") from None
+
+
+def compiled(desk: Desk, settings: Settings) -> Environment:
+    """Compile every template of the desk's mails and of the pages (returned): a broken one
+    is a config error, and the running daemon never reads the folder again (they stay
+    cached, auto_reload off) — only a reload does."""
+    pages_env = page_environment(settings.paths.templates_dir)
+    check_templates(desk.templates, pages_env)
+    return pages_env
+
+
+@dataclass
+class Parts:
+    """What a reload points at the new desk and settings."""
+
+    intake: Intake
+    watcher: Watcher
+    outbox: Outbox
+    sweeper: Sweeper
+    scheduler: AsyncIOScheduler
+    site: web.Site | None
+
+    def use(self, desk: Desk, pages_env: Environment, old: Settings,
+            new: Settings) -> None:
+        self.intake.use(desk, new.intake.max_attempts, new.intake.max_crashes)
+        self.watcher.intake_settings = new.intake
+        self.outbox.settings = new.outbox
+        self.sweeper.desk, self.sweeper.settings = desk, new.sla
+        if new.sla.sweep_seconds != old.sla.sweep_seconds:
+            self.scheduler.reschedule_job("sla-sweep", trigger="interval",
+                                          seconds=new.sla.sweep_seconds)
+        if self.site is not None:
+            self.site.use(desk, new, pages_env)
