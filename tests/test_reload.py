@@ -187,3 +187,23 @@ def test_a_broken_template_stops_the_start_as_a_config_error(config, templates, 
     done = maild("run", config=config)
     assert done.returncode == 2
     assert "ack.de.txt.j2, line 1" in done.stderr
+
+
+def test_restart_only_keys_are_named_and_kept_as_they_run(tmp_path):
+    # The new file moves the database, the blobs and the IMAP password and changes the
+    # calendar: the names of the first three are reported (never a value), their running
+    # values kept; the calendar is taken.
+    from harness import offline_settings
+
+    from maild import reload as reloading
+    old = offline_settings("sqlite:///old.db", tmp_path / "old-blobs",
+                           imap={"host": "127.0.0.1", "username": "u", "password": "pw1"})
+    new = offline_settings("sqlite:///new.db", tmp_path / "new-blobs",
+                           imap={"host": "127.0.0.1", "username": "u", "password": "pw2"},
+                           calendar={"timezone": "Europe/Vienna"})
+    assert reloading.restart_only(old, new) == [
+        "[imap] password", "[database] url", "[paths] blob_dir"]
+    kept = reloading.effective(old, new)
+    assert (kept.imap.password, kept.database_url, kept.blob_dir) == (
+        "pw1", "sqlite:///old.db", tmp_path / "old-blobs")
+    assert kept.calendar.timezone == "Europe/Vienna"
