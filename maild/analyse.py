@@ -443,6 +443,8 @@ class Analyser:
         try:
             worker.wait_ready()
         except OSError as exc:  # cannot start a worker: not this mail's fault
+            if self.closing:  # stopped by close() while starting: _run says Temporary
+                return stopped(DIED)
             log.warning("parse worker unavailable (%s); analysing in-process", exc)
             self._replace(slot)
             return self._here(raw, key)
