@@ -12,6 +12,7 @@ in the daemon's own process, without budget (tests, debugging).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -358,6 +359,21 @@ class Analyser:
                 return
             self.dispatch = ThreadPoolExecutor(1, thread_name_prefix="analyse")
 
+    def use(self, rules: Rules) -> None:
+        """New rules (a reload): the mails analysed from now on follow them; the running
+        workers are replaced between two batches (the dispatch thread runs one at a time)."""
+        with self.lock:
+            if rules == self.rules:
+                return
+            self.rules = rules
+            if self.dispatch is not None:
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    self.dispatch.submit(self._renew)
+
+    def _renew(self) -> None:
+        for slot in range(len(self.pool)):
+            self._replace(slot)
+
     def _spawn(self) -> _Worker:
         return _Worker((self.rules, self.store, self.fn, self.budget.memory_mb, os.getpid()))
 
@@ -426,6 +442,8 @@ class Analyser:
         try:
             worker.wait_ready()
         except OSError as exc:  # cannot start a worker: not this mail's fault
+            if self.closing:  # stopped by close() while starting: _run says Temporary
+                return stopped(DIED)
             log.warning("parse worker unavailable (%s); analysing in-process", exc)
             self._replace(slot)
             return self._here(raw, key)

@@ -1,4 +1,5 @@
-"""Composition root and lifecycle of `maild run`: startup → watch and send → bounded shutdown."""
+"""Composition root and lifecycle of `maild run`: startup → ready → watch and send (reloads
+on SIGHUP) → bounded shutdown, each step told to systemd (see sdnotify)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
-from maild import agents, blobs, db, sla, web
+from maild import agents, blobs, config, db, health, reload, sdnotify, sla, web
 from maild.analyse import Budget
 from maild.config import Settings
 from maild.desk import Desk
@@ -30,6 +32,8 @@ from maild.watcher import Backoff, Watcher
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+READY_WAIT = 60.0  # the first look at the mailbox may take this long before READY=1 anyway
+STATUS_SECONDS = 15.0  # STATUS= is refreshed this often, and after mail was processed or sent
 
 
 def utcnow() -> datetime:
@@ -91,13 +95,19 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
 
 
 class Daemon:
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow,
+                 notifier: sdnotify.Notifier | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.stop = threading.Event()
         self.should_exit = asyncio.Event()
         self.wakeup = asyncio.Event()
         self.force_exit = False
+        # Taken from the environment before any worker process is started (see sdnotify).
+        self.notifier = notifier or sdnotify.Notifier.from_environ()
+        self.reload_asked = asyncio.Event()
+        self.status_due = asyncio.Event()
+        self.runtime: health.Runtime | None = None  # made in _main
 
     def request_exit(self, signum: int = 0) -> None:
         """Signal handler: the first signal drains, a second one forces."""
@@ -110,18 +120,28 @@ class Daemon:
         self.should_exit.set()
         self.wakeup.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP handler: the reload runs once the daemon is ready (never before)."""
+        log.info("reload asked (SIGHUP)")
+        self.reload_asked.set()
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_exit, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)  # before anything else
+        self.notifier.status("starting")
+        watchdog = asyncio.create_task(sdnotify.keep_alive(self.notifier), name="watchdog")
         engine = db.make_engine(self.settings.database_url)
         try:
             factory = await self._startup(engine)
             if factory is None:
+                self.notifier.stopping()
                 return 0
             await self._main(engine, factory)
         finally:
             engine.dispose()
+            watchdog.cancel()
         log.info("stopped")
         return 0
 
@@ -138,11 +158,13 @@ class Daemon:
                 return db.session_factory(engine)
             except StorageUnavailable as exc:
                 log.warning("%s; retrying", exc)
+                self.notifier.status(f"waiting for the database: {exc}")
                 await self._sleep(delay.next())
         return None
 
     async def _main(self, engine: Engine, factory: db.SessionFactory) -> None:
         s = self.settings
+        self.runtime = health.Runtime(started_at=self.clock())
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
         # Bound before anything starts: a taken address is a start-up error, not a surprise.
         web_socket = web.bind(s) if s.http.enabled else None
@@ -151,10 +173,16 @@ class Daemon:
                         budget=Budget(s.intake.parse_timeout, s.intake.parse_memory_mb),
                         max_crashes=s.intake.max_crashes, flight=flight_file(s))
         intake.start()  # the parse workers, warm before the first mail
+        try:  # meanwhile every template is compiled: a broken one stops the start
+            pages_env = await asyncio.to_thread(reload.compiled, desk, s)
+        except BaseException:
+            intake.close()
+            raise
         loop = asyncio.get_running_loop()
 
         def wake_outbox() -> None:
             loop.call_soon_threadsafe(self.wakeup.set)
+            loop.call_soon_threadsafe(self.status_due.set)
 
         lock = db.MailboxLock(engine, s.imap.mailbox_id)
         watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock,
@@ -164,9 +192,11 @@ class Daemon:
             asyncio.create_task(watcher.run(), name="watcher"),
             asyncio.create_task(self._send_loop(outbox), name="outbox"),
         ]
+        site = None
         if web_socket is not None:  # the ticket pages and the escalation link
-            app = web.make_app(desk, factory, s, self.clock, wake_outbox)
-            tasks.append(asyncio.create_task(web.serve(app, web_socket, self.should_exit),
+            site = web.make_app(desk, factory, s, self.clock, wake_outbox)
+            site.pages.env = pages_env
+            tasks.append(asyncio.create_task(web.serve(site, web_socket, self.should_exit),
                                              name="web"))
             log.info("web pages on http://%s (links: %s)", s.http.listen, s.support.public_url)
         # The sweeps over deadlines: the first at once (catching up after downtime).
@@ -178,12 +208,88 @@ class Daemon:
         scheduler.start()
         log.info("maild running: mailbox %s, support address %s", s.imap.mailbox_id,
                  s.support.address)
+        parts = reload.Parts(intake, watcher, outbox, sweeper, scheduler, site)
+        helpers: list[asyncio.Task[None]] = []
         try:
+            await self._until_tried(watcher)
+            if not self.should_exit.is_set():
+                self.notifier.ready(await self._status(factory))
+                helpers = [asyncio.create_task(self._reloads(parts, factory), name="reload"),
+                           asyncio.create_task(self._report(factory), name="status")]
             await self.should_exit.wait()
+            self.notifier.stopping()
+            for helper in helpers:
+                helper.cancel()
             scheduler.shutdown(wait=False)
             await self._shutdown(tasks)
         finally:
             intake.close()
+
+    async def _until_tried(self, watcher: Watcher) -> None:
+        """Until the mailbox was tried once (reached, failing, or another process watches
+        it), at most READY_WAIT: systemd's start timeout must not kill a daemon whose
+        mailbox is down; STATUS= says so instead."""
+        deadline = time.monotonic() + READY_WAIT
+        while not (watcher.looked.is_set() or self.should_exit.is_set()):
+            if time.monotonic() >= deadline:
+                log.warning("no answer from the mailbox within %.0fs; ready without it",
+                            READY_WAIT)
+                return
+            await asyncio.sleep(0.05)
+
+    async def _status(self, factory: db.SessionFactory) -> str:
+        """The STATUS= line: the backlog and what is failing."""
+        if self.runtime is None:
+            return "starting"
+        try:
+            counts = await asyncio.to_thread(health.backlog, factory)
+        except Exception as exc:  # the database down: the line says so, the daemon goes on
+            log.debug("backlog not counted: %r", exc)
+            return "database unreachable: backlog unknown"
+        return health.status_line(self.runtime, counts)
+
+    async def _report(self, factory: db.SessionFactory) -> None:
+        """Refresh STATUS= every STATUS_SECONDS and after mail went in or out (at most
+        once a second)."""
+        if not self.notifier.enabled:
+            return
+        while not self.should_exit.is_set():
+            await self._sleep(STATUS_SECONDS, self.status_due)
+            self.status_due.clear()
+            self.notifier.status(await self._status(factory))
+            await asyncio.sleep(1.0)
+
+    async def _reloads(self, parts: reload.Parts, factory: db.SessionFactory) -> None:
+        """One reload per SIGHUP (several at once are one), RELOADING=1 … READY=1 around it."""
+        while True:
+            await self.reload_asked.wait()
+            self.reload_asked.clear()
+            self.notifier.reloading()
+            try:
+                await self._reload(parts, factory)
+            except Exception:  # a bug in a reload must not end the daemon
+                log.exception("reload failed; the running config is kept")
+            self.notifier.ready(await self._status(factory))
+
+    async def _reload(self, parts: reload.Parts, factory: db.SessionFactory) -> None:
+        """Read the config file and the templates again; keep the old ones when invalid."""
+        old = self.settings
+        try:
+            new = await asyncio.to_thread(config.load, old.source)
+            settings = reload.effective(old, new)
+            desk = await asyncio.to_thread(build_desk, settings, factory, self.clock())
+            pages_env = await asyncio.to_thread(reload.compiled, desk, settings)
+        except (ConfigError, Temporary) as exc:
+            log.error("reload: %s; the running config is kept",
+                      str(exc).replace("\n", "; "))
+            return
+        for name in reload.restart_only(old, new):
+            log.warning("reload: %s changed: takes effect after a restart", name)
+        parts.use(desk, pages_env, old, settings)
+        self.settings = settings
+        logging.getLogger().setLevel(settings.log.level)
+        log.info("reloaded %s: templates, calendar, limits, agents and the rest in effect",
+                 settings.source)
 
     async def _sweep(self, sweeper: Sweeper) -> None:
         try:
@@ -213,6 +319,7 @@ class Daemon:
             self.wakeup.clear()
             try:
                 await outbox.deliver_due()
+                self.status_due.set()
                 next_due = await asyncio.to_thread(outbox.next_due)
                 delay.reset()
                 if outage:

@@ -98,13 +98,17 @@ class Intake:
         self.max_attempts = max_attempts
         self.max_crashes = max_crashes
         self.clock = clock
-        rules = Rules(desk.sender.address, desk.sender.domain, desk.spam_rule, desk.limits,
-                      keep_bytes=desk.notify_files_max_bytes, fact_patterns=desk.fact_patterns,
-                      default_language=desk.default_language)
         self.flight = Flight(flight)
-        self.analyser = Analyser(rules, workers, desk.store, budget, analysis, self.flight)
+        self.analyser = Analyser(_rules(desk), workers, desk.store, budget, analysis,
+                                 self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
         self.policy = decide.Policy(decide.UnknownSender(desk.unknown_sender), desk.reopen_days)
+
+    def use(self, desk: Desk, max_attempts: int, max_crashes: int) -> None:
+        """A reload: the mails processed from now on see `desk`; the parse workers get its
+        rules between two batches."""
+        self.desk, self.max_attempts, self.max_crashes = desk, max_attempts, max_crashes
+        self.analyser.use(_rules(desk))
 
     def start(self) -> None:
         """Start the parse workers (so the first mail finds them warm)."""
@@ -375,6 +379,13 @@ class Intake:
             row.reason = f"processing failed {row.attempts} times: {error}"
             row.finished_at = now
             return Outcome(p.mail.uid, "quarantine", row.reason)
+
+
+def _rules(desk: Desk) -> Rules:
+    """What the analysis (in the parse workers) needs of the desk."""
+    return Rules(desk.sender.address, desk.sender.domain, desk.spam_rule, desk.limits,
+                 keep_bytes=desk.notify_files_max_bytes, fact_patterns=desk.fact_patterns,
+                 default_language=desk.default_language)
 
 
 def _finished_elsewhere(session: Session, p: Prepared) -> Outcome | None:

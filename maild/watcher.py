@@ -76,6 +76,9 @@ class Watcher:
         self.retry_at: dict[tuple[int, int], tuple[float, int]] = {}
         self.outage = ""
         self.warned_plain = False
+        # Set at the first look at the folder, the first failure or when standing by:
+        # the daemon is ready for systemd (READY=1) once the mailbox was tried.
+        self.looked = threading.Event()
 
     async def run(self) -> None:
         delay = Backoff(1.0, 60.0)
@@ -85,9 +88,11 @@ class Watcher:
                 await asyncio.to_thread(self._session, box)
             except (ImapUnavailable, ImapRejected, Temporary) as exc:
                 self._report_outage(str(exc))
+                self.looked.set()
                 await asyncio.to_thread(self.stop.wait, delay.next())
             except Exception:  # a bug must not stop the intake for good
                 log.exception("mailbox round failed; reconnecting with backoff")
+                self.looked.set()
                 await asyncio.to_thread(self.stop.wait, delay.next())
             else:
                 delay.reset()
@@ -116,6 +121,7 @@ class Watcher:
                 return True
             if not waiting:
                 log.info("another maild process watches %s; standing by", self.imap.folder)
+                self.looked.set()
                 waiting = True
             self.stop.wait(5.0)
         return False
@@ -134,6 +140,7 @@ class Watcher:
         seen = 0
         while not self.stop.is_set():
             seen = max(seen, self._drain(box, start_uid))
+            self.looked.set()
             if self.outage:
                 log.info("mail intake running again after: %s", self.outage)
                 self.outage = ""

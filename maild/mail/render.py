@@ -56,6 +56,7 @@ def environment(override_dir: str = "") -> Environment:
     loaders.append(FileSystemLoader(str(resources.files("maild.templates"))))
     env = Environment(
         loader=ChoiceLoader(loaders),
+        auto_reload=False,  # changed templates take effect on reload (SIGHUP)
         undefined=StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".html.j2")),
         keep_trailing_newline=True,

@@ -53,7 +53,7 @@ def page_environment(override_dir: str = "") -> Environment:
     loaders = [FileSystemLoader(str(Path(override_dir) / "web"))] if override_dir else []
     loaders.append(FileSystemLoader(str(resources.files("maild.templates") / "web")))
     env = Environment(
-        loader=ChoiceLoader(loaders),
+        loader=ChoiceLoader(loaders), auto_reload=False,  # reloaded on SIGHUP
         autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = format_when
     env.filters["size"] = format_size
@@ -257,7 +257,7 @@ class Pages:
 
 
 def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
-             clock: Callable[[], datetime], wake: Callable[[], None] | None = None) -> ASGIApp:
+             clock: Callable[[], datetime], wake: Callable[[], None] | None = None) -> Site:
     """The web app, buildable without the daemon (tests drive it in-process); `wake` is
     called after a change that queued mail."""
     pages = Pages(desk, factory, web_config(settings, desk), clock, wake or (lambda: None),
@@ -271,7 +271,20 @@ def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
         Route("/static/web.css", pages.stylesheet, methods=["GET"]),
     ], exception_handlers={status: _handler(pages, 404 if status == 405 else status)
                            for status in (400, 404, 405, 413, 429, 500)})
-    return Guard(app, pages.cfg, pages.refused)
+    return Site(app, pages)
+
+
+class Site(Guard):
+    """The guarded app and its pages; a reload (SIGHUP) points them at new settings."""
+
+    def __init__(self, app: ASGIApp, pages: Pages) -> None:
+        super().__init__(app, pages.cfg, pages.refused)
+        self.pages = pages
+
+    def use(self, desk: Desk, settings: Settings, env: Environment) -> None:
+        cfg = web_config(settings, desk)
+        self.pages.desk, self.pages.cfg, self.cfg, self.pages.env = desk, cfg, cfg, env
+        self.per_client.rate = self.per_link.rate = cfg.rate_per_minute
 
 
 def _handler(pages: Pages, status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
