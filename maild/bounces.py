@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import notify
+from maild import logs, notify
 from maild.desk import Desk
 from maild.mail import dsn, thread
 from maild.mail.parse import InboundMail
@@ -96,7 +96,9 @@ def record(
             notify.bounce_notice(session, desk, ticket, [
                 f"{f.recipient}: {f.status or f.action} {f.diagnostic}".strip()
                 for f in failures], bool(permanent), now)
-    log.info("%s ticket=%s", summary, ticket.number if ticket else "-")
+    if ticket is not None:
+        logs.bind(ticket=f"#{ticket.number}")
+    log.info("%s", summary)
     return ticket, summary
 
 

@@ -9,7 +9,6 @@ import csv
 import getpass
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from maild import (
     config,
     db,
     imap,
+    logs,
     purge,
     sla,
     sweeps,
@@ -44,28 +44,6 @@ log = logging.getLogger("maild")
 
 TICKET_STATUSES = ("new", *commands.STATUSES, "spam")
 GC_GRACE = 3600.0  # seconds a stored file referenced by nothing is spared (mail in flight)
-
-
-class JournalFormatter(logging.Formatter):
-    """Prefix each line with its syslog priority (`<3>`) when stderr goes to journald."""
-
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter(JournalFormatter(fmt) if journal else logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("imapclient", "aiosmtplib", "alembic", "mail.log", "apscheduler"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maild: config error: {exc}".replace("\n", "\nmaild: config error: "),
               file=sys.stderr)
         return 2
-    setup_logging(settings.log.level)
+    logs.setup(settings.log.level, settings.log.format, logs.secrets_of(settings))
     handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,

@@ -21,7 +21,7 @@ from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from maild import accounts, blobs, bounces, db, notify, work
+from maild import accounts, blobs, bounces, db, logs, notify, work
 from maild.analyse import (
     DEFAULT_BUDGET,
     AnalyseFn,
@@ -226,6 +226,12 @@ class Intake:
                         analysis.report, extracted=analysis.extracted)
 
     def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
+        """One mail's outcome; its log lines carry its Message-ID (and ticket, once known)."""
+        with logs.context(message_id=p.parsed.message_id if p.parsed else None):
+            return self._decide_one(session, uidvalidity, p, now)
+
+    def _decide_one(self, session: Session, uidvalidity: int, p: Prepared,
+                    now: datetime) -> Outcome:
         if p.error:
             return self._record_failure(session, uidvalidity, p, p.error, now)
         try:
@@ -280,6 +286,7 @@ class Intake:
         agent = self.desk.roster.get(session, parsed.from_addr) if verdict.answer else None
         proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
         if agent is not None and proven and match is not None:
+            logs.bind(ticket=f"#{match.ticket.number}")
             summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
                                       inbound_id=row.id, now=now, planned=p.planned,
                                       extracted=p.extracted)
@@ -288,7 +295,7 @@ class Intake:
         forged = agent is not None and not proven
         if forged:
             log.warning("mail claims an agent's From without proof, treated as a customer's "
-                        "from=%s message_id=%s", parsed.from_addr, parsed.message_id)
+                        "from=%s", parsed.from_addr)
         if match is not None and match.attach and add_follow_up(
                 session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
                 how=match.how, now=now, planned=p.planned, reopen_days=self.desk.reopen_days,
@@ -296,8 +303,8 @@ class Intake:
             row.ticket_id = match.ticket.id
             if forged:
                 notify.forged_warning(session, self.desk, match.ticket, parsed, now)
-            log.info("follow-up number=%s how=%s from=%s message_id=%s", match.ticket.number,
-                     match.how, parsed.from_addr, parsed.message_id)
+            logs.bind(ticket=f"#{match.ticket.number}")
+            log.info("follow-up how=%s from=%s", match.how, parsed.from_addr)
             return Outcome(mail.uid, "processed", "follow-up", match.ticket.number)
         refers_to = match.ticket.number if match is not None else None
         account = accounts.lookup(session, parsed.from_addr)
@@ -317,10 +324,8 @@ class Intake:
         row.ticket_id = ticket.id
         if forged:
             notify.forged_warning(session, self.desk, ticket, parsed, now)
-        log.info(
-            "ticket created number=%s kind=%s from=%s message_id=%s",
-            ticket.number, verdict.kind, ticket.customer_address, parsed.message_id,
-        )
+        logs.bind(ticket=f"#{ticket.number}")
+        log.info("ticket created kind=%s from=%s", verdict.kind, ticket.customer_address)
         return Outcome(mail.uid, "processed", verdict.kind, ticket.number)
 
     def _row(
