@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import getpass
 import json
 import logging
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -133,6 +135,14 @@ def parser() -> argparse.ArgumentParser:
     adc = adsub.add_parser("clear", help="mail may go to ADDRESS again / it is no longer "
                                          "blocked")
     adc.add_argument("address", type=_address)
+    bk = sub.add_parser("backup", help="a consistent copy of the database and the stored "
+                                       "files, taken while maild runs")
+    bk.add_argument("path", help="a new (or empty) folder for the backup")
+    bk.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    rs = sub.add_parser("restore", help="put a backup in place (stop maild first)")
+    rs.add_argument("path", help="the folder `maild backup` wrote")
+    rs.add_argument("--force", action="store_true",
+                    help="replace a database that already holds tickets or mails")
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
@@ -183,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
         "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
-        "callbacks": cmd_callbacks_report,
+        "callbacks": cmd_callbacks_report, "backup": cmd_backup, "restore": cmd_restore,
     }
     try:
         code = handlers[args.command](settings, args)
@@ -712,4 +722,36 @@ def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{r['state']:<8} {r['kind']:<6} {','.join(r['to']):<32} {r['message_id']}"  # type: ignore[arg-type]
               f"{'  ' + str(r['last_error']) if r['last_error'] else ''}")
     print(_count(int(total or 0), "mail"))
+    return 0
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from maild import backup
+
+    m = backup.backup(settings, Path(args.path), datetime.now(UTC))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(m), indent=2))
+    else:
+        counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in m.counts.items())
+        print(f"backup of {_safe_url(settings.database_url)} in {args.path}: schema {m.schema}, "
+              f"{counts}, {_count(m.blobs, 'stored file')} ({m.blob_bytes} bytes)")
+    if m.missing_blobs:
+        print(f"maild: {_count(len(m.missing_blobs), 'stored file')} the database refers to "
+              f"could not be copied (gone or damaged; listed in {args.path}/manifest.json)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from maild import backup
+
+    r = backup.restore(settings, Path(args.path), force=args.force)
+    m = r.manifest
+    print(f"restored the backup of {m.created_at} into {_safe_url(settings.database_url)}: "
+          f"{', '.join(f'{n} {k}' for k, n in m.counts.items())}; "
+          f"{_count(r.blobs, 'stored file')} into {settings.blob_dir}")
+    if r.schema_now != r.head:
+        print(f"the database is at schema {r.schema_now}, this maild needs {r.head}: "
+              "run `maild db upgrade` before `maild run`")
     return 0
