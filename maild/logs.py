@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 LogFormat = Literal["text", "json"]
 
-NOISY = ("imapclient", "aiosmtplib", "alembic", "mail.log", "apscheduler")
+NOISY = ("imapclient", "aiosmtplib", "alembic", "mail.log", "apscheduler", "mailparser_reply")
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
             logging.CRITICAL: 2}
 MASK = "***"
@@ -197,11 +198,33 @@ def secrets_of(settings: Settings) -> list[str]:
     return [s for s in found if s]
 
 
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """How this process logs: handed to the parse workers, which log the same way."""
+
+    level: str
+    fmt: LogFormat
+    secrets: tuple[str, ...]
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    def __init__(self, given: Setup) -> None:
+        super().__init__(sys.stderr)
+        self.given = given
+
+
+def inherited() -> Setup | None:
+    """The setup of this process's logging (None when `setup` was not called)."""
+    found = [h for h in logging.getLogger().handlers if isinstance(h, _Handler)]
+    return found[0].given if found else None
+
+
 def setup(level: str, fmt: LogFormat = "text", secrets: Iterable[str] = ()) -> None:
     """Send every log record to stderr, one line each, in format `fmt` at `level`."""
-    handler = logging.StreamHandler(sys.stderr)
+    given = Setup(level, fmt, tuple(secrets))
+    handler = _Handler(given)
     journal = bool(os.environ.get("JOURNAL_STREAM"))
-    redact = Redactor(secrets)
+    redact = Redactor(given.secrets)
     handler.setFormatter(JsonFormatter(journal, redact) if fmt == "json"
                          else TextFormatter(journal, redact))
     handler.addFilter(ContextFilter())

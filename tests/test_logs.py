@@ -279,3 +279,33 @@ def test_daemon_log_carries_context_and_no_secret(tmp_path: Path, dovecot, mailb
     assert created.endswith(" ticket=#10001 message_id=<start@kunde.example>")
     [agent] = [line for line in out if "agent mail" in line]
     assert agent.endswith(" ticket=#10001 message_id=<reply1@example.com>")
+
+
+def chatty_analysis(raw: bytes, rules):  # type: ignore[no-untyped-def]
+    """The analysis, saying something hostile in the worker's own log first."""
+    from maild.analyse import analyse
+    logging.getLogger("maild.analyse").warning("worker read %s", HOSTILE_SUBJECT)
+    return analyse(raw, rules)
+
+
+def test_parse_workers_log_like_the_daemon(capfd, restore_logging, monkeypatch, tmp_path):
+    # A parse worker (a process of its own) writes its lines in the daemon's format, one
+    # line each: here one JSON object.
+    from harness import customer_mail
+
+    from maild import blobs
+    from maild.analyse import Analyser, Rules
+    from maild.mail import files
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    logs.setup("INFO", "json")
+    rules = Rules("service@example.com", "example.com", None, files.Limits(10**6, 10**6))
+    analyser = Analyser(rules, 1, blobs.FolderStore(tmp_path / "blobs"), fn=chatty_analysis)
+    try:
+        [result] = analyser.submit([customer_mail(1)]).result(timeout=60)
+    finally:
+        analyser.close()
+    assert not result.error, result.trace
+    out = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert [(r["logger"], r["message"]) for r in out] == [
+        ("maild.analyse", f"worker read {HOSTILE_SUBJECT}")]
