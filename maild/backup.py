@@ -258,6 +258,8 @@ def restore(settings: Settings, source: Path, *, force: bool) -> Restored:
         current, head = db.schema_status(engine)
     finally:
         engine.dispose()
+    if os.geteuid() == 0:  # root restored for the service user: its files stay its own
+        _hand_over([*([sqlite] if sqlite else []), settings.blob_dir])
     return Restored(manifest, count, current, head)
 
 
@@ -353,6 +355,18 @@ def _holds_mail_pg(conn: Connection) -> bool:
         if exists and conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one():
             return True
     return False
+
+
+def _hand_over(paths: list[Path]) -> None:
+    """Give what root just wrote under each of `paths` to the owner of its folder (the
+    service user owns /var/lib/maild; a root-owned file there would lock it out)."""
+    for top in paths:
+        owner = top.parent.stat()
+        if owner.st_uid == 0:
+            continue
+        for path in [top, *(top.rglob("*") if top.is_dir() else [])]:
+            if path.lstat().st_uid == 0:
+                os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def _restore_blobs(source: Path, store: blobs.FolderStore) -> int:

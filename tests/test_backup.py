@@ -29,7 +29,7 @@ from harness import (
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from maild import backup, db
+from maild import backup, blobs, db
 from maild.models import Attachment, InboundMessage, Ticket
 
 
@@ -205,3 +205,32 @@ def test_postgresql_backup_without_pg_dump_says_what_to_do(database_url, tmp_pat
     settings = offline_settings(database_url, tmp_path / "blobs")
     with pytest.raises(backup.BackupError, match="pg_dump is not installed.*postgresql-client"):
         backup.backup(settings, tmp_path / "b", datetime.now(UTC))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can restore for another user")
+def test_root_restores_for_the_service_user(tmp_path):
+    # Root restores into a state folder the service user owns: the database and the
+    # stored files are the service user's afterwards, or the daemon could not open them.
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    url = f"sqlite:///{tmp_path / 'maild.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    sha = blobs.FolderStore(tmp_path / "blobs").put(b"a raw mail")
+    with db.transaction(db.session_factory(engine)) as session:
+        blobs.add_ref(session, sha, 10, datetime.now(UTC))
+    engine.dispose()
+    taken = maild("backup", str(tmp_path / "b"), config=cli_config(
+        tmp_path / "maild.toml", url, tmp_path / "blobs"))
+    assert taken.returncode == 0, taken.stderr
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    target = cli_config(tmp_path / "target.toml", f"sqlite:///{state / 'maild.db'}",
+                        state / "blobs")
+    done = maild("restore", str(tmp_path / "b"), config=target)
+    assert done.returncode == 0, done.stderr
+    owners = {p.relative_to(state).as_posix(): p.stat().st_uid for p in state.rglob("*")}
+    assert f"blobs/{sha[:2]}/{sha[2:4]}/{sha}" in owners and "maild.db" in owners
+    assert set(owners.values()) == {nobody.pw_uid}, owners
