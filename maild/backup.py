@@ -109,7 +109,7 @@ def _backup_sqlite(settings: Settings, target: Path,
         raise BackupError(f"no database at {source}: nothing to back up")
     copy = target / SQLITE_FILE
     _private_file(copy, b"")
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    src = sqlite3.connect(_read_only(source), uri=True, timeout=30)
     dst = sqlite3.connect(copy)
     try:
         src.backup(dst)  # one step: a consistent snapshot, writers go on meanwhile
@@ -122,6 +122,11 @@ def _backup_sqlite(settings: Settings, target: Path,
         dst.close()
     manifest = Manifest(__version__, "sqlite", SQLITE_FILE, schema, now.isoformat(), counts)
     return manifest, referenced
+
+
+def _read_only(path: Path) -> str:
+    """An SQLite URI opening `path` read-only (any character in the path escaped)."""
+    return f"{path.resolve().as_uri()}?mode=ro"
 
 
 def _survey(conn: sqlite3.Connection) -> tuple[str | None, dict[str, int], list[str]]:
@@ -308,7 +313,7 @@ def _restore_sqlite(copy: Path, path: Path, force: bool) -> None:
 
 
 def _holds_mail_sqlite(path: Path) -> bool:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    conn = sqlite3.connect(_read_only(path), uri=True, timeout=30)
     try:
         return any(_count_sqlite(conn, table) for table in _COUNTS.values())
     finally:
