@@ -261,7 +261,7 @@ def test_daemon_log_carries_context_and_no_secret(tmp_path: Path, dovecot, mailb
         daemon.kill()
     output = daemon.output()
     issued = tokens(smtp.mails)
-    assert len(issued) >= 3, issued  # ticket page, escalation, reply addresses
+    assert len(issued) >= 2, issued  # the ticket page and the escalation, reply addresses
     for secret in (mailbox.password, "s3cret-signing-key-for-the-log-test", *issued):
         assert secret not in output, secret
     out = lines(output)
