@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from maild import blobs
+from maild import blobs, logs
 from maild.errors import Temporary
 from maild.mail import body, dsn, facts, files, language
 from maild.mail.classify import Verdict, classify
@@ -197,8 +197,10 @@ def _limit_memory(megabytes: int) -> None:
 
 
 def _serve(conn: Connection, rules: Rules, store: blobs.BlobStore, fn: AnalyseFn,
-           memory_mb: int, parent: int) -> None:
+           memory_mb: int, parent: int, logging_setup: logs.Setup | None = None) -> None:
     """A worker's life: one mail in, its analysis out, until the daemon closes the pipe."""
+    if logging_setup is not None:  # its lines as the daemon's: one line each, no secret
+        logs.setup(logging_setup.level, logging_setup.fmt, logging_setup.secrets)
     # The daemon's signals are its own: a worker ends when its pipe closes or the daemon is
     # gone, never under a mail because the whole group got SIGTERM or Ctrl-C.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -375,7 +377,8 @@ class Analyser:
             self._replace(slot)
 
     def _spawn(self) -> _Worker:
-        return _Worker((self.rules, self.store, self.fn, self.budget.memory_mb, os.getpid()))
+        return _Worker((self.rules, self.store, self.fn, self.budget.memory_mb, os.getpid(),
+                        logs.inherited()))
 
     def submit(self, work: Sequence[bytes | Analysis],
                keys: Sequence[tuple[int, int]] | None = None) -> Future[list[Analysis]]:

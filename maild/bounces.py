@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import notify, vocab
+from maild import logs, notify, vocab
 from maild.desk import Desk
 from maild.mail import dsn, thread
 from maild.mail.parse import InboundMail
@@ -89,5 +89,7 @@ def record(
             notify.bounce_notice(session, desk, ticket, [
                 f"{f.recipient}: {f.status or f.action} {f.diagnostic}".strip()
                 for f in failures], bool(permanent), now)
-    log.info("%s ticket=%s", summary, ticket.number if ticket else "-")
+    if ticket is not None:
+        logs.bind(ticket=f"#{ticket.number}")
+    log.info("%s", summary)
     return ticket, summary

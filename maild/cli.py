@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import getpass
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,6 +30,7 @@ from maild import (
     config,
     db,
     imap,
+    logs,
     purge,
     sla,
     sweeps,
@@ -44,28 +46,6 @@ log = logging.getLogger("maild")
 
 TICKET_STATUSES = tuple(str(s) for s in TicketStatus)
 GC_GRACE = 3600.0  # seconds a stored file referenced by nothing is spared (mail in flight)
-
-
-class JournalFormatter(logging.Formatter):
-    """Prefix each line with its syslog priority (`<3>`) when stderr goes to journald."""
-
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter(JournalFormatter(fmt) if journal else logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("imapclient", "aiosmtplib", "alembic", "mail.log", "apscheduler"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -155,6 +135,14 @@ def parser() -> argparse.ArgumentParser:
     adc = adsub.add_parser("clear", help="mail may go to ADDRESS again / it is no longer "
                                          "blocked")
     adc.add_argument("address", type=_address)
+    bk = sub.add_parser("backup", help="a consistent copy of the database and the stored "
+                                       "files, taken while maild runs")
+    bk.add_argument("path", help="a new (or empty) folder for the backup")
+    bk.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    rs = sub.add_parser("restore", help="put a backup in place (stop maild first)")
+    rs.add_argument("path", help="the folder `maild backup` wrote")
+    rs.add_argument("--force", action="store_true",
+                    help="replace a database that already holds tickets or mails")
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
@@ -199,13 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maild: config error: {exc}".replace("\n", "\nmaild: config error: "),
               file=sys.stderr)
         return 2
-    setup_logging(settings.log.level)
+    logs.setup(settings.log.level, settings.log.format, logs.secrets_of(settings))
     handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
         "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
-        "callbacks": cmd_callbacks_report,
+        "callbacks": cmd_callbacks_report, "backup": cmd_backup, "restore": cmd_restore,
     }
     try:
         code = handlers[args.command](settings, args)
@@ -735,3 +723,39 @@ def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:
               f"{'  ' + str(r['last_error']) if r['last_error'] else ''}")
     print(_count(int(total or 0), "mail"))
     return 0
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from maild import backup
+
+    m = backup.backup(settings, Path(args.path), datetime.now(UTC))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(m), indent=2))
+    else:
+        print(f"backup of {_safe_url(settings.database_url)} in {args.path}: schema {m.schema}, "
+              f"{_counts(m.counts)}, {_count(m.blobs, 'stored file')} ({m.blob_bytes} bytes)")
+    if m.missing_blobs:
+        print(f"maild: {_count(len(m.missing_blobs), 'stored file')} the database refers to "
+              f"could not be copied (gone or damaged; listed in {args.path}/manifest.json)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from maild import backup
+
+    r = backup.restore(settings, Path(args.path), force=args.force)
+    m = r.manifest
+    print(f"restored the backup of {m.created_at} into {_safe_url(settings.database_url)}: "
+          f"{_counts(m.counts)}; "
+          f"{_count(r.blobs, 'stored file')} into {settings.blob_dir}")
+    if r.schema_now != r.head:
+        print(f"the database is at schema {r.schema_now}, this maild needs {r.head}: "
+              "run `maild db upgrade` before `maild run`")
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """'12 tickets, 30 inbound mails, 41 outbox mails'."""
+    return ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items())

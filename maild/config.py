@@ -467,6 +467,8 @@ class HttpSettings(_Section):
 
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: `LEVEL logger: message key=value…`; json: one JSON object per line.
+    format: Literal["text", "json"] = "text"
 
 
 class Settings(_Section):

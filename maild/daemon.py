@@ -17,7 +17,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 
-from maild import agents, blobs, config, db, health, reload, sdnotify, sla, web
+from maild import agents, blobs, config, db, health, logs, reload, sdnotify, sla, web
 from maild.analyse import Budget
 from maild.config import Settings
 from maild.desk import Desk
@@ -287,7 +287,7 @@ class Daemon:
             log.warning("reload: %s changed: takes effect after a restart", name)
         parts.use(desk, pages_env, old, settings)
         self.settings = settings
-        logging.getLogger().setLevel(settings.log.level)
+        logs.setup(settings.log.level, settings.log.format, logs.secrets_of(settings))
         log.info("reloaded %s: templates, calendar, limits, agents and the rest in effect",
                  settings.source)
 

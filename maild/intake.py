@@ -21,7 +21,7 @@ from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from maild import accounts, answers, blobs, bounces, db, decide, notify, suppression, work
+from maild import accounts, answers, blobs, bounces, db, decide, logs, notify, suppression, work
 from maild.accounts import Account
 from maild.agents import AgentInfo
 from maild.analyse import (
@@ -219,6 +219,12 @@ class Intake:
                         analysis.report, extracted=analysis.extracted)
 
     def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
+        """One mail's outcome; its log lines carry its Message-ID (and ticket, once known)."""
+        with logs.context(message_id=p.parsed.message_id if p.parsed else None):
+            return self._decide_one(session, uidvalidity, p, now)
+
+    def _decide_one(self, session: Session, uidvalidity: int, p: Prepared,
+                    now: datetime) -> Outcome:
         if p.error:
             return self._record_failure(session, uidvalidity, p, p.error, now)
         try:
@@ -267,6 +273,7 @@ class Intake:
             suppression.wrote_again(session, parsed.from_addr, now)
         if d.route == decide.Route.AGENT:
             assert agent is not None and match is not None
+            logs.bind(ticket=f"#{match.ticket.number}")
             summary = work.agent_mail(session, self.desk, match, parsed, agent, proven,
                                       inbound_id=row.id, now=now, planned=p.planned,
                                       extracted=p.extracted)
@@ -274,7 +281,7 @@ class Intake:
             return Outcome(mail.uid, "processed", summary, match.ticket.number)
         if d.forged:
             log.warning("mail claims an agent's From without proof, treated as a customer's "
-                        "from=%s message_id=%s", parsed.from_addr, parsed.message_id)
+                        "from=%s", parsed.from_addr)
         verdict = Verdict(d.kind, d.reason, verdict.reply)
         if d.route == decide.Route.FOLLOW_UP:
             assert match is not None
@@ -284,8 +291,8 @@ class Intake:
             row.ticket_id = match.ticket.id
             if d.forged:
                 notify.forged_warning(session, self.desk, match.ticket, parsed, now)
-            log.info("follow-up number=%s how=%s from=%s message_id=%s", match.ticket.number,
-                     match.how, parsed.from_addr, parsed.message_id)
+            logs.bind(ticket=f"#{match.ticket.number}")
+            log.info("follow-up how=%s from=%s", match.how, parsed.from_addr)
             return Outcome(mail.uid, "processed", "follow-up", match.ticket.number)
         if d.route == decide.Route.REJECT:
             if d.answer == decide.Answer.REJECT:
@@ -303,10 +310,8 @@ class Intake:
         row.ticket_id = ticket.id
         if d.forged:
             notify.forged_warning(session, self.desk, ticket, parsed, now)
-        log.info(
-            "ticket created number=%s kind=%s from=%s message_id=%s",
-            ticket.number, d.kind, ticket.customer_address, parsed.message_id,
-        )
+        logs.bind(ticket=f"#{ticket.number}")
+        log.info("ticket created kind=%s from=%s", d.kind, ticket.customer_address)
         return Outcome(mail.uid, "processed", d.kind, ticket.number)
 
     def _read(self, session: Session, parsed: InboundMail, verdict: Verdict,

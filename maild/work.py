@@ -133,8 +133,8 @@ def agent_mail(
     if not parsed.text:
         notify.agent_notice(session, desk, ticket, agent.address, "confirm",
                             changes or ["nothing changed"], mail, now)
-    log.info("agent mail number=%s agent=%s proof=%r internal=%s changes=%s sent=%s",
-             ticket.number, agent.address, why, internal, changes, visible)
+    log.info("agent mail agent=%s proof=%r internal=%s changes=%s sent=%s",
+             agent.address, why, internal, changes, visible)
     return "agent note" if internal else "agent reply"
 
 
