@@ -21,12 +21,12 @@ import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from statistics import median
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from maild import answers, db, notify, sla, vocab, work
@@ -40,6 +40,7 @@ from maild.vocab import EventKind, OutboxKind, TicketStatus
 log = logging.getLogger(__name__)
 
 OPEN = vocab.OPEN
+DIGEST_LIST = 100  # tickets per list in the daily digest, at most
 
 
 @dataclass
@@ -74,9 +75,7 @@ class Sweeper:
                 for ticket_id in self._warnable(now):
                     self._each(counts, ticket_id, lambda s, t: self._warn(s, t, now, counts))
             if self.settings.remind_after_days or self.settings.auto_close_after_days:
-                for ticket_id in self._ids(select(Ticket.id).where(
-                        Ticket.status == TicketStatus.WAITING, Ticket.waiting_since.is_not(None),
-                        Ticket.merged_into.is_(None))):
+                for ticket_id in self._waiting_due(now):
                     self._each(counts, ticket_id, lambda s, t: self._waiting(s, t, now, counts))
         if self.settings.digest:
             with db.transaction(self.factory) as session:
@@ -104,6 +103,39 @@ class Sweeper:
             done = set(session.scalars(select(SweepMark.key).where(SweepMark.key.in_(
                 [f"ticket:{i}:warn:{highest}" for i in due]))))
         return [i for i in due if f"ticket:{i}:warn:{highest}" not in done]
+
+    def _waiting_due(self, now: datetime) -> list[int]:
+        """Tickets waiting on the customer whose reminder or auto-close is due and not yet
+        done: found in one read (the due moment depends only on the day the waiting began,
+        computed once per day), so a quiet sweep over thousands of waiting tickets costs
+        two queries, not a transaction per ticket."""
+        cal, s = self.desk.calendar, self.settings
+        cache: dict[tuple[date, int], datetime] = {}
+
+        def passed(since: datetime, days: int) -> bool:
+            key = (since.astimezone(cal.zone).date(), days)
+            if key not in cache:
+                cache[key] = sla.add_business_days(cal, since, days)
+            return now >= cache[key]
+
+        with db.transaction(self.factory) as session:
+            rows = session.execute(select(Ticket.id, Ticket.waiting_since).where(
+                Ticket.status == TicketStatus.WAITING, Ticket.waiting_since.is_not(None),
+                Ticket.merged_into.is_(None)).order_by(Ticket.id)).all()
+            due: list[tuple[int, str]] = []
+            for ticket_id, since in rows:
+                if since is None:
+                    continue
+                stamp = since.strftime("%Y%m%dT%H%M%S")
+                if s.auto_close_after_days and passed(since, s.auto_close_after_days):
+                    due.append((ticket_id, f"ticket:{ticket_id}:autoclose:{stamp}"))
+                elif s.remind_after_days and passed(since, s.remind_after_days):
+                    due.append((ticket_id, f"ticket:{ticket_id}:remind:{stamp}"))
+            done: set[str] = set()
+            for start in range(0, len(due), 500):
+                done.update(session.scalars(select(SweepMark.key).where(
+                    SweepMark.key.in_([key for _, key in due[start:start + 500]]))))
+        return [ticket_id for ticket_id, key in due if key not in done]
 
     def _ids(self, query: Any) -> list[int]:
         with db.transaction(self.factory) as session:
@@ -217,20 +249,27 @@ class Sweeper:
         to = self.desk.roster.lead_to(session, self.settings.lead_address)
         if not to:
             return
-        tickets = list(session.scalars(select(Ticket).where(
-            Ticket.status.in_(OPEN), Ticket.automatic.is_(False), Ticket.merged_into.is_(None))
-            .order_by(Ticket.first_response_due, Ticket.number)))
-        escalated = set(session.scalars(select(Event.ticket_id).where(
-            Event.kind == EventKind.ESCALATED, Event.ticket_id.in_([t.id for t in tickets]))))
-        unanswered = [t for t in tickets if t.first_response_at is None]
-        context = {
-            "day": today, "open": tickets[:100], "open_count": len(tickets),
-            "due_today": [t for t in unanswered if t.first_response_due is not None
-                          and t.first_response_due.astimezone(cal.zone).date() == today
-                          and t.breached_at is None],
-            "breached": [t for t in unanswered if t.breached_at is not None],
-            "escalated": [t for t in tickets if t.id in escalated],
+        # Each list is capped (a backlog of thousands must not make a mail of megabytes);
+        # the counts are complete.
+        opened = select(Ticket).where(Ticket.status.in_(OPEN), Ticket.automatic.is_(False),
+                                      Ticket.merged_into.is_(None))
+        unanswered = opened.where(Ticket.first_response_at.is_(None))
+        start = datetime.combine(today, time(0), tzinfo=cal.zone)
+        lists = {
+            "open": opened,
+            "due_today": unanswered.where(
+                Ticket.breached_at.is_(None), Ticket.first_response_due >= start,
+                Ticket.first_response_due < start + timedelta(days=1)),
+            "breached": unanswered.where(Ticket.breached_at.is_not(None)),
+            "escalated": opened.where(Ticket.id.in_(select(Event.ticket_id).where(
+                Event.kind == EventKind.ESCALATED))),
         }
+        context: dict[str, Any] = {"day": today}
+        for name, query in lists.items():
+            context[name] = list(session.scalars(
+                query.order_by(Ticket.first_response_due, Ticket.number).limit(DIGEST_LIST)))
+            context[f"{name}_count"] = session.scalar(
+                select(func.count()).select_from(query.subquery())) or 0
         if not _claim(session, key, now):
             return  # another process sends today's
         rendered = render_mail(

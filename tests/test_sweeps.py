@@ -15,7 +15,7 @@ import pytest
 from harness import Clock, cli_config, maild, offline_settings
 from sqlalchemy import select
 
-from maild import db
+from maild import db, sweeps
 from maild.daemon import build_desk
 from maild.intake import Intake
 from maild.mail.fetched import Fetched
@@ -280,3 +280,19 @@ def test_sla_report(desk, tmp_path, database_url):
     later = json.loads(maild("sla", "report", "--json", "--since", "2026-12-01",
                              config=cfg).stdout)
     assert later["tickets"] == 0
+
+
+def test_the_digest_lists_are_capped_and_the_counts_complete(
+        tmp_path, factory, database_url, monkeypatch):
+    monkeypatch.setattr(sweeps, "DIGEST_LIST", 2)
+    desk = Desk(tmp_path, factory, database_url)
+    for _ in range(3):
+        desk.mail()
+    desk.sweep(at(2026, 11, 30, 9, 0))
+    [digest] = desk.outbox("digest")
+    msg = email.message_from_bytes(digest.raw, policy=policy.default)
+    assert msg["Subject"] == ("Support-Übersicht 30.11.2026: 3 offen, 0 heute fällig, "
+                              "3 überfällig")
+    text = msg.get_content()
+    assert "Überfällig (3, die ersten 2):" in text and "Offen (3, die ersten 2):" in text
+    assert "#10001" in text and "#10003" not in text
