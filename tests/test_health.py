@@ -34,9 +34,9 @@ from maild.intake import Fetched, Intake
 from maild.models import InboundMessage
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-MAIL = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
-        "Subject: App stuerzt ab\r\nMessage-ID: <first@kunde.example>\r\n\r\n"
-        "Die App stuerzt ab.\r\n").encode()
+MAIL = (b"From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
+        b"Subject: App stuerzt ab\r\nMessage-ID: <first@kunde.example>\r\n\r\n"
+        b"Die App stuerzt ab.\r\n")
 
 
 class Desk:
@@ -74,7 +74,8 @@ def test_healthz_answers_200_with_every_part_when_all_works(tmp_path, factory, d
     assert body["database"]["schema"] == health.schema_head()
     assert body["mailbox"]["connected"] and body["mailbox"]["error"] == ""
     assert body["mailbox"]["last_fetch_at"] == "2026-11-26T09:59:50+00:00"
-    assert body["smtp"]["reachable"] and body["smtp"]["last_ok_at"] == "2026-11-26T09:59:40+00:00"
+    assert body["smtp"]["reachable"]
+    assert body["smtp"]["last_ok_at"] == "2026-11-26T09:59:40+00:00"
     assert body["outbox"] == {"pending": 0, "failed": 0, "oldest_pending_at": None,
                               "oldest_pending_seconds": None}
     assert body["quarantine"] == 0
@@ -189,7 +190,8 @@ def test_healthz_turns_503_when_imap_stops_and_200_when_it_is_back(
     config = write_config(
         tmp_path / "maild.toml", imap_port=own_dovecot.port, user=user, password=password,
         smtp_port=smtp.port, database_url=database_url,
-        extra=f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 6000\n[health]\nmailbox_failing_seconds = 0\n')
+        extra=f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 6000\n'
+              '[health]\nmailbox_failing_seconds = 0\n')
     daemon = Daemon(config, tmp_path / "maild.log").start()
     try:
         wait_for_port(port, 30)
@@ -221,7 +223,8 @@ def test_a_wrong_imap_password_turns_healthz_503_and_status_names_it(
     config = write_config(
         tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
         password="not-the-password", smtp_port=smtp.port, database_url=database_url,
-        extra=f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 6000\n[health]\nmailbox_failing_seconds = 2\n')
+        extra=f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 6000\n'
+              '[health]\nmailbox_failing_seconds = 2\n')
     daemon = Daemon(config, tmp_path / "maild.log").start()
     try:
         wait_for_port(port, 30)
