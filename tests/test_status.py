@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+from alembic import command
 from harness import Daemon, customer_mail, free_port, maild, wait_until, write_config
 from sqlalchemy.engine import make_url
 
-from maild import health
+from maild import db, health
 
 
 def status(config) -> tuple[int, dict]:
@@ -92,3 +93,16 @@ def test_status_with_a_broken_config_exits_2(tmp_path):
     path.write_text('[imap]\nhost = "127.0.0.1"\n')
     out = maild("status", config=path)
     assert out.returncode == 2 and "config error" in out.stderr
+
+
+def test_status_on_an_old_schema_says_to_upgrade(tmp_path, database_url):
+    # The database is one migration behind (no heartbeats table yet): named, exit 1.
+    engine = db.make_engine(database_url)
+    command.downgrade(db._alembic_config(engine), "0012")
+    engine.dispose()
+    config = write_config(tmp_path / "maild.toml", imap_port=free_port(), user="u",
+                          password="p", smtp_port=free_port(), database_url=database_url)
+    code, body = status(config)
+    assert code == 1
+    assert body["database"]["schema"] == "0012" and not body["database"]["schema_current"]
+    assert any("run `maild db upgrade`" in p for p in body["problems"]), body["problems"]
