@@ -451,6 +451,13 @@ class HttpSettings(_Section):
             raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:8025, got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _apart(self) -> HttpSettings:
+        if self.metrics_listen and self.metrics_listen == self.listen:
+            raise ValueError("metrics_listen must differ from listen (or be empty: "
+                             "/healthz and /metrics then go on listen)")
+        return self
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:

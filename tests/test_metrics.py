@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from harness import (
     Clock,
     Daemon,
@@ -23,9 +24,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from maild import health, metrics, web
+from maild import config, health, metrics, web
 from maild.config import OutboxSettings, SmtpSettings
 from maild.daemon import build_desk
+from maild.errors import ConfigError
 from maild.outbox import Outbox
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -183,3 +185,17 @@ def test_no_probe_when_switched_off(factory):
     asyncio.run(Outbox(factory, OutboxSettings(), smtp, clock, runtime=runtime).deliver_due())
     assert runtime.smtp_ok_at is None and runtime.smtp_error == ""
 
+
+
+def test_metrics_listen_must_be_an_address_of_its_own():
+    # The same address twice would have the kernel share connections between the pages
+    # and monitoring (SO_REUSEPORT): refused at load, as is an address without a port.
+    base = {"imap": {"host": "127.0.0.1", "username": "u"}, "smtp": {"host": "127.0.0.1"},
+            "support": {"address": "service@example.com"}}
+    with pytest.raises(ConfigError, match=r"\[http\]: .*metrics_listen must differ"):
+        config.from_mapping({**base, "http": {"listen": "127.0.0.1:8025",
+                                              "metrics_listen": "127.0.0.1:8025"}}, "m", {})
+    with pytest.raises(ConfigError, match=r"\[http\] metrics_listen: .*HOST:PORT"):
+        config.from_mapping({**base, "http": {"metrics_listen": "9025"}}, "m", {})
+    assert config.from_mapping({**base, "http": {"metrics_listen": "127.0.0.1:9025"}}, "m",
+                               {}).http.metrics_listen == "127.0.0.1:9025"
