@@ -11,6 +11,7 @@ process of its own, knows when the daemon last looked at the mailbox.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -146,6 +147,7 @@ class Tally:
     breached: int  # open tickets past their first-response promise
 
 
+@functools.cache
 def schema_head() -> str:
     """The newest migration revision this maild knows (read once; it never changes)."""
     cfg = AlembicConfig()

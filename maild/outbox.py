@@ -61,7 +61,8 @@ class Outbox:
         # What /healthz and /metrics read: SMTP reachable or failing, counts.
         self.runtime = runtime or health.Runtime(started_at=clock())
         self.probe_seconds = probe_seconds  # connect this often when idle (0: never)
-        self._contact: datetime | None = None  # the last connection attempt
+        # The last connection attempt; the first probe a few seconds after start-up.
+        self._contact: datetime | None = clock() - timedelta(seconds=probe_seconds - 5.0)
         self._accepted: list[tuple[Claimed, str]] = []  # accepted, not yet recorded as sent
         self._since = 0.0
 

@@ -107,14 +107,15 @@ class Watcher:
         self.runtime.count("mailbox_failures")
 
     async def _heartbeat(self) -> None:
-        """Write the Runtime to the database every HEARTBEAT_SECONDS, and at once when the
-        mailbox or SMTP starts or stops failing (not while standing by: the row belongs to
-        the process that watches), for `maild status`."""
-        written: tuple[object, ...] | None = None
-        last = 0.0
+        """Write the Runtime to the database every HEARTBEAT_SECONDS (the first 3 s after
+        start, out of start-up's way), and at once when the mailbox or SMTP starts or stops
+        failing (not while standing by: the row belongs to the process that watches), for
+        `maild status`."""
+        r = self.runtime
+        written = (r.mailbox_error, r.smtp_error)
+        last = time.monotonic() - health.HEARTBEAT_SECONDS + 3.0  # the first after start-up
         while not self.stop.is_set():
-            r = self.runtime
-            state = (r.mailbox_error, r.last_fetch_at is None, r.smtp_error, r.standby)
+            state = (r.mailbox_error, r.smtp_error)
             due = state != written or time.monotonic() - last >= health.HEARTBEAT_SECONDS
             if due and not r.standby:
                 written, last = state, time.monotonic()  # a failed write waits its turn

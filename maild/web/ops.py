@@ -30,10 +30,10 @@ class Ops:
     limits: HealthSettings
     clock: Callable[[], datetime]
     registry: CollectorRegistry
-    head: str  # the schema this maild needs
 
     async def healthz(self, _request: Request) -> Response:
-        report = await asyncio.to_thread(health.check, self.runtime, self.factory, self.head,
+        head = await asyncio.to_thread(health.schema_head)  # read once, then cached
+        report = await asyncio.to_thread(health.check, self.runtime, self.factory, head,
                                          self.limits, self.clock())
         return JSONResponse(report.body, status_code=200 if report.healthy else 503,
                             headers={"Cache-Control": "no-store"})
@@ -46,8 +46,7 @@ class Ops:
 
 def ops_routes(runtime: health.Runtime, factory: db.SessionFactory, limits: HealthSettings,
                clock: Callable[[], datetime]) -> list[Route]:
-    ops = Ops(runtime, factory, limits, clock, metrics.registry(runtime, factory, clock),
-              health.schema_head())
+    ops = Ops(runtime, factory, limits, clock, metrics.registry(runtime, factory, clock))
     return [Route("/healthz", ops.healthz, methods=["GET", "HEAD"]),
             Route("/metrics", ops.metrics, methods=["GET", "HEAD"])]
 
