@@ -29,6 +29,7 @@ from maild import (
     blobs,
     config,
     db,
+    health,
     imap,
     logs,
     purge,
@@ -38,7 +39,7 @@ from maild import (
 )
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred, StorageUnavailable
-from maild.models import AddressFlag, InboundMessage, OutboxMail
+from maild.models import AddressFlag, Heartbeat, InboundMessage, OutboxMail
 from maild.smtp import SmtpConnection
 from maild.vocab import InboundState, TicketStatus
 
@@ -55,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the daemon in the foreground")
     sub.add_parser("check", help="check the config and reach IMAP, SMTP and the database")
+    stp = sub.add_parser("status", help="is mail flowing? IMAP, SMTP, the daemon's last "
+                         "fetch, backlog, tickets; exit 1 when unhealthy")
+    stp.add_argument("--json", action="store_true", help="machine-readable output")
     dbp = sub.add_parser("db", help="database maintenance")
     dbp.add_subparsers(dest="db_command", required=True).add_parser(
         "upgrade", help="migrate the database to the newest schema")
@@ -189,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.setup(settings.log.level, settings.log.format, logs.secrets_of(settings))
     handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
-        "run": cmd_run, "check": cmd_check, "db": cmd_db_upgrade,
+        "run": cmd_run, "check": cmd_check, "status": cmd_status, "db": cmd_db_upgrade,
         "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
         "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
@@ -203,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MaildError as exc:
         print(f"maild: {exc}", file=sys.stderr)
         code = 1
-    if code and args.command != "check":  # check names the database on its own line
+    if code and args.command not in ("check", "status"):  # they name it on their own
         print(f"maild: database: {_safe_url(settings.database_url)}", file=sys.stderr)
     return code
 
@@ -759,3 +763,120 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 def _counts(counts: dict[str, int]) -> str:
     """'12 tickets, 30 inbound mails, 41 outbox mails'."""
     return ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items())
+
+
+STATUS_TIMEOUT = 10.0  # seconds `maild status` waits for IMAP or SMTP, at most
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Reach IMAP and SMTP (quickly), read the daemon's heartbeat and the counts, judge."""
+    now = datetime.now(UTC)
+    quick = settings.model_copy(update={
+        "imap": settings.imap.model_copy(update={
+            "timeout": min(settings.imap.timeout, STATUS_TIMEOUT)}),
+        "smtp": settings.smtp.model_copy(update={
+            "timeout": min(settings.smtp.timeout, STATUS_TIMEOUT)})})
+    (imap_ok, imap_line, inbox), (smtp_ok, smtp_line) = _status_imap(quick), _check_smtp(quick)
+    found, beat, db_error = _status_database(settings)
+    runtime = health.runtime_of(beat) if beat else health.Runtime(started_at=now)
+    report = health.assess(runtime, found, health.schema_head(), db_error, settings.health,
+                           now)
+    problems = [line for ok, line in ((imap_ok, imap_line), (smtp_ok, smtp_line)) if not ok]
+    silent = beat is None or now - beat.beat_at > health.SILENT_AFTER
+    if found is not None and silent:
+        last = f"last heartbeat {_ago(beat.beat_at, now)}" if beat else "no heartbeat ever"
+        problems.append(f"no maild daemon watches mailbox {settings.imap.mailbox_id} "
+                        f"({last})")
+    problems += report.problems
+    body = {**report.body, "status": "ok" if not problems else "unhealthy",
+            "problems": problems, "config": settings.source,
+            "state_dir": str(settings.state_dir),
+            "imap": {"ok": imap_ok, "detail": imap_line, "inbox": inbox},
+            "smtp_check": {"ok": smtp_ok, "detail": smtp_line},
+            "daemon": _daemon_part(beat, silent)}
+    body["database"]["url"] = _safe_url(settings.database_url)
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(_status_text(body, now))
+    return 1 if problems else 0
+
+
+def _status_imap(settings: Settings) -> tuple[bool, str, int | None]:
+    s = settings.imap
+    try:
+        count = imap.probe(s, lambda box: box.exists)
+    except MaildError as exc:
+        return False, f"imap: {exc}", None
+    return True, f"imap: {s.username}@{s.host}:{s.port} ({s.tls}), folder {s.folder}", count
+
+
+def _status_database(
+    settings: Settings,
+) -> tuple[health.Tally | None, Heartbeat | None, str]:
+    try:
+        engine = db.make_engine(settings.database_url, must_exist=True)
+    except StorageUnavailable as exc:
+        return None, None, _without_secrets(str(exc), settings)
+    try:
+        factory = db.session_factory(engine)
+        found = health.tally(factory)
+        if found.schema != health.schema_head():  # assess() names it; no heartbeats table
+            return found, None, ""
+        return found, health.heartbeat(factory, settings.imap.mailbox_id), ""
+    except MaildError as exc:
+        return None, None, _without_secrets(str(exc), settings)
+    except Exception as exc:  # e.g. an old schema without the heartbeats table
+        return None, None, _without_secrets(f"{type(exc).__name__}: {exc}",
+                                            settings).splitlines()[0]
+    finally:
+        engine.dispose()
+
+
+def _daemon_part(beat: Heartbeat | None, silent: bool) -> dict[str, Any]:
+    if beat is None:
+        return {"running": False, "heartbeat_at": None}
+    return {"running": not silent, "heartbeat_at": beat.beat_at.isoformat(timespec="seconds"),
+            "process": beat.process, "version": beat.version,
+            "started_at": beat.started_at.isoformat(timespec="seconds")}
+
+
+def _ago(when: datetime | str | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    at = datetime.fromisoformat(when) if isinstance(when, str) else when
+    seconds = max(0, round((now - at).total_seconds()))
+    span = f"{seconds} s" if seconds < 120 else f"{seconds // 60} min" if seconds < 7200 \
+        else f"{seconds // 3600} h"
+    return f"{at.isoformat(timespec='seconds')} ({span} ago)"
+
+
+def _status_text(b: dict[str, Any], now: datetime) -> str:
+    """`maild status` for a person: the verdict first, then one line per part."""
+    d, m, daemon = b["database"], b["mailbox"], b["daemon"]
+    lines = [f"maild {b['version']}: {'healthy' if b['status'] == 'ok' else 'UNHEALTHY'}",
+             f"config      {b['config']}", f"state       {b['state_dir']}",
+             f"database    {d['url']}: " + (
+                 f"schema {d['schema']}{'' if d['schema_current'] else ' (not current)'}"
+                 if d["reachable"] else f"unreachable: {d['error']}"),
+             ("ok    " if b["imap"]["ok"] else "FAIL  ") + b["imap"]["detail"],
+             ("ok    " if b["smtp_check"]["ok"] else "FAIL  ") + b["smtp_check"]["detail"]]
+    if daemon["running"]:
+        lines.append(f"daemon      {daemon['process']}, started {daemon['started_at']}, "
+                     f"last fetch {_ago(m['last_fetch_at'], now)}")
+    else:
+        lines.append("daemon      not running (last heartbeat: "
+                     f"{_ago(daemon['heartbeat_at'], now)})")
+    if "outbox" in b:
+        o, t = b["outbox"], b["tickets"]
+        inbox = b["imap"]["inbox"]
+        lines += [
+            f"inbox       {'?' if inbox is None else inbox}, outbox {o['pending']} "
+            f"(oldest unsent: {_ago(o['oldest_pending_at'], now)}), "
+            f"quarantine {b['quarantine']}, undeliverable {o['failed']}",
+            f"tickets     {t['open_total']} open"
+            + (f" ({', '.join(f'{k} {v}' for k, v in sorted(t['open'].items()))})"
+               if t["open"] else "") + f", {t['breached']} breached"]
+    lines += [f"problem     {p}" for p in b["problems"]]
+    lines += [f"warning     {w}" for w in b["warnings"]]
+    return "\n".join(lines)

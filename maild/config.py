@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -436,14 +437,26 @@ class HttpSettings(_Section):
     trusted_proxies: tuple[str, ...] = ()
     # Requests per minute per client address and per link (token bucket).
     rate_per_minute: int = Field(default=60, ge=1)
+    # /healthz and /metrics on an address of their own (then not on `listen`); "" = beside
+    # the pages on `listen`. Served even when enabled = false.
+    metrics_listen: str = ""
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "metrics_listen" and not value:
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:8025, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _apart(self) -> HttpSettings:
+        if self.metrics_listen and self.metrics_listen == self.listen:
+            raise ValueError("metrics_listen must differ from listen (or be empty: "
+                             "/healthz and /metrics then go on listen)")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -463,6 +476,26 @@ class HttpSettings(_Section):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+class HealthSettings(_Section):
+    """When /healthz answers 503 and `maild status` exits 1, and how SMTP is watched."""
+
+    # The mailbox may fail this long (reconnecting) before maild counts as unhealthy.
+    mailbox_failing_seconds: float = Field(default=30.0, ge=0)
+    smtp_failing_seconds: float = Field(default=60.0, ge=0)
+    # The oldest mail waiting in the outbox may be this old.
+    outbox_oldest_minutes: float = Field(default=60.0, gt=0)
+    # With nothing to send, the outbox connects to the SMTP server this often (at most
+    # once a minute), so a broken server shows before a mail waits for it; 0 = never.
+    smtp_probe_seconds: float = Field(default=60.0, ge=0)
+
+    @field_validator("smtp_probe_seconds")
+    @classmethod
+    def _not_too_often(cls, value: float) -> float:
+        if 0 < value < 60:
+            raise ValueError("at most once a minute: 60 or more (or 0 = off)")
+        return value
 
 
 class LogSettings(_Section):
@@ -491,6 +524,7 @@ class Settings(_Section):
     security: SecuritySettings = SecuritySettings()
     paths: PathSettings = PathSettings()
     http: HttpSettings = HttpSettings()
+    health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
     source: str = ""
 

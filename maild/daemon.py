@@ -168,6 +168,8 @@ class Daemon:
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
         # Bound before anything starts: a taken address is a start-up error, not a surprise.
         web_socket = web.bind(s) if s.http.enabled else None
+        ops_socket = web.bind(s, "metrics_listen") if s.http.metrics_listen else None
+        runtime = health.Runtime(started_at=self.clock())
         intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock,
                         workers=s.intake.parse_workers,
                         budget=Budget(s.intake.parse_timeout, s.intake.parse_memory_mb),
@@ -186,21 +188,27 @@ class Daemon:
 
         lock = db.MailboxLock(engine, s.imap.mailbox_id)
         watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock,
-                          lock)
-        outbox = Outbox(factory, s.outbox, s.smtp, self.clock)
+                          lock, runtime=runtime)
+        outbox = Outbox(factory, s.outbox, s.smtp, self.clock, runtime=runtime,
+                        probe_seconds=s.health.smtp_probe_seconds)
         tasks = [
             asyncio.create_task(watcher.run(), name="watcher"),
             asyncio.create_task(self._send_loop(outbox), name="outbox"),
         ]
         site = None
         if web_socket is not None:  # the ticket pages and the escalation link
-            site = web.make_app(desk, factory, s, self.clock, wake_outbox)
+            site = web.make_app(desk, factory, s, self.clock, wake_outbox, runtime=runtime)
             site.pages.env = pages_env
             tasks.append(asyncio.create_task(web.serve(site, web_socket, self.should_exit),
                                              name="web"))
             log.info("web pages on http://%s (links: %s)", s.http.listen, s.support.public_url)
+        if ops_socket is not None:  # /healthz and /metrics on an address of their own
+            ops = web.make_ops_app(runtime, factory, s.health, self.clock)
+            tasks.append(asyncio.create_task(web.serve(ops, ops_socket, self.should_exit),
+                                             name="ops"))
+            log.info("/healthz and /metrics on http://%s", s.http.metrics_listen)
         # The sweeps over deadlines: the first at once (catching up after downtime).
-        sweeper = Sweeper(factory, desk, s.sla, self.clock)
+        sweeper = Sweeper(factory, desk, s.sla, self.clock, runtime=runtime)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(self._sweep, "interval", args=[sweeper], id="sla-sweep",
                           seconds=s.sla.sweep_seconds, next_run_time=datetime.now(UTC),

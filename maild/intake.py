@@ -12,7 +12,7 @@ import secrets
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -78,6 +78,7 @@ class Outcome:
     action: Action
     reason: str = ""
     ticket_number: int | None = None
+    kind: str = ""  # of a processed mail, as recorded (for the metrics)
 
 
 class Intake:
@@ -245,13 +246,17 @@ class Intake:
             return self._record_failure(session, uidvalidity, p, error, now)
 
     def _apply(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
-        assert p.parsed is not None and p.verdict is not None
-        mail, parsed, verdict = p.mail, p.parsed, p.verdict
         existing = _find(session, p.key)
-        done = _already_done(existing, uidvalidity, mail.uid)
+        done = _already_done(existing, uidvalidity, p.mail.uid)
         if done is not None:
             return done
         row = self._row(session, existing, uidvalidity, p, now)
+        return replace(self._apply_to(session, row, p, now), kind=row.kind)
+
+    def _apply_to(self, session: Session, row: InboundMessage, p: Prepared,
+                  now: datetime) -> Outcome:
+        assert p.parsed is not None and p.verdict is not None
+        mail, parsed, verdict = p.mail, p.parsed, p.verdict
         agent, proven, match, account, known = self._read(session, parsed, verdict, now)
         d = decide.decide(verdict, known, self.policy, now)
         row.kind, row.reason, row.finished_at = d.kind, d.reason, now

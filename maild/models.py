@@ -65,6 +65,25 @@ class MailboxState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Heartbeat(Base):
+    """What the daemon watching a mailbox last said of itself (written every few seconds),
+    so that `maild status`, another process, can tell whether mail is flowing."""
+
+    __tablename__ = "heartbeats"
+    mailbox: Mapped[str] = mapped_column(String(300), primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    process: Mapped[str] = mapped_column(String(300), default="")  # host and pid
+    version: Mapped[str] = mapped_column(String(50), default="")
+    last_fetch_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    inbox_waiting: Mapped[int] = mapped_column(Integer, default=0)
+    mailbox_error: Mapped[str] = mapped_column(Text, default="")
+    mailbox_error_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    smtp_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    smtp_error: Mapped[str] = mapped_column(Text, default="")
+    smtp_error_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Counter(Base):
     """Monotonic counters (ticket numbers); incremented under a row lock, never reused."""
 

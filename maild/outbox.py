@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 
-from maild import db
+from maild import db, health
 from maild.config import OutboxSettings, SmtpSettings
 from maild.errors import SmtpDeferred, SmtpRejected
 from maild.models import OutboxMail
@@ -51,12 +51,18 @@ def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None =
 class Outbox:
     def __init__(
         self, factory: db.SessionFactory, settings: OutboxSettings, smtp: SmtpSettings,
-        clock: Callable[[], datetime],
+        clock: Callable[[], datetime], runtime: health.Runtime | None = None,
+        probe_seconds: float = 0.0,
     ) -> None:
         self.factory = factory
         self.settings = settings
         self.smtp = smtp
         self.clock = clock
+        # What /healthz and /metrics read: SMTP reachable or failing, counts.
+        self.runtime = runtime or health.Runtime(started_at=clock())
+        self.probe_seconds = probe_seconds  # connect this often when idle (0: never)
+        # The last connection attempt; the first probe a few seconds after start-up.
+        self._contact: datetime | None = clock() - timedelta(seconds=probe_seconds - 5.0)
         self._accepted: list[tuple[Claimed, str]] = []  # accepted, not yet recorded as sent
         self._since = 0.0
 
@@ -101,6 +107,7 @@ class Outbox:
                     state="sent", sent_at=now, leased_until=None, attempts=mail.attempts + 1,
                     last_error="",
                 ))
+        self.runtime.count("outbox_sent", n=len(sent))
         for mail, answer in sent:
             log.info("mail sent message_id=%s to=%s answer=%s",
                      mail.message_id, ",".join(mail.recipients), answer.splitlines()[0][:80])
@@ -113,9 +120,11 @@ class Outbox:
                                      "last_error": error[:2000]}
         if permanent or give_up:
             values["state"] = "failed"
+            self.runtime.count("outbox_failed")
             log.error("mail failed message_id=%s to=%s: %s",
                       mail.message_id, ",".join(mail.recipients), error)
         else:
+            self.runtime.count("outbox_retries")
             delay = backoff(self.settings, attempts)
             values["next_attempt_at"] = now + timedelta(seconds=delay)
             log.info("mail deferred message_id=%s attempt=%s retry_in=%.0fs: %s",
@@ -139,9 +148,10 @@ class Outbox:
         smtp = SmtpConnection(self.smtp)
         loop = asyncio.get_running_loop()
         self._accepted, self._since = [], loop.time()
-        sent = 0
+        sent, looked = 0, False
         try:
             while claimed := await asyncio.to_thread(self.claim):
+                looked = True
                 leased_at = loop.time()
                 for index, mail in enumerate(claimed):
                     if loop.time() - leased_at > self.settings.lease_seconds / 2:
@@ -159,7 +169,29 @@ class Outbox:
                 await self._record_accepted()
             finally:
                 await smtp.close()
+        if not looked:
+            await self.probe()
         return sent
+
+    async def probe(self) -> None:
+        """With nothing to send: connect to the SMTP server when the last contact is older
+        than `probe_seconds`, so a broken server (or password) shows in /healthz before a
+        mail waits for it, and a mended one shows as mended."""
+        now = self.clock()
+        if not self.probe_seconds or (self._contact is not None and (
+                now - self._contact).total_seconds() < self.probe_seconds):
+            return
+        failing, smtp = bool(self.runtime.smtp_error), SmtpConnection(self.smtp)
+        try:
+            await self._connect(smtp, [])
+        except SmtpDeferred as exc:
+            if not failing:  # once per outage
+                log.warning("SMTP check failed (nothing to send now): %s", exc)
+        else:
+            if failing:
+                log.info("SMTP server reachable again")
+        finally:
+            await smtp.close()
 
     async def _record_accepted(self) -> None:
         accepted, self._accepted = self._accepted, []
@@ -172,12 +204,16 @@ class Outbox:
                 raise
 
     async def _connect(self, smtp: SmtpConnection, waiting: list[Claimed]) -> None:
+        self._contact = self.clock()
         try:
             await smtp.connect()
         except SmtpDeferred as exc:
+            self.runtime.smtp_failed(self.clock(), str(exc))
+            self.runtime.count("smtp_failures")
             for mail in waiting:
                 await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
             raise
+        self.runtime.smtp_ok(self.clock())
 
     async def _send_one(self, smtp: SmtpConnection, mail: Claimed) -> int:
         try:

@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from maild import answers, db, notify, sla, vocab, work
+from maild import answers, db, health, notify, sla, vocab, work
 from maild.config import SlaSettings
 from maild.desk import Desk
 from maild.errors import Temporary
@@ -60,8 +60,9 @@ class Counts:
 
 class Sweeper:
     def __init__(self, factory: db.SessionFactory, desk: Desk, settings: SlaSettings,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], runtime: health.Runtime | None = None) -> None:
         self.factory, self.desk, self.settings, self.clock = factory, desk, settings, clock
+        self.runtime = runtime  # counts warnings and breaches for /metrics
 
     def run(self) -> Counts:
         """One sweep at the clock's `now`; raises only `Temporary` (database down)."""
@@ -80,6 +81,9 @@ class Sweeper:
         if self.settings.digest:
             with db.transaction(self.factory) as session:
                 self._digest(session, now, counts)
+        if self.runtime is not None:
+            self.runtime.count("sla_warnings", n=counts.warnings)
+            self.runtime.count("sla_breaches", n=counts.breaches)
         if counts.any():
             log.info("sweep: %d warnings, %d breaches, %d reminders, %d closed, %d digests",
                      counts.warnings, counts.breaches, counts.reminders, counts.closed,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
 
-from maild import db
+from maild import db, health
 from maild.analyse import Analysis
 from maild.config import ImapSettings, IntakeSettings
 from maild.errors import ImapRejected, ImapUnavailable, Temporary
@@ -63,9 +63,12 @@ class Watcher:
         self, imap: ImapSettings, intake_settings: IntakeSettings, intake: Intake,
         factory: db.SessionFactory, stop: threading.Event,
         on_committed: Callable[[], None], clock: Callable[[], datetime],
-        lock: db.MailboxLock | None = None,
+        lock: db.MailboxLock | None = None, runtime: health.Runtime | None = None,
     ) -> None:
         self.lock = lock
+        # What /healthz, /metrics and the heartbeat row read: fetches, failures, counts.
+        self.runtime = runtime or health.Runtime(started_at=clock())
+        self.runtime.standby = lock is not None  # until the lock is ours
         self.imap = imap
         self.intake_settings = intake_settings
         self.intake = intake
@@ -82,15 +85,18 @@ class Watcher:
 
     async def run(self) -> None:
         delay = Backoff(1.0, 60.0)
+        beating = asyncio.create_task(self._heartbeat(), name="heartbeat")
         while not self.stop.is_set():
             box = ImapMailbox(self.imap)
             try:
                 await asyncio.to_thread(self._session, box)
             except (ImapUnavailable, ImapRejected, Temporary) as exc:
+                self._failed(str(exc))  # at the first failure: /healthz counts from here
                 self._report_outage(str(exc))
                 self.looked.set()
                 await asyncio.to_thread(self.stop.wait, delay.next())
-            except Exception:  # a bug must not stop the intake for good
+            except Exception as exc:  # a bug must not stop the intake for good
+                self._failed(f"{type(exc).__name__}: {exc}")
                 log.exception("mailbox round failed; reconnecting with backoff")
                 self.looked.set()
                 await asyncio.to_thread(self.stop.wait, delay.next())
@@ -98,8 +104,35 @@ class Watcher:
                 delay.reset()
             finally:
                 await asyncio.to_thread(box.close)
+        beating.cancel()
         if self.lock is not None:
             self.lock.release()
+
+    def _failed(self, text: str) -> None:
+        self.runtime.mailbox_failed(self.clock(), text)
+        self.runtime.count("mailbox_failures")
+
+    async def _heartbeat(self) -> None:
+        """Write the Runtime to the database every HEARTBEAT_SECONDS (the first 3 s after
+        start, out of start-up's way), and at once when the mailbox or SMTP starts or stops
+        failing (not while standing by: the row belongs to the process that watches), for
+        `maild status`."""
+        r = self.runtime
+        written = (r.mailbox_error, r.smtp_error)
+        last = time.monotonic() - health.HEARTBEAT_SECONDS + 3.0  # the first after start-up
+        while not self.stop.is_set():
+            state = (r.mailbox_error, r.smtp_error)
+            due = state != written or time.monotonic() - last >= health.HEARTBEAT_SECONDS
+            if due and not r.standby:
+                written, last = state, time.monotonic()  # a failed write waits its turn
+                try:
+                    await asyncio.to_thread(health.beat, self.factory, self.imap.mailbox_id,
+                                            r, self.clock())
+                except Temporary as exc:
+                    log.debug("heartbeat not written: %s", exc)
+                except Exception:  # a bug must not stop the watcher
+                    log.exception("heartbeat not written")
+            await asyncio.sleep(1.0)
 
     def _report_outage(self, text: str) -> None:
         """Warn once per outage; its later variations go to the debug log."""
@@ -118,11 +151,13 @@ class Watcher:
             if self.lock.try_acquire():
                 if waiting:
                     log.info("mailbox lock taken over: watching %s now", self.imap.folder)
+                self.runtime.standby = False
                 return True
             if not waiting:
                 log.info("another maild process watches %s; standing by", self.imap.folder)
                 self.looked.set()
                 waiting = True
+            self.runtime.standby = True
             self.stop.wait(5.0)
         return False
 
@@ -180,6 +215,7 @@ class Watcher:
         """Handle every mail now in the folder, batch by batch; returns the highest UID seen."""
         now = time.monotonic()
         uids = [u for u in box.uids() if u >= start_uid]
+        self.runtime.fetched(self.clock(), len(uids))  # a complete look at the folder
         due = [u for u in uids if self.retry_at.get((box.uidvalidity, u), (0.0, 0))[0] <= now]
         known = self.intake.known(box.uidvalidity, due)
         self._move(box, [Outcome(u, "processed" if s == "processed" else "quarantine")
@@ -187,28 +223,44 @@ class Watcher:
         fresh = [u for u in due if u not in known]
         # A pipeline: batch k+1 is fetched and analysed (parsed in the worker pool) while
         # batch k is committed and moved.
-        pending: tuple[list[Fetched], Future[list[Analysis]]] | None = None
+        pending: tuple[list[Fetched], Future[list[Analysis]], float] | None = None
         sizes = box.sizes(fresh)
         limit = int(self.imap.fetch_batch_mb * 1_000_000)
         for batch in batches([u for u in fresh if u in sizes], sizes, self.imap.batch_size,
                              limit):
             if self.stop.is_set():
                 break
+            started = time.monotonic()
             fetched = box.fetch(batch, sizes)
-            ahead = ((fetched, self.intake.analyse(box.uidvalidity, fetched))
+            self.runtime.count("mails_fetched", n=len(fetched))
+            ahead = ((fetched, self.intake.analyse(box.uidvalidity, fetched), started)
                      if fetched else None)
             if pending is not None:
                 self._finish(box, *pending)
             pending = ahead
         if pending is not None:
             self._finish(box, *pending)
+        self.runtime.inbox_waiting = len(self.retry_at)  # the rest is processed
         return max(uids, default=0)
 
     def _finish(self, box: ImapMailbox, fetched: list[Fetched],
-                analysed: Future[list[Analysis]]) -> None:
+                analysed: Future[list[Analysis]], started: float) -> None:
         outcomes = self.intake.process_batch(box.uidvalidity, fetched, analysed)
         self.on_committed()
+        self._count(outcomes, time.monotonic() - started)
         self._move(box, outcomes)
+
+    def _count(self, outcomes: list[Outcome], seconds: float) -> None:
+        for o in outcomes:
+            if o.action == "processed":
+                self.runtime.count("mails_processed", o.kind or "duplicate")
+                if o.kind in health.AUTOMATIC_KINDS:
+                    self.runtime.count("mails_automatic_unanswered")
+                self.runtime.observe(seconds)
+            elif o.action == "quarantine":
+                self.runtime.count("mails_quarantined")
+            else:
+                self.runtime.count("mails_retried")
 
     def _move(self, box: ImapMailbox, outcomes: list[Outcome]) -> None:
         done = [o.uid for o in outcomes if o.action == "processed"]

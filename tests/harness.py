@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
 import secrets
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes, policy
@@ -574,3 +577,21 @@ def text_of(out: Any) -> str:
     body = message(out).get_body(preferencelist=("plain",))
     assert body is not None
     return str(body.get_content()).replace("\r\n", "\n")
+
+
+def http_get(port: int, path: str) -> tuple[int, str, str]:
+    """A GET against a local listener: (status, content type, body), errors included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=20) as answer:
+            return answer.status, answer.headers.get("Content-Type", ""), answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+
+def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    """/healthz of a daemon: (status, JSON body); (0, {}) while nothing listens."""
+    try:
+        status, _, body = http_get(port, "/healthz")
+    except OSError:
+        return 0, {}
+    return status, json.loads(body)

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from maild import db, links, sla
+from maild import db, health, links, sla
 from maild.config import Settings
 from maild.desk import Desk
 from maild.errors import MaildError
@@ -43,6 +43,7 @@ from maild.web.access import (
 )
 from maild.web.actions import add_information, escalate
 from maild.web.guard import ASGIApp, Guard
+from maild.web.ops import ops_routes
 from maild.web.views import Shown, attachment_of, can_escalate, show
 
 log = logging.getLogger(__name__)
@@ -257,12 +258,17 @@ class Pages:
 
 
 def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
-             clock: Callable[[], datetime], wake: Callable[[], None] | None = None) -> Site:
+             clock: Callable[[], datetime], wake: Callable[[], None] | None = None,
+             runtime: health.Runtime | None = None) -> Site:
     """The web app, buildable without the daemon (tests drive it in-process); `wake` is
-    called after a change that queued mail."""
+    called after a change that queued mail. With the daemon's `runtime`, /healthz and
+    /metrics are served beside the pages (unless `[http] metrics_listen` has them)."""
     pages = Pages(desk, factory, web_config(settings, desk), clock, wake or (lambda: None),
                   page_environment(settings.paths.templates_dir))
+    ops = ops_routes(runtime, factory, settings.health, clock) if (
+        runtime is not None and not settings.http.metrics_listen) else []
     app = Starlette(routes=[
+        *ops,
         Route("/t/{token}", pages.ticket_page, methods=["GET"]),
         Route("/t/{token}", pages.add, methods=["POST"]),
         Route("/t/{token}/files/{file}", pages.download, methods=["GET"]),
@@ -297,11 +303,12 @@ def _handler(pages: Pages, status: int) -> Callable[[Request, Exception], Awaita
 
 # -- inside the daemon ------------------------------------------------------------------
 
-def bind(settings: Settings) -> socket.socket:
-    """The listening socket, bound before anything starts: a clear start-up error when the
-    address is taken or not ours. SO_REUSEPORT: a second maild on the same host (standing
-    by for the mailbox) serves the pages too."""
-    host, port = settings.http.host, settings.http.port
+def bind(settings: Settings, key: str = "listen") -> socket.socket:
+    """The listening socket for `[http] listen` (or `metrics_listen`), bound before anything
+    starts: a clear start-up error when the address is taken or not ours. SO_REUSEPORT: a
+    second maild on the same host (standing by for the mailbox) serves the pages too."""
+    listen = str(getattr(settings.http, key))
+    host, port = listen.rpartition(":")[0].strip("[]"), int(listen.rpartition(":")[2])
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -312,7 +319,7 @@ def bind(settings: Settings) -> socket.socket:
         sock.listen(128)
         sock.setblocking(False)
     except OSError as exc:
-        raise MaildError(f"[http] listen = {settings.http.listen!r}: cannot listen there: "
+        raise MaildError(f"[http] {key} = {listen!r}: cannot listen there: "
                          f"{exc.strerror or exc}") from None
     return sock
 

@@ -152,10 +152,11 @@ class Guard:
                 log.exception("web request failed path=%s", loggable_path(path))
             if not status["code"]:
                 await self.refuse(500)(scope, receive, guarded_send)
-        finally:
-            log.info("web %s %s %s %.0fms client=%s", scope.get("method"),
-                     loggable_path(path), status["code"] or "-",
-                     (time.monotonic() - started) * 1000, client)
+        finally:  # monitoring's frequent polls of /healthz and /metrics: debug only
+            log.log(logging.DEBUG if path in ("/healthz", "/metrics") else logging.INFO,
+                    "web %s %s %s %.0fms client=%s", scope.get("method"),
+                    loggable_path(path), status["code"] or "-",
+                    (time.monotonic() - started) * 1000, client)
 
     def _limited(self, receive: Receive) -> Receive:
         seen = {"bytes": 0}
