@@ -10,7 +10,7 @@ from babel.numbers import format_decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import bounces, links, sla
+from maild import blobs, bounces, links, sla
 from maild.desk import Desk
 from maild.mail import auth, files, language
 from maild.mail.parse import InboundMail, plausible_address
@@ -142,7 +142,10 @@ def enqueue(
         envelope_from=bounces.verp_address(desk.sender.address, mail.message_id)
         if desk.verp else desk.sender.address,
         recipients=reachable or recipients,
-        raw=mail.raw, state="pending" if reachable else "suppressed", attempts=0,
+        # The bytes by reference: written now, synced before this transaction commits.
+        raw_sha256=blobs.stage(session, desk.store, mail.raw, now),
+        verp_token=bounces.verp_token(mail.message_id),
+        state="pending" if reachable else "suppressed", attempts=0,
         next_attempt_at=max(now, not_before or now),
         last_error="" if reachable else "not sent: every recipient is our own address, no "
                                         "address, or marked bouncing "

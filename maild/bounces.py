@@ -31,8 +31,13 @@ def verp_address(support_address: str, message_id: str) -> str:
     """The envelope sender that names the mail it belongs to: `service+b-TOKEN@…`, TOKEN
     the random part of our Message-ID (`<maild.t10001.TOKEN@…>`)."""
     local, _, domain = support_address.partition("@")
-    token = message_id.strip("<>").partition("@")[0].rpartition(".")[2]
-    return f"{local}+b-{token}@{domain}"
+    return f"{local}+b-{verp_token(message_id)}@{domain}"
+
+
+def verp_token(message_id: str) -> str:
+    """The random part of our Message-ID (`<maild.t10001.TOKEN@…>` → TOKEN), kept in the
+    outbox row (indexed) so a bounce to the VERP address finds its mail."""
+    return message_id.strip("<>").partition("@")[0].rpartition(".")[2][:64]
 
 
 def _verp_outbox(session: Session, mail: InboundMail, support: str) -> OutboxMail | None:
@@ -43,7 +48,7 @@ def _verp_outbox(session: Session, mail: InboundMail, support: str) -> OutboxMai
             token = head.removeprefix(f"{local}+b-")
             if token.isalnum():
                 found = session.scalars(select(OutboxMail).where(
-                    OutboxMail.message_id.like(f"%.{token}@%"))).first()
+                    OutboxMail.verp_token == token).order_by(OutboxMail.id)).first()
                 if found is not None:
                     return found
     return None

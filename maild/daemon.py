@@ -159,7 +159,7 @@ class Daemon:
         lock = db.MailboxLock(engine, s.imap.mailbox_id)
         watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock,
                           lock)
-        outbox = Outbox(factory, s.outbox, s.smtp, self.clock)
+        outbox = Outbox(factory, s.outbox, s.smtp, self.clock, desk.store)
         tasks = [
             asyncio.create_task(watcher.run(), name="watcher"),
             asyncio.create_task(self._send_loop(outbox), name="outbox"),
@@ -170,7 +170,7 @@ class Daemon:
                                              name="web"))
             log.info("web pages on http://%s (links: %s)", s.http.listen, s.support.public_url)
         # The sweeps over deadlines: the first at once (catching up after downtime).
-        sweeper = Sweeper(factory, desk, s.sla, self.clock)
+        sweeper = Sweeper(factory, desk, s.sla, self.clock, keep_sent_days=s.outbox.keep_sent_days)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(self._sweep, "interval", args=[sweeper], id="sla-sweep",
                           seconds=s.sla.sweep_seconds, next_run_time=datetime.now(UTC),

@@ -109,8 +109,17 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+READ_ONLY = "maild_read_only"  # connection execution option set by `read_only()`
+
+
 def _sqlite_on_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A reading transaction is a deferred BEGIN: a WAL snapshot that neither waits for
+    # nor blocks the writer; `query_only` makes a write in it an error, not a lock grab.
+    reading = bool(connection.get_execution_options().get(READ_ONLY))
+    if connection.info.get("query_only", False) != reading:
+        connection.exec_driver_sql(f"PRAGMA query_only={int(reading)}")
+        connection.info["query_only"] = reading
+    connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> SessionFactory:
@@ -132,6 +141,22 @@ def transaction(factory: SessionFactory) -> Iterator[Session]:
     try:
         with factory() as session, session.begin():
             yield session
+    except sa_exc.SQLAlchemyError as exc:
+        if is_unavailable(exc):
+            raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
+        raise
+
+
+@contextmanager
+def read_only(factory: SessionFactory) -> Iterator[Session]:
+    """A transaction that only reads: on SQLite it takes no write lock (a deferred BEGIN,
+    writes refused), so it never waits behind the intake's writes nor holds them up.
+    On PostgreSQL it is a plain transaction (readers never block writers there)."""
+    try:
+        with factory() as session:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session
+            session.rollback()  # nothing to keep: ends the snapshot
     except sa_exc.SQLAlchemyError as exc:
         if is_unavailable(exc):
             raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
@@ -162,7 +187,7 @@ def ticket_by_number(session: Session, number: int) -> Ticket | None:
 
 def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
     """The secret `name`, generated once and kept (a race keeps the first one written)."""
-    with transaction(factory) as session:
+    with read_only(factory) as session:
         found = session.scalar(select(AppSecret.value).where(AppSecret.name == name))
         if found:
             return found
@@ -172,7 +197,7 @@ def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
             session.execute(insert(AppSecret).values(name=name, value=value, created_at=now))
     except sa_exc.IntegrityError:
         # Another process wrote it first, if a fresh look finds it; else a real failure.
-        with transaction(factory) as session:
+        with read_only(factory) as session:
             found = session.scalar(select(AppSecret.value).where(AppSecret.name == name))
         if not found:
             raise

@@ -173,7 +173,7 @@ class Intake:
         found: dict[int, str] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
-            with db.transaction(self.factory) as session:
+            with db.read_only(self.factory) as session:
                 rows = session.execute(
                     select(InboundMessage.uid, InboundMessage.state).where(
                         tuple_(InboundMessage.mailbox, InboundMessage.uidvalidity,
