@@ -19,7 +19,7 @@ from test_sweeps import at
 from maild import db
 from maild.daemon import build_desk
 from maild.intake import Fetched, Intake
-from maild.models import Event, InboundMessage, SweepMark, Ticket
+from maild.models import Event, InboundMessage, OutboxMail, SweepMark, Ticket
 from maild.sweeps import _claim
 
 DATA = Path(__file__).parent / "data"
@@ -242,7 +242,7 @@ def test_blobs_gc_deletes_files_nothing_refers_to_after_the_grace(tmp_path, fact
                                                                   database_url):
     # A rejected mail's attachment was written before the decision and is referenced by
     # nothing: `blobs gc` leaves it for the grace hour (a mail in flight), then deletes
-    # it; the raw mail, which its row refers to, stays.
+    # it; the raw mail and our answer, which their rows refer to, stay.
     import os
     import time
 
@@ -255,16 +255,17 @@ def test_blobs_gc_deletes_files_nothing_refers_to_after_the_grace(tmp_path, fact
                                                  attachment=b"unreferenced bytes"), NOW))
     assert outcome.ticket_number is None and "unknown sender" in outcome.reason
     files = sorted(p for p in blob_dir.rglob("*") if p.is_file())
-    assert len(files) == 2
+    assert len(files) == 3  # the mail, its attachment, our answer
     config = cli_config(tmp_path / "cli.toml", database_url, blob_dir)
     assert maild("blobs", "gc", config=config).stdout.startswith("0 unreferenced")
     old = time.time() - 7200
     for path in files:
         os.utime(path, (old, old))
     assert maild("blobs", "gc", config=config).stdout.startswith("1 unreferenced")
-    [left] = [p for p in blob_dir.rglob("*") if p.is_file()]
+    left = {p.name for p in blob_dir.rglob("*") if p.is_file()}
     with db.transaction(factory) as s:
-        assert s.scalars(select(InboundMessage.raw_sha256)).one() == left.name
+        assert left == {s.scalars(select(InboundMessage.raw_sha256)).one(),
+                        s.scalars(select(OutboxMail.raw_sha256)).one()}
 
 
 # -- file modes --------------------------------------------------------------------------------
@@ -373,7 +374,6 @@ def test_our_answer_never_carries_a_hostile_message_id(intake, factory, caplog):
     # acknowledgements' In-Reply-To/References and the log carry only well-formed ids.
     from email import message_from_bytes, policy
 
-    from maild.models import OutboxMail
     caplog.set_level(logging.INFO)
 
     def mail(uid: int, message_id: str, subject: str) -> None:
