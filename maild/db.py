@@ -51,7 +51,9 @@ def make_engine(url: str, *, must_exist: bool = False) -> Engine:
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        event.listen(engine, "begin", _read_only_on_begin)
+        return engine
     except ImportError as exc:
         hint = ("pip install 'maild[postgresql]' and use postgresql+psycopg://…"
                 if url.startswith("postgres") else "maild supports sqlite and postgresql")
@@ -122,6 +124,11 @@ def _sqlite_on_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
+def _read_only_on_begin(connection: Any) -> None:
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
 def session_factory(engine: Engine) -> SessionFactory:
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -151,7 +158,8 @@ def transaction(factory: SessionFactory) -> Iterator[Session]:
 def read_only(factory: SessionFactory) -> Iterator[Session]:
     """A transaction that only reads: on SQLite it takes no write lock (a deferred BEGIN,
     writes refused), so it never waits behind the intake's writes nor holds them up.
-    On PostgreSQL it is a plain transaction (readers never block writers there)."""
+    On PostgreSQL (where readers never wait for writers) it is READ ONLY: a write in it
+    is an error there too, never silently rolled back."""
     try:
         with factory() as session:
             session.connection(execution_options={READ_ONLY: True})
