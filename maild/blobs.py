@@ -205,14 +205,21 @@ def stage(session: Session, store: BlobStore, data: bytes, now: datetime) -> str
     leaves an unreferenced file, which `collect` deletes after its grace."""
     sha = store.put(data, sync=False)
     add_ref(session, sha, len(data), now)
-    if _SYNC_HOOK not in session.info:
-        session.info[_SYNC_HOOK] = True
-
-        def sync(committing: Session) -> None:
-            if not committing.in_nested_transaction():  # a savepoint commits nothing yet
-                store.sync()
-        event.listen(session, "before_commit", sync)
+    sync_before_commit(session, store)
     return sha
+
+
+def sync_before_commit(session: Session, store: BlobStore) -> None:
+    """Make the store's unsynced blobs durable just before `session` commits (once per
+    commit, whatever was written with sync=False meanwhile: one syncfs for all)."""
+    if _SYNC_HOOK in session.info:
+        return
+    session.info[_SYNC_HOOK] = True
+
+    def sync(committing: Session) -> None:
+        if not committing.in_nested_transaction():  # a savepoint commits nothing yet
+            store.sync()
+    event.listen(session, "before_commit", sync)
 
 
 _SYNC_HOOK = "maild.blobs.sync_before_commit"
