@@ -14,9 +14,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Update, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from maild import db
@@ -44,7 +43,7 @@ class Claimed:
     created_at: datetime
 
 
-def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) -> Any:
+def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) -> Update:
     """`UPDATE outbox SET leased_until=lease WHERE id IN (the first `limit` due mails not
     leased) RETURNING …`: one statement, so a row is leased by exactly one claimer."""
     due = aliased(OutboxMail)
