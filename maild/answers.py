@@ -10,7 +10,7 @@ from babel.numbers import format_decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import links, sla, suppression, vocab
+from maild import blobs, links, sla, suppression, vocab
 from maild.desk import Desk
 from maild.mail import auth, files, language, thread
 from maild.mail.parse import InboundMail, plausible_address
@@ -138,7 +138,9 @@ def enqueue(
         envelope_from=suppression.verp_address(desk.sender.address, mail.message_id)
         if desk.verp else desk.sender.address,
         recipients=reachable or recipients,
-        raw=mail.raw, attempts=0,
+        # The bytes by reference: written now, synced before this transaction commits.
+        raw_sha256=blobs.stage(session, desk.store, mail.raw, now),
+        verp_token=suppression.verp_token(mail.message_id), attempts=0,
         state=OutboxState.PENDING if reachable else OutboxState.SUPPRESSED,
         next_attempt_at=max(now, not_before or now),
         last_error="" if reachable else "not sent: every recipient is our own address, no "

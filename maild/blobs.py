@@ -14,17 +14,18 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from maild.errors import StorageUnavailable
-from maild.models import Attachment, Blob, InboundMessage
+from maild.models import Attachment, Blob, InboundMessage, OutboxMail
 
 
 class BlobStore(Protocol):
@@ -84,15 +85,16 @@ class FolderStore:
 
     def sync(self) -> None:
         """Make every blob written with sync=False durable: one syncfs(2) where there is one."""
-        if not self._unsynced:
+        pending = set(self._unsynced)  # another thread may add to it meanwhile
+        if not pending:
             return
         try:
             if not _syncfs(self.root):
-                for path in {*self._unsynced, *(p.parent for p in self._unsynced)}:
+                for path in {*pending, *(p.parent for p in pending)}:
                     _fsync(path)
         except OSError as exc:
             raise StorageUnavailable(f"blob store {self.root}: {exc.strerror or exc}") from exc
-        self._unsynced.clear()
+        self._unsynced.difference_update(pending)
 
     def adopt(self, sha256s: Iterable[str]) -> None:
         """Blobs another process (the parse worker) wrote here with sync=False: made
@@ -184,13 +186,53 @@ def add_ref(session: Session, sha256: str, size: int, now: datetime) -> None:
     session.execute(stmt)
 
 
+def unref(session: Session, shas: Iterable[str | None]) -> list[str]:
+    """Count one use less per sha; the blobs nobody uses any more (their rows deleted):
+    the caller deletes their files after the commit."""
+    orphaned = []
+    for sha, count in Counter(s for s in shas if s).items():
+        session.execute(update(Blob).where(Blob.sha256 == sha).values(refs=Blob.refs - count))
+        if (session.scalar(select(Blob.refs).where(Blob.sha256 == sha)) or 0) <= 0:
+            session.execute(delete(Blob).where(Blob.sha256 == sha))
+            orphaned.append(sha)
+    return orphaned
+
+
+def stage(session: Session, store: BlobStore, data: bytes, now: datetime) -> str:
+    """Store `data` for a row this session is about to commit, and count the reference:
+    the bytes are written at once and made durable before the session commits (one sync
+    for all blobs staged in a transaction). A rollback or a crash before the commit
+    leaves an unreferenced file, which `collect` deletes after its grace."""
+    sha = store.put(data, sync=False)
+    add_ref(session, sha, len(data), now)
+    sync_before_commit(session, store)
+    return sha
+
+
+def sync_before_commit(session: Session, store: BlobStore) -> None:
+    """Make the store's unsynced blobs durable just before `session` commits (once per
+    commit, whatever was written with sync=False meanwhile: one syncfs for all)."""
+    if _SYNC_HOOK in session.info:
+        return
+    session.info[_SYNC_HOOK] = True
+
+    def sync(committing: Session) -> None:
+        if not committing.in_nested_transaction():  # a savepoint commits nothing yet
+            store.sync()
+    event.listen(session, "before_commit", sync)
+
+
+_SYNC_HOOK = "maild.blobs.sync_before_commit"
+
+
 def collect(session: Session, store: FolderStore, older_than: datetime) -> list[Path]:
     """Delete the files no row refers to (attachments of mails that were rejected, bounced
     or our own: written before the decision; crash leftovers) once modified before
     `older_than`, the grace that spares a mail in flight; returns what was deleted."""
     used = {*session.scalars(select(Blob.sha256).where(Blob.refs > 0)),
             *session.scalars(select(InboundMessage.raw_sha256)),
-            *session.scalars(select(Attachment.blob_sha256))}
+            *session.scalars(select(Attachment.blob_sha256)),
+            *session.scalars(select(OutboxMail.raw_sha256))}
     cutoff = older_than.timestamp()
     deleted = []
     for path, mtime in store.files():

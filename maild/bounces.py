@@ -36,7 +36,7 @@ def _verp_outbox(session: Session, mail: InboundMail, support: str) -> OutboxMai
             token = head.removeprefix(f"{local}+b-")
             if token.isalnum():
                 found = session.scalars(select(OutboxMail).where(
-                    OutboxMail.message_id.like(f"%.{token}@%"))).first()
+                    OutboxMail.verp_token == token).order_by(OutboxMail.id)).first()
                 if found is not None:
                     return found
     return None

@@ -381,6 +381,8 @@ class OutboxSettings(_Section):
     batch_size: int = Field(default=50, ge=1)
     lease_seconds: float = Field(default=60.0, gt=0)
     verp: bool = False
+    # The bytes of mails sent (or failed) this many days ago are dropped; the rows stay.
+    keep_sent_days: float = Field(default=30.0, gt=0)
 
 
 class SecuritySettings(_Section):

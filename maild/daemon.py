@@ -189,7 +189,7 @@ class Daemon:
         lock = db.MailboxLock(engine, s.imap.mailbox_id)
         watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock,
                           lock, runtime=runtime)
-        outbox = Outbox(factory, s.outbox, s.smtp, self.clock, runtime=runtime,
+        outbox = Outbox(factory, s.outbox, s.smtp, self.clock, desk.store, runtime=runtime,
                         probe_seconds=s.health.smtp_probe_seconds)
         tasks = [
             asyncio.create_task(watcher.run(), name="watcher"),
@@ -208,7 +208,8 @@ class Daemon:
                                              name="ops"))
             log.info("/healthz and /metrics on http://%s", s.http.metrics_listen)
         # The sweeps over deadlines: the first at once (catching up after downtime).
-        sweeper = Sweeper(factory, desk, s.sla, self.clock, runtime=runtime)
+        sweeper = Sweeper(factory, desk, s.sla, self.clock, runtime=runtime,
+                          keep_sent_days=s.outbox.keep_sent_days)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(self._sweep, "interval", args=[sweeper], id="sla-sweep",
                           seconds=s.sla.sweep_seconds, next_run_time=datetime.now(UTC),

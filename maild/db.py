@@ -51,7 +51,9 @@ def make_engine(url: str, *, must_exist: bool = False) -> Engine:
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        event.listen(engine, "begin", _read_only_on_begin)
+        return engine
     except ImportError as exc:
         hint = ("pip install 'maild[postgresql]' and use postgresql+psycopg://…"
                 if url.startswith("postgres") else "maild supports sqlite and postgresql")
@@ -109,8 +111,22 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+READ_ONLY = "maild_read_only"  # connection execution option set by `read_only()`
+
+
 def _sqlite_on_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A reading transaction is a deferred BEGIN: a WAL snapshot that neither waits for
+    # nor blocks the writer; `query_only` makes a write in it an error, not a lock grab.
+    reading = bool(connection.get_execution_options().get(READ_ONLY))
+    if connection.info.get("query_only", False) != reading:
+        connection.exec_driver_sql(f"PRAGMA query_only={int(reading)}")
+        connection.info["query_only"] = reading
+    connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+
+
+def _read_only_on_begin(connection: Any) -> None:
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def session_factory(engine: Engine) -> SessionFactory:
@@ -132,6 +148,23 @@ def transaction(factory: SessionFactory) -> Iterator[Session]:
     try:
         with factory() as session, session.begin():
             yield session
+    except sa_exc.SQLAlchemyError as exc:
+        if is_unavailable(exc):
+            raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
+        raise
+
+
+@contextmanager
+def read_only(factory: SessionFactory) -> Iterator[Session]:
+    """A transaction that only reads: on SQLite it takes no write lock (a deferred BEGIN,
+    writes refused), so it never waits behind the intake's writes nor holds them up.
+    On PostgreSQL (where readers never wait for writers) it is READ ONLY: a write in it
+    is an error there too, never silently rolled back."""
+    try:
+        with factory() as session:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session
+            session.rollback()  # nothing to keep: ends the snapshot
     except sa_exc.SQLAlchemyError as exc:
         if is_unavailable(exc):
             raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
@@ -162,7 +195,7 @@ def ticket_by_number(session: Session, number: int) -> Ticket | None:
 
 def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
     """The secret `name`, generated once and kept (a race keeps the first one written)."""
-    with transaction(factory) as session:
+    with read_only(factory) as session:
         found = session.scalar(select(AppSecret.value).where(AppSecret.name == name))
         if found:
             return found
@@ -172,7 +205,7 @@ def app_secret(factory: SessionFactory, name: str, now: datetime) -> str:
             session.execute(insert(AppSecret).values(name=name, value=value, created_at=now))
     except sa_exc.IntegrityError:
         # Another process wrote it first, if a fresh look finds it; else a real failure.
-        with transaction(factory) as session:
+        with read_only(factory) as session:
             found = session.scalar(select(AppSecret.value).where(AppSecret.name == name))
         if not found:
             raise

@@ -166,7 +166,7 @@ class Intake:
         found: dict[int, str] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
-            with db.transaction(self.factory) as session:
+            with db.read_only(self.factory) as session:
                 rows = session.execute(
                     select(InboundMessage.uid, InboundMessage.state).where(
                         tuple_(InboundMessage.mailbox, InboundMessage.uidvalidity,
@@ -184,16 +184,18 @@ class Intake:
 
     def process_batch(self, uidvalidity: int, mails: list[Fetched],
                       analysed: Future[list[Analysis]] | None = None) -> list[Outcome]:
-        """Handle fetched mails: pure work and blob writes first, one filesystem sync, then
-        one transaction with a savepoint per mail, so one mail's failure stays its own.
+        """Handle fetched mails: pure work and blob writes first, then one transaction with
+        a savepoint per mail, so one mail's failure stays its own; one filesystem sync of
+        all the blobs (the mails' and their answers') just before it commits.
         Raises only `Temporary`, in which case nothing of the batch was committed."""
         future = analysed or self.analyse(uidvalidity, mails)
         prepared = [self._prepare(mail, a)
                     for mail, a in zip(mails, future.result(), strict=True)]
-        self.desk.store.sync()
         now = self.clock()
         uids = [m.uid for m in mails]
         with db.transaction(self.factory) as session:
+            # The mails' blobs and their answers' bytes: one sync, just before the commit.
+            blobs.sync_before_commit(session, self.desk.store)
             outcomes = [self._decide(session, uidvalidity, p, now) for p in prepared]
             session.execute(delete(ParseAttempt).where(  # the attempts are over
                 ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,

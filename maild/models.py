@@ -307,7 +307,12 @@ class OutboxMail(Base):
     recipient: Mapped[str] = mapped_column(String(320), default="")
     envelope_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # The mail's bytes, in the blob store (`raw_sha256`); rows written before 0013 keep
+    # them here (`raw`). Both NULL: sent and pruned after [outbox] keep_sent_days.
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
+    # The random part of the Message-ID, which the VERP envelope sender names.
+    verp_token: Mapped[str] = mapped_column(String(64), default="", index=True)
     state: Mapped[str] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)

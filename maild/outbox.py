@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Update, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from maild import db, health
+from maild.blobs import BlobStore
 from maild.config import OutboxSettings, SmtpSettings
-from maild.errors import SmtpDeferred, SmtpRejected
+from maild.errors import SmtpDeferred, SmtpRejected, StorageUnavailable
 from maild.models import OutboxMail
 from maild.smtp import SmtpConnection
 
@@ -41,6 +43,22 @@ class Claimed:
     created_at: datetime
 
 
+def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) -> Update:
+    """`UPDATE outbox SET leased_until=lease WHERE id IN (the first `limit` due mails not
+    leased) RETURNING …`: one statement, so a row is leased by exactly one claimer."""
+    due = aliased(OutboxMail)
+    pick = select(due.id).where(
+        due.state == "pending", due.next_attempt_at <= now,
+        or_(due.leased_until.is_(None), due.leased_until < now),
+    ).order_by(due.id).limit(limit)
+    if dialect == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    return (update(OutboxMail).where(OutboxMail.id.in_(pick)).values(leased_until=lease)
+            .returning(OutboxMail.id, OutboxMail.message_id, OutboxMail.envelope_from,
+                       OutboxMail.recipients, OutboxMail.raw, OutboxMail.raw_sha256,
+                       OutboxMail.attempts, OutboxMail.created_at))
+
+
 def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after the `attempts`-th failure: exponential, capped, ±20 % jitter."""
     base: float = min(settings.max_backoff, settings.initial_backoff * 2.0 ** max(attempts - 1, 0))
@@ -51,10 +69,11 @@ def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None =
 class Outbox:
     def __init__(
         self, factory: db.SessionFactory, settings: OutboxSettings, smtp: SmtpSettings,
-        clock: Callable[[], datetime], runtime: health.Runtime | None = None,
-        probe_seconds: float = 0.0,
+        clock: Callable[[], datetime], store: BlobStore,
+        runtime: health.Runtime | None = None, probe_seconds: float = 0.0,
     ) -> None:
         self.factory = factory
+        self.store = store
         self.settings = settings
         self.smtp = smtp
         self.clock = clock
@@ -67,28 +86,44 @@ class Outbox:
         self._since = 0.0
 
     def claim(self) -> list[Claimed]:
-        """Lease up to a batch of due mails (FOR UPDATE SKIP LOCKED where the database has it)."""
+        """Lease up to a batch of due mails in one `UPDATE … RETURNING` (the due rows picked
+        FOR UPDATE SKIP LOCKED where the database has it; SQLite's write lock serialises
+        claimers anyway), then read their bytes from the blob store."""
         now = self.clock()
+        lease = now + timedelta(seconds=self.settings.lease_seconds)
         with db.transaction(self.factory) as session:
-            rows = session.scalars(
-                select(OutboxMail).where(
-                    OutboxMail.state == "pending",
-                    OutboxMail.next_attempt_at <= now,
-                    or_(OutboxMail.leased_until.is_(None), OutboxMail.leased_until < now),
-                ).order_by(OutboxMail.id).limit(self.settings.batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()
-            lease = now + timedelta(seconds=self.settings.lease_seconds)
-            for row in rows:
-                row.leased_until = lease
-            return [
-                Claimed(r.id, r.message_id, r.envelope_from, list(r.recipients), r.raw,
-                        r.attempts, r.created_at)
-                for r in rows
-            ]
+            rows = session.connection().execute(claim_statement(
+                session.get_bind().dialect.name, now, lease, self.settings.batch_size)).all()
+        claimed = []
+        for row in sorted(rows, key=lambda r: r.id):
+            raw = self._bytes(row.raw, row.raw_sha256)
+            if raw is None:
+                self.mark_failed_attempt(Claimed(row.id, row.message_id, row.envelope_from,
+                                                 list(row.recipients), b"", row.attempts,
+                                                 row.created_at),
+                                         "the mail's bytes are missing from the blob store",
+                                         permanent=True)
+                continue
+            claimed.append(Claimed(row.id, row.message_id, row.envelope_from,
+                                   list(row.recipients), raw, row.attempts, row.created_at))
+        return claimed
+
+    def _bytes(self, inline: bytes | None, sha256: str | None) -> bytes | None:
+        """A mail's bytes: in its row (written before 0013) or in the blob store."""
+        if inline is not None:
+            return inline
+        if sha256 is None:
+            return None
+        try:
+            return self.store.get(sha256)
+        except FileNotFoundError:
+            log.error("outgoing mail's blob missing sha256=%s", sha256)
+            return None
+        except OSError as exc:
+            raise StorageUnavailable(f"blob store: {exc.strerror or exc}") from exc
 
     def next_due(self) -> datetime | None:
-        with db.transaction(self.factory) as session:
+        with db.read_only(self.factory) as session:
             return session.scalar(
                 select(func.min(OutboxMail.next_attempt_at)).where(OutboxMail.state == "pending")
             )

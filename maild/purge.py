@@ -12,7 +12,6 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +28,6 @@ from maild.models import (
     AddressFlag,
     Attachment,
     Base,
-    Blob,
     Contact,
     ContactAddress,
     Event,
@@ -76,11 +74,13 @@ def purge_ticket(session: Session, number: int, actor: str, now: datetime) -> Pu
         TicketMessage.ticket_id == ticket.id)))
     raw_shas = list(session.scalars(select(InboundMessage.raw_sha256).where(
         InboundMessage.ticket_id == ticket.id)))
+    outgoing_shas = list(session.scalars(select(OutboxMail.raw_sha256).where(
+        OutboxMail.ticket_id == ticket.id)))
     outgoing = session.execute(delete(OutboxMail).where(OutboxMail.ticket_id == ticket.id))
     attachment_shas = _delete_messages(session, message_ids)
     session.execute(delete(InboundMessage).where(InboundMessage.ticket_id == ticket.id))
     session.execute(delete(Event).where(Event.ticket_id == ticket.id))
-    orphaned = _unref(session, [*attachment_shas, *raw_shas])
+    orphaned = blobs.unref(session, [*attachment_shas, *raw_shas, *outgoing_shas])
     session.delete(ticket)
     result = Purged(number, len(message_ids), len(attachment_shas), len(raw_shas),
                     int(getattr(outgoing, "rowcount", 0) or 0), tuple(orphaned))
@@ -102,13 +102,14 @@ def purge_customer(session: Session, store: BlobStore, address: str, actor: str,
     for number in numbers:
         done = purge_ticket(session, number, actor, now)
         orphaned.extend(done.orphaned_blobs if done else ())
-    mails, shas = _erase_mails(session, store, address)
-    outgoing = _erase_outgoing(session, address)
+    mails, shas = _erase_mails(session, store, address, now)
+    outgoing, outgoing_shas = _erase_outgoing(session, address)
+    shas.extend(outgoing_shas)
     session.execute(delete(AddressFlag).where(func.lower(AddressFlag.address) == address))
     _erase_contact(session, address)
     redacted_mails, more_shas = _redact_stored_mails(session, store, address, now)
     redacted = redacted_mails + _redact_rows(session, address)
-    orphaned.extend(_unref(session, [*shas, *more_shas]))
+    orphaned.extend(blobs.unref(session, [*shas, *more_shas]))
     result = PurgedCustomer(address, tuple(numbers), mails, outgoing, redacted,
                             tuple(dict.fromkeys(orphaned)))
     session.add(Event(ticket_id=None, at=now, actor=actor, kind=EventKind.CUSTOMER_PURGED, detail={
@@ -133,18 +134,8 @@ def _delete_messages(session: Session, message_ids: list[int]) -> list[str]:
     return shas
 
 
-def _unref(session: Session, shas: Iterable[str | None]) -> list[str]:
-    """Count one use less per sha; the blobs nobody uses any more (their rows deleted)."""
-    orphaned = []
-    for sha, count in Counter(s for s in shas if s).items():
-        session.execute(update(Blob).where(Blob.sha256 == sha).values(refs=Blob.refs - count))
-        if (session.scalar(select(Blob.refs).where(Blob.sha256 == sha)) or 0) <= 0:
-            session.execute(delete(Blob).where(Blob.sha256 == sha))
-            orphaned.append(sha)
-    return orphaned
-
-
-def _erase_mails(session: Session, store: BlobStore, address: str) -> tuple[int, list[str]]:
+def _erase_mails(session: Session, store: BlobStore, address: str,
+                 now: datetime) -> tuple[int, list[str]]:
     """The address's own mails on other tickets (as a person copied on them), and the
     mails off any ticket that are from it (quarantined, rejected) or machine mail naming
     it (bounces, copies of ours); another's mail that only names it is cut later."""
@@ -153,9 +144,10 @@ def _erase_mails(session: Session, store: BlobStore, address: str) -> tuple[int,
         TicketMessage.body_text, TicketMessage.subject).where(
         func.lower(TicketMessage.author) == address, TicketMessage.direction == "in")).all()
     shas = _delete_messages(session, [m.id for m in theirs])
-    _cut_words(session, {m.ticket_id for m in theirs},
-               {line.strip() for m in theirs for line in [m.subject, *m.body_text.splitlines()]
-                if len(line.strip()) >= _MIN_LINE})
+    shas.extend(_cut_words(
+        session, store, {m.ticket_id for m in theirs},
+        {line.strip() for m in theirs for line in [m.subject, *m.body_text.splitlines()]
+         if len(line.strip()) >= _MIN_LINE}, now))
     inbound = {m.inbound_id for m in theirs if m.inbound_id is not None}
     for row_id, sha, kind in session.execute(select(
             InboundMessage.id, InboundMessage.raw_sha256, InboundMessage.kind).where(
@@ -171,19 +163,45 @@ def _erase_mails(session: Session, store: BlobStore, address: str) -> tuple[int,
     return len(inbound), shas
 
 
-def _cut_words(session: Session, ticket_ids: set[int], lines: set[str]) -> None:
+def _cut_words(session: Session, store: BlobStore, ticket_ids: set[int], lines: set[str],
+               now: datetime) -> list[str]:
     """Cut the lines of the customer's mails out of what quoted them on other tickets
-    (the agents' notices and answers of those tickets)."""
+    (the agents' notices and answers of those tickets); returns the replaced shas."""
     if not lines:
-        return
+        return []
     cuts = {line: ERASED for line in sorted(lines, key=len, reverse=True)}
     for message in session.scalars(select(TicketMessage).where(
             TicketMessage.ticket_id.in_(ticket_ids))):
         for name in ("subject", "body_text", "new_text"):
             setattr(message, name, _cut(getattr(message, name), cuts))
-    for out in session.scalars(select(OutboxMail).where(OutboxMail.ticket_id.in_(ticket_ids))):
-        out.raw = redact_mail(out.raw, cuts)
+    replaced = [_rewrite_outgoing(session, store, out, cuts, now)
+                for out in session.scalars(select(OutboxMail).where(
+                    OutboxMail.ticket_id.in_(ticket_ids)))]
     session.flush()
+    return [sha for sha in replaced if sha]
+
+
+def _outgoing_bytes(store: BlobStore, out: OutboxMail) -> bytes:
+    """An outgoing mail's bytes, in its row (before 0013) or in the store (b"" if pruned)."""
+    if out.raw is not None:
+        return out.raw
+    if out.raw_sha256 and store.exists(out.raw_sha256):
+        return store.get(out.raw_sha256)
+    return b""
+
+
+def _rewrite_outgoing(session: Session, store: BlobStore, out: OutboxMail,
+                      cuts: dict[str, str], now: datetime) -> str | None:
+    """The outgoing mail redacted; its old blob's sha when one was replaced (to unref)."""
+    raw = _outgoing_bytes(store, out)
+    new = redact_mail(raw, cuts) if raw else raw
+    if new == raw:
+        return None
+    if out.raw is not None:
+        out.raw = new
+        return None
+    old, out.raw_sha256 = out.raw_sha256, blobs.stage(session, store, new, now)
+    return old
 
 
 def _cut(text: str, cuts: dict[str, str]) -> str:
@@ -192,14 +210,15 @@ def _cut(text: str, cuts: dict[str, str]) -> str:
     return text
 
 
-def _erase_outgoing(session: Session, address: str) -> int:
-    """Outgoing mails to the address alone (answers to mails off any ticket, mostly)."""
-    alone = [row_id for row_id, recipients in session.execute(
-        select(OutboxMail.id, OutboxMail.recipients).where(
+def _erase_outgoing(session: Session, address: str) -> tuple[int, list[str]]:
+    """Outgoing mails to the address alone (answers to mails off any ticket, mostly);
+    their count and the shas of their bytes."""
+    alone = {row_id: sha for row_id, recipients, sha in session.execute(
+        select(OutboxMail.id, OutboxMail.recipients, OutboxMail.raw_sha256).where(
             func.lower(cast(OutboxMail.recipients, Text)).like(_like(address), escape="\\")))
-             if {str(r).lower() for r in recipients} == {address}]
-    session.execute(delete(OutboxMail).where(OutboxMail.id.in_(alone)))
-    return len(alone)
+             if {str(r).lower() for r in recipients} == {address}}
+    session.execute(delete(OutboxMail).where(OutboxMail.id.in_(list(alone))))
+    return len(alone), [sha for sha in alone.values() if sha]
 
 
 def _erase_contact(session: Session, address: str) -> None:
@@ -236,8 +255,9 @@ def _redact_stored_mails(session: Session, store: BlobStore, address: str,
         replaced.append(sha)
         count += 1
     for out in _each_outgoing(session):
-        if mentions(out.raw, address):
-            out.raw = redact_mail(out.raw, {address: ERASED_ADDRESS})
+        if mentions(_outgoing_bytes(store, out), address):
+            old = _rewrite_outgoing(session, store, out, {address: ERASED_ADDRESS}, now)
+            replaced.extend([old] if old else [])
             count += 1
     session.flush()
     return count, replaced

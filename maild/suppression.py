@@ -24,8 +24,13 @@ def verp_address(support_address: str, message_id: str) -> str:
     """The envelope sender that names the mail it belongs to: `service+b-TOKEN@…`, TOKEN
     the random part of our Message-ID (`<maild.t10001.TOKEN@…>`)."""
     local, _, domain = support_address.partition("@")
-    token = message_id.strip("<>").partition("@")[0].rpartition(".")[2]
-    return f"{local}+b-{token}@{domain}"
+    return f"{local}+b-{verp_token(message_id)}@{domain}"
+
+
+def verp_token(message_id: str) -> str:
+    """The random part of our Message-ID (`<maild.t10001.TOKEN@…>` → TOKEN), kept in the
+    outbox row (indexed) so a bounce to the VERP address finds its mail."""
+    return message_id.strip("<>").partition("@")[0].rpartition(".")[2][:64]
 
 
 def flag(session: Session, address: str) -> AddressFlag | None:

@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from maild import answers, db, health, notify, sla, vocab, work
+from maild import answers, db, health, notify, retention, sla, vocab, work
 from maild.config import SlaSettings
 from maild.desk import Desk
 from maild.errors import Temporary
@@ -51,6 +51,7 @@ class Counts:
     closed: int = 0
     digests: int = 0
     moot: int = 0
+    pruned: int = 0  # outgoing mails whose bytes were dropped (retention)
     errors: list[str] = field(default_factory=list)
 
     def any(self) -> bool:
@@ -58,11 +59,17 @@ class Counts:
                     or self.digests)
 
 
+PRUNE_EVERY = timedelta(hours=1)  # the retention of outgoing mail, at most this often
+
+
 class Sweeper:
     def __init__(self, factory: db.SessionFactory, desk: Desk, settings: SlaSettings,
-                 clock: Callable[[], datetime], runtime: health.Runtime | None = None) -> None:
+                 clock: Callable[[], datetime], runtime: health.Runtime | None = None, *,
+                 keep_sent_days: float | None = None) -> None:
         self.factory, self.desk, self.settings, self.clock = factory, desk, settings, clock
         self.runtime = runtime  # counts warnings and breaches for /metrics
+        self.keep_sent_days = keep_sent_days  # None: outgoing mail's bytes kept for good
+        self._pruned_at: datetime | None = None
 
     def run(self) -> Counts:
         """One sweep at the clock's `now`; raises only `Temporary` (database down)."""
@@ -84,6 +91,11 @@ class Sweeper:
         if self.runtime is not None:
             self.runtime.count("sla_warnings", n=counts.warnings)
             self.runtime.count("sla_breaches", n=counts.breaches)
+        if self.keep_sent_days and (self._pruned_at is None
+                                    or now - self._pruned_at >= PRUNE_EVERY):
+            counts.pruned = retention.prune_sent(self.factory, self.desk.store,
+                                                 self.keep_sent_days, now)
+            self._pruned_at = now
         if counts.any():
             log.info("sweep: %d warnings, %d breaches, %d reminders, %d closed, %d digests",
                      counts.warnings, counts.breaches, counts.reminders, counts.closed,
@@ -94,7 +106,7 @@ class Sweeper:
         """Unanswered tickets past their lowest warning threshold and not yet warned at
         it: found in one read, so a quiet sweep costs one query, not one per ticket."""
         cal, lowest = self.desk.calendar, self.settings.warn_at[0]
-        with db.transaction(self.factory) as session:
+        with db.read_only(self.factory) as session:
             rows = session.execute(_unanswered().add_columns(
                 Ticket.opened_at, Ticket.first_response_due).where(
                 Ticket.first_response_due > now)).all()
@@ -142,7 +154,7 @@ class Sweeper:
         return [ticket_id for ticket_id, key in due if key not in done]
 
     def _ids(self, query: Any) -> list[int]:
-        with db.transaction(self.factory) as session:
+        with db.read_only(self.factory) as session:
             return list(session.scalars(query.order_by(Ticket.id)))
 
     def _each(self, counts: Counts, ticket_id: int,

@@ -7,7 +7,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from harness import cli_config, offline_settings
+from harness import cli_config, offline_settings, raw_of
 from sqlalchemy import select
 
 from maild import accounts, db
@@ -38,10 +38,11 @@ def mail(sender: str, text: str = "Hallo, die App geht nicht. Viele Grüße", n:
     return Fetched(n, raw, NOW)
 
 
-def answers(factory) -> list[str]:
+def answers(factory, intake: Intake) -> list[str]:
     with db.transaction(factory) as s:
-        return [message_from_bytes(o.raw, policy=policy.default).get_body(("plain",))
-                .get_content() for o in s.scalars(select(OutboxMail).order_by(OutboxMail.id))]
+        return [message_from_bytes(raw_of(o, intake.desk.store), policy=policy.default)
+                .get_body(("plain",)).get_content()
+                for o in s.scalars(select(OutboxMail).order_by(OutboxMail.id))]
 
 
 def test_import_is_an_idempotent_upsert_with_errors_per_line(factory):
@@ -91,7 +92,7 @@ def test_sender_matched_by_alias_gets_account_facts_language_and_tier(
         assert t.facts["company"] == "Kunde GmbH"
         assert t.facts["contact_name"] == "Anna Berger"
         assert "company" not in t.missing
-    assert "Hinweis: Deine Absenderadresse" not in answers(factory)[0]
+    assert "Hinweis: Deine Absenderadresse" not in answers(factory, intake)[0]
 
 
 def test_accept_policy_flags_unverified_and_asks_for_the_official_address(
@@ -102,14 +103,14 @@ def test_accept_policy_flags_unverified_and_asks_for_the_official_address(
     with db.transaction(factory) as s:
         t = s.scalars(select(Ticket)).one()
         assert not t.verified and t.contact_id is None
-    assert "von Deiner offiziellen E-Mail-Adresse" in answers(factory)[0]
+    assert "von Deiner offiziellen E-Mail-Adresse" in answers(factory, intake)[0]
 
 
 def test_no_official_address_hint_while_the_account_book_is_empty(
         tmp_path, factory, database_url):
     intake = make_intake(tmp_path, factory, database_url)
     intake.process(1, mail("stranger@somewhere.example"))
-    assert "offiziellen E-Mail-Adresse" not in answers(factory)[0]
+    assert "offiziellen E-Mail-Adresse" not in answers(factory, intake)[0]
 
 
 def test_domain_policy_matches_the_company(tmp_path, factory, database_url):
@@ -134,7 +135,7 @@ def test_reject_policy_answers_politely_without_a_ticket(tmp_path, factory, data
         rejected = s.scalars(select(OutboxMail).where(OutboxMail.kind == "reject")).one()
         assert rejected.recipients == ["stranger@somewhere.example"]
         assert rejected.ticket_id is None
-    msg = message_from_bytes(rejected.raw, policy=policy.default)
+    msg = message_from_bytes(raw_of(rejected, intake.desk.store), policy=policy.default)
     assert msg["Auto-Submitted"] == "auto-replied" and "[#" not in msg["Subject"]
     assert "kein Support-Ticket angelegt" in msg.get_body(("plain",)).get_content()
 

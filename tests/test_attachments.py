@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from harness import cli_config, offline_settings, wait_until
+from harness import cli_config, offline_settings, raw_of, wait_until
 from sqlalchemy import select
 
 from maild import db
@@ -136,7 +136,8 @@ def test_oversized_file_is_recorded_not_stored_and_the_customer_told(intake, fac
         assert rows["huge.pdf"].size == len(big)
         assert rows["shot.png"].blob_sha256 is not None
         ack = s.scalars(select(OutboxMail)).one()
-    text = email.message_from_bytes(ack.raw, policy=email.policy.default).get_body(
+    text = email.message_from_bytes(raw_of(ack, intake.desk.store),
+                                    policy=email.policy.default).get_body(
         ("plain",)).get_content().replace("\r\n", "\n")
     # An unverified sender: counted, not named (the names could carry a stranger's words).
     assert "Anhänge:      1 Datei" in text and "shot.png" not in text

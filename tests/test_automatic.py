@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from email import policy
 
 import pytest
-from harness import cli_config, maild, offline_settings
+from harness import cli_config, maild, offline_settings, with_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -97,7 +97,8 @@ class Desk:
     def outbox(self, *kinds: str) -> list[OutboxMail]:
         with db.transaction(self.factory) as s:
             q = select(OutboxMail).order_by(OutboxMail.id)
-            return list(s.scalars(q.where(OutboxMail.kind.in_(kinds)) if kinds else q))
+            return with_bytes(list(s.scalars(q.where(OutboxMail.kind.in_(kinds))
+                                             if kinds else q)), self.intake.desk.store)
 
     def tickets(self) -> list[Ticket]:
         with db.transaction(self.factory) as s:

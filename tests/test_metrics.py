@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from maild import config, health, metrics, web
+from maild import blobs, config, health, metrics, web
 from maild.config import OutboxSettings, SmtpSettings
 from maild.daemon import build_desk
 from maild.errors import ConfigError
@@ -151,14 +151,16 @@ def test_each_app_has_its_own_registry(tmp_path, factory, database_url):
     assert {name for name, _ in one.counts} <= set(metrics.COUNTERS)
 
 
-def test_the_idle_outbox_probes_smtp_at_most_every_probe_seconds(factory):
+def test_the_idle_outbox_probes_smtp_at_most_every_probe_seconds(factory, tmp_path):
     # Nothing to send: the outbox still connects now and then, so a broken SMTP server
     # shows in /healthz before a mail waits for it, and a mended one shows as mended.
     clock = Clock(NOW)
     capture = SmtpCapture().start()
     runtime = health.Runtime(started_at=NOW)
     smtp = SmtpSettings(host="127.0.0.1", port=capture.port, tls="none", timeout=5)
-    outbox = Outbox(factory, OutboxSettings(), smtp, clock, runtime=runtime, probe_seconds=60)
+    store = blobs.FolderStore(tmp_path / "blobs")
+    outbox = Outbox(factory, OutboxSettings(), smtp, clock, store, runtime=runtime,
+                    probe_seconds=60)
     try:
         asyncio.run(outbox.deliver_due())  # just started: the first look comes 5 s later
         assert runtime.smtp_ok_at is None
@@ -181,11 +183,13 @@ def test_the_idle_outbox_probes_smtp_at_most_every_probe_seconds(factory):
         capture.stop()
 
 
-def test_no_probe_when_switched_off(factory):
+def test_no_probe_when_switched_off(factory, tmp_path):
     clock = Clock(NOW)
     runtime = health.Runtime(started_at=NOW)
     smtp = SmtpSettings(host="127.0.0.1", port=free_port(), tls="none", timeout=5)
-    asyncio.run(Outbox(factory, OutboxSettings(), smtp, clock, runtime=runtime).deliver_due())
+    store = blobs.FolderStore(tmp_path / "blobs")
+    asyncio.run(Outbox(factory, OutboxSettings(), smtp, clock, store,
+                       runtime=runtime).deliver_due())
     assert runtime.smtp_ok_at is None and runtime.smtp_error == ""
 
 

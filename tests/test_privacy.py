@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import offline_settings
+from harness import offline_settings, raw_of
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from test_sweeps import Desk as SweepDesk
@@ -20,7 +20,7 @@ from maild import db, suppression
 from maild.daemon import build_desk
 from maild.intake import Intake
 from maild.mail.fetched import Fetched
-from maild.models import Event, InboundMessage, SweepMark, Ticket
+from maild.models import Event, InboundMessage, OutboxMail, SweepMark, Ticket
 from maild.sweeps import _claim
 
 DATA = Path(__file__).parent / "data"
@@ -243,7 +243,7 @@ def test_blobs_gc_deletes_files_nothing_refers_to_after_the_grace(tmp_path, fact
                                                                   database_url):
     # A rejected mail's attachment was written before the decision and is referenced by
     # nothing: `blobs gc` leaves it for the grace hour (a mail in flight), then deletes
-    # it; the raw mail, which its row refers to, stays.
+    # it; the raw mail and our answer, which their rows refer to, stay.
     import os
     import time
 
@@ -256,16 +256,17 @@ def test_blobs_gc_deletes_files_nothing_refers_to_after_the_grace(tmp_path, fact
                                                  attachment=b"unreferenced bytes"), NOW))
     assert outcome.ticket_number is None and "unknown sender" in outcome.reason
     files = sorted(p for p in blob_dir.rglob("*") if p.is_file())
-    assert len(files) == 2
+    assert len(files) == 3  # the mail, its attachment, our answer
     config = cli_config(tmp_path / "cli.toml", database_url, blob_dir)
     assert maild("blobs", "gc", config=config).stdout.startswith("0 unreferenced")
     old = time.time() - 7200
     for path in files:
         os.utime(path, (old, old))
     assert maild("blobs", "gc", config=config).stdout.startswith("1 unreferenced")
-    [left] = [p for p in blob_dir.rglob("*") if p.is_file()]
+    left = {p.name for p in blob_dir.rglob("*") if p.is_file()}
     with db.transaction(factory) as s:
-        assert s.scalars(select(InboundMessage.raw_sha256)).one() == left.name
+        assert left == {s.scalars(select(InboundMessage.raw_sha256)).one(),
+                        s.scalars(select(OutboxMail.raw_sha256)).one()}
 
 
 # -- file modes --------------------------------------------------------------------------------
@@ -374,7 +375,6 @@ def test_our_answer_never_carries_a_hostile_message_id(intake, factory, caplog):
     # acknowledgements' In-Reply-To/References and the log carry only well-formed ids.
     from email import message_from_bytes, policy
 
-    from maild.models import OutboxMail
     caplog.set_level(logging.INFO)
 
     def mail(uid: int, message_id: str, subject: str) -> None:
@@ -391,10 +391,11 @@ def test_our_answer_never_carries_a_hostile_message_id(intake, factory, caplog):
                          .order_by(OutboxMail.id)).all()
         assert s.scalars(select(InboundMessage.message_id).order_by(InboundMessage.id)
                          ).all() == [None, "<m2@evil.example>"]
-    first, second = (message_from_bytes(a.raw, policy=policy.default) for a in acks)
+    raws = [raw_of(a, intake.desk.store) for a in acks]
+    first, second = (message_from_bytes(raw, policy=policy.default) for raw in raws)
     assert first["In-Reply-To"] is None and first["References"] is None
     assert second["In-Reply-To"] == "<m2@evil.example>"
     assert second["References"] == "<fine@evil.example> <m2@evil.example>"
-    for ack in acks:
-        assert b"\x1b" not in ack.raw and b"x" * 1200 not in ack.raw
+    for raw in raws:
+        assert b"\x1b" not in raw and b"x" * 1200 not in raw
     assert not [r for r in caplog.records if "\x1b" in r.getMessage()]

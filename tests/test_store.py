@@ -8,7 +8,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from harness import cli_config, offline_settings
+from harness import cli_config, offline_settings, raw_of
 from sqlalchemy import func, select
 
 from maild import blobs, db
@@ -82,7 +82,7 @@ def test_new_mail_becomes_ticket_message_attachment_and_one_answer(intake, facto
         assert (inbound.state, inbound.uid, inbound.uidvalidity) == ("processed", 1, 7)
         out = s.scalars(select(OutboxMail)).one()
         assert out.recipients == ["bob.smith@customer.example"] and out.state == "pending"
-        assert b"[#10001]" in out.raw
+        assert b"[#10001]" in raw_of(out, intake.desk.store)
         assert s.scalars(select(Event.kind)).all() == ["created"]
         # the raw mail is kept, so the ticket can always be rebuilt
         assert intake.desk.store.get(inbound.raw_sha256) == raw
@@ -105,7 +105,7 @@ def test_facts_missing_facts_and_priority_are_stored(intake, factory):
                                                       TicketMessage.direction == "in")).one()
         assert first.facts == app.facts
         [ack] = [o for o in s.scalars(select(OutboxMail)) if o.ticket_id == outage.id]
-        text = message_from_bytes(ack.raw, policy=policy.default).get_body(
+        text = message_from_bytes(raw_of(ack, intake.desk.store), policy=policy.default).get_body(
             ("plain",)).get_content()
         assert "fehlen uns noch ein paar Angaben" in text
         assert "die Version unserer Software bzw. App" in text
@@ -134,7 +134,7 @@ def test_same_mail_twice_gives_one_ticket_and_one_answer(intake, factory):
     assert intake.known(7, [1, 2, 3]) == {1: "processed"}
     assert count(factory, Ticket) == 1 and count(factory, OutboxMail) == 1
     with db.transaction(factory) as s:
-        assert s.scalars(select(Blob.refs)).all() == [1]
+        assert s.scalars(select(Blob.refs)).all() == [1, 1]  # the mail and the answer
 
 
 def test_automatic_mail_is_recorded_but_not_answered(intake, factory):

@@ -12,7 +12,7 @@ from email import policy
 from zoneinfo import ZoneInfo
 
 import pytest
-from harness import Clock, cli_config, maild, offline_settings
+from harness import Clock, cli_config, maild, offline_settings, raw_of, with_bytes
 from sqlalchemy import select
 
 from maild import db, sweeps
@@ -78,8 +78,8 @@ class Desk:
 
     def outbox(self, *kinds: str) -> list[OutboxMail]:
         with db.transaction(self.factory) as s:
-            return list(s.scalars(select(OutboxMail).where(OutboxMail.kind.in_(kinds))
-                                  .order_by(OutboxMail.id)))
+            return with_bytes(list(s.scalars(select(OutboxMail).where(
+                OutboxMail.kind.in_(kinds)).order_by(OutboxMail.id))), self.intake.desk.store)
 
     def ticket(self, number: int = 10001) -> Ticket:
         with db.transaction(self.factory) as s:
@@ -231,7 +231,7 @@ def test_a_shorter_promise_for_urgent_tickets(tmp_path, factory, database_url):
     assert t.priority == "urgent" and t.first_response_due == at(2026, 11, 26, 12, 0)
     with db.transaction(desk.factory) as s:
         ack = s.scalars(select(OutboxMail).where(OutboxMail.kind == "ack")).one()
-    msg = email.message_from_bytes(ack.raw, policy=policy.default)
+    msg = email.message_from_bytes(raw_of(ack, desk.intake.desk.store), policy=policy.default)
     assert "innerhalb von 2 Stunden" in msg.get_body(preferencelist=("plain",)).get_content()
 
 

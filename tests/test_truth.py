@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from harness import Clock, cli_config, maild, offline_settings, text_of
+from harness import Clock, cli_config, maild, offline_settings, text_of, with_bytes
 from sqlalchemy import select
 
 from maild import config as config_module
@@ -94,8 +94,8 @@ class Desk:
 
     def outbox(self, kind: str) -> list[OutboxMail]:
         with db.transaction(self.factory) as s:
-            return list(s.scalars(select(OutboxMail).where(OutboxMail.kind == kind)
-                                  .order_by(OutboxMail.id)))
+            return with_bytes(list(s.scalars(select(OutboxMail).where(
+                OutboxMail.kind == kind).order_by(OutboxMail.id))), self.desk.store)
 
 
 def customer(lang: str = "de", attachment: bytes = b"") -> str:

@@ -33,6 +33,7 @@ from harness import (
     rows,
     wait_for_port,
     wait_until,
+    with_bytes,
     write_config,
 )
 from sqlalchemy import func, select, update
@@ -84,7 +85,8 @@ class Site:
     def outbox(self, kind: str | None = None) -> list[OutboxMail]:
         with db.transaction(self.factory) as s:
             query = select(OutboxMail).order_by(OutboxMail.id)
-            return list(s.scalars(query.where(OutboxMail.kind == kind) if kind else query))
+            return with_bytes(list(s.scalars(query.where(OutboxMail.kind == kind)
+                                             if kind else query)), self.desk.store)
 
     def ticket(self, number: int = 10001) -> Ticket:
         with db.transaction(self.factory) as s:

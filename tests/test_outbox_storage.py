@@ -1,0 +1,327 @@
+"""Outgoing mail's storage: claimed with one statement, bytes by reference in the blob
+store, pruned after the retention period, bounces found by the VERP token; both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from harness import PG_ADMIN_URL, Clock, offline_settings
+from sqlalchemy import select, text, update
+from sqlalchemy.engine import make_url
+
+from maild import answers, db, suppression
+from maild.blobs import collect
+from maild.daemon import build_desk
+from maild.errors import ConfigError, StorageUnavailable
+from maild.intake import Fetched, Intake
+from maild.mail.render import Rendered
+from maild.models import Blob, OutboxMail, TicketMessage, UTCDateTime
+from maild.outbox import Outbox
+from maild.sweeps import Sweeper
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+CUSTOMER = ("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
+            "Subject: Export bricht ab\r\nMessage-ID: <{n}@kunde.example>\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nDer Export bricht ab.\r\n")
+
+
+class Desk:
+    """A desk on the test database whose outbox sends to the SMTP capture (if given)."""
+
+    def __init__(self, tmp_path: Path, factory, database_url: str, smtp_port: int = 1,
+                 **sections) -> None:
+        self.clock = Clock(NOW)
+        self.blob_dir = tmp_path / "blobs"
+        self.settings = offline_settings(
+            database_url, self.blob_dir,
+            smtp={"host": "127.0.0.1", "port": smtp_port, "tls": "none", "timeout": 10},
+            **sections)
+        self.factory = factory
+        self.desk = build_desk(self.settings, factory, NOW)
+        self.store = self.desk.store
+        self.intake = Intake(factory, self.desk, "INBOX", 3, self.clock)
+        self.uid = 0
+
+    def outbox(self, factory=None) -> Outbox:
+        return Outbox(factory or self.factory, self.settings.outbox, self.settings.smtp,
+                      self.clock, self.store)
+
+    def enqueue(self, n: int, to: str = "anna@kunde.example") -> str:
+        """Queue a mail the way every answer is queued; returns its Message-ID."""
+        message_id = f"<maild.t{n}.{secrets.token_hex(10)}@example.com>"
+        raw = (f"From: service@example.com\r\nTo: {to}\r\nSubject: Antwort {n}\r\n"
+               f"Message-ID: {message_id}\r\n\r\nHallo Nr. {n}\r\n").encode()
+        with db.transaction(self.factory) as s:
+            answers.enqueue(s, self.desk, Rendered(message_id, f"Antwort {n}", "Hallo", raw),
+                            [to], None, "reject", self.clock(), automatic=True)
+        return message_id
+
+    def feed(self, raw: str):
+        self.uid += 1
+        return self.intake.process(1, Fetched(self.uid, raw.encode(), self.clock()))
+
+    def row(self, message_id: str) -> OutboxMail:
+        with db.transaction(self.factory) as s:
+            return s.scalars(select(OutboxMail).where(
+                OutboxMail.message_id == message_id)).one()
+
+    def files(self) -> set[str]:
+        return {p.name for p in self.blob_dir.rglob("*") if p.is_file()}
+
+
+def test_each_due_mail_is_claimed_by_exactly_one_of_two_concurrent_claimers(
+        tmp_path, factory, database_url):
+    # Two processes claim from one outbox at the same moment, in small batches: every
+    # due mail is leased by one of them, none by both, none forgotten.
+    desk = Desk(tmp_path, factory, database_url, outbox={"batch_size": 3})
+    queued = {desk.enqueue(n) for n in range(40)}
+    engines = [db.make_engine(database_url) for _ in range(2)]
+    claimed: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def claimer(index: int) -> None:
+        outbox = desk.outbox(db.session_factory(engines[index]))
+        start.wait()
+        while batch := outbox.claim():
+            claimed[index].extend(m.message_id for m in batch)
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    first, second = (set(c) for c in claimed)
+    assert len(claimed[0]) == len(first) and len(claimed[1]) == len(second)
+    assert first.isdisjoint(second) and first | second == queued
+    # Leased: nothing is due again until the lease ends.
+    assert desk.outbox().claim() == []
+    desk.clock.now += timedelta(seconds=desk.settings.outbox.lease_seconds + 1)
+    assert {m.message_id for m in desk.outbox().claim()} <= queued
+
+
+def test_a_queued_mail_is_kept_in_the_blob_store_and_sent_with_its_exact_bytes(
+        tmp_path, factory, database_url, smtp):
+    # The row refers to the bytes (one copy, in the blob store); what reaches the SMTP
+    # server is exactly those bytes.
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port)
+    message_id = desk.enqueue(1)
+    row = desk.row(message_id)
+    assert row.raw is None and row.raw_sha256 in desk.files()
+    kept = desk.store.get(row.raw_sha256)
+    assert f"Message-ID: {message_id}".encode() in kept
+    with db.transaction(factory) as s:
+        assert s.get(Blob, row.raw_sha256).refs == 1
+    assert asyncio.run(desk.outbox().deliver_due()) == 1
+    [mail] = smtp.wait_for(1)
+    assert mail.raw.replace(b"\r\n", b"\n") == kept.replace(b"\r\n", b"\n")
+    assert mail.recipients == ["anna@kunde.example"]
+    assert desk.row(message_id).state == "sent"
+
+
+CRASH = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from harness import offline_settings
+from maild import answers, db
+from maild.daemon import build_desk
+from maild.mail.render import Rendered
+from datetime import datetime, UTC
+now = datetime.now(UTC)
+engine = db.make_engine({url!r})
+factory = db.session_factory(engine)
+desk = build_desk(offline_settings({url!r}, {blobs!r}), factory, now)
+raw = b"From: service@example.com\\r\\nTo: anna@kunde.example\\r\\n\\r\\ncrash\\r\\n"
+with db.transaction(factory) as s:
+    answers.enqueue(s, desk, Rendered("<maild.crash.c0ffee@example.com>", "x", "crash", raw),
+                    ["anna@kunde.example"], None, "reject", now, automatic=True)
+    s.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # after the blob is written, before the commit
+"""
+
+
+def test_a_crash_between_blob_write_and_commit_leaves_no_row_and_gc_collects_the_orphan(
+        tmp_path, factory, database_url):
+    # maild dies after writing the mail's bytes, before its row is committed: no row, no
+    # mail sent; the file nothing refers to is deleted by `blobs gc` once its grace is over,
+    # while a queued mail's file is never collected, however old.
+    desk = Desk(tmp_path, factory, database_url)
+    kept = desk.row(desk.enqueue(1)).raw_sha256
+    script = CRASH.format(tests=str(Path(__file__).parent), url=database_url,
+                          blobs=str(desk.blob_dir))
+    died = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert died.returncode == -9, died.stderr.decode()
+    with db.transaction(factory) as s:  # only the mail queued before: the crash left none
+        assert s.scalars(select(OutboxMail.raw_sha256)).all() == [kept]
+    [orphan] = desk.files() - {kept}
+    grace = datetime.now(UTC) - timedelta(hours=1)
+    with db.transaction(factory) as s:
+        assert collect(s, desk.store, grace) == []  # in its grace: maybe a mail in flight
+    old = time.time() - 7200
+    for name in (orphan, kept):
+        os.utime(desk.blob_dir / name[:2] / name[2:4] / name, (old, old))
+    with db.transaction(factory) as s:
+        assert [p.name for p in collect(s, desk.store, grace)] == [orphan]
+    assert desk.files() == {kept}
+
+
+def test_retention_drops_the_bytes_of_old_sent_mail_and_keeps_the_row(
+        tmp_path, factory, database_url):
+    # After keep_sent_days the bytes of sent and failed mails go; the rows stay (Message-ID,
+    # recipients, VERP token: a late bounce still finds its mail); unsent mail keeps its
+    # bytes, however old.
+    desk = Desk(tmp_path, factory, database_url, outbox={"keep_sent_days": 30, "verp": True})
+    desk.feed(CUSTOMER.format(n="c1"))
+    with db.transaction(factory) as s:
+        ack = s.scalars(select(OutboxMail).where(OutboxMail.kind == "ack")).one()
+    old_sent, old_failed, recent, unsent = (desk.enqueue(n) for n in range(4))
+    with db.transaction(factory) as s:
+        for message_id, state, sent_at in [
+                (ack.message_id, "sent", NOW), (old_sent, "sent", NOW),
+                (old_failed, "failed", None), (recent, "sent", NOW + timedelta(days=20))]:
+            s.execute(update(OutboxMail).where(OutboxMail.message_id == message_id)
+                      .values(state=state, sent_at=sent_at))
+    sha = {m: desk.row(m).raw_sha256 for m in (ack.message_id, old_sent, old_failed)}
+    before = desk.files()
+    desk.clock.now = NOW + timedelta(days=31)
+    sweeper = Sweeper(factory, desk.desk, desk.settings.sla, desk.clock,
+                      keep_sent_days=desk.settings.outbox.keep_sent_days)
+    assert sweeper.run().pruned == 3
+    for message_id in (ack.message_id, old_sent, old_failed):
+        row = desk.row(message_id)
+        assert row.raw is None and row.raw_sha256 is None
+        assert row.verp_token == suppression.verp_token(message_id) and row.recipients
+    for message_id in (recent, unsent):
+        assert desk.store.get(desk.row(message_id).raw_sha256)
+    assert before - desk.files() == set(sha.values())  # the files are deleted too
+    with db.transaction(factory) as s:
+        assert s.scalars(select(Blob.sha256).where(Blob.sha256.in_(sha.values()))).all() == []
+    assert sweeper.run().pruned == 0  # once an hour at most, and nothing left anyway
+    # A bounce of the acknowledgement, sent to its VERP address, still lands on the ticket.
+    outcome = desk.feed(dsn_mail(ack.envelope_from))
+    assert outcome.ticket_number == 10001 and "permanent" in outcome.reason
+    with db.transaction(factory) as s:
+        assert s.scalars(select(TicketMessage.kind).where(TicketMessage.kind == "bounce")
+                         ).all() == ["bounce"]
+
+
+def test_keep_sent_days_must_be_positive(tmp_path):
+    # A retention of zero days would drop a mail's bytes as soon as it is sent: refused.
+    from maild.config import load
+    path = tmp_path / "maild.toml"
+    path.write_text('[imap]\nhost = "h"\nusername = "u"\n[smtp]\nhost = "h"\n'
+                    '[support]\naddress = "service@example.com"\n'
+                    '[outbox]\nkeep_sent_days = 0\n')
+    with pytest.raises(ConfigError, match="keep_sent_days"):
+        load(path, environ={})
+
+
+def dsn_mail(to: str) -> str:
+    """A report, without the original's Message-ID, that anna's mailbox is unknown."""
+    return (
+        f"From: MAILER-DAEMON@mx.kunde.example\r\nTo: {to}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\n"
+        "Message-ID: <bounce.1@mx.kunde.example>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you ...\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.kunde.example\r\n\r\n"
+        "Final-Recipient: rfc822; anna@kunde.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--B--\r\n")
+
+
+# -- read-only transactions --------------------------------------------------------------------
+
+def test_a_read_only_transaction_neither_waits_for_a_writer_nor_writes(
+        tmp_path, factory, database_url):
+    # The intake holds the write lock: the outbox's look at what is due still answers
+    # (on SQLite a deferred snapshot, not BEGIN IMMEDIATE); a write in it is refused.
+    desk = Desk(tmp_path, factory, database_url)
+    desk.enqueue(1)
+    outbox = desk.outbox()
+    read: list[object] = []
+    with db.transaction(factory) as writer:
+        writer.execute(text("UPDATE counters SET value = value WHERE name = 'ticket'"))
+        thread = threading.Thread(target=lambda: read.append(outbox.next_due()))
+        thread.start()
+        thread.join(60)
+        assert read == [NOW]  # answered while the write transaction is still open
+    with pytest.raises((StorageUnavailable, sa.exc.DBAPIError)), db.read_only(factory) as s:
+        s.execute(update(OutboxMail).values(attempts=7))
+    with db.transaction(factory) as s:  # and a connection that read writes again
+        s.execute(update(OutboxMail).values(attempts=1))
+    with db.read_only(factory) as s:
+        assert s.scalars(select(OutboxMail.attempts)).all() == [1]
+
+
+# -- the migration -----------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_database(request, tmp_path):
+    """An engine on a database at revision 0012 (before the outbox kept bytes by reference)."""
+    from alembic import command
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        request.getfixturevalue("pg_template")  # skips when PostgreSQL is unavailable
+        name = f"maild_old_{secrets.token_hex(5)}"
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = db.make_engine(url)
+    command.upgrade(db._alembic_config(engine), "0012")
+    yield url, engine
+    engine.dispose()
+    if request.param == "postgresql":
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_upgrade_keeps_old_rows_sendable_and_fills_their_verp_token(
+        tmp_path, old_database, smtp):
+    # Mails queued by the maild before (bytes in the row) are sent after the upgrade with
+    # those bytes, and a bounce to their VERP address finds them by the new token column.
+    url, engine = old_database
+    old = sa.table("outbox", *(sa.column(c) for c in (
+        "message_id", "kind", "recipient", "envelope_from", "state", "attempts",
+        "last_error")), sa.column("recipients", sa.JSON()), sa.column("raw", sa.LargeBinary()),
+        sa.column("next_attempt_at", UTCDateTime()), sa.column("created_at", UTCDateTime()))
+    raws = {}
+    with engine.begin() as conn:
+        for n in range(2):
+            message_id = f"<maild.t1000{n}.{'ab' * 10}{n}@example.com>"
+            raws[message_id] = (f"From: service@example.com\r\nTo: anna@kunde.example\r\n"
+                                f"Message-ID: {message_id}\r\nSubject: alt {n}\r\n\r\n"
+                                f"Hallo {n}\r\n").encode()
+            conn.execute(old.insert().values(
+                message_id=message_id, kind="ack", recipient="anna@kunde.example",
+                envelope_from="service@example.com", state="pending", attempts=0,
+                last_error="", recipients=["anna@kunde.example"], raw=raws[message_id],
+                next_attempt_at=NOW, created_at=NOW))
+    db.upgrade(engine)
+    factory = db.session_factory(engine)
+    desk = Desk(tmp_path, factory, url, smtp_port=smtp.port)
+    for message_id in raws:
+        row = desk.row(message_id)
+        assert row.raw == raws[message_id] and row.raw_sha256 is None
+        assert row.verp_token == suppression.verp_token(message_id)
+        assert row.verp_token.startswith("abab") and row.verp_token in row.message_id
+    assert asyncio.run(desk.outbox().deliver_due()) == 2
+    sent = {str(m.message["Message-ID"]): m.raw for m in smtp.wait_for(2)}
+    assert {k: v.replace(b"\r\n", b"\n") for k, v in sent.items()} == {
+        k: v.replace(b"\r\n", b"\n") for k, v in raws.items()}
