@@ -26,8 +26,9 @@ from maild.intake import Intake
 from maild.mail import files
 from maild.mail.render import Sender, environment
 from maild.outbox import Outbox
+from maild.retry import Backoff
 from maild.sweeps import Sweeper
-from maild.watcher import Backoff, Watcher
+from maild.watcher import Watcher
 
 log = logging.getLogger(__name__)
 

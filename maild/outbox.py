@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Update, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from maild import db, health
+from maild import db, health, retry
 from maild.blobs import BlobStore
 from maild.config import OutboxSettings, SmtpSettings
 from maild.errors import SmtpDeferred, SmtpRejected, StorageUnavailable
@@ -61,9 +61,7 @@ def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) ->
 
 def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after the `attempts`-th failure: exponential, capped, ±20 % jitter."""
-    base: float = min(settings.max_backoff, settings.initial_backoff * 2.0 ** max(attempts - 1, 0))
-    jitter: float = (rng or random.Random()).uniform(0.8, 1.2)
-    return base * jitter
+    return retry.delay(settings.initial_backoff, settings.max_backoff, attempts, 0.2, rng)
 
 
 class Outbox:

@@ -23,22 +23,9 @@ from maild.imap import ImapMailbox
 from maild.intake import Intake, Outcome
 from maild.mail.fetched import Fetched
 from maild.models import MailboxState
+from maild.retry import Backoff
 
 log = logging.getLogger(__name__)
-
-
-class Backoff:
-    """Exponential delays between `first` and `cap` seconds; reset on success."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first, self.cap, self.current = first, cap, first
-
-    def next(self) -> float:
-        delay, self.current = self.current, min(self.current * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.first
 
 
 def batches(uids: list[int], sizes: dict[int, int], count: int,
