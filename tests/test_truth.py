@@ -276,7 +276,8 @@ CASES: list[tuple[str, dict[str, Any], str, list[str], list[str]]] = [
                     "owner": "", "due": NOW}, "en",
      ["It was due: Tuesday, 1 December 2026, 09:30"], []),
     ("digest", {"day": date(2026, 12, 1), "open": [], "open_count": 0, "due_today": [],
-                "breached": [], "escalated": []}, "de", ["Überfällig (0):\n  keine"], []),
+                "due_today_count": 0, "breached": [], "breached_count": 0, "escalated": [],
+                "escalated_count": 0}, "de", ["Überfällig (0):\n  keine"], []),
 ]
 
 
