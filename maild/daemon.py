@@ -327,6 +327,7 @@ class Daemon:
         outage = ""
         while not self.should_exit.is_set():
             self.wakeup.clear()
+            outbox.reached = False
             try:
                 await outbox.deliver_due()
                 self.status_due.set()
@@ -339,6 +340,8 @@ class Daemon:
                 if not outage:  # warn once per outage
                     log.warning("%s; retrying with backoff", exc)
                     outage = str(exc)
+                if outbox.reached:  # the server answered in this round: not a long outage
+                    delay.reset()
                 await self._sleep(delay.next())
                 continue
             except Exception:  # a bug must not stop sending for good

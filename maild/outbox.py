@@ -81,6 +81,7 @@ class Outbox:
         # The last connection attempt; the first probe a few seconds after start-up.
         self._contact: datetime | None = clock() - timedelta(seconds=probe_seconds - 5.0)
         self._accepted: list[tuple[Claimed, str]] = []  # accepted, not yet recorded as sent
+        self.reached = False  # the server answered since the caller last cleared this
         self._since = 0.0
 
     def claim(self) -> list[Claimed]:
@@ -246,6 +247,7 @@ class Outbox:
             for mail in waiting:
                 await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
             raise
+        self.reached = True
         self.runtime.smtp_ok(self.clock())
 
     async def _send_one(self, smtp: SmtpConnection, mail: Claimed) -> int:

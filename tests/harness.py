@@ -268,16 +268,38 @@ class SmtpCapture:
         return "250 2.0.0 OK queued"
 
     def start(self) -> SmtpCapture:
+        """Serve on `port` (a free one the first time). On a loaded machine aiosmtpd's
+        start can time out, or the port can be held for a moment by another socket: try
+        again for up to a minute rather than leave a test without its server."""
         self.port = self.port or free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                     enable_SMTPUTF8=True)
-        self.controller.start()
-        return self
+        deadline = time.monotonic() + 60.0
+        while True:
+            controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                    enable_SMTPUTF8=True, ready_timeout=30.0)
+            try:
+                controller.start()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    controller.stop(no_assert=True)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+                continue
+            self.controller = controller
+            return self
 
     def stop(self) -> None:
         if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
+            controller, self.controller = self.controller, None
+            controller.stop()
+
+    def serving(self) -> bool:
+        """The server answers a connection with its greeting."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                return sock.recv(3) == b"220"
+        except OSError:
+            return False
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Captured]:
         """The mails captured once there are at least `count`; an AssertionError that lists

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from harness import Daemon, customer_mail, outbox_settled, wait_until
+from harness import Daemon, customer_mail, outbox_settled, rows, wait_until
 from sqlalchemy import func, select
 
 from maild import db
@@ -28,6 +28,13 @@ def scalar(url: str, query):
         engine.dispose()
 
 
+def unsent(url: str) -> list[str]:
+    """The outbox rows not sent yet, for a failure message."""
+    return [f"#{m.id} {m.state} attempts={m.attempts} next={m.next_attempt_at} "
+            f"leased={m.leased_until} error={m.last_error[:100]!r}"
+            for m in rows(url, OutboxMail, OutboxMail.state != "sent")][:20]
+
+
 @pytest.mark.slow
 def test_soak_with_a_flapping_smtp_server_and_killed_daemons(
         config, tmp_path, mailbox, smtp, database_url):
@@ -37,9 +44,16 @@ def test_soak_with_a_flapping_smtp_server_and_killed_daemons(
     feeder = threading.Thread(target=lambda: [mailbox.append_many(mails[i:i + 50])
                                               for i in range(0, TOTAL, 50)])
     flaps = {"down": 0, "deferring": 0}
+    errors: list[str] = []
     stop_flapping = threading.Event()
 
     def flap() -> None:
+        try:
+            flapping()
+        except Exception as exc:  # the server could not be restarted: seen below
+            errors.append(repr(exc))
+
+    def flapping() -> None:
         while not stop_flapping.wait(rng.uniform(0.5, 1.5)):
             mode = rng.choice(("down", "deferring", "up", "up"))
             if mode == "down":
@@ -70,9 +84,13 @@ def test_soak_with_a_flapping_smtp_server_and_killed_daemons(
         stop_flapping.set()
         flapper.join()
         smtp.reply = None
-        if smtp.controller is None:
+        if smtp.controller is None or not smtp.serving():
+            smtp.stop()
             smtp.start()
-        assert wait_until(lambda: len(smtp.by_message_id()) >= TOTAL, timeout=120)
+        assert wait_until(lambda: len(smtp.by_message_id()) >= TOTAL, timeout=120), (
+            f"{len(smtp.by_message_id())} of {TOTAL} answers arrived; flaps {flaps} {errors}; "
+            f"server answering: {smtp.serving()}; unsent: {unsent(database_url)}\n"
+            + daemon.output()[-6000:])
         assert wait_until(lambda: outbox_settled(database_url))  # nothing more to go out
     finally:
         stop_flapping.set()
