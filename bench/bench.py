@@ -37,6 +37,7 @@ import random
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -275,7 +276,8 @@ class Bench:
             self.smtp.mails.clear()
         acks = args.mails - self.replies  # a reply joins its ticket: no acknowledgement
         notes = args.mails if agents else 0  # new ticket and follow-up: the team is told
-        daemon = Daemon(config, config.parent / "maild.log")
+        daemon = Profiled(config, config.parent / "maild.log") if args.profile_daemon \
+            else Daemon(config, config.parent / "maild.log")
         daemon.start()
         assert daemon.process is not None
         try:
@@ -306,6 +308,8 @@ class Bench:
                   f"parse worker {worker:.0f} MB", flush=True)
         finally:
             daemon.stop()
+            if args.profile_daemon:
+                show_profile(config.parent / "maild.prof", args.profile_daemon)
         return Result(name, database, args.mails, round(self.size / 1e6, 1), round(rate_bound, 1),
                       round(n / fetch_s, 1), round(n / parse_s, 1), round(rate, 1),
                       round(rate / rate_bound, 3), round(elapsed, 2), round(p50), round(p99),
@@ -462,6 +466,30 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class Profiled(Daemon):
+    """`maild run` under bench/profiled.py (yappi), its stats saved beside the config."""
+
+    def start(self) -> Profiled:
+        fh = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "profiled.py"), "--config", str(self.config),
+             "run"], stdout=fh, stderr=fh,
+            env={**os.environ, "MAILD_PROFILE_OUT": str(self.config.parent / "maild.prof")})
+        fh.close()
+        return self
+
+
+def show_profile(path: Path, top: int) -> None:
+    if not path.exists():
+        print(f"no profile at {path} (is yappi installed?)")
+        return
+    stats = pstats.Stats(str(path))
+    for key in ("cumulative", "tottime"):
+        print(f"--- daemon profile by {key} (CPU time, every thread) ---", flush=True)
+        stats.sort_stats(key).print_stats(top)
+    sys.stdout.flush()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--mails", type=int, default=2000)
@@ -477,6 +505,9 @@ def main() -> int:
                    help="PostgreSQL server (any database on it; the bench creates its own)")
     p.add_argument("--profile-top", type=int, default=0,
                    help="profile the first sweep, print this many functions (cumulative)")
+    p.add_argument("--profile-daemon", type=int, default=0, metavar="N",
+                   help="run the daemon under yappi (CPU time, every thread; `pip install "
+                        "yappi`) and print its N most expensive functions, cumulative and own")
     p.add_argument("--results", default=str(ROOT / ".bench" / "results.json"))
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()

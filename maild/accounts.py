@@ -80,7 +80,15 @@ def by_domain(session: Session, address: str) -> Account | None:
 
 
 def has_accounts(session: Session) -> bool:
-    return bool(session.scalar(select(exists().where(Contact.id.is_not(None)))))
+    """Whether the account book holds anyone (asked once per transaction: the intake asks
+    for every mail of a batch, and the book does not change under it)."""
+    if _HAS_ACCOUNTS not in session.info:
+        session.info[_HAS_ACCOUNTS] = bool(
+            session.scalar(select(exists().where(Contact.id.is_not(None)))))
+    return bool(session.info[_HAS_ACCOUNTS])
+
+
+_HAS_ACCOUNTS = "maild.accounts.has_accounts"
 
 
 @dataclass

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import Executable, delete, event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,9 @@ class BlobStore(Protocol):
     def delete(self, sha256: str) -> None: ...
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -52,7 +55,7 @@ class FolderStore:
         self._unsynced: set[Path] = set()
 
     def _path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        if len(sha256) != 64 or not _HEX.issuperset(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
@@ -177,13 +180,18 @@ def _fsync(path: Path) -> None:
 
 def add_ref(session: Session, sha256: str, size: int, now: datetime) -> None:
     """Count one more user of blob `sha256` (creating its row on first use)."""
-    dialect = session.get_bind().dialect.name
+    session.execute(_add_ref(session.get_bind().dialect.name),
+                    {"sha256": sha256, "size": size, "refs": 1, "created_at": now})
+
+
+@functools.cache
+def _add_ref(dialect: str) -> Executable:
+    """`INSERT … ON CONFLICT DO UPDATE refs = refs + 1`, built once per dialect (it is on
+    every mail's path; the values come as parameters)."""
     module = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(Blob).values(sha256=sha256, size=size, refs=1, created_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Blob.sha256], set_={"refs": Blob.refs + 1}
-    )
-    session.execute(stmt)
+    stmt: Executable = module.insert(Blob).on_conflict_do_update(
+        index_elements=[Blob.sha256], set_={"refs": Blob.refs + 1})
+    return stmt
 
 
 def unref(session: Session, shas: Iterable[str | None]) -> list[str]:

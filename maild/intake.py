@@ -103,6 +103,8 @@ class Intake:
         self.analyser = Analyser(_rules(desk), workers, desk.store, budget, analysis,
                                  self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
+        # The inbound rows of the batch being written, by dedupe key (None: not recorded).
+        self._seen: dict[str, InboundMessage | None] = {}
         self.policy = decide.Policy(decide.UnknownSender(desk.unknown_sender), desk.reopen_days)
 
     def use(self, desk: Desk, max_attempts: int, max_crashes: int) -> None:
@@ -192,15 +194,28 @@ class Intake:
         prepared = [self._prepare(mail, a)
                     for mail, a in zip(mails, future.result(), strict=True)]
         now = self.clock()
-        uids = [m.uid for m in mails]
+        try:  # the whole batch in one go; a mail that fails undoes it, then one by one
+            outcomes = self._write(uidvalidity, prepared, now, isolated=len(prepared) == 1)
+        except _MailFailed:
+            outcomes = self._write(uidvalidity, prepared, now, isolated=True)
+        self.opened.difference_update((uidvalidity, m.uid) for m in mails)
+        return outcomes
+
+    def _write(self, uidvalidity: int, prepared: list[Prepared], now: datetime,
+               isolated: bool) -> list[Outcome]:
+        """One transaction for the batch. `isolated`: each mail in a savepoint of its own,
+        so one mail's failure is recorded against it alone; else without savepoints (the
+        common case, cheaper), and the first failing mail raises `_MailFailed`, which
+        rolls the batch back for the caller to write it again isolated."""
+        uids = [p.mail.uid for p in prepared]
         with db.transaction(self.factory) as session:
             # The mails' blobs and their answers' bytes: one sync, just before the commit.
             blobs.sync_before_commit(session, self.desk.store)
-            outcomes = [self._decide(session, uidvalidity, p, now) for p in prepared]
+            self._seen = _recorded(session, [p.key for p in prepared])  # one read for all
+            outcomes = [self._decide(session, uidvalidity, p, now, isolated) for p in prepared]
             session.execute(delete(ParseAttempt).where(  # the attempts are over
                 ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,
                 ParseAttempt.uid.in_(uids)))
-        self.opened.difference_update((uidvalidity, uid) for uid in uids)
         return outcomes
 
     def _prepare(self, mail: Fetched, analysis: Analysis) -> Prepared:
@@ -221,10 +236,20 @@ class Intake:
         return Prepared(mail, key, raw_sha, analysis.parsed, analysis.verdict, "", planned,
                         analysis.report, extracted=analysis.extracted)
 
-    def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
+    def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime,
+                isolated: bool = True) -> Outcome:
         """One mail's outcome; its log lines carry its Message-ID (and ticket, once known)."""
         with logs.context(message_id=p.parsed.message_id if p.parsed else None):
-            return self._decide_one(session, uidvalidity, p, now)
+            if isolated or p.error:
+                return self._decide_one(session, uidvalidity, p, now)
+            try:
+                return self._apply(session, uidvalidity, p, now)
+            except Temporary:
+                raise
+            except Exception as exc:
+                if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
+                    raise
+                raise _MailFailed from exc
 
     def _decide_one(self, session: Session, uidvalidity: int, p: Prepared,
                     now: datetime) -> Outcome:
@@ -248,7 +273,8 @@ class Intake:
             return self._record_failure(session, uidvalidity, p, error, now)
 
     def _apply(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
-        existing = _find(session, p.key)
+        # Read with the batch, once per key (a copy later in the batch looks again).
+        existing = self._seen.pop(p.key) if p.key in self._seen else _find(session, p.key)
         done = _already_done(existing, uidvalidity, p.mail.uid)
         if done is not None:
             return done
@@ -393,6 +419,11 @@ class Intake:
             return Outcome(p.mail.uid, "quarantine", row.reason)
 
 
+class _MailFailed(Exception):
+    """A mail failed in a batch written without savepoints: write the batch again, each
+    mail isolated."""
+
+
 def _rules(desk: Desk) -> Rules:
     """What the analysis (in the parse workers) needs of the desk."""
     return Rules(desk.sender.address, desk.sender.domain, desk.spam_rule, desk.limits,
@@ -432,6 +463,17 @@ def _ours(session: Session, message_id: str | None) -> bool:
         return False
     return session.scalar(
         select(OutboxMail.id).where(OutboxMail.message_id == message_id)) is not None
+
+
+def _recorded(session: Session, keys: list[str]) -> dict[str, InboundMessage | None]:
+    """The inbound rows of `keys`, in one read per 500 (None where there is none)."""
+    found: dict[str, InboundMessage | None] = dict.fromkeys(keys)
+    unique = list(found)
+    for start in range(0, len(unique), 500):
+        for row in session.scalars(select(InboundMessage).where(
+                InboundMessage.dedupe_key.in_(unique[start:start + 500]))):
+            found[row.dedupe_key] = row
+    return found
 
 
 def _find(session: Session, key: str) -> InboundMessage | None:

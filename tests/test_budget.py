@@ -19,7 +19,7 @@ from maild.daemon import build_desk
 from maild.errors import StorageUnavailable, Temporary
 from maild.intake import Intake
 from maild.mail.fetched import Fetched
-from maild.models import InboundMessage, ParseAttempt, Ticket
+from maild.models import InboundMessage, OutboxMail, ParseAttempt, Ticket
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS.parent / "bench"))
@@ -223,4 +223,35 @@ def test_only_the_mail_being_parsed_when_the_process_ended_counts_a_crash(
     assert outcomes[1].reason == "killed the process 3 times while being parsed"
     counted = [r.getMessage() for r in caplog.records if "when maild ended" in r.getMessage()]
     assert counted == ["mail was being parsed when maild ended uid=2 crashes=3"]
+    assert marks(factory) == []
+
+
+def test_a_mail_failing_inside_a_batch_fails_alone_and_nothing_is_doubled(
+        make_intake, factory, database_url, monkeypatch):
+    # A batch is written without a savepoint per mail; when one mail fails, the batch is
+    # rolled back and written again with one savepoint each: the others are processed
+    # once (one ticket, one acknowledgement each, no number skipped), the failing one is
+    # counted against itself alone.
+    import maild.intake
+    real = maild.intake.open_ticket
+
+    def failing(session, desk, parsed, *args, **kwargs):
+        if parsed.from_addr == "kunde2@firma2.example":
+            raise RuntimeError("boom for mail 2")
+        return real(session, desk, parsed, *args, **kwargs)
+
+    monkeypatch.setattr(maild.intake, "open_ticket", failing)
+    intake = make_intake(workers=0)
+    outcomes = intake.process_batch(7, [Fetched(n, customer_mail(n), NOW) for n in (1, 2, 3)])
+    assert [o.action for o in outcomes] == ["processed", "retry", "processed"]
+    assert outcomes[0].ticket_number + 1 == outcomes[2].ticket_number
+    tickets = rows(database_url, Ticket)
+    assert sorted(t.customer_address for t in tickets) == ["kunde1@firma1.example",
+                                                           "kunde3@firma3.example"]
+    acks = rows(database_url, OutboxMail)
+    assert sorted(a.recipient for a in acks) == ["kunde1@firma1.example",
+                                                 "kunde3@firma3.example"]
+    failed = inbound(factory)[2]
+    assert (failed.state, failed.attempts) == ("failed", 1)
+    assert "boom for mail 2" in failed.error
     assert marks(factory) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from email.header import Header
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.policy import compat32
+from email.policy import Compat32
 from email.utils import format_datetime, formataddr
 from importlib import resources
 from typing import Any
@@ -119,9 +120,35 @@ class Rendered:
     raw: bytes
 
 
-_CRLF = compat32.clone(linesep="\r\n")
-_QP_UTF8 = Charset("utf-8")
-_QP_UTF8.body_encoding = QP
+class _Policy(Compat32):
+    """compat32 with CRLF, and a short ASCII header written as it is: the stdlib folds
+    every value through a `Header` object, which is most of the cost of a small mail."""
+
+    def _fold(self, name: str, value: Any, sanitize: bool) -> str:
+        if (isinstance(value, str) and value.isascii() and len(name) + len(value) < 77
+                and "\r" not in value and "\n" not in value):
+            return f"{name}: {value}{self.linesep}"
+        folded: str = super()._fold(name, value, sanitize)  # type: ignore[misc]
+        return folded
+
+
+class _Utf8QP(Charset):
+    """UTF-8 bodies in quoted-printable, encoded by `binascii` (C) rather than the stdlib's
+    pure-Python `quoprimime`; the same encoding, decoded to the same text."""
+
+    def __init__(self) -> None:
+        super().__init__("utf-8")
+        self.body_encoding = QP
+
+    def body_encode(self, string: str | bytes) -> str:  # type: ignore[override]
+        if not string:
+            return ""
+        data = string.encode("utf-8") if isinstance(string, str) else string
+        return binascii.b2a_qp(data, istext=True).decode("ascii")
+
+
+_CRLF = _Policy(linesep="\r\n")
+_QP_UTF8 = _Utf8QP()
 
 
 def _encode_subject(subject: str) -> str | Header:
