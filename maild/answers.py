@@ -4,6 +4,7 @@ per-address limit, and putting a rendered mail into the outbox and on the ticket
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 from babel.numbers import format_decimal
@@ -30,13 +31,37 @@ def short_subject(subject: str, limit: int) -> str:
 def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> bool:
     """True when `address` had its share of automatic answers in the last hour, or all
     addresses together had theirs (a flood of forged senders ends there too)."""
-    since = now - timedelta(hours=1)
-    recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
-        OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(vocab.ANSWERS),
-        OutboxMail.created_at > since))
-    if int(recent or 0) >= desk.answers_per_hour:
+    counted: dict[str, int] | None = session.info.get(_COUNTED)
+    if counted is not None and address.lower() in counted:
+        recent = counted[address.lower()]  # read with the batch, plus what it queued since
+    else:
+        recent = int(session.scalar(select(func.count()).select_from(OutboxMail).where(
+            OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(vocab.ANSWERS),
+            OutboxMail.created_at > now - timedelta(hours=1))) or 0)
+    if recent >= desk.answers_per_hour:
         return True
     return desk.answer_gate.full(session, desk.answers_per_hour_total, now)
+
+
+def count_answers(session: Session, addresses: Iterable[str], now: datetime) -> None:
+    """Read the answers each of `addresses` got in the last hour, in one query (the intake
+    does, for the senders of a batch); `enqueue` adds every answer queued in this session
+    after, so `over_limit` counts the batch's own answers too."""
+    wanted = sorted({a.lower() for a in addresses if a})
+    counted: dict[str, int] = session.info.setdefault(_COUNTED, {})
+    counted.update(dict.fromkeys(wanted, 0))
+    for start in range(0, len(wanted), 500):
+        counted.update({recipient: int(n) for recipient, n in session.execute(
+            select(OutboxMail.recipient, func.count()).where(
+                OutboxMail.recipient.in_(wanted[start:start + 500]),
+                OutboxMail.kind.in_(vocab.ANSWERS),
+                OutboxMail.created_at > now - timedelta(hours=1))
+            .group_by(OutboxMail.recipient))})
+
+
+# session.info key: answers per address in the last hour, as `count_answers` read them and
+# `enqueue` added to them in this session.
+_COUNTED = "maild.answers.counted"
 
 
 def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
@@ -155,6 +180,9 @@ def enqueue(
     session.add(out)
     if kind in vocab.ANSWERS:
         desk.answer_gate.note()
+        counted = session.info.get(_COUNTED)
+        if counted is not None and out.recipient in counted:
+            counted[out.recipient] += 1
     if ticket is not None:
         session.add(TicketMessage(
             ticket_id=ticket.id, direction="out", author=author or desk.sender.address,

@@ -103,8 +103,10 @@ class Intake:
         self.analyser = Analyser(_rules(desk), workers, desk.store, budget, analysis,
                                  self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
-        # The inbound rows of the batch being written, by dedupe key (None: not recorded).
+        # Read with the batch being written: its inbound rows by dedupe key (None: not
+        # recorded yet), its senders' accounts by address (None: none).
         self._seen: dict[str, InboundMessage | None] = {}
+        self._accounts: dict[str, Account | None] = {}
         self.policy = decide.Policy(decide.UnknownSender(desk.unknown_sender), desk.reopen_days)
 
     def use(self, desk: Desk, max_attempts: int, max_crashes: int) -> None:
@@ -212,7 +214,15 @@ class Intake:
             # The mails' blobs and their answers' bytes: one sync, just before the commit.
             blobs.sync_before_commit(session, self.desk.store)
             self._seen = _recorded(session, [p.key for p in prepared])  # one read for all
-            outcomes = [self._decide(session, uidvalidity, p, now, isolated) for p in prepared]
+            senders = [p.parsed.from_addr.lower() for p in prepared if p.parsed]
+            suppression.preload(session, senders)
+            answers.count_answers(session, senders, now)
+            self._accounts = {**dict.fromkeys(senders), **accounts.lookup_many(session, senders)}
+            try:
+                outcomes = [self._decide(session, uidvalidity, p, now, isolated)
+                            for p in prepared]
+            finally:
+                self._seen, self._accounts = {}, {}  # true for this transaction only
             session.execute(delete(ParseAttempt).where(  # the attempts are over
                 ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,
                 ParseAttempt.uid.in_(uids)))
@@ -371,7 +381,9 @@ class Intake:
             account=account is not None, answer_limited=limited)
 
     def _account(self, session: Session, parsed: InboundMail) -> Account | None:
-        account = accounts.lookup(session, parsed.from_addr)
+        address = parsed.from_addr.lower()
+        account = self._accounts[address] if address in self._accounts \
+            else accounts.lookup(session, address)
         if account is None and self.desk.unknown_sender == "domain":
             account = accounts.by_domain(session, parsed.from_addr)
         return account

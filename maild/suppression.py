@@ -9,7 +9,7 @@ sender that lets a bounce name the mail it belongs to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -33,16 +33,44 @@ def verp_token(message_id: str) -> str:
     return message_id.strip("<>").partition("@")[0].rpartition(".")[2][:64]
 
 
+# session.info key: addresses read by `preload` and found without a flag, in this session.
+_NONE = "maild.suppression.none"
+
+
+def preload(session: Session, addresses: Iterable[str]) -> None:
+    """Read the flags of `addresses` in one query (the intake does, for the senders of a
+    batch): later `flag()` and `deliverable()` calls in this session ask the database
+    only about other addresses. Every write of a flag goes through this module, which
+    keeps the record true."""
+    wanted = {a.lower() for a in addresses if a}
+    found: set[str] = set()
+    for chunk in _chunks(sorted(wanted), 500):
+        found.update(row.address for row in session.scalars(
+            select(AddressFlag).where(AddressFlag.address.in_(chunk))))
+    session.info.setdefault(_NONE, set()).update(wanted - found)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 def flag(session: Session, address: str) -> AddressFlag | None:
-    return session.get(AddressFlag, address.lower()) if address else None
+    if not address or address.lower() in session.info.get(_NONE, ()):
+        return None
+    return session.get(AddressFlag, address.lower())
+
+
+def _new_flag(session: Session, address: str, now: datetime) -> AddressFlag:
+    row = AddressFlag(address=address.lower(), updated_at=now)
+    session.add(row)
+    session.info.get(_NONE, set()).discard(address.lower())
+    return row
 
 
 def mark_bouncing(session: Session, address: str, status: str, detail: str,
                   now: datetime) -> None:
-    row = flag(session, address)
-    if row is None:
-        row = AddressFlag(address=address.lower(), updated_at=now)
-        session.add(row)
+    row = flag(session, address) or _new_flag(session, address, now)
     row.bouncing_since = row.bouncing_since or now
     row.bounce_status, row.bounce_detail, row.updated_at = status, detail[:1000], now
 
@@ -58,10 +86,7 @@ def wrote_again(session: Session, address: str, now: datetime) -> bool:
 
 
 def block(session: Session, address: str, by: str, now: datetime) -> None:
-    row = flag(session, address)
-    if row is None:
-        row = AddressFlag(address=address.lower(), updated_at=now)
-        session.add(row)
+    row = flag(session, address) or _new_flag(session, address, now)
     row.blocked_at, row.blocked_by, row.updated_at = now, by, now
 
 
@@ -69,7 +94,9 @@ def deliverable(session: Session, recipients: Sequence[str]) -> list[str]:
     """`recipients` without those marked bouncing."""
     if not recipients:
         return []
+    none = session.info.get(_NONE, ())
+    asked = [r.lower() for r in recipients if r.lower() not in none]
     bouncing = set(session.scalars(select(AddressFlag.address).where(
-        AddressFlag.address.in_([r.lower() for r in recipients]),
-        AddressFlag.bouncing_since.is_not(None))))
+        AddressFlag.address.in_(asked), AddressFlag.bouncing_since.is_not(None)))) \
+        if asked else set()
     return [r for r in recipients if r.lower() not in bouncing]

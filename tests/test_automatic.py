@@ -94,6 +94,14 @@ class Desk:
         data = raw.encode() if isinstance(raw, str) else raw
         return self.intake.process(1, Fetched(self.uid, data, self.now))
 
+    def feed_batch(self, raws: list[str]):
+        """Several mails in one batch (one transaction, as the daemon writes them)."""
+        mails = []
+        for raw in raws:
+            self.uid += 1
+            mails.append(Fetched(self.uid, raw.encode(), self.now))
+        return self.intake.process_batch(1, mails)
+
     def outbox(self, *kinds: str) -> list[OutboxMail]:
         with db.transaction(self.factory) as s:
             q = select(OutboxMail).order_by(OutboxMail.id)
@@ -226,6 +234,18 @@ def test_the_global_answer_limit_ends_a_flood(tmp_path, factory, database_url):
     assert len(desk.outbox("ack")) == 4
 
 
+def test_the_answer_limit_per_address_counts_the_answers_of_its_own_batch(
+        tmp_path, factory, database_url):
+    # Four mails from one sender in one batch, two answers an hour allowed: the answers
+    # queued earlier in the batch count, as do those of the batches before.
+    desk = Desk(tmp_path, factory, database_url, limits={"answers_per_address_per_hour": 2})
+    outcomes = desk.feed_batch([CUSTOMER.format(n=f"b{n}") for n in range(4)])
+    assert [o.action for o in outcomes] == ["processed"] * 4
+    assert len(desk.tickets()) == 4 and len(desk.outbox("ack")) == 2
+    desk.feed_batch([CUSTOMER.format(n="again")])
+    assert len(desk.tickets()) == 5 and len(desk.outbox("ack")) == 2
+
+
 def test_spam_is_recorded_flagged_and_never_answered_and_agents_can_block(
         desk, tmp_path, database_url):
     outcome = desk.feed(CUSTOMER.format(n="s1").replace("Subject:", "X-Spam-Flag: YES\r\n"
@@ -307,3 +327,21 @@ def test_we_never_mail_our_own_addresses(desk):
     desk.feed(CUSTOMER.format(n="o1").replace("anna@kunde.example", "service+x@example.com"))
     [ack] = desk.outbox("ack")
     assert ack.state == "suppressed" and "our own address" in ack.last_error
+
+
+def test_flags_read_for_a_batch_stay_true_when_written_in_it(factory):
+    # The intake reads the senders' flags once per batch; a flag set later in the same
+    # transaction (a bounce, a block) must be seen by the next look, not the early read.
+    now = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    with db.transaction(factory) as s:
+        suppression.preload(s, ["Kunde@Firma.example", "other@firma.example"])
+        assert suppression.flag(s, "kunde@firma.example") is None
+        assert suppression.deliverable(s, ["kunde@firma.example"]) == ["kunde@firma.example"]
+        suppression.mark_bouncing(s, "kunde@firma.example", "5.1.1", "no such user", now)
+        assert suppression.flag(s, "KUNDE@firma.example") is not None
+        assert suppression.deliverable(s, ["kunde@firma.example", "other@firma.example"]) \
+            == ["other@firma.example"]
+        suppression.block(s, "other@firma.example", "agent@example.com", now)
+        assert suppression.flag(s, "other@firma.example").blocked_by == "agent@example.com"
+    with db.transaction(factory) as s:  # a new transaction reads afresh
+        assert suppression.flag(s, "kunde@firma.example").bouncing_since is not None
