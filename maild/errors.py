@@ -8,6 +8,7 @@
     │   └── SmtpDeferred           the SMTP server is unreachable or answered 4xx
     └── Permanent              retrying will not help
         ├── ImapRejected           the IMAP server refused us (login, TLS, folder)
+        │   └── ImapLoginRefused       our user name or password was refused
         └── SmtpRejected           the SMTP server answered 5xx for this mail
 """
 
@@ -42,6 +43,11 @@ class Permanent(MaildError):
 
 class ImapRejected(Permanent):
     """The IMAP server refused us: wrong password, no TLS, missing folder."""
+
+
+class ImapLoginRefused(ImapRejected):
+    """The IMAP server refused our login (a wrong password does not mend itself in a
+    second, and servers delay or ban addresses that keep failing: retried slowly)."""
 
 
 class SmtpRejected(Permanent):

@@ -22,7 +22,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from maild.config import ImapSettings
-from maild.errors import ImapRejected, ImapUnavailable
+from maild.errors import ImapLoginRefused, ImapRejected, ImapUnavailable
 from maild.mail.fetched import Fetched, Omitted
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except LoginError as exc:
-        raise ImapRejected(f"{what}: login refused: {_text(exc)}") from exc
+        raise ImapLoginRefused(f"{what}: login refused: {_text(exc)}") from exc
     except ssl.SSLError as exc:
         raise ImapRejected(f"{what}: TLS failed: {_text(exc)}") from exc
     except (imaplib.IMAP4.abort, OSError, EOFError) as exc:

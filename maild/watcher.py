@@ -18,7 +18,7 @@ from datetime import datetime
 from maild import db, health
 from maild.analyse import Analysis
 from maild.config import ImapSettings, IntakeSettings
-from maild.errors import ImapRejected, ImapUnavailable, Temporary
+from maild.errors import ImapLoginRefused, ImapRejected, ImapUnavailable, Temporary
 from maild.imap import ImapMailbox
 from maild.intake import Intake, Outcome
 from maild.mail.fetched import Fetched
@@ -26,6 +26,12 @@ from maild.models import MailboxState
 from maild.retry import Backoff
 
 log = logging.getLogger(__name__)
+
+
+# A refused login is tried again after this many seconds at the least: Dovecot, for one,
+# delays each failure from an address that keeps failing (up to 15 s), and fail2ban-style
+# guards ban it; one try in 30 s shows a mended password soon enough.
+LOGIN_RETRY_SECONDS = 30.0
 
 
 def batches(uids: list[int], sizes: dict[int, int], count: int,
@@ -81,7 +87,10 @@ class Watcher:
                 self._failed(str(exc))  # at the first failure: /healthz counts from here
                 self._report_outage(str(exc))
                 self.looked.set()
-                await asyncio.to_thread(self.stop.wait, delay.next())
+                wait = delay.next()
+                if isinstance(exc, ImapLoginRefused):  # not faster: servers penalise it
+                    wait = max(wait, LOGIN_RETRY_SECONDS)
+                await asyncio.to_thread(self.stop.wait, wait)
             except Exception as exc:  # a bug must not stop the intake for good
                 self._failed(f"{type(exc).__name__}: {exc}")
                 log.exception("mailbox round failed; reconnecting with backoff")
