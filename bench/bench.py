@@ -414,7 +414,8 @@ def scale_run(bench: Bench, wanted: set[str], results: dict[str, Any]) -> None:
         results["prefill"] = asdict(filled)
         if "sweep" in wanted:
             # The sweep as a desk with agents runs it: warnings, breaches, the digest mailed.
-            sweep_config = bench.config("100k-sweep", url, AGENTS)
+            # (The tests' config turns the digest off unless [sla] is given: given here.)
+            sweep_config = bench.config("100k-sweep", url, AGENTS + "[sla]\ndigest = true\n")
             sweep_settings = maild_config.load(sweep_config)
             times = scale.time_sweep(sweep_settings, moment,
                                      profiled(args.profile_top) if args.profile_top else None)
