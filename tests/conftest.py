@@ -6,6 +6,7 @@ with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -40,8 +41,10 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[Dovecot]:
+@contextlib.contextmanager
+def running_dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot, started (or the test failed under CI=true, skipped elsewhere)
+    and stopped and removed after."""
     # Not under pytest's tmp_path: Dovecot's unprivileged processes must reach the folder.
     base = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
     server = Dovecot(base)
@@ -51,9 +54,17 @@ def dovecot() -> Iterator[Dovecot]:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
         unavailable(f"cannot start Dovecot: {exc}")
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    with running_dovecot() as server:
+        yield server
 
 
 @pytest.fixture

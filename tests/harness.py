@@ -501,6 +501,28 @@ def customer_mail(n: int, size: int = 0) -> bytes:
             + body).encode()
 
 
+def dsn_report(original_id: str, recipient: str = "anna@kunde.example", status: str = "5.1.1",
+               to: str = "service@example.com", with_id: bool = True) -> str:
+    """A Postfix-style RFC 3464 report that our mail `original_id` to `recipient` failed
+    (`status` 5.x.x) or is delayed (4.x.x), sent to `to` (our address, or the mail's VERP
+    address); `with_id=False`: the returned headers leave out the Message-ID."""
+    action = "failed" if status.startswith("5") else "delayed"
+    headers = f"Message-ID: {original_id}\r\n" if with_id else ""
+    return (
+        f"From: MAILER-DAEMON@mx.kunde.example (Mail Delivery System)\r\nTo: {to}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\n"
+        "Message-ID: <bounce.1@mx.kunde.example>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you ...\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.kunde.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: {action}\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: user unknown\r\n\r\n"
+        "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "From: Support <service@example.com>\r\n"
+        f"To: {recipient}\r\n{headers}Subject: [#10001] Dein Support-Ticket\r\n\r\n--B--\r\n")
+
+
 def offline_settings(url: str, blob_dir: Path, **sections: Any) -> Any:
     """Settings for tests that need no servers (IMAP/SMTP are never reached)."""
     from maild.config import Settings

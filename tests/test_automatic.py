@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from email import policy
 
 import pytest
-from harness import cli_config, maild, offline_settings, with_bytes
+from harness import cli_config, dsn_report, maild, offline_settings, with_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -122,29 +122,10 @@ def desk(tmp_path, factory, database_url) -> Desk:
     return Desk(tmp_path, factory, database_url)
 
 
-def dsn_mail(original_id: str, recipient: str = "anna@kunde.example", status: str = "5.1.1",
-             to: str = US, with_id: bool = True) -> str:
-    """A Postfix-style RFC 3464 report about the mail `original_id`."""
-    action = "failed" if status.startswith("5") else "delayed"
-    headers = f"Message-ID: {original_id}\r\n" if with_id else ""
-    return (
-        f"From: MAILER-DAEMON@mx.kunde.example (Mail Delivery System)\r\nTo: {to}\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\n"
-        "Message-ID: <bounce.1@mx.kunde.example>\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
-        "--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you ...\r\n"
-        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.kunde.example\r\n\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\nAction: {action}\r\nStatus: {status}\r\n"
-        "Diagnostic-Code: smtp; 550 5.1.1 <anna@kunde.example>: user unknown\r\n\r\n"
-        f"--B\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: Support <{US}>\r\n"
-        f"To: {recipient}\r\n{headers}Subject: [#10001] Dein Support-Ticket\r\n\r\n--B--\r\n")
-
-
 def test_a_bounce_lands_on_its_ticket_marks_the_address_and_tells_the_agent(desk):
     desk.feed(CUSTOMER.format(n="c1"))
     [ack] = desk.outbox("ack")
-    outcome = desk.feed(dsn_mail(ack.message_id))
+    outcome = desk.feed(dsn_report(ack.message_id))
     assert outcome.ticket_number == 10001 and "permanent" in outcome.reason
     assert len(desk.tickets()) == 1  # never a new ticket
     flag = desk.flag("anna@kunde.example")
@@ -175,7 +156,7 @@ def test_a_bounce_lands_on_its_ticket_marks_the_address_and_tells_the_agent(desk
 def test_a_temporary_failure_is_recorded_but_marks_nothing(desk):
     desk.feed(CUSTOMER.format(n="c1"))
     [ack] = desk.outbox("ack")
-    outcome = desk.feed(dsn_mail(ack.message_id, status="4.2.2"))
+    outcome = desk.feed(dsn_report(ack.message_id, status="4.2.2"))
     assert outcome.ticket_number == 10001 and "temporary" in outcome.reason
     assert desk.flag("anna@kunde.example") is None
 
@@ -186,13 +167,13 @@ def test_a_bounce_found_by_its_verp_address(tmp_path, factory, database_url):
     [ack] = desk.outbox("ack")
     assert ack.envelope_from == suppression.verp_address(US, ack.message_id)
     assert ack.envelope_from.startswith("service+b-")
-    outcome = desk.feed(dsn_mail("<unrelated@x>", to=ack.envelope_from, with_id=False))
+    outcome = desk.feed(dsn_report("<unrelated@x>", to=ack.envelope_from, with_id=False))
     assert outcome.ticket_number == 10001
     assert desk.flag("anna@kunde.example") is not None
 
 
 def test_an_unmatched_bounce_is_recorded_without_a_ticket(desk):
-    outcome = desk.feed(dsn_mail("<not-ours@elsewhere.example>"))
+    outcome = desk.feed(dsn_report("<not-ours@elsewhere.example>"))
     assert outcome.ticket_number is None and "matches no mail we sent" in outcome.reason
     assert desk.tickets() == [] and desk.outbox() == []
 
@@ -275,7 +256,7 @@ def test_spam_is_recorded_flagged_and_never_answered_and_agents_can_block(
 
 
 def test_dsn_reading():
-    report = dsn.read(dsn_mail("<maild.t10001.abc@example.com>").encode())
+    report = dsn.read(dsn_report("<maild.t10001.abc@example.com>").encode())
     assert report.structured and report.permanent
     assert report.message_ids[0] == "<maild.t10001.abc@example.com>"
     [failure] = report.failures

@@ -6,18 +6,14 @@ Dovecot of its own (stopped and started) and the SMTP capture for the outages.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
+from conftest import running_dovecot
 from harness import (
     Clock,
     Daemon,
-    Dovecot,
-    ServerUnavailable,
     free_port,
     healthz,
     maild,
@@ -169,17 +165,8 @@ def test_pages_stay_as_they_were_without_a_runtime(tmp_path, factory, database_u
 @pytest.fixture
 def own_dovecot():
     """A Dovecot for this test alone: it is stopped and started again."""
-    base = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
-    server = Dovecot(base)
-    try:
-        server.start()
-    except (ServerUnavailable, OSError) as exc:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        unavailable(f"cannot start Dovecot: {exc}")  # fails loudly under CI=true
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with running_dovecot() as server:
+        yield server
 
 
 def test_healthz_turns_503_when_imap_stops_and_200_when_it_is_back(

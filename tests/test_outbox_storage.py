@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from harness import PG_ADMIN_URL, Clock, offline_settings
+from harness import PG_ADMIN_URL, Clock, dsn_report, offline_settings
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
@@ -211,7 +211,7 @@ def test_retention_drops_the_bytes_of_old_sent_mail_and_keeps_the_row(
         assert s.scalars(select(Blob.sha256).where(Blob.sha256.in_(sha.values()))).all() == []
     assert sweeper.run().pruned == 0  # once an hour at most, and nothing left anyway
     # A bounce of the acknowledgement, sent to its VERP address, still lands on the ticket.
-    outcome = desk.feed(dsn_mail(ack.envelope_from))
+    outcome = desk.feed(dsn_report("<unrelated@x>", to=ack.envelope_from, with_id=False))
     assert outcome.ticket_number == 10001 and "permanent" in outcome.reason
     with db.transaction(factory) as s:
         assert s.scalars(select(TicketMessage.kind).where(TicketMessage.kind == "bounce")
@@ -227,20 +227,6 @@ def test_keep_sent_days_must_be_positive(tmp_path):
                     '[outbox]\nkeep_sent_days = 0\n')
     with pytest.raises(ConfigError, match="keep_sent_days"):
         load(path, environ={})
-
-
-def dsn_mail(to: str) -> str:
-    """A report, without the original's Message-ID, that anna's mailbox is unknown."""
-    return (
-        f"From: MAILER-DAEMON@mx.kunde.example\r\nTo: {to}\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\n"
-        "Message-ID: <bounce.1@mx.kunde.example>\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
-        "--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you ...\r\n"
-        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.kunde.example\r\n\r\n"
-        "Final-Recipient: rfc822; anna@kunde.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        "Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--B--\r\n")
 
 
 # -- read-only transactions --------------------------------------------------------------------
