@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from maild import db
 from maild.mail.parse import plausible_address
 from maild.models import Company, CompanyDomain, Contact, ContactAddress
 
@@ -54,15 +55,15 @@ def lookup(session: Session, address: str) -> Account | None:
 
 def lookup_many(session: Session, addresses: Iterable[str]) -> dict[str, Account]:
     """The accounts of those `addresses` that have one (by lower-cased address), in one
-    read per 500 addresses (the intake asks for a whole batch's senders at once)."""
+    read per `db.IN_LIMIT` addresses (the intake asks for a whole batch's senders at once)."""
     wanted = sorted({a.lower() for a in addresses if a})
     found: dict[str, Account] = {}
-    for start in range(0, len(wanted), 500):
+    for chunk in db.chunks(wanted):
         for address, contact, company in session.execute(
             select(ContactAddress.address, Contact, Company)
             .join(Contact, ContactAddress.contact_id == Contact.id)
             .outerjoin(Company, Company.id == Contact.company_id)
-            .where(ContactAddress.address.in_(wanted[start:start + 500]))
+            .where(ContactAddress.address.in_(chunk))
         ):
             found[address] = _account(contact, company)
     return found

@@ -11,7 +11,7 @@ from babel.numbers import format_decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import blobs, links, sla, suppression, vocab
+from maild import blobs, db, links, sla, suppression, vocab
 from maild.desk import Desk
 from maild.mail import auth, files, language, thread
 from maild.mail.parse import InboundMail, plausible_address
@@ -50,10 +50,10 @@ def count_answers(session: Session, addresses: Iterable[str], now: datetime) -> 
     wanted = sorted({a.lower() for a in addresses if a})
     counted: dict[str, int] = session.info.setdefault(_COUNTED, {})
     counted.update(dict.fromkeys(wanted, 0))
-    for start in range(0, len(wanted), 500):
+    for chunk in db.chunks(wanted):
         counted.update({recipient: int(n) for recipient, n in session.execute(
             select(OutboxMail.recipient, func.count()).where(
-                OutboxMail.recipient.in_(wanted[start:start + 500]),
+                OutboxMail.recipient.in_(chunk),
                 OutboxMail.kind.in_(vocab.ANSWERS),
                 OutboxMail.created_at > now - timedelta(hours=1))
             .group_by(OutboxMail.recipient))})

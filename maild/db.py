@@ -6,12 +6,12 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -152,6 +152,17 @@ def transaction(factory: SessionFactory) -> Iterator[Session]:
         if is_unavailable(exc):
             raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
         raise
+
+
+IN_LIMIT = 500  # values in one `IN (…)` list: far under every driver's parameter limit
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = IN_LIMIT) -> Iterator[Sequence[T]]:
+    """`items` in slices of at most `size`, for reads with `IN (…)` over many values."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 @contextmanager

@@ -168,8 +168,7 @@ class Intake:
         """State of the UIDs we already finished with (processed or quarantined)."""
         wanted = [(self.mailbox, uidvalidity, uid) for uid in uids]
         found: dict[int, str] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
+        for chunk in db.chunks(wanted):
             with db.read_only(self.factory) as session:
                 rows = session.execute(
                     select(InboundMessage.uid, InboundMessage.state).where(
@@ -478,12 +477,11 @@ def _ours(session: Session, message_id: str | None) -> bool:
 
 
 def _recorded(session: Session, keys: list[str]) -> dict[str, InboundMessage | None]:
-    """The inbound rows of `keys`, in one read per 500 (None where there is none)."""
+    """The inbound rows of `keys`, in one read per `db.IN_LIMIT` (None where there is none)."""
     found: dict[str, InboundMessage | None] = dict.fromkeys(keys)
-    unique = list(found)
-    for start in range(0, len(unique), 500):
+    for chunk in db.chunks(list(found)):
         for row in session.scalars(select(InboundMessage).where(
-                InboundMessage.dedupe_key.in_(unique[start:start + 500]))):
+                InboundMessage.dedupe_key.in_(chunk))):
             found[row.dedupe_key] = row
     return found
 

@@ -9,12 +9,13 @@ sender that lets a bounce name the mail it belongs to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maild import db
 from maild.models import AddressFlag
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,10 @@ def preload(session: Session, addresses: Iterable[str]) -> None:
     keeps the record true."""
     wanted = {a.lower() for a in addresses if a}
     found: set[str] = set()
-    for chunk in _chunks(sorted(wanted), 500):
+    for chunk in db.chunks(sorted(wanted)):
         found.update(row.address for row in session.scalars(
             select(AddressFlag).where(AddressFlag.address.in_(chunk))))
     session.info.setdefault(_NONE, set()).update(wanted - found)
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def flag(session: Session, address: str) -> AddressFlag | None:

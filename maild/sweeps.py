@@ -148,9 +148,9 @@ class Sweeper:
                 elif s.remind_after_days and passed(since, s.remind_after_days):
                     due.append((ticket_id, f"ticket:{ticket_id}:remind:{stamp}"))
             done: set[str] = set()
-            for start in range(0, len(due), 500):
+            for chunk in db.chunks([key for _, key in due]):
                 done.update(session.scalars(select(SweepMark.key).where(
-                    SweepMark.key.in_([key for _, key in due[start:start + 500]]))))
+                    SweepMark.key.in_(chunk))))
         return [ticket_id for ticket_id, key in due if key not in done]
 
     def _ids(self, query: Any) -> list[int]:
