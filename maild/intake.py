@@ -197,7 +197,12 @@ class Intake:
         now = self.clock()
         try:  # the whole batch in one go; a mail that fails undoes it, then one by one
             outcomes = self._write(uidvalidity, prepared, now, isolated=len(prepared) == 1)
-        except _MailFailed:
+        except _MailFailed as failed:
+            # What was logged of this batch so far ("ticket created …") was rolled back.
+            # The failure itself is logged, with its error id, when that mail is written.
+            log.warning("a mail failed in a batch of %d (%s): the batch was rolled back and "
+                        "is written again mail by mail", len(prepared),
+                        type(failed.__cause__).__name__)
             outcomes = self._write(uidvalidity, prepared, now, isolated=True)
         self.opened.difference_update((uidvalidity, m.uid) for m in mails)
         return outcomes

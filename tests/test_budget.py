@@ -227,7 +227,7 @@ def test_only_the_mail_being_parsed_when_the_process_ended_counts_a_crash(
 
 
 def test_a_mail_failing_inside_a_batch_fails_alone_and_nothing_is_doubled(
-        make_intake, factory, database_url, monkeypatch):
+        make_intake, factory, database_url, monkeypatch, caplog):
     # A batch is written without a savepoint per mail; when one mail fails, the batch is
     # rolled back and written again with one savepoint each: the others are processed
     # once (one ticket, one acknowledgement each, no number skipped), the failing one is
@@ -242,8 +242,13 @@ def test_a_mail_failing_inside_a_batch_fails_alone_and_nothing_is_doubled(
 
     monkeypatch.setattr(maild.intake, "open_ticket", failing)
     intake = make_intake(workers=0)
-    outcomes = intake.process_batch(7, [Fetched(n, customer_mail(n), NOW) for n in (1, 2, 3)])
+    with caplog.at_level("WARNING", logger="maild.intake"):
+        outcomes = intake.process_batch(7, [Fetched(n, customer_mail(n), NOW)
+                                            for n in (1, 2, 3)])
     assert [o.action for o in outcomes] == ["processed", "retry", "processed"]
+    # The log says the batch's first lines were rolled back, without the mail's words.
+    [redo] = [r.getMessage() for r in caplog.records if "written again" in r.getMessage()]
+    assert "(RuntimeError)" in redo and "boom" not in redo
     assert outcomes[0].ticket_number + 1 == outcomes[2].ticket_number
     tickets = rows(database_url, Ticket)
     assert sorted(t.customer_address for t in tickets) == ["kunde1@firma1.example",
