@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import secrets
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -187,8 +188,8 @@ class Intake:
 
     def process_batch(self, uidvalidity: int, mails: list[Fetched],
                       analysed: Future[list[Analysis]] | None = None) -> list[Outcome]:
-        """Handle fetched mails: pure work and blob writes first, then one transaction with
-        a savepoint per mail, so one mail's failure stays its own; one filesystem sync of
+        """Handle fetched mails: pure work and blob writes first, then one transaction for
+        the batch (see `_write`: a mail's failure stays its own); one filesystem sync of
         all the blobs (the mails' and their answers') just before it commits.
         Raises only `Temporary`, in which case nothing of the batch was committed."""
         future = analysed or self.analyse(uidvalidity, mails)
@@ -225,6 +226,9 @@ class Intake:
             try:
                 outcomes = [self._decide(session, uidvalidity, p, now, isolated)
                             for p in prepared]
+                if not isolated:
+                    with _mail_failure():  # the last mail's rows, still pending
+                        session.flush()
             finally:
                 self._seen, self._accounts = {}, {}  # true for this transaction only
             session.execute(delete(ParseAttempt).where(  # the attempts are over
@@ -256,14 +260,8 @@ class Intake:
         with logs.context(message_id=p.parsed.message_id if p.parsed else None):
             if isolated or p.error:
                 return self._decide_one(session, uidvalidity, p, now)
-            try:
+            with _mail_failure():
                 return self._apply(session, uidvalidity, p, now)
-            except Temporary:
-                raise
-            except Exception as exc:
-                if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
-                    raise
-                raise _MailFailed from exc
 
     def _decide_one(self, session: Session, uidvalidity: int, p: Prepared,
                     now: datetime) -> Outcome:
@@ -438,6 +436,20 @@ class Intake:
 class _MailFailed(Exception):
     """A mail failed in a batch written without savepoints: write the batch again, each
     mail isolated."""
+
+
+@contextmanager
+def _mail_failure() -> Iterator[None]:
+    """A failure in a batch written without savepoints, as `_MailFailed` (outages and
+    `Temporary` pass unchanged: they stop the batch, nothing is counted against a mail)."""
+    try:
+        yield
+    except Temporary:
+        raise
+    except Exception as exc:
+        if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
+            raise
+        raise _MailFailed from exc
 
 
 def _rules(desk: Desk) -> Rules:

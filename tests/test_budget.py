@@ -260,3 +260,25 @@ def test_a_mail_failing_inside_a_batch_fails_alone_and_nothing_is_doubled(
     assert (failed.state, failed.attempts) == ("failed", 1)
     assert "boom for mail 2" in failed.error
     assert marks(factory) == []
+
+
+def test_a_failure_when_the_batch_is_flushed_last_is_still_the_mails_own(
+        make_intake, database_url, monkeypatch):
+    # The last mail of a batch leaves a row that breaks a constraint only when it is
+    # written out, after its turn: still counted against that mail, the other processed.
+    import maild.intake
+    from maild.models import Event
+    real = maild.intake.open_ticket
+
+    def leaves_a_bad_row(session, desk, parsed, *args, **kwargs):
+        ticket = real(session, desk, parsed, *args, **kwargs)
+        if parsed.from_addr == "kunde2@firma2.example":
+            session.add(Event(ticket_id=None, at=None, actor="maild", kind="x", detail={}))
+        return ticket
+
+    monkeypatch.setattr(maild.intake, "open_ticket", leaves_a_bad_row)
+    intake = make_intake(workers=0)
+    outcomes = intake.process_batch(7, [Fetched(n, customer_mail(n), NOW) for n in (1, 2)])
+    assert [o.action for o in outcomes] == ["processed", "retry"]
+    assert [t.customer_address for t in rows(database_url, Ticket)] == ["kunde1@firma1.example"]
+    assert [a.recipient for a in rows(database_url, OutboxMail)] == ["kunde1@firma1.example"]
