@@ -158,13 +158,11 @@ def enqueue(
                     mail.message_id)
     reachable = suppression.deliverable(session, [r for r in recipients if r not in ours])
     out = OutboxMail(
-        message_id=mail.message_id, ticket_id=ticket.id if ticket else None, kind=kind,
+        message_id=mail.message_id, ticket=ticket, kind=kind,
         recipient=recipients[0].lower() if recipients else "",
         envelope_from=suppression.verp_address(desk.sender.address, mail.message_id)
         if desk.verp else desk.sender.address,
         recipients=reachable or recipients,
-        # The bytes by reference: written now, synced before this transaction commits.
-        raw_sha256=blobs.stage(session, desk.store, mail.raw, now),
         verp_token=suppression.verp_token(mail.message_id), attempts=0,
         state=OutboxState.PENDING if reachable else OutboxState.SUPPRESSED,
         next_attempt_at=max(now, not_before or now),
@@ -178,16 +176,20 @@ def enqueue(
         log.warning("not sending to bouncing addresses %s message_id=%s",
                     sorted(set(recipients) - set(reachable)), mail.message_id)
     session.add(out)
+    # The bytes by reference: written now, synced before this transaction commits.
+    out.raw_sha256 = blobs.stage_for(session, desk.store, out, mail.raw, now)
     if kind in vocab.ANSWERS:
         desk.answer_gate.note()
         counted = session.info.get(_COUNTED)
         if counted is not None and out.recipient in counted:
             counted[out.recipient] += 1
     if ticket is not None:
+        # Every column given, as for a received mail's: the ORM writes the batch's
+        # messages in one INSERT only when they set the same columns.
         session.add(TicketMessage(
-            ticket_id=ticket.id, direction="out", author=author or desk.sender.address,
-            message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
-            new_text=mail.text, automatic=automatic, created_at=now, kind=kind,
-            internal=internal,
+            ticket=ticket, inbound_id=None, direction="out",
+            author=author or desk.sender.address, message_id=mail.message_id,
+            subject=mail.subject, body_text=mail.text, new_text=mail.text, facts={},
+            automatic=automatic, created_at=now, kind=kind, internal=internal,
         ))
     return out

@@ -180,17 +180,30 @@ def _fsync(path: Path) -> None:
 
 def add_ref(session: Session, sha256: str, size: int, now: datetime) -> None:
     """Count one more user of blob `sha256` (creating its row on first use)."""
-    session.execute(_add_ref(session.get_bind().dialect.name),
-                    {"sha256": sha256, "size": size, "refs": 1, "created_at": now})
+    add_refs(session, [(sha256, size)], now)
+
+
+def add_refs(session: Session, blobs: Iterable[tuple[str, int]], now: datetime) -> None:
+    """Count one more user per (sha256, size) of `blobs`, in one statement. It runs at
+    once, on the session's connection: no flush of the session's pending rows (those
+    that refer to these blobs are written after, so the foreign keys hold)."""
+    counted = Counter(blobs)
+    if not counted:
+        return
+    connection = session.connection()
+    connection.execute(_add_ref(connection.dialect.name), [
+        {"sha256": sha, "size": size, "refs": n, "created_at": now}
+        for (sha, size), n in counted.items()])
 
 
 @functools.cache
 def _add_ref(dialect: str) -> Executable:
-    """`INSERT … ON CONFLICT DO UPDATE refs = refs + 1`, built once per dialect (it is on
+    """`INSERT … ON CONFLICT DO UPDATE refs = refs + n`, built once per dialect (it is on
     every mail's path; the values come as parameters)."""
     module = postgresql if dialect == "postgresql" else sqlite
-    stmt: Executable = module.insert(Blob).on_conflict_do_update(
-        index_elements=[Blob.sha256], set_={"refs": Blob.refs + 1})
+    insert = module.insert(Blob)
+    stmt: Executable = insert.on_conflict_do_update(
+        index_elements=[Blob.sha256], set_={"refs": Blob.refs + insert.excluded.refs})
     return stmt
 
 
@@ -215,6 +228,42 @@ def stage(session: Session, store: BlobStore, data: bytes, now: datetime) -> str
     add_ref(session, sha, len(data), now)
     sync_before_commit(session, store)
     return sha
+
+
+def stage_for(session: Session, store: BlobStore, row: object, data: bytes,
+              now: datetime) -> str:
+    """`stage`, for `row`, a row added to `session` that refers to the blob: its
+    reference is counted when the row is written, with those of every row written in the
+    same flush (one statement, before theirs). A row a rolled-back savepoint took away
+    counts nothing."""
+    sha = store.put(data, sync=False)
+    add_ref_for(session, row, sha, len(data), now)
+    sync_before_commit(session, store)
+    return sha
+
+
+def add_ref_for(session: Session, row: object, sha256: str, size: int,
+                now: datetime) -> None:
+    """`add_ref` when `row` (added to `session`, referring to `sha256`) is written."""
+    pending: list[tuple[object, str, int, datetime]] | None = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = []
+        event.listen(session, "before_flush", _count_pending)
+    pending.append((row, sha256, size, now))
+
+
+def _count_pending(session: Session, _context: object, _instances: object) -> None:
+    pending: list[tuple[object, str, int, datetime]] = session.info.get(_PENDING, [])
+    if not pending:
+        return
+    new = session.new
+    due = [(sha, size, now) for row, sha, size, now in pending if row in new]
+    pending.clear()
+    if due:
+        add_refs(session, [(sha, size) for sha, size, _ in due], due[-1][2])
+
+
+_PENDING = "maild.blobs.pending_refs"  # session.info: (row, sha256, size, now) not counted
 
 
 def sync_before_commit(session: Session, store: BlobStore) -> None:

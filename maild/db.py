@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -188,10 +189,38 @@ def _short(exc: BaseException) -> str:
 
 
 def next_number(session: Session, name: str) -> int:
-    """Take the next value of counter `name`; the row lock serialises concurrent takers."""
+    """Take the next value of counter `name`; the row lock serialises concurrent takers
+    (until the transaction ends). Values `reserve_numbers` took come first."""
+    pool: deque[int] | None = session.info.get(_POOL, {}).get(name)
+    if pool:
+        return pool.popleft()
+    return _bump(session, name, 1)
+
+
+def reserve_numbers(session: Session, name: str, count: int) -> None:
+    """Take `count` values of counter `name` in one statement, for `next_number` to hand
+    out in order in this transaction. `release_numbers` gives back those not used before
+    the commit: nobody else can have taken one since (the row stays locked), so the
+    counter continues without a gap."""
+    if count > 0:
+        top = _bump(session, name, count)
+        session.info.setdefault(_POOL, {})[name] = deque(range(top - count + 1, top + 1))
+
+
+def release_numbers(session: Session, name: str) -> None:
+    """Give back what `reserve_numbers` took of counter `name` and was not used."""
+    pool: deque[int] | None = session.info.get(_POOL, {}).pop(name, None)
+    if pool:
+        _bump(session, name, -len(pool))
+
+
+_POOL = "maild.db.reserved"  # session.info: counter name → values reserved, not yet used
+
+
+def _bump(session: Session, name: str, by: int) -> int:
     stmt = (
         update(Counter).where(Counter.name == name)
-        .values(value=Counter.value + 1).returning(Counter.value)
+        .values(value=Counter.value + by).returning(Counter.value)
     )
     value = session.connection().execute(stmt).scalar_one_or_none()
     if value is None:

@@ -213,7 +213,14 @@ class Intake:
         """One transaction for the batch. `isolated`: each mail in a savepoint of its own,
         so one mail's failure is recorded against it alone; else without savepoints (the
         common case, cheaper), and the first failing mail raises `_MailFailed`, which
-        rolls the batch back for the caller to write it again isolated."""
+        rolls the batch back for the caller to write it again isolated.
+
+        Not isolated, the batch is written in a few statements: its new inbound rows in
+        one, its ticket numbers reserved in one, and the rest (tickets, messages, files,
+        events, outbox rows and the blob counts they hold) by one flush at the end, one
+        INSERT per table (on SQLite one per row: its RETURNING cannot keep the order). A
+        read for a later mail (the ticket a reply continues) flushes what is pending
+        first, so it sees the batch's earlier mails."""
         uids = [p.mail.uid for p in prepared]
         with db.transaction(self.factory) as session:
             # The mails' blobs and their answers' bytes: one sync, just before the commit.
@@ -224,11 +231,17 @@ class Intake:
             answers.count_answers(session, senders, now)
             self._accounts = {**dict.fromkeys(senders), **accounts.lookup_many(session, senders)}
             try:
+                if not isolated:
+                    with _mail_failure():  # (a row the batch cannot write: mail by mail)
+                        self._seen.update(self._new_rows(session, uidvalidity, prepared, now))
+                    # Ticket numbers for the mails that may open one, in one statement.
+                    db.reserve_numbers(session, "ticket", sum(map(_may_open, prepared)))
                 outcomes = [self._decide(session, uidvalidity, p, now, isolated)
                             for p in prepared]
                 if not isolated:
-                    with _mail_failure():  # the last mail's rows, still pending
+                    with _mail_failure():  # the batch's rows, still pending
                         session.flush()
+                    db.release_numbers(session, "ticket")  # those not used
             finally:
                 self._seen, self._accounts = {}, {}  # true for this transaction only
             session.execute(delete(ParseAttempt).where(  # the attempts are over
@@ -352,7 +365,7 @@ class Intake:
             planned=p.planned, refers_to=match.ticket.number if d.refers and match else None,
             extracted=p.extracted, answer=d.answer, not_answered=d.not_answered,
         )
-        row.ticket_id = ticket.id
+        row.ticket = ticket  # (written with the batch: no id yet)
         if d.forged:
             notify.forged_warning(session, self.desk, ticket, parsed, now)
         logs.bind(ticket=f"#{ticket.number}")
@@ -390,6 +403,28 @@ class Intake:
             account = accounts.by_domain(session, parsed.from_addr)
         return account
 
+    def _new_rows(self, session: Session, uidvalidity: int, prepared: list[Prepared],
+                  now: datetime) -> dict[str, InboundMessage]:
+        """The inbound records of the batch's mails seen for the first time, written in
+        one statement per table (their ids are what the mails' rows refer to)."""
+        new: dict[str, InboundMessage] = {}
+        for p in prepared:
+            if not p.error and self._seen.get(p.key) is None and p.key not in new:
+                new[p.key] = self._new_row(uidvalidity, p, now)
+        if new:
+            blobs.add_refs(session, [(r.raw_sha256 or "", r.size) for r in new.values()], now)
+            session.add_all(new.values())
+            session.flush()
+        return new
+
+    def _new_row(self, uidvalidity: int, p: Prepared, now: datetime) -> InboundMessage:
+        return InboundMessage(
+            mailbox=self.mailbox, uidvalidity=uidvalidity, uid=p.mail.uid,
+            dedupe_key=p.key, message_id=p.parsed.message_id if p.parsed else None,
+            raw_sha256=p.raw_sha, size=len(p.mail.raw), internaldate=p.mail.internaldate,
+            received_at=now, state=InboundState.NEW, kind="", reason="", attempts=0, error="",
+        )
+
     def _row(
         self, session: Session, row: InboundMessage | None, uidvalidity: int, p: Prepared,
         now: datetime,
@@ -397,12 +432,7 @@ class Intake:
         """The inbound record of this mail, created on first sight."""
         if row is None:
             blobs.add_ref(session, p.raw_sha, len(p.mail.raw), now)
-            row = InboundMessage(
-                mailbox=self.mailbox, uidvalidity=uidvalidity, uid=p.mail.uid,
-                dedupe_key=p.key, message_id=p.parsed.message_id if p.parsed else None,
-                raw_sha256=p.raw_sha, size=len(p.mail.raw), internaldate=p.mail.internaldate,
-                received_at=now, state=InboundState.NEW, kind="", reason="", attempts=0, error="",
-            )
+            row = self._new_row(uidvalidity, p, now)
             session.add(row)
             session.flush()
         if row.state == InboundState.QUARANTINED:  # an operator put it back: give it fresh attempts
@@ -450,6 +480,12 @@ def _mail_failure() -> Iterator[None]:
         if isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc):
             raise
         raise _MailFailed from exc
+
+
+def _may_open(p: Prepared) -> bool:
+    """Whether the mail may open a ticket (a guess to reserve numbers by: `decide()` says)."""
+    return not p.error and p.verdict is not None \
+        and p.verdict.kind not in ("unparseable", "own", "bounce")
 
 
 def _rules(desk: Desk) -> Rules:

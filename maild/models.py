@@ -20,7 +20,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -256,6 +256,8 @@ class InboundMessage(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set to a ticket not yet written (the batched intake); never loaded (raise_on_sql).
+    ticket: Mapped[Ticket | None] = relationship(lazy="raise_on_sql")
 
     __table_args__ = (Index("ix_inbound_messages_mailbox_uid", "mailbox", "uidvalidity", "uid"),)
 
@@ -280,6 +282,7 @@ class TicketMessage(Base):
     kind: Mapped[str] = mapped_column(String(20), default="")
     # Seen by agents only (notes, notifications); never quoted to a customer.
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    ticket: Mapped[Ticket] = relationship(lazy="raise_on_sql")
 
 
 class Attachment(Base):
@@ -294,6 +297,7 @@ class Attachment(Base):
     declared_type: Mapped[str] = mapped_column(String(255), default="")
     listed: Mapped[bool] = mapped_column(Boolean, default=True)
     note: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[TicketMessage] = relationship(lazy="raise_on_sql")
 
 
 class OutboxMail(Base):
@@ -320,6 +324,7 @@ class OutboxMail(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ticket: Mapped[Ticket | None] = relationship(lazy="raise_on_sql")
 
     __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
                       Index("ix_outbox_recipient", "recipient", "created_at"),
@@ -336,3 +341,4 @@ class Event(Base):
     actor: Mapped[str] = mapped_column(String(320))
     kind: Mapped[str] = mapped_column(String(40))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ticket: Mapped[Ticket | None] = relationship(lazy="raise_on_sql")

@@ -139,6 +139,8 @@ def _recipients(session: Session, desk: Desk, owner: str) -> list[str]:
 
 def _last_notice(session: Session, ticket: Ticket) -> str | None:
     """The last notification about `ticket`, so agents' clients show one thread."""
+    if ticket.id is None:  # a ticket of the batch being written: none yet
+        return None
     return session.scalars(select(TicketMessage.message_id).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "notify")
         .order_by(TicketMessage.id.desc())).first()

@@ -60,35 +60,35 @@ def open_ticket(
         contact_id=account.contact_id if account else None,
         company_id=account.company_id if account else None,
         mailbox=mailbox,
+        owner="",
+        link_version=0,  # (read before the row is written: the acknowledgement's links)
         opened_at=arrived,
         created_at=now,
         updated_at=now,
         first_response_due=None if automatic else sla.add_business_hours(
             desk.calendar, arrived, hours),
     )
-    session.add(ticket)
-    session.flush()
+    session.add(ticket)  # written with the batch: its rows refer to it as objects
     first = TicketMessage(
-        ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
+        ticket=ticket, inbound_id=inbound_id, direction="in",
         author=ticket.customer_address, message_id=mail.message_id, subject=mail.subject,
         body_text=mail.text, new_text=extracted.new_text if extracted
         else body.latest_reply(mail.text), facts=found, automatic=automatic, created_at=now,
-        kind="automatic" if automatic else "customer",
+        kind="automatic" if automatic else "customer", internal=False,
     )
     session.add(first)
-    session.flush()
     if planned is None:
         planned = files.plan(mail.attachments, desk.limits)
-    shown = store_attachments(session, desk, first.id, planned, now)
+    shown = store_attachments(session, desk, first, planned, now)
     session.add(Event(
-        ticket_id=ticket.id, at=now, actor=ticket.customer_address, kind=EventKind.CREATED,
+        ticket=ticket, at=now, actor=ticket.customer_address, kind=EventKind.CREATED,
         detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
                 "priority": level, "priority_reason": why,
                 **({"refers_to": refers_to} if refers_to else {}),
                 **({"cc_not_added": refused} if refused else {})},
     ))
     if not_answered == decide.ANSWER_LIMIT:
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
+        session.add(Event(ticket=ticket, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
                           detail={"reason": not_answered}))
         log.warning("answer limit reached, not answering to=%s ticket=%s",
                     ticket.customer_address, ticket.number)
@@ -100,7 +100,7 @@ def open_ticket(
         notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
                              cc_not_added=refused)
     elif not_answered:  # a person's mail we cannot answer: agents must know
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
+        session.add(Event(ticket=ticket, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
                           detail={"reason": not_answered}))
         notify.ticket_notice(
             session, desk, ticket, first, shown, "new", now, cc_not_added=refused,
@@ -142,8 +142,7 @@ def add_follow_up(
         internal=not person,  # an out-of-office reply is for agents' eyes
     )
     session.add(message)
-    session.flush()
-    shown = store_attachments(session, desk, message.id, planned if planned is not None
+    shown = store_attachments(session, desk, message, planned if planned is not None
                               else files.plan(mail.attachments, desk.limits), now)
     detail: dict[str, object] = {"inbound_id": inbound_id, "how": how,
                                  "kind": verdict.kind}
@@ -217,27 +216,29 @@ def sender_verified(desk: Desk, mail: InboundMail, how: str) -> bool:
 
 
 def store_attachments(
-    session: Session, desk: Desk, message_id: int, planned: list[files.Planned],
+    session: Session, desk: Desk, message: TicketMessage, planned: list[files.Planned],
     now: datetime,
 ) -> list[files.Planned]:
-    """Record every file (storing those within the limits); returns those to show."""
+    """Record every file of `message` (storing those within the limits); returns those
+    to show."""
     shown = []
     for f in planned:
         listed = True
         if f.store:
             # A small image we already hold (from earlier mail) is a signature logo.
-            seen = session.get(Blob, f.sha256) is not None
-            listed = not (seen and f.size <= desk.logo_max_bytes
-                          and f.content_type.startswith("image/"))
+            listed = not (f.size <= desk.logo_max_bytes and f.content_type.startswith("image/")
+                          and session.get(Blob, f.sha256) is not None)
             if not desk.store.exists(f.sha256):  # intake wrote it already, as a rule
                 desk.store.put(f.data)
-            blobs.add_ref(session, f.sha256, f.size, now)
-        session.add(Attachment(
-            ticket_message_id=message_id, filename=f.filename, content_type=f.content_type,
+        row = Attachment(
+            message=message, filename=f.filename, content_type=f.content_type,
             declared_type=f.declared_type, size=f.size,
             blob_sha256=f.sha256 if f.store else None, inline=f.inline, listed=listed,
             note=f.note,
-        ))
+        )
+        session.add(row)
+        if f.store:
+            blobs.add_ref_for(session, row, f.sha256, f.size, now)
         if listed and not (f.inline and f.content_type.startswith("image/")):
             shown.append(f)
     return shown

@@ -101,8 +101,7 @@ def agent_mail(
         kind="rejected" if errors else "note" if internal else "agent", internal=internal,
     )
     session.add(message)
-    session.flush()
-    shown = store_attachments(session, desk, message.id, planned if planned is not None
+    shown = store_attachments(session, desk, message, planned if planned is not None
                               else files.plan(mail.attachments, desk.limits), now)
     if errors:
         session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,

@@ -1,0 +1,110 @@
+"""The intake's write alone, in this process: what `Intake.process_batch` costs per mail
+once the analysis is done (no IMAP, no SMTP, no parse workers).
+
+    python bench/write.py [--mails 1000] [--batch 50] [--db sqlite|postgresql] [--profile N]
+
+The mails are `bench.py`'s generated ones (same seed: 10 % replies to earlier ones). They
+are analysed first (untimed), then written in batches of `--batch`, as the daemon does;
+the figure is the write's wall time per mail. `--profile N` prints cProfile's N most
+expensive functions (cumulative) of the timed part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from harness import PG_ADMIN_URL, write_config  # noqa: E402
+from sqlalchemy import event  # noqa: E402
+
+from bench import LIMITS, database, generate  # noqa: E402
+from maild import config as maild_config  # noqa: E402
+from maild import db  # noqa: E402
+from maild.daemon import build_desk  # noqa: E402
+from maild.intake import Intake  # noqa: E402
+from maild.mail.fetched import Fetched  # noqa: E402
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, support open
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mails", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--pg", default=PG_ADMIN_URL)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    previous: list[str] = []
+    raws = []
+    for n in range(args.mails):
+        raw, mid = generate(n, rng, previous)
+        raws.append(raw)
+        previous.append(mid)
+    with tempfile.TemporaryDirectory() as tmp, \
+            database(args.db, Path(tmp) / "db", args.pg) as url:
+        path = write_config(Path(tmp) / "maild.toml", imap_port=1, user="u", password="p",
+                            smtp_port=1, database_url=url, extra=LIMITS)
+        settings = maild_config.load(path)
+        engine = db.make_engine(settings.database.url)
+        db.upgrade(engine)
+        factory = db.session_factory(engine)
+        intake = Intake(factory, build_desk(settings, factory, NOW), "INBOX", 3, lambda: NOW)
+        try:
+            batches = []
+            for start in range(0, len(raws), args.batch):
+                mails = [Fetched(start + i + 1, raw, NOW)
+                         for i, raw in enumerate(raws[start:start + args.batch])]
+                batches.append((mails, intake.analyse(1, mails)))
+            for _, future in batches:
+                future.result()
+
+            def write() -> int:
+                done = 0
+                for mails, future in batches:
+                    done += sum(o.action == "processed"
+                                for o in intake.process_batch(1, mails, future))
+                return done
+
+            statements = [0]
+
+            @event.listens_for(engine, "before_cursor_execute")
+            def count(*_: object) -> None:
+                statements[0] += 1
+
+            began = time.perf_counter()
+            if args.profile:
+                profile = cProfile.Profile()
+                done = profile.runcall(write)
+            else:
+                done = write()
+            took = time.perf_counter() - began
+        finally:
+            intake.close()
+            engine.dispose()
+    print(f"{args.db}: {args.mails} mails in batches of {args.batch}, {done} processed: "
+          f"{took:.2f} s, {took / args.mails * 1000:.2f} ms/mail, "
+          f"{statements[0] / args.mails:.1f} statements/mail")
+    if args.profile:
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(args.profile)
+        print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
