@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ def format_size(size: int, language: str = "en") -> str:
     return f"{size} B"
 
 
+@functools.lru_cache(maxsize=4096)  # babel is slow; a batch's mails share their moments
 def format_when(moment: datetime, language: str, zone: str) -> str:
     """A reader-friendly local date and time, e.g. 'Dienstag, 1. Dezember 2026, 09:30 Uhr'
     or 'Tuesday, 1 December 2026, 09:30'."""
