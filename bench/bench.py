@@ -202,6 +202,20 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pid: int) -> dict[int, float]:
+    """CPU seconds of `pid` and of each of its children, by pid."""
+    return {p: cpu_seconds(p) for p in (pid, *children(pid))}
+
+
 def children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -228,6 +242,8 @@ class Result:
     p99_ms: float
     rss_mb: float
     worker_rss_mb: float
+    cpu_daemon_s: float  # CPU time used during the timed run, by the daemon's process
+    cpu_workers_s: float  # and by its children (the parse worker)
     acknowledgements: int
     notifications: int
     left_in_inbox: int
@@ -283,12 +299,16 @@ class Bench:
         try:
             if not wait_until(lambda: "watching" in daemon.output(), timeout=60, interval=0.01):
                 raise RuntimeError(f"[{name}] the daemon did not start:\n{daemon.output()}")
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), cpu_of(daemon.process.pid)
             done = wait_until(lambda: len(self.smtp.mails) >= acks + notes
                               or daemon.process.poll() is not None, timeout=3600, interval=0.02)
             if daemon.process.poll() is not None:
                 raise RuntimeError(f"[{name}] the daemon ended:\n{daemon.output()[-3000:]}")
             elapsed = time.perf_counter() - started
+            cpu_after = cpu_of(daemon.process.pid)
+            cpu = {p: t - cpu_before.get(p, 0.0) for p, t in cpu_after.items()}
+            cpu_daemon = cpu.pop(daemon.process.pid, 0.0)
+            cpu_workers = sum(cpu.values())
             left = self.box.count("INBOX")
             got_acks, got_notes = self.counted()
             rate = args.mails / elapsed
@@ -296,6 +316,8 @@ class Bench:
                   f"({rate / rate_bound:.2f} × the bound), acknowledgements {got_acks}"
                   + (f", notifications {got_notes}" if agents else "")
                   + f", left in INBOX {left}" + ("" if done else "  (TIMED OUT)"), flush=True)
+            print(f"[{name}] CPU during those {elapsed:.1f} s: daemon {cpu_daemon:.1f} s, "
+                  f"parse worker {cpu_workers:.1f} s", flush=True)
             latencies = self.latency(2 if agents else 1)
             p50 = statistics.median(latencies) * 1000 if latencies else 0.0
             p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 \
@@ -313,7 +335,8 @@ class Bench:
         return Result(name, database, args.mails, round(self.size / 1e6, 1), round(rate_bound, 1),
                       round(n / fetch_s, 1), round(n / parse_s, 1), round(rate, 1),
                       round(rate / rate_bound, 3), round(elapsed, 2), round(p50), round(p99),
-                      round(rss), round(worker), got_acks, got_notes, left, not done)
+                      round(rss), round(worker), round(cpu_daemon, 1), round(cpu_workers, 1),
+                      got_acks, got_notes, left, not done)
 
     def counted(self) -> tuple[int, int]:
         with self.smtp.lock:

@@ -292,6 +292,7 @@ class Flight:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.now: set[tuple[int, int]] = set()
+        self.landed = False  # a mail came out and the file does not say so yet
         self.before: set[tuple[int, int]] | None = self._read()
 
     def _read(self) -> set[tuple[int, int]] | None:
@@ -310,12 +311,17 @@ class Flight:
             self.now.add(key)
             self._write()
 
-    def land(self, key: tuple[int, int] | None) -> None:
+    def land(self, key: tuple[int, int] | None, *, more: bool = False) -> None:
+        """`key` came out. `more`: another mail goes in at once, and its `take_off`
+        writes both changes in one go (one file write per mail, not two)."""
         if key is not None and key in self.now:
             self.now.discard(key)
+            self.landed = True
+        if self.landed and not more:
             self._write()
 
     def _write(self) -> None:
+        self.landed = False
         if self.path is None:
             return
         try:
@@ -434,7 +440,8 @@ class Analyser:
                 self._collect(busy, results)
             for i, key in enumerate(self.keys):
                 if results[i] is not None:
-                    self.flight.land(key)
+                    self.flight.land(key, more=bool(todo))
+        self.flight.land(None)  # (what came out last is written now)
         return [r if r is not None else stopped(DIED) for r in results]
 
     def _send(self, slot: int, raw: bytes | Analysis,

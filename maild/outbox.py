@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Update, func, or_, select, update
+from sqlalchemy import Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from maild import db, health, retry
@@ -26,6 +26,12 @@ from maild.models import OutboxMail
 from maild.smtp import SmtpConnection
 
 log = logging.getLogger(__name__)
+
+# A mail the server accepted (Core, executed once for a group of them).
+_MARK_SENT = update(OutboxMail.__table__).where(
+    OutboxMail.__table__.c.id == bindparam("row")).values(
+    state="sent", sent_at=bindparam("now"), leased_until=None, attempts=bindparam("tries"),
+    last_error="")
 
 
 SENT_GROUP = 20  # accepted mails recorded as sent per commit, at most
@@ -135,12 +141,9 @@ class Outbox:
         if not sent:
             return
         now = self.clock()
-        with db.transaction(self.factory) as session:
-            for mail, _ in sent:
-                session.execute(update(OutboxMail).where(OutboxMail.id == mail.id).values(
-                    state="sent", sent_at=now, leased_until=None, attempts=mail.attempts + 1,
-                    last_error="",
-                ))
+        with db.transaction(self.factory) as session:  # one statement, a row per mail
+            session.connection().execute(_MARK_SENT, [
+                {"row": mail.id, "tries": mail.attempts + 1, "now": now} for mail, _ in sent])
         self.runtime.count("outbox_sent", n=len(sent))
         for mail, answer in sent:
             log.info("mail sent message_id=%s to=%s answer=%s",
