@@ -28,8 +28,7 @@ from maild.smtp import SmtpConnection
 log = logging.getLogger(__name__)
 
 # A mail the server accepted (Core, executed once for a group of them).
-_MARK_SENT = update(OutboxMail.__table__).where(
-    OutboxMail.__table__.c.id == bindparam("row")).values(
+_MARK_SENT = update(OutboxMail).where(OutboxMail.id == bindparam("row")).values(
     state="sent", sent_at=bindparam("now"), leased_until=None, attempts=bindparam("tries"),
     last_error="")
 
