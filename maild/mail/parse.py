@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from html import unescape
 from typing import Any
@@ -70,9 +71,37 @@ class InboundMail:
     trace: tuple[tuple[str, str], ...] = ()
 
 
+class _ParsedOnce(HeaderRegistry):
+    """The stdlib's header classes, each header value parsed once per mail: the stdlib
+    parses a header anew on every read (`get_content_type` alone reads Content-Type a
+    dozen times per mail, and `get_body` more). One per mail, so the parsed values go
+    with the mail: nothing of one mail is kept for the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parsed: dict[tuple[str, str], BaseHeader] = {}
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        key = (name, value)
+        found = self.parsed.get(key)
+        if found is None:
+            found = super().__call__(name, value)
+            if len(self.parsed) < _PARSED_MAX:  # a mail of many parts keeps only so many
+                self.parsed[key] = found
+        return found
+
+
+_PARSED_MAX = 1000
+
+
+def mail_policy() -> policy.EmailPolicy[EmailMessage]:
+    """`policy.default`, with header values parsed once (a new one for each mail)."""
+    return policy.default.clone(header_factory=_ParsedOnce())
+
+
 def parse(raw: bytes) -> InboundMail:
     """Parse `raw` with the stdlib (policy.default) and pull out what maild needs."""
-    msg = email.message_from_bytes(raw, policy=policy.default)
+    msg = email.message_from_bytes(raw, policy=mail_policy())
     assert isinstance(msg, EmailMessage)
     headers = _headers(msg)
     from_name, from_addr, address_from = _sender(headers)
@@ -178,7 +207,7 @@ def _salvage(msg: Message) -> str:
             if found:
                 inner = email.message_from_string(
                     f'Content-Type: multipart/mixed; boundary="{found.group(1)}"\n\n{body}',
-                    policy=policy.default)
+                    policy=mail_policy())
                 assert isinstance(inner, EmailMessage)
                 text_part, html_part = _body_parts(inner)
                 if text_part is not None and text_part is not inner:
