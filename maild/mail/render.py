@@ -195,36 +195,73 @@ def render_mail(
 
     subject = " ".join(part("subject").split())
     text = part("txt")
+    html = part("html") if _has_template(env, f"{template}.{language}.html.j2") else None
     message_id = new_message_id(sender, context.get("number"))
+    headers: list[tuple[str, Any]] = [
+        ("From", formataddr((from_name or sender.name, sender.address), charset="utf-8")),
+        ("To", to)]
+    if cc:
+        headers.append(("Cc", ", ".join(cc)))
+    headers += [("Subject", _encode_subject(subject)), ("Date", format_datetime(now)),
+                ("Message-ID", message_id)]
+    if in_reply_to:
+        headers += [("In-Reply-To", in_reply_to),
+                    ("References", " ".join((*references, in_reply_to)[-20:]))]
+    if auto_submitted:
+        headers += [("Auto-Submitted", auto_submitted), ("X-Auto-Response-Suppress", "All")]
+    if reply_to:
+        headers.append(("Reply-To", formataddr((sender.name, reply_to), charset="utf-8")))
+    headers += [(LOOP_HEADER, sender.address), ("Content-Language", language)]
+    raw = _with_files(headers, text, html, files) if files else _text_mail(headers, text, html)
+    return Rendered(message_id, subject, text, raw)
+
+
+def _text_mail(headers: list[tuple[str, Any]], text: str, html: str | None) -> bytes:
+    """A mail of text (and its HTML alternative) written out directly: the MIME the
+    stdlib's classes and generator would write for it, without their cost (most of
+    rendering an acknowledgement). Headers are folded by the same policy."""
+    if html is None:
+        head = [("Content-Type", 'text/plain; charset="utf-8"'), ("MIME-Version", "1.0"),
+                ("Content-Transfer-Encoding", "quoted-printable")]
+        body = _qp(text)
+    else:
+        # "=_" cannot occur in quoted-printable text: "=" is always encoded there.
+        boundary = f"=_maild_{secrets.token_hex(12)}"
+        head = [("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+                ("MIME-Version", "1.0")]
+        body = (f"--{boundary}\r\n{_PART_HEAD.format(kind='plain')}{_qp(text)}\r\n"
+                f"--{boundary}\r\n{_PART_HEAD.format(kind='html')}{_qp(html)}\r\n"
+                f"--{boundary}--\r\n")
+    written = b"".join(_CRLF.fold_binary(name, value) for name, value in (*head, *headers))
+    return written + b"\r\n" + body.encode("ascii")
+
+
+_PART_HEAD = ('Content-Type: text/{kind}; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
+              "Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+
+
+def _qp(text: str) -> str:
+    """`text` as UTF-8 quoted-printable, with CRLF line ends (binascii leaves a lone CR
+    as it is: a line end too, as the stdlib generator takes it)."""
+    encoded = _QP_UTF8.body_encode(text)
+    return "\r\n".join(encoded.splitlines()) + ("\r\n" if encoded.endswith("\n") else "")
+
+
+def _with_files(headers: list[tuple[str, Any]], text: str, html: str | None,
+                files: Sequence[File]) -> bytes:
+    """A mail with files attached, through the stdlib's MIME classes."""
     body: MIMEBase = MIMEText(text, "plain", _QP_UTF8)  # type: ignore[arg-type]  # a Charset works
-    if _has_template(env, f"{template}.{language}.html.j2"):
+    if html is not None:
         body = MIMEMultipart("alternative")
         body.attach(MIMEText(text, "plain", _QP_UTF8))  # type: ignore[arg-type]
-        body.attach(MIMEText(part("html"), "html", _QP_UTF8))  # type: ignore[arg-type]
-    msg = body
-    if files:
-        msg = MIMEMultipart("mixed")
-        msg.attach(body)
-        for f in files:
-            msg.attach(_file_part(f))
-    msg["From"] = formataddr((from_name or sender.name, sender.address), charset="utf-8")
-    msg["To"] = to
-    if cc:
-        msg["Cc"] = ", ".join(cc)
-    msg["Subject"] = _encode_subject(subject)  # type: ignore[assignment]  # compat32 takes a Header
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-        msg["References"] = " ".join((*references, in_reply_to)[-20:])
-    if auto_submitted:
-        msg["Auto-Submitted"] = auto_submitted
-        msg["X-Auto-Response-Suppress"] = "All"
-    if reply_to:
-        msg["Reply-To"] = formataddr((sender.name, reply_to), charset="utf-8")
-    msg[LOOP_HEADER] = sender.address
-    msg["Content-Language"] = language
-    return Rendered(message_id, subject, text, msg.as_bytes(policy=_CRLF))
+        body.attach(MIMEText(html, "html", _QP_UTF8))  # type: ignore[arg-type]
+    msg = MIMEMultipart("mixed")
+    msg.attach(body)
+    for f in files:
+        msg.attach(_file_part(f))
+    for name, value in headers:
+        msg[name] = value
+    return msg.as_bytes(policy=_CRLF)
 
 
 @dataclass(frozen=True, slots=True)
