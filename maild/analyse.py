@@ -293,6 +293,10 @@ class Flight:
         self.path = path
         self.now: set[tuple[int, int]] = set()
         self.landed = False  # a mail came out and the file does not say so yet
+        self._fd: int | None = None
+        self._longest = 0
+        self._lock = threading.Lock()
+        self._closed = False
         self.before: set[tuple[int, int]] | None = self._read()
 
     def _read(self) -> set[tuple[int, int]] | None:
@@ -321,16 +325,32 @@ class Flight:
             self._write()
 
     def _write(self) -> None:
+        """One `pwrite` at the start of the file, padded with spaces (JSON whitespace) to
+        the longest record written: a process killed at any point leaves a whole record
+        (the file is for crashes of the process, so it is not synced)."""
         self.landed = False
         if self.path is None:
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            part = self.path.with_suffix(".part")
-            part.write_text(json.dumps(sorted(self.now)))
-            os.replace(part, self.path)
-        except OSError as exc:  # the count of crashes is lost, never a mail
-            log.debug("in-flight record not written: %s", exc)
+        record = json.dumps(sorted(self.now)).encode()
+        with self._lock:  # (close() comes from another thread)
+            if self._closed:
+                return
+            try:
+                if self._fd is None:  # (the last run's record was read in __init__)
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                       0o600)
+                os.pwrite(self._fd, record.ljust(self._longest), 0)
+                self._longest = max(self._longest, len(record))
+            except OSError as exc:  # the count of crashes is lost, never a mail
+                log.debug("in-flight record not written: %s", exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class Analyser:
@@ -512,3 +532,4 @@ class Analyser:
             dispatch.shutdown(wait=False, cancel_futures=True)
         for worker in pool:
             worker.stop()
+        self.flight.close()

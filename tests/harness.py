@@ -390,8 +390,10 @@ class Daemon:
     def __init__(self, config: Path, log: Path) -> None:
         self.config, self.log = config, log
         self.process: subprocess.Popen[bytes] | None = None
+        self.watched = 0
 
     def start(self) -> Daemon:
+        self.watched = self.output().count("watching")  # (the log is kept across starts)
         fh = self.log.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "maild", "--config", str(self.config), "run"],
@@ -411,6 +413,12 @@ class Daemon:
 
     def stop(self) -> int | None:
         return self.kill(signal.SIGTERM)
+
+    def watching(self, timeout: float = 60) -> bool:
+        """Wait until this start is watching its folder (its signal handlers are set: a
+        SIGTERM before, while it still imports, ends it by the signal)."""
+        return wait_until(lambda: self.output().count("watching") > self.watched,
+                          timeout=timeout)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -63,6 +63,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     feeder.join()
     daemon.start()
     try:
+        assert daemon.watching()  # (the earlier runs may have left it nothing to do)
         assert wait_until(lambda: mailbox.count("INBOX") == 0, timeout=120), daemon.output()
         assert wait_until(lambda: len(smtp.by_message_id()) >= total, timeout=60)
         assert wait_until(lambda: outbox_settled(database_url))  # nothing more to go out

@@ -80,6 +80,7 @@ def test_soak_with_a_flapping_smtp_server_and_killed_daemons(
             kills += 1
         feeder.join()
         daemon.start()
+        assert daemon.watching()  # (the earlier runs may have left it nothing to do)
         assert wait_until(lambda: mailbox.count("INBOX") == 0, timeout=240), daemon.output()
         stop_flapping.set()
         flapper.join()
