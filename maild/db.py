@@ -197,14 +197,17 @@ def next_number(session: Session, name: str) -> int:
     return _bump(session, name, 1)
 
 
-def reserve_numbers(session: Session, name: str, count: int) -> None:
+def reserve_numbers(session: Session, name: str, count: int) -> int | None:
     """Take `count` values of counter `name` in one statement, for `next_number` to hand
-    out in order in this transaction. `release_numbers` gives back those not used before
-    the commit: nobody else can have taken one since (the row stays locked), so the
-    counter continues without a gap."""
-    if count > 0:
-        top = _bump(session, name, count)
-        session.info.setdefault(_POOL, {})[name] = deque(range(top - count + 1, top + 1))
+    out in order in this transaction; returns the first (None when `count` is 0). Every
+    value taken in this transaction from then on is that or higher. `release_numbers`
+    gives back those not used before the commit: nobody else can have taken one since
+    (the row stays locked), so the counter continues without a gap."""
+    if count <= 0:
+        return None
+    top = _bump(session, name, count)
+    session.info.setdefault(_POOL, {})[name] = deque(range(top - count + 1, top + 1))
+    return top - count + 1
 
 
 def release_numbers(session: Session, name: str) -> None:

@@ -12,7 +12,7 @@ import secrets
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from maild.answers import reject_unknown
 from maild.decide import Known
 from maild.desk import Desk
 from maild.errors import StorageUnavailable, Temporary
-from maild.mail import dsn, files
+from maild.mail import dsn, files, thread
 from maild.mail.classify import Verdict
 from maild.mail.extracted import Extracted
 from maild.mail.fetched import Fetched
@@ -108,6 +108,10 @@ class Intake:
         # recorded yet), its senders' accounts by address (None: none).
         self._seen: dict[str, InboundMessage | None] = {}
         self._accounts: dict[str, Account | None] = {}
+        # The batch's Message-IDs and the first ticket number it reserved (None: written
+        # mail by mail): what a mail may point at of the batch itself (see `_apart`).
+        self._batch_ids: set[str] = set()
+        self._first_number: int | None = None
         self.policy = decide.Policy(decide.UnknownSender(desk.unknown_sender), desk.reopen_days)
 
     def use(self, desk: Desk, max_attempts: int, max_crashes: int) -> None:
@@ -235,15 +239,19 @@ class Intake:
                     with _mail_failure():  # (a row the batch cannot write: mail by mail)
                         self._seen.update(self._new_rows(session, uidvalidity, prepared, now))
                     # Ticket numbers for the mails that may open one, in one statement.
-                    db.reserve_numbers(session, "ticket", sum(map(_may_open, prepared)))
+                    self._first_number = db.reserve_numbers(
+                        session, "ticket", sum(map(_may_open, prepared)))
+                    self._batch_ids = {p.parsed.message_id for p in prepared
+                                       if p.parsed and p.parsed.message_id}
                 outcomes = [self._decide(session, uidvalidity, p, now, isolated)
                             for p in prepared]
                 if not isolated:
                     with _mail_failure():  # the batch's rows, still pending
                         session.flush()
                     db.release_numbers(session, "ticket")  # those not used
-            finally:
-                self._seen, self._accounts = {}, {}  # true for this transaction only
+            finally:  # true for this transaction only
+                self._seen, self._accounts, self._batch_ids = {}, {}, set()
+                self._first_number = None
             session.execute(delete(ParseAttempt).where(  # the attempts are over
                 ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,
                 ParseAttempt.uid.in_(uids)))
@@ -384,7 +392,10 @@ class Intake:
             else None
         person = decide.answerable(verdict, blocked_by)
         agent = self.desk.roster.get(session, parsed.from_addr) if person else None
-        proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
+        # Rows of the batch's earlier mails are still pending: written first (autoflush)
+        # only when this mail may point at one of them.
+        with session.no_autoflush if self._apart(parsed) else nullcontext():
+            proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
         account = self._account(session, parsed)
         limited = person and answers.over_limit(session, self.desk, parsed.from_addr, now)
         return agent, proven, match, account, Known(
@@ -394,6 +405,18 @@ class Intake:
             ticket_status=match.ticket.status if match else "",
             ticket_done_at=done_at(match.ticket) if match else None,
             account=account is not None, answer_limited=limited)
+
+    def _apart(self, parsed: InboundMail) -> bool:
+        """Whether `parsed` cannot point at a mail or ticket of the batch being written:
+        it references none of the batch's Message-IDs and names no ticket number the
+        batch may have taken (in its subject tag or a reply address)."""
+        if self._first_number is None or self._batch_ids.intersection(
+                thread.referenced_ids(parsed)):
+            return False
+        numbers = [n for n, _ in thread.plus_tokens(parsed, self.desk.sender.address)]
+        tagged = thread.subject_tag(parsed.subject)
+        return all(n < self._first_number for n in (*numbers, *(
+            [tagged] if tagged is not None else [])))
 
     def _account(self, session: Session, parsed: InboundMail) -> Account | None:
         address = parsed.from_addr.lower()

@@ -70,6 +70,37 @@ def test_a_reply_to_our_answer_joins_the_ticket_and_completes_its_facts(intake, 
             "created", "follow_up"]
 
 
+def test_in_one_batch_a_reply_joins_a_ticket_opened_earlier_in_that_batch(intake, factory):
+    # One batch, written in one go: Bob's mail opens #10002, Anna's second matter #10003;
+    # her reply to that mail and her mail tagged [#10003] join #10003 although its rows
+    # are not written yet when they are read; a tag of an older ticket works as ever.
+    intake.process(1, Fetched(1, FIRST.encode(), NOW))  # #10001, committed before
+    mails = [
+        Fetched(2, (b"From: Bob <bob@firma.example>\r\nTo: service@example.com\r\n"
+                    b"Subject: Rechnung\r\nMessage-ID: <bob@firma.example>\r\n\r\n"
+                    b"Bitte Rechnung.\r\n"), NOW),
+        Fetched(3, FIRST.replace("first@", "second@").replace("App stuerzt", "Drucker")
+                .encode(), NOW),
+        reply(4, "anna@kunde.example", "In-Reply-To: <second@kunde.example>\r\n",
+              subject="Re: Drucker"),
+        reply(5, "anna@kunde.example", "", subject="Re: [#10003] Drucker"),
+        reply(6, "anna@kunde.example", "", subject="Re: [#10001] App stuerzt ab"),
+    ]
+    outcomes = intake.process_batch(1, mails)
+    assert [(o.reason, o.ticket_number) for o in outcomes] == [
+        ("normal", 10002), ("normal", 10003), ("follow-up", 10003), ("follow-up", 10003),
+        ("follow-up", 10001)]
+    with db.transaction(factory) as s:
+        numbers = {t.id: t.number for t in s.scalars(select(Ticket))}
+        joined = [numbers[m.ticket_id] for m in s.scalars(
+            select(TicketMessage).where(TicketMessage.direction == "in")
+            .order_by(TicketMessage.id))]
+        assert joined == [10001, 10002, 10003, 10003, 10003, 10001]
+        assert len(s.scalars(select(OutboxMail).where(OutboxMail.kind == "ack")).all()) == 3
+        counter = s.scalar(select(db.Counter.value).where(db.Counter.name == "ticket"))
+        assert counter == 10003  # the numbers reserved and not used were given back
+
+
 def test_the_tag_attaches_for_the_customer_and_participants_not_for_strangers(
         intake, factory):
     intake.process(1, Fetched(1, FIRST.encode(), NOW))
