@@ -12,6 +12,7 @@ expensive functions (cumulative) of the timed part.
 from __future__ import annotations
 
 import argparse
+import os
 import cProfile
 import io
 import pstats
@@ -101,7 +102,7 @@ def main() -> int:
           f"{statements[0] / args.mails:.1f} statements/mail")
     if args.profile:
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(args.profile)
+        pstats.Stats(profile, stream=out).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(args.profile)
         print(out.getvalue())
     return 0
 
