@@ -333,19 +333,24 @@ class Flight:
             return
         record = json.dumps(sorted(self.now)).encode()
         with self._lock:  # (close() comes from another thread)
-            if self._closed:
-                return
             try:
-                if self._fd is None:  # (the last run's record was read in __init__)
+                fd = self._fd
+                if fd is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                                       0o600)
-                os.pwrite(self._fd, record.ljust(self._longest), 0)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+                    # Padded to what is there: no moment with an empty or torn file.
+                    self._longest = max(self._longest, os.fstat(fd).st_size)
+                os.pwrite(fd, record.ljust(self._longest), 0)
                 self._longest = max(self._longest, len(record))
+                if self._closed:  # (a landing after close(): written, and closed again)
+                    os.close(fd)
+                else:
+                    self._fd = fd
             except OSError as exc:  # the count of crashes is lost, never a mail
                 log.debug("in-flight record not written: %s", exc)
 
     def close(self) -> None:
+        """Close the file (a later change is still written, opening it again)."""
         with self._lock:
             self._closed = True
             if self._fd is not None:
@@ -469,6 +474,8 @@ class Analyser:
         """Hand a mail to the worker in `slot`; an analysis when it died taking it."""
         assert isinstance(raw, bytes)
         worker = self.pool[slot]
+        if not worker.ready:  # it may take a while: what came out is written first
+            self.flight.land(None)
         try:
             worker.wait_ready()
         except OSError as exc:  # cannot start a worker: not this mail's fault

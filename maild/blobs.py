@@ -238,7 +238,8 @@ def stage_for(session: Session, store: BlobStore, row: object, data: bytes,
     """`stage`, for `row`, a row added to `session` that refers to the blob: its
     reference is counted when the row is written, with those of every row written in the
     same flush (one statement, before theirs). A row a rolled-back savepoint took away
-    counts nothing."""
+    counts nothing. For new bytes only (a mail we made): an existing blob's count must be
+    taken at once (`add_ref`), so its row is locked against a concurrent purge."""
     sha = store.put(data, sync=False)
     add_ref_for(session, row, sha, len(data), now)
     sync_before_commit(session, store)

@@ -202,12 +202,17 @@ class Intake:
         now = self.clock()
         try:  # the whole batch in one go; a mail that fails undoes it, then one by one
             outcomes = self._write(uidvalidity, prepared, now, isolated=len(prepared) == 1)
-        except _MailFailed as failed:
+        except Exception as exc:
+            # (Outages stop the batch; any other failure of a batch of several is written
+            # again mail by mail, so whatever it was is counted against its own mail.)
+            if len(prepared) == 1 or isinstance(exc, Temporary) or (
+                    isinstance(exc, sa_exc.SQLAlchemyError) and db.is_unavailable(exc)):
+                raise
+            cause = exc.__cause__ if isinstance(exc, _MailFailed) else exc
             # What was logged of this batch so far ("ticket created …") was rolled back.
             # The failure itself is logged, with its error id, when that mail is written.
             log.warning("a mail failed in a batch of %d (%s): the batch was rolled back and "
-                        "is written again mail by mail", len(prepared),
-                        type(failed.__cause__).__name__)
+                        "is written again mail by mail", len(prepared), type(cause).__name__)
             outcomes = self._write(uidvalidity, prepared, now, isolated=True)
         self.opened.difference_update((uidvalidity, m.uid) for m in mails)
         return outcomes
@@ -280,6 +285,9 @@ class Intake:
         """One mail's outcome; its log lines carry its Message-ID (and ticket, once known)."""
         with logs.context(message_id=p.parsed.message_id if p.parsed else None):
             if isolated or p.error:
+                if not isolated:  # the earlier mails' pending rows, before its savepoint
+                    with _mail_failure():
+                        session.flush()
                 return self._decide_one(session, uidvalidity, p, now)
             with _mail_failure():
                 return self._apply(session, uidvalidity, p, now)

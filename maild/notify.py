@@ -139,8 +139,10 @@ def _recipients(session: Session, desk: Desk, owner: str) -> list[str]:
 
 def _last_notice(session: Session, ticket: Ticket) -> str | None:
     """The last notification about `ticket`, so agents' clients show one thread."""
-    if ticket.id is None:  # a ticket of the batch being written: none yet
-        return None
+    if ticket.id is None:  # a ticket of the batch being written: its notices are too
+        pending = [m.message_id for m in session.new if isinstance(m, TicketMessage)
+                   and m.kind == "notify" and m.__dict__.get("ticket") is ticket]
+        return pending[-1] if pending else None
     return session.scalars(select(TicketMessage.message_id).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "notify")
         .order_by(TicketMessage.id.desc())).first()

@@ -230,6 +230,9 @@ def store_attachments(
                           and session.get(Blob, f.sha256) is not None)
             if not desk.store.exists(f.sha256):  # intake wrote it already, as a rule
                 desk.store.put(f.data)
+            # Counted at once (not with the row): the blob row stays locked from here to
+            # the commit, so a purge of its last other user cannot delete it meanwhile.
+            blobs.add_ref(session, f.sha256, f.size, now)
         row = Attachment(
             message=message, filename=f.filename, content_type=f.content_type,
             declared_type=f.declared_type, size=f.size,
@@ -237,8 +240,6 @@ def store_attachments(
             note=f.note,
         )
         session.add(row)
-        if f.store:
-            blobs.add_ref_for(session, row, f.sha256, f.size, now)
         if listed and not (f.inline and f.content_type.startswith("image/")):
             shown.append(f)
     return shown

@@ -16,8 +16,11 @@ ANALYSED = "analysed"  # a file a recording analysis touches, for "was it called
 
 
 def analysis(raw: bytes, rules: Rules) -> Analysis:
-    """X-Hostile: hang (a runaway regex), memory (4 GB), kill (SIGKILL, a segfault)."""
+    """X-Hostile: hang (a runaway regex), memory (4 GB), kill (SIGKILL, a segfault),
+    raise (a parser bug)."""
     head = raw.split(b"\r\n\r\n", 1)[0]
+    if b"\nX-Hostile: raise" in head:
+        raise ValueError("a parser bug on this mail")
     if b"\nX-Hostile: hang" in head:
         while True:
             pass

@@ -219,6 +219,9 @@ def test_a_forged_agent_from_executes_nothing_and_warns_the_team(desk):
     [warning] = desk.outbox("warning")
     assert warning.recipients == ["team@example.com"]
     assert "max@example.com" in text_of(warning)
+    # In the thread of the new ticket's notice (written in the same batch as it).
+    notice = [m for m in desk.outbox("notify") if m.ticket_id == warning.ticket_id]
+    assert message(warning)["In-Reply-To"] == notice[-1].message_id
     # Authentication-Results from a server we do not trust prove nothing either.
     desk.agent_reply("#status closed", to_notice=False, subject="Re: x", headers=(
         "In-Reply-To: <first@kunde.example>\r\n"

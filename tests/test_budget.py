@@ -282,3 +282,33 @@ def test_a_failure_when_the_batch_is_flushed_last_is_still_the_mails_own(
     assert [o.action for o in outcomes] == ["processed", "retry"]
     assert [t.customer_address for t in rows(database_url, Ticket)] == ["kunde1@firma1.example"]
     assert [a.recipient for a in rows(database_url, OutboxMail)] == ["kunde1@firma1.example"]
+
+
+def test_a_failed_analysis_after_a_bad_pending_row_leaves_the_failure_where_it_belongs(
+        make_intake, database_url, factory, monkeypatch):
+    # Mail 2 leaves a row that breaks a constraint when written; mail 3's analysis failed,
+    # and recording that failure writes out what is pending first. The batch is still
+    # written again mail by mail: mail 2 fails alone, mail 3's failure is its own (the
+    # error used to escape the batch, which then failed the same way every round).
+    import maild.intake
+    from maild.models import Event
+    real = maild.intake.open_ticket
+
+    def leaves_a_bad_row(session, desk, parsed, *args, **kwargs):
+        ticket = real(session, desk, parsed, *args, **kwargs)
+        if parsed.from_addr == "kunde2@firma2.example":
+            session.add(Event(ticket_id=None, at=None, actor="maild", kind="x", detail={}))
+        return ticket
+
+    monkeypatch.setattr(maild.intake, "open_ticket", leaves_a_bad_row)
+    intake = make_intake(workers=0)
+    outcomes = intake.process_batch(7, [Fetched(1, customer_mail(1), NOW),
+                                        Fetched(2, customer_mail(2), NOW),
+                                        Fetched(3, hostile_mail(3, "raise"), NOW)])
+    assert [o.action for o in outcomes] == ["processed", "retry", "retry"]
+    assert [t.customer_address for t in rows(database_url, Ticket)] == ["kunde1@firma1.example"]
+    failed = inbound(factory)
+    assert (failed[2].state, failed[2].attempts) == ("failed", 1)
+    assert (failed[3].state, failed[3].attempts) == ("failed", 1)
+    assert "a parser bug on this mail" in failed[3].error
+

@@ -75,23 +75,28 @@ class _ParsedOnce(HeaderRegistry):
     """The stdlib's header classes, each header value parsed once per mail: the stdlib
     parses a header anew on every read (`get_content_type` alone reads Content-Type a
     dozen times per mail, and `get_body` more). One per mail, so the parsed values go
-    with the mail: nothing of one mail is kept for the next."""
+    with the mail: nothing of one mail is kept for the next. A parsed value weighs some
+    hundred times its text, so only short values are kept, up to a total per mail: a
+    mail of many parts or long headers is parsed as the stdlib does, not held."""
 
     def __init__(self) -> None:
         super().__init__()
         self.parsed: dict[tuple[str, str], BaseHeader] = {}
+        self.kept = 0  # characters of the values kept
 
     def __call__(self, name: str, value: str) -> BaseHeader:
         key = (name, value)
         found = self.parsed.get(key)
         if found is None:
             found = super().__call__(name, value)
-            if len(self.parsed) < _PARSED_MAX:  # a mail of many parts keeps only so many
+            if len(value) <= _KEEP_VALUE and self.kept + len(value) <= _KEEP_TOTAL:
                 self.parsed[key] = found
+                self.kept += len(value)
         return found
 
 
-_PARSED_MAX = 1000
+_KEEP_VALUE = 1000  # characters: a Content-Type, a Content-Disposition with a long name
+_KEEP_TOTAL = 100_000  # characters per mail: some 50 MB of parse trees at the most
 
 
 def mail_policy() -> policy.EmailPolicy[EmailMessage]:

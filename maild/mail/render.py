@@ -244,7 +244,8 @@ def _qp(text: str) -> str:
     """`text` as UTF-8 quoted-printable, with CRLF line ends (binascii leaves a lone CR
     as it is: a line end too, as the stdlib generator takes it)."""
     encoded = _QP_UTF8.body_encode(text)
-    return "\r\n".join(encoded.splitlines()) + ("\r\n" if encoded.endswith("\n") else "")
+    return "\r\n".join(encoded.splitlines()) + ("\r\n" if encoded.endswith(("\n", "\r"))
+                                                  else "")
 
 
 def _with_files(headers: list[tuple[str, Any]], text: str, html: str | None,
