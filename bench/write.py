@@ -12,9 +12,9 @@ expensive functions (cumulative) of the timed part.
 from __future__ import annotations
 
 import argparse
-import os
 import cProfile
 import io
+import os
 import pstats
 import random
 import sys
@@ -102,7 +102,8 @@ def main() -> int:
           f"{statements[0] / args.mails:.1f} statements/mail")
     if args.profile:
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(args.profile)
+        order = os.environ.get("SORT", "cumulative")
+        pstats.Stats(profile, stream=out).sort_stats(order).print_stats(args.profile)
         print(out.getvalue())
     return 0
 
