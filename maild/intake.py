@@ -236,7 +236,10 @@ class Intake:
             blobs.sync_before_commit(session, self.desk.store)
             self._seen = _recorded(session, [p.key for p in prepared])  # one read for all
             senders = [p.parsed.from_addr.lower() for p in prepared if p.parsed]
-            suppression.preload(session, senders)
+            # (the agents too: every notification to them asks whether they bounce)
+            roster = self.desk.roster
+            suppression.preload(session, [*senders, *(a.address for a in roster.all(session)),
+                                          *([roster.team_address] if roster.team_address else [])])
             answers.count_answers(session, senders, now)
             self._accounts = {**dict.fromkeys(senders), **accounts.lookup_many(session, senders)}
             try:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from email import encoders
 from email.charset import QP, Charset
 from email.header import Header
 from email.mime.base import MIMEBase
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr
 from importlib import resources
@@ -212,32 +210,63 @@ def render_mail(
     if reply_to:
         headers.append(("Reply-To", formataddr((sender.name, reply_to), charset="utf-8")))
     headers += [(LOOP_HEADER, sender.address), ("Content-Language", language)]
-    raw = _with_files(headers, text, html, files) if files else _text_mail(headers, text, html)
+    raw = _mime(headers, text, html, files)
     return Rendered(message_id, subject, text, raw)
 
 
-def _text_mail(headers: list[tuple[str, Any]], text: str, html: str | None) -> bytes:
-    """A mail of text (and its HTML alternative) written out directly: the MIME the
-    stdlib's classes and generator would write for it, without their cost (most of
-    rendering an acknowledgement). Headers are folded by the same policy."""
+def _mime(headers: list[tuple[str, Any]], text: str, html: str | None,
+          files: Sequence[File]) -> bytes:
+    """The mail written out directly: the MIME the stdlib's classes and generator would
+    write for it, without their cost (most of rendering an acknowledgement, and of a
+    notification with files: the generator writes base64 line by line). Headers are
+    folded by the same policy. Boundaries start with "=_", which occurs neither in
+    quoted-printable ("=" is always encoded there) nor in base64."""
     if html is None:
         head = [("Content-Type", 'text/plain; charset="utf-8"'), ("MIME-Version", "1.0"),
                 ("Content-Transfer-Encoding", "quoted-printable")]
         body = _qp(text)
     else:
-        # "=_" cannot occur in quoted-printable text: "=" is always encoded there.
-        boundary = f"=_maild_{secrets.token_hex(12)}"
+        boundary = _boundary()
         head = [("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
                 ("MIME-Version", "1.0")]
         body = (f"--{boundary}\r\n{_PART_HEAD.format(kind='plain')}{_qp(text)}\r\n"
                 f"--{boundary}\r\n{_PART_HEAD.format(kind='html')}{_qp(html)}\r\n"
                 f"--{boundary}--\r\n")
+    if files:
+        boundary = _boundary()
+        parts = [_entity(head, body), *(_file_entity(f) for f in files)]
+        head = [("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
+                ("MIME-Version", "1.0")]
+        body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
     written = b"".join(_CRLF.fold_binary(name, value) for name, value in (*head, *headers))
     return written + b"\r\n" + body.encode("ascii")
 
 
 _PART_HEAD = ('Content-Type: text/{kind}; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
               "Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+
+
+def _boundary() -> str:
+    return f"=_maild_{secrets.token_hex(12)}"
+
+
+def _entity(head: Sequence[tuple[str, Any]], body: str) -> str:
+    """A body part: its headers, folded, a blank line, its (encoded) body."""
+    return "".join(_CRLF.fold(name, value) for name, value in head) + "\r\n" + body
+
+
+def _file_entity(f: File) -> str:
+    """A file as a base64 body part (its headers made by the stdlib's MIME classes, for
+    the RFC 2231 file name)."""
+    main, _, sub = f.content_type.partition("/")
+    if not sub or main == "multipart":
+        main, sub = "application", "octet-stream"
+    part = MIMEBase(main, sub)
+    part["Content-Transfer-Encoding"] = "base64"
+    part.add_header("Content-Disposition", "attachment",
+                    filename=f.filename if f.filename.isascii() else ("utf-8", "", f.filename))
+    data = base64.encodebytes(f.data).decode("ascii").replace("\n", "\r\n")
+    return _entity(part.items(), data)
 
 
 def _qp(text: str) -> str:
@@ -248,23 +277,6 @@ def _qp(text: str) -> str:
                                                   else "")
 
 
-def _with_files(headers: list[tuple[str, Any]], text: str, html: str | None,
-                files: Sequence[File]) -> bytes:
-    """A mail with files attached, through the stdlib's MIME classes."""
-    body: MIMEBase = MIMEText(text, "plain", _QP_UTF8)  # type: ignore[arg-type]  # a Charset works
-    if html is not None:
-        body = MIMEMultipart("alternative")
-        body.attach(MIMEText(text, "plain", _QP_UTF8))  # type: ignore[arg-type]
-        body.attach(MIMEText(html, "html", _QP_UTF8))  # type: ignore[arg-type]
-    msg = MIMEMultipart("mixed")
-    msg.attach(body)
-    for f in files:
-        msg.attach(_file_part(f))
-    for name, value in headers:
-        msg[name] = value
-    return msg.as_bytes(policy=_CRLF)
-
-
 @dataclass(frozen=True, slots=True)
 class File:
     """A file to attach to an outgoing mail."""
@@ -272,18 +284,6 @@ class File:
     filename: str
     content_type: str
     data: bytes
-
-
-def _file_part(f: File) -> MIMEBase:
-    main, _, sub = f.content_type.partition("/")
-    if not sub or main == "multipart":
-        main, sub = "application", "octet-stream"
-    part = MIMEBase(main, sub)
-    part.set_payload(f.data)
-    encoders.encode_base64(part)
-    part.add_header("Content-Disposition", "attachment",
-                    filename=f.filename if f.filename.isascii() else ("utf-8", "", f.filename))
-    return part
 
 
 def _has_template(env: Environment, name: str) -> bool:
