@@ -262,10 +262,10 @@ def test_a_mail_failing_inside_a_batch_fails_alone_and_nothing_is_doubled(
     assert marks(factory) == []
 
 
-def test_a_failure_when_the_batch_is_flushed_last_is_still_the_mails_own(
-        make_intake, database_url, monkeypatch):
-    # The last mail of a batch leaves a row that breaks a constraint only when it is
-    # written out, after its turn: still counted against that mail, the other processed.
+@pytest.fixture
+def bad_row_from_mail_2(monkeypatch):
+    """Mail 2's new ticket leaves an event that breaks a NOT NULL constraint once it is
+    written out (after its turn, with the batch's pending rows)."""
     import maild.intake
     from maild.models import Event
     real = maild.intake.open_ticket
@@ -277,6 +277,13 @@ def test_a_failure_when_the_batch_is_flushed_last_is_still_the_mails_own(
         return ticket
 
     monkeypatch.setattr(maild.intake, "open_ticket", leaves_a_bad_row)
+
+
+@pytest.mark.usefixtures("bad_row_from_mail_2")
+def test_a_failure_when_the_batch_is_flushed_last_is_still_the_mails_own(
+        make_intake, database_url):
+    # The last mail of a batch leaves a row that breaks a constraint only when it is
+    # written out, after its turn: still counted against that mail, the other processed.
     intake = make_intake(workers=0)
     outcomes = intake.process_batch(7, [Fetched(n, customer_mail(n), NOW) for n in (1, 2)])
     assert [o.action for o in outcomes] == ["processed", "retry"]
@@ -284,23 +291,13 @@ def test_a_failure_when_the_batch_is_flushed_last_is_still_the_mails_own(
     assert [a.recipient for a in rows(database_url, OutboxMail)] == ["kunde1@firma1.example"]
 
 
+@pytest.mark.usefixtures("bad_row_from_mail_2")
 def test_a_failed_analysis_after_a_bad_pending_row_leaves_the_failure_where_it_belongs(
-        make_intake, database_url, factory, monkeypatch):
+        make_intake, database_url, factory):
     # Mail 2 leaves a row that breaks a constraint when written; mail 3's analysis failed,
     # and recording that failure writes out what is pending first. The batch is still
     # written again mail by mail: mail 2 fails alone, mail 3's failure is its own (the
     # error used to escape the batch, which then failed the same way every round).
-    import maild.intake
-    from maild.models import Event
-    real = maild.intake.open_ticket
-
-    def leaves_a_bad_row(session, desk, parsed, *args, **kwargs):
-        ticket = real(session, desk, parsed, *args, **kwargs)
-        if parsed.from_addr == "kunde2@firma2.example":
-            session.add(Event(ticket_id=None, at=None, actor="maild", kind="x", detail={}))
-        return ticket
-
-    monkeypatch.setattr(maild.intake, "open_ticket", leaves_a_bad_row)
     intake = make_intake(workers=0)
     outcomes = intake.process_batch(7, [Fetched(1, customer_mail(1), NOW),
                                         Fetched(2, customer_mail(2), NOW),
