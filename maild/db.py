@@ -18,7 +18,18 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -134,7 +145,62 @@ def _read_only_on_begin(connection: Any) -> None:
 
 
 def session_factory(engine: Engine) -> SessionFactory:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "before_flush", _assign_ids)
+    return factory
+
+
+def _assign_ids(session: Session, _context: object, _instances: object) -> None:
+    """Give the new rows of a flush their ids, in one statement for all tables, so the
+    flush can write each table's rows as one executemany without RETURNING.
+
+    Without ids the ORM must read each row's id back: on PostgreSQL one multi-row
+    `INSERT … RETURNING` whose placeholders psycopg converts anew every time (statements
+    over 4 KB are not cached), on SQLite one `INSERT` per row (its RETURNING cannot keep
+    the order of a multi-row one). Ids follow the order the rows were added, as the
+    database's own would. On PostgreSQL they come from the column's sequence (other
+    processes draw from it too; a rollback leaves a gap, as ever); on SQLite they follow
+    the largest id, which stays put: every writing transaction holds the write lock from
+    its BEGIN IMMEDIATE on."""
+    pending: dict[Table, list[Any]] = {}
+    for obj in session.new:
+        state = inspect(obj)
+        table = state.mapper.local_table
+        column = table.autoincrement_column if isinstance(table, Table) else None
+        if column is not None and column.key == "id" and obj.id is None:
+            pending.setdefault(table, []).append(state)
+    many = {table: states for table, states in pending.items() if len(states) > 1}
+    if not many:  # one row's INSERT … RETURNING is one statement anyway
+        return
+    taken = _take_ids(session, {table: len(states) for table, states in many.items()})
+    for table, states in many.items():
+        states.sort(key=lambda state: state.insert_order)
+        for state, new_id in zip(states, taken[table], strict=True):
+            state.obj().id = new_id
+
+
+def _take_ids(session: Session, counts: dict[Table, int]) -> dict[Table, list[int]]:
+    """`counts[table]` new ids of each table, in one statement."""
+    connection = session.connection()
+    tables = list(counts)
+    if connection.dialect.name == "sqlite":
+        tops = connection.execute(select(*(
+            select(func.max(table.c.id)).scalar_subquery() for table in tables))).one()
+        return {table: list(range((top or 0) + 1, (top or 0) + 1 + counts[table]))
+                for table, top in zip(tables, tops, strict=True)}
+    sequences: dict[str, str] = connection.info.setdefault(_SEQUENCES, {})
+    for table in tables:
+        if table.name not in sequences:
+            sequences[table.name] = connection.execute(
+                select(func.pg_get_serial_sequence(table.name, "id"))).scalar_one()
+    arrays = connection.execute(select(*(
+        func.array(select(func.nextval(sequences[table.name]))
+                   .select_from(func.generate_series(1, counts[table])).scalar_subquery())
+        for table in tables))).one()
+    return {table: sorted(ids) for table, ids in zip(tables, arrays, strict=True)}
+
+
+_SEQUENCES = "maild.db.sequences"  # connection.info: table name → its id sequence
 
 
 def is_unavailable(exc: BaseException) -> bool:

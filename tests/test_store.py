@@ -19,6 +19,7 @@ from maild.mail.fetched import Fetched
 from maild.models import (
     Attachment,
     Blob,
+    Company,
     Event,
     InboundMessage,
     OutboxMail,
@@ -59,6 +60,41 @@ def test_ticket_numbers_are_unique_under_concurrency(factory):
     for t in threads:
         t.join()
     assert sorted(taken) == list(range(10001, 10081))
+
+
+def test_rows_written_together_get_ids_in_the_order_they_were_added(factory):
+    """A flush of many new rows takes their ids in one statement (`db._assign_ids`):
+    they follow the order of adding, and writers in parallel never share one."""
+    def companies(tag: str, n: int) -> list[Company]:
+        return [Company(name=f"{tag}{i}", tier="", created_at=NOW, updated_at=NOW)
+                for i in range(n)]
+
+    ids: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def write(tag: str) -> None:
+        for round_ in range(5):
+            with db.transaction(factory) as session:
+                rows = companies(f"{tag}{round_}-", 7)
+                session.add_all(rows)
+                session.flush()
+                with lock:
+                    ids.setdefault(tag, []).extend(r.id for r in rows)
+                session.add(companies(f"{tag}{round_}-one-", 1)[0])  # a single row: as ever
+
+    threads = [threading.Thread(target=write, args=(tag,)) for tag in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with db.transaction(factory) as session:
+        stored = session.execute(select(Company.id, Company.name)).all()
+    assert len(stored) == 3 * 5 * 8 and len({i for i, _ in stored}) == len(stored)
+    by_name = {name: i for i, name in stored}
+    for tag, taken in ids.items():
+        for round_ in range(5):
+            got = [by_name[f"{tag}{round_}-{i}"] for i in range(7)]
+            assert got == sorted(got) and got == taken[round_ * 7:round_ * 7 + 7]
 
 
 def test_signing_key_is_generated_once_and_kept(factory):
@@ -198,6 +234,46 @@ def test_blob_store_never_leaves_the_folder(tmp_path):
     assert store.get(sha) == b"data"
     with pytest.raises(ValueError):
         store.get("../../etc/passwd")
+
+
+def test_blobs_are_written_one_folder_deep(tmp_path):
+    store = blobs.FolderStore(tmp_path)
+    sha = store.put(b"a customer's mail", sync=False)
+    assert (tmp_path / sha[:2] / sha).read_bytes() == b"a customer's mail"
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == \
+        [sha[:2], f"{sha[:2]}/{sha}"]
+
+
+def test_blobs_of_the_older_two_level_layout_are_found_kept_listed_and_deleted(tmp_path):
+    """A store written before the one-level layout (`ab/cd/SHA`) keeps working as it is."""
+    old = b"a mail stored by an earlier maild"
+    sha = blobs.digest(old)
+    legacy = tmp_path / sha[:2] / sha[2:4] / sha
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(old)
+    store = blobs.FolderStore(tmp_path)
+    assert store.exists(sha) and store.get(sha) == old and store.path_of(sha) == legacy
+    assert store.put(old) == sha  # already there: not written a second time
+    assert not (tmp_path / sha[:2] / sha).exists()
+    new = store.put(b"a mail stored now")
+    assert {p for p, _ in store.files()} == {legacy, tmp_path / new[:2] / new}
+    store.delete(sha)
+    assert not store.exists(sha) and not legacy.exists()
+
+
+def test_a_backup_in_the_older_layout_is_restored(tmp_path):
+    from maild.backup import _restore_blobs
+    source = tmp_path / "backup" / "blobs"
+    shas = []
+    for data in (b"first", b"second"):
+        sha = blobs.digest(data)
+        (source / sha[:2] / sha[2:4]).mkdir(parents=True)
+        (source / sha[:2] / sha[2:4] / sha).write_bytes(data)
+        shas.append(sha)
+    store = blobs.FolderStore(tmp_path / "store")
+    assert _restore_blobs(source, store) == 2
+    assert [store.get(sha) for sha in shas] == [b"first", b"second"]
+    assert all((tmp_path / "store" / sha[:2] / sha).exists() for sha in shas)
 
 
 def test_cli_lists_and_shows_tickets(intake, tmp_path, database_url):
