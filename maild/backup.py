@@ -6,7 +6,8 @@ A backup is a folder (0700, its files 0600: they hold personal data):
     manifest.json     maild version, schema revision, time, counts
     maild.sqlite3     SQLite: the database, copied with SQLite's online backup API
     maild.pgdump      PostgreSQL: `pg_dump --format=custom`
-    blobs/ab/cd/SHA   every stored file the copied database refers to
+    blobs/ab/SHA      every stored file the copied database refers to (ab/cd/SHA in
+                      backups made before 2026-12: both are read back)
 
 The database is copied first, at one instant (SQLite's backup API in one step; for
 PostgreSQL `pg_dump --snapshot` of a snapshot this process holds open meanwhile). Then the
@@ -377,7 +378,9 @@ def _hand_over(paths: list[Path]) -> None:
 def _restore_blobs(source: Path, store: blobs.FolderStore) -> int:
     """Add every file of the backup to the store, checked against its SHA-256 name."""
     count = 0
-    for path in sorted(source.glob("??/??/*")) if source.is_dir() else []:
+    for path, _ in blobs.FolderStore(source).files():
+        if not blobs.is_blob_name(path.name):
+            raise BackupError(f"{path}: not a stored file's name (a SHA-256)")
         data = path.read_bytes()
         if blobs.digest(data) != path.name:
             raise BackupError(f"{path}: damaged (its content does not match its name)")

@@ -48,7 +48,13 @@ def digest(data: bytes) -> str:
 
 
 class FolderStore:
-    """Blobs as files `<root>/ab/cd/<sha256>`, written atomically and synced."""
+    """Blobs as files `<root>/ab/<sha256>`, written atomically and synced.
+
+    One level of 256 folders: they all exist after a few hundred blobs, so storing one
+    is a file write, not also a folder to create (which costs more than the write on some
+    disks), and a million blobs are ~4,000 per folder. Stores written before 2026-12 put
+    blobs two levels deep (`ab/cd/<sha256>`); those are still found, kept and listed where
+    they are, never written there again."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -57,14 +63,27 @@ class FolderStore:
     def _path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not _HEX.issuperset(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256
+
+    def _legacy(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def path_of(self, sha256: str) -> Path:
+        """Where the blob is (or would be written)."""
+        path = self._path(sha256)
+        if not path.exists():
+            legacy = self._legacy(sha256)
+            if legacy.exists():
+                return legacy
+        return path
 
     def put(self, data: bytes, *, sync: bool = True) -> str:
         sha = digest(data)
         path = self._path(sha)
-        if path.exists():
-            _touch(path)  # in use again: `collect` spares it for its grace period
-            return sha
+        for found in (path, self._legacy(sha)):
+            if found.exists():
+                _touch(found)  # in use again: `collect` spares it for its grace period
+                return sha
         try:
             try:
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -105,26 +124,49 @@ class FolderStore:
     def adopt(self, sha256s: Iterable[str]) -> None:
         """Blobs another process (the parse worker) wrote here with sync=False: made
         durable by the next `sync()`."""
-        self._unsynced.update(self._path(sha) for sha in sha256s)
+        self._unsynced.update(self.path_of(sha) for sha in sha256s)
 
     def exists(self, sha256: str) -> bool:
-        return self._path(sha256).exists()
+        return self.path_of(sha256).exists()
 
     def get(self, sha256: str) -> bytes:
-        return self._path(sha256).read_bytes()
+        try:
+            return self._path(sha256).read_bytes()
+        except FileNotFoundError:
+            return self._legacy(sha256).read_bytes()
 
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
+        self._legacy(sha256).unlink(missing_ok=True)
 
     def files(self) -> Iterator[tuple[Path, float]]:
-        """Every file in the store (blobs and leftover temporary files) with its mtime."""
+        """Every file in the store (blobs and leftover temporary files, in either layout)
+        with its mtime."""
         if not self.root.is_dir():
             return
-        for path in self.root.glob("??/??/*"):
-            try:
-                yield path, path.stat().st_mtime
-            except FileNotFoundError:  # deleted meanwhile
-                continue
+        for top in sorted(self.root.glob("??")):
+            yield from _files_in(top, deeper=True)
+
+
+def _files_in(folder: Path, *, deeper: bool) -> Iterator[tuple[Path, float]]:
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):  # deleted meanwhile, or a stray file
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if deeper and len(entry.name) == 2:  # the older, two-level layout
+                    yield from _files_in(Path(entry.path), deeper=False)
+            elif entry.is_file(follow_symlinks=False):
+                yield Path(entry.path), entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+
+
+def is_blob_name(name: str) -> bool:
+    """A stored blob's file name (not a temporary file)."""
+    return len(name) == 64 and _HEX.issuperset(name)
 
 
 def private_dir(path: Path) -> None:

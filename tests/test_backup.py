@@ -143,7 +143,7 @@ def test_backup_while_mails_flow_restores_every_ticket(tmp_path, dovecot, mailbo
     attached = {a.blob_sha256 for a in rows(empty_url, Attachment) if a.blob_sha256}
     assert attached, "the flow sends attachments"
     for sha in wanted | attached:
-        path = restored_blobs / sha[:2] / sha[2:4] / sha
+        path = restored_blobs / sha[:2] / sha
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
     shown = maild("tickets", "show", str(max(numbers)), config=restore_config)
     assert shown.returncode == 0, shown.stderr
@@ -232,5 +232,5 @@ def test_root_restores_for_the_service_user(tmp_path):
     done = maild("restore", str(tmp_path / "b"), config=target)
     assert done.returncode == 0, done.stderr
     owners = {p.relative_to(state).as_posix(): p.stat().st_uid for p in state.rglob("*")}
-    assert f"blobs/{sha[:2]}/{sha[2:4]}/{sha}" in owners and "maild.db" in owners
+    assert f"blobs/{sha[:2]}/{sha}" in owners and "maild.db" in owners
     assert set(owners.values()) == {nobody.pw_uid}, owners

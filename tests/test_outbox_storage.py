@@ -172,7 +172,7 @@ def test_a_crash_between_blob_write_and_commit_leaves_no_row_and_gc_collects_the
         assert collect(s, desk.store, grace) == []  # in its grace: maybe a mail in flight
     old = time.time() - 7200
     for name in (orphan, kept):
-        os.utime(desk.blob_dir / name[:2] / name[2:4] / name, (old, old))
+        os.utime(desk.blob_dir / name[:2] / name, (old, old))
     with db.transaction(factory) as s:
         assert [p.name for p in collect(s, desk.store, grace)] == [orphan]
     assert desk.files() == {kept}

@@ -220,7 +220,7 @@ def test_a_customer_purge_leaves_no_byte_of_the_customer(tmp_path, factory, data
                 [ANNA.lower()], None, "reject", NOW, automatic=True)
     orphan = desk.store.put(f"notes of {ANNA}: {PHRASE}".encode())
     old = time.time() - 7200
-    os.utime(blob_dir / orphan[:2] / orphan[2:4] / orphan, (old, old))
+    os.utime(blob_dir / orphan[:2] / orphan, (old, old))
     assert len(_scan(database_url, blob_dir, ANNA, PHRASE)) > 20
 
     config = cli_config(tmp_path / "cli.toml", database_url, blob_dir)
@@ -301,10 +301,9 @@ def test_database_and_blob_store_are_private_whatever_the_umask(tmp_path):
             engine.dispose()
         store = blobs.FolderStore(tmp_path / "var" / "blobs")
         sha = store.put(b"a customer's mail")
-        path = tmp_path / "var" / "blobs" / sha[:2] / sha[2:4] / sha
+        path = tmp_path / "var" / "blobs" / sha[:2] / sha
         assert mode(path) == 0o600
-        for folder in (path.parent, path.parent.parent, tmp_path / "var" / "blobs",
-                       tmp_path / "var"):
+        for folder in (path.parent, tmp_path / "var" / "blobs", tmp_path / "var"):
             assert mode(folder) == 0o700, folder
     finally:
         os.umask(old)
