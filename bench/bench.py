@@ -216,6 +216,13 @@ def cpu_of(pid: int) -> dict[int, float]:
     return {p: cpu_seconds(p) for p in (pid, *children(pid))}
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Busy and idle CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK"), idle / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -300,12 +307,16 @@ class Bench:
             if not wait_until(lambda: "watching" in daemon.output(), timeout=60, interval=0.01):
                 raise RuntimeError(f"[{name}] the daemon did not start:\n{daemon.output()}")
             started, cpu_before = time.perf_counter(), cpu_of(daemon.process.pid)
+            busy_before, idle_before = machine_cpu()
+            bench_before = time.process_time()
             done = wait_until(lambda: len(self.smtp.mails) >= acks + notes
                               or daemon.process.poll() is not None, timeout=3600, interval=0.02)
             if daemon.process.poll() is not None:
                 raise RuntimeError(f"[{name}] the daemon ended:\n{daemon.output()[-3000:]}")
             elapsed = time.perf_counter() - started
             cpu_after = cpu_of(daemon.process.pid)
+            busy_after, idle_after = machine_cpu()
+            cpu_bench = time.process_time() - bench_before
             cpu = {p: t - cpu_before.get(p, 0.0) for p, t in cpu_after.items()}
             cpu_daemon = cpu.pop(daemon.process.pid, 0.0)
             cpu_workers = sum(cpu.values())
@@ -316,8 +327,12 @@ class Bench:
                   f"({rate / rate_bound:.2f} × the bound), acknowledgements {got_acks}"
                   + (f", notifications {got_notes}" if agents else "")
                   + f", left in INBOX {left}" + ("" if done else "  (TIMED OUT)"), flush=True)
+            busy, idle = busy_after - busy_before, idle_after - idle_before
             print(f"[{name}] CPU during those {elapsed:.1f} s: daemon {cpu_daemon:.1f} s, "
-                  f"parse worker {cpu_workers:.1f} s", flush=True)
+                  f"parse worker {cpu_workers:.1f} s; the machine: busy {busy:.1f} s, idle "
+                  f"{idle:.1f} s ({os.cpu_count()} cores; of the busy time the bench's SMTP "
+                  f"capture {cpu_bench:.1f} s, the rest Dovecot, the database and the "
+                  "system)", flush=True)
             latencies = self.latency(2 if agents else 1)
             p50 = statistics.median(latencies) * 1000 if latencies else 0.0
             p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 \

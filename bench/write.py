@@ -5,7 +5,8 @@ once the analysis is done (no IMAP, no SMTP, no parse workers).
 
 The mails are `bench.py`'s generated ones (same seed: 10 % replies to earlier ones). They
 are analysed first (untimed), then written in batches of `--batch`, as the daemon does;
-the figure is the write's wall time per mail. `--profile N` prints cProfile's N most
+the figures are the write's wall time and this process's CPU time per mail (the disk
+makes the wall time vary: compare CPU). `--profile N` prints cProfile's N most
 expensive functions (cumulative) of the timed part.
 """
 
@@ -87,18 +88,20 @@ def main() -> int:
             def count(*_: object) -> None:
                 statements[0] += 1
 
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             if args.profile:
                 profile = cProfile.Profile()
                 done = profile.runcall(write)
             else:
                 done = write()
             took = time.perf_counter() - began
+            cpu = time.process_time() - cpu_began
         finally:
             intake.close()
             engine.dispose()
     print(f"{args.db}: {args.mails} mails in batches of {args.batch}, {done} processed: "
-          f"{took:.2f} s, {took / args.mails * 1000:.2f} ms/mail, "
+          f"{took:.2f} s, {took / args.mails * 1000:.2f} ms/mail "
+          f"(CPU {cpu / args.mails * 1000:.2f} ms/mail in this process), "
           f"{statements[0] / args.mails:.1f} statements/mail")
     if args.profile:
         out = io.StringIO()
