@@ -23,7 +23,7 @@ from maild.mail import dsn, thread
 from maild.mail.parse import InboundMail
 from maild.models import Event, OutboxMail, Ticket, TicketMessage
 from maild.suppression import mark_bouncing
-from maild.vocab import EventKind
+from maild.vocab import EventKind, MessageKind
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def record(
             ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
             author=mail.from_addr or "mailer-daemon", message_id=mail.message_id,
             subject=mail.subject, body_text=mail.text, new_text=summary, facts={},
-            automatic=True, created_at=now, kind="bounce", internal=True,
+            automatic=True, created_at=now, kind=MessageKind.BOUNCE, internal=True,
         ))
         session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.BOUNCE,
                           detail={

@@ -31,6 +31,7 @@ from maild import __version__, db
 from maild.config import HealthSettings
 from maild.errors import MaildError
 from maild.models import Heartbeat, InboundMessage, OutboxMail, ParseAttempt, Ticket
+from maild.vocab import InboundState, OutboxState
 
 # Seconds a processed mail spent in maild, from fetch to commit: the histogram's buckets.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -167,7 +168,7 @@ def tally(factory: db.SessionFactory) -> Tally:
 def backlog_in(session: Session) -> Backlog:
     outbox, oldest = session.execute(
         select(func.count(), func.min(OutboxMail.created_at))
-        .where(OutboxMail.state == "pending")).one()
+        .where(OutboxMail.state == OutboxState.PENDING)).one()
     quarantine = session.scalar(select(func.count()).select_from(InboundMessage)
                                 .where(InboundMessage.state == "quarantined")) or 0
     return Backlog(int(outbox or 0), oldest, int(quarantine))
@@ -175,13 +176,13 @@ def backlog_in(session: Session) -> Backlog:
 
 def _outbox_failed(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(OutboxMail)
-                          .where(OutboxMail.state == "failed")) or 0
+                          .where(OutboxMail.state == OutboxState.FAILED)) or 0
 
 
 def _retrying(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(InboundMessage).where(
-        InboundMessage.state.in_(("new", "failed")), InboundMessage.finished_at.is_(None),
-        InboundMessage.attempts >= 1)) or 0
+        InboundMessage.state.in_((InboundState.NEW, InboundState.FAILED)),
+        InboundMessage.finished_at.is_(None), InboundMessage.attempts >= 1)) or 0
 
 
 def _crashed(session: Session) -> int:

@@ -278,7 +278,7 @@ class TicketMessage(Base):
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     automatic: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # What it is: customer, agent, note, ack, relay, status, notify, agent_notice, ...
+    # What it is: a MessageKind (received) or an OutboxKind (sent), see maild.vocab
     kind: Mapped[str] = mapped_column(String(20), default="")
     # Seen by agents only (notes, notifications); never quoted to a customer.
     internal: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -92,7 +92,7 @@ def bounce_notice(
     context = {**_notice(desk, ticket, "bounce", lines, ticket.customer_address, ""),
                "permanent": permanent}
     _send(session, desk, ticket, "agent_notice", to, context, now,
-          in_reply_to=_last_notice(session, ticket), kind="bounce_notice")
+          in_reply_to=_last_notice(session, ticket), kind=OutboxKind.BOUNCE_NOTICE)
 
 
 def forged_warning(
@@ -101,7 +101,7 @@ def forged_warning(
     """Warn the team: a mail claimed an agent's From without proof (treated as a
     customer's, nothing executed). Bounded per hour, so a flood cannot turn into one."""
     recent = session.scalar(select(func.count()).select_from(OutboxMail).where(
-        OutboxMail.kind == "warning", OutboxMail.created_at > now - timedelta(hours=1)))
+        OutboxMail.kind == OutboxKind.WARNING, OutboxMail.created_at > now - timedelta(hours=1)))
     to = _recipients(session, desk, "")
     if not to or int(recent or 0) >= WARNINGS_PER_HOUR:
         log.warning("unproven agent mail from=%s ticket=%s (team not warned: limit)",
@@ -110,7 +110,7 @@ def forged_warning(
     context = _notice(desk, ticket, "forged", [], mail.from_addr,
                       answers.short_subject(mail.subject, desk.subject_max_chars))
     _send(session, desk, ticket, "agent_notice", to, context, now,
-          in_reply_to=_last_notice(session, ticket), kind="warning")
+          in_reply_to=_last_notice(session, ticket), kind=OutboxKind.WARNING)
 
 
 def _notice(desk: Desk, ticket: Ticket, notice: str, lines: Sequence[str], sender: str,
@@ -141,17 +141,18 @@ def _last_notice(session: Session, ticket: Ticket) -> str | None:
     """The last notification about `ticket`, so agents' clients show one thread."""
     if ticket.id is None:  # a ticket of the batch being written: its notices are too
         pending = [m.message_id for m in session.new if isinstance(m, TicketMessage)
-                   and m.kind == "notify" and m.__dict__.get("ticket") is ticket]
+                   and m.kind == OutboxKind.NOTIFY and m.__dict__.get("ticket") is ticket]
         return pending[-1] if pending else None
     return session.scalars(select(TicketMessage.message_id).where(
-        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "notify")
+        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == OutboxKind.NOTIFY)
         .order_by(TicketMessage.id.desc())).first()
 
 
 def _send(
     session: Session, desk: Desk, ticket: Ticket, template: str, to: list[str],
     context: dict[str, Any], now: datetime, *, in_reply_to: str | None,
-    references: tuple[str, ...] = (), files: Sequence[File] = (), kind: str = "",
+    references: tuple[str, ...] = (), files: Sequence[File] = (),
+    kind: OutboxKind | None = None,
 ) -> OutboxMail:
     rendered = render_mail(
         desk.templates, template, desk.agent_language, context, sender=desk.sender,
@@ -159,6 +160,5 @@ def _send(
         auto_submitted="auto-generated", files=files,
         reply_to=agent_reply_to(desk, ticket.number, to, now),
     )
-    return answers.enqueue(session, desk, rendered, to, ticket, OutboxKind(kind or template),
-                           now,
-                           automatic=True, internal=True)
+    return answers.enqueue(session, desk, rendered, to, ticket, kind or OutboxKind(template),
+                           now, automatic=True, internal=True)

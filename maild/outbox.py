@@ -24,13 +24,14 @@ from maild.config import OutboxSettings, SmtpSettings
 from maild.errors import SmtpDeferred, SmtpRejected, StorageUnavailable
 from maild.models import OutboxMail
 from maild.smtp import SmtpConnection
+from maild.vocab import OutboxState
 
 log = logging.getLogger(__name__)
 
 # A mail the server accepted (Core, executed once for a group of them).
 _MARK_SENT = update(OutboxMail).where(OutboxMail.id == bindparam("row")).values(
-    state="sent", sent_at=bindparam("now"), leased_until=None, attempts=bindparam("tries"),
-    last_error="")
+    state=OutboxState.SENT, sent_at=bindparam("now"), leased_until=None,
+    attempts=bindparam("tries"), last_error="")
 
 
 SENT_GROUP = 20  # accepted mails recorded as sent per commit, at most
@@ -53,7 +54,7 @@ def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) ->
     leased) RETURNING …`: one statement, so a row is leased by exactly one claimer."""
     due = aliased(OutboxMail)
     pick = select(due.id).where(
-        due.state == "pending", due.next_attempt_at <= now,
+        due.state == OutboxState.PENDING, due.next_attempt_at <= now,
         or_(due.leased_until.is_(None), due.leased_until < now),
     ).order_by(due.id).limit(limit)
     if dialect == "postgresql":
@@ -128,9 +129,8 @@ class Outbox:
 
     def next_due(self) -> datetime | None:
         with db.read_only(self.factory) as session:
-            return session.scalar(
-                select(func.min(OutboxMail.next_attempt_at)).where(OutboxMail.state == "pending")
-            )
+            return session.scalar(select(func.min(OutboxMail.next_attempt_at))
+                                  .where(OutboxMail.state == OutboxState.PENDING))
 
     def mark_sent(self, mail: Claimed, answer: str) -> None:
         self.mark_all_sent([(mail, answer)])
@@ -155,7 +155,7 @@ class Outbox:
         values: dict[str, object] = {"attempts": attempts, "leased_until": None,
                                      "last_error": error[:2000]}
         if permanent or give_up:
-            values["state"] = "failed"
+            values["state"] = OutboxState.FAILED
             self.runtime.count("outbox_failed")
             log.error("mail failed message_id=%s to=%s: %s",
                       mail.message_id, ",".join(mail.recipients), error)

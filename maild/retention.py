@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from maild import blobs, db
 from maild.blobs import BlobStore
 from maild.models import OutboxMail
+from maild.vocab import OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def prune_sent(factory: db.SessionFactory, store: BlobStore, keep_days: float,
 
 def _done_before(cutoff: datetime) -> ColumnElement[bool]:
     return or_(
-        and_(OutboxMail.state == "sent", OutboxMail.sent_at < cutoff),
-        and_(OutboxMail.state.in_(("failed", "suppressed")),
+        and_(OutboxMail.state == OutboxState.SENT, OutboxMail.sent_at < cutoff),
+        and_(OutboxMail.state.in_((OutboxState.FAILED, OutboxState.SUPPRESSED)),
              OutboxMail.next_attempt_at < cutoff),
     )

@@ -16,7 +16,7 @@ from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.subject import strip_prefixes
 from maild.models import Attachment, Blob, Event, Ticket, TicketMessage
-from maild.vocab import DONE, EventKind, TicketStatus
+from maild.vocab import DONE, EventKind, MessageKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def open_ticket(
         author=ticket.customer_address, message_id=mail.message_id, subject=mail.subject,
         body_text=mail.text, new_text=extracted.new_text if extracted
         else body.latest_reply(mail.text), facts=found, automatic=automatic, created_at=now,
-        kind="automatic" if automatic else "customer", internal=False,
+        kind=MessageKind.AUTOMATIC if automatic else MessageKind.CUSTOMER, internal=False,
     )
     session.add(first)
     if planned is None:
@@ -138,7 +138,7 @@ def add_follow_up(
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
         new_text=extracted.new_text if extracted else body.latest_reply(mail.text),
         facts=found, automatic=not person,
-        created_at=now, kind="customer" if person else "automatic",
+        created_at=now, kind=MessageKind.CUSTOMER if person else MessageKind.AUTOMATIC,
         internal=not person,  # an out-of-office reply is for agents' eyes
     )
     session.add(message)

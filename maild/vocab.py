@@ -1,5 +1,5 @@
 """The words the database stores: ticket status and priority, the state of an inbound and
-of an outgoing mail, what kind an outgoing mail is.
+of an outgoing mail, what kind a ticket message and an outgoing mail are.
 
 `StrEnum`s: a member is the string it stands for, so rows written before (plain
 strings) compare equal and the columns stay `String`. Pure: imports nothing of maild.
@@ -46,6 +46,17 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # refused for good (5xx) or given up
     SUPPRESSED = "suppressed"  # never sent: no usable or deliverable recipient
+
+
+class MessageKind(StrEnum):
+    """What a received message on a ticket is (a sent one's kind is its `OutboxKind`)."""
+
+    CUSTOMER = "customer"  # a person's mail (the customer, a participant) or the ticket page
+    AUTOMATIC = "automatic"  # an automatic mail (out of office, ...): recorded, not answered
+    AGENT = "agent"  # an agent's answer, relayed to the customer
+    NOTE = "note"  # an agent's internal note
+    REJECTED = "rejected"  # an agent's mail whose commands were refused
+    BOUNCE = "bounce"  # a bounce of a mail we sent about the ticket
 
 
 class OutboxKind(StrEnum):

@@ -25,7 +25,7 @@ from maild.mail.render import File, render_mail
 from maild.models import Event, OutboxMail, Ticket, TicketMessage
 from maild.threader import Match
 from maild.tickets import store_attachments
-from maild.vocab import EventKind, OutboxKind, TicketStatus
+from maild.vocab import EventKind, MessageKind, OutboxKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,13 @@ def agent_mail(
     parsed = commands.parse(extracted.agent_text if extracted else body.agent_words(mail.text))
     errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
     internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
-                or (match.referenced is not None and match.referenced.kind == "note"))
+                or (match.referenced is not None and match.referenced.kind == MessageKind.NOTE))
     message = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=agent.address,
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
         new_text=parsed.text, facts={}, automatic=False, created_at=now,
-        kind="rejected" if errors else "note" if internal else "agent", internal=internal,
+        kind=MessageKind.REJECTED if errors else MessageKind.NOTE if internal
+        else MessageKind.AGENT, internal=internal,
     )
     session.add(message)
     shown = store_attachments(session, desk, message, planned if planned is not None
@@ -266,7 +267,7 @@ def customer_thread(session: Session, ticket: Ticket) -> list[str]:
     return [mid for mid in session.scalars(select(TicketMessage.message_id).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.internal.is_(False),
         TicketMessage.message_id.is_not(None),
-        or_(TicketMessage.direction == "out", TicketMessage.kind == "customer"))
+        or_(TicketMessage.direction == "out", TicketMessage.kind == MessageKind.CUSTOMER))
         .order_by(TicketMessage.id)) if mid]
 
 
@@ -294,7 +295,7 @@ def relay(
     ids = customer_thread(session, ticket)
     last = session.scalars(select(TicketMessage).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.direction == "in",
-        TicketMessage.kind == "customer").order_by(TicketMessage.id.desc())).first()
+        TicketMessage.kind == MessageKind.CUSTOMER).order_by(TicketMessage.id.desc())).first()
     context = {
         "number": ticket.number, "subject": ticket.subject, "text": text,
         "agent_name": agent.name or desk.sender.name, "support_name": desk.sender.name,

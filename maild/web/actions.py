@@ -20,7 +20,7 @@ from maild.mail.parse import InboundMail, Part
 from maild.mail.render import render_mail
 from maild.models import Company, Event, InboundMessage, Ticket, TicketMessage
 from maild.tickets import add_follow_up
-from maild.vocab import EventKind, InboundState, OutboxKind, Priority
+from maild.vocab import EventKind, InboundState, MessageKind, OutboxKind, Priority
 from maild.web.access import WebConfig
 from maild.web.views import can_add
 from maild.work import customer_thread
@@ -71,7 +71,7 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
         log.warning("escalation of ticket=%s: no agent to tell", ticket.number)
         return
     last = session.scalars(select(TicketMessage).where(
-        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "customer")
+        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == MessageKind.CUSTOMER)
         .order_by(TicketMessage.id.desc())).first()
     context = {
         "number": ticket.number, "subject": ticket.subject, "phone": phone,
@@ -88,7 +88,7 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
         desk.templates, "escalated_staff", desk.agent_language, context, sender=desk.sender,
         to=", ".join(to), now=now, auto_submitted="auto-generated",
         in_reply_to=session.scalars(select(TicketMessage.message_id).where(  # agents' thread
-            TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "notify")
+            TicketMessage.ticket_id == ticket.id, TicketMessage.kind == OutboxKind.NOTIFY)
             .order_by(TicketMessage.id.desc())).first(),
         reply_to=notify.agent_reply_to(desk, ticket.number, to, now))
     urgent = b"Importance: high\r\nX-Priority: 1 (Highest)\r\n"

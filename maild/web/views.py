@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from maild import links
 from maild.desk import Desk
 from maild.models import Attachment, Contact, Ticket, TicketMessage
-from maild.vocab import DONE, TicketStatus
+from maild.vocab import DONE, MessageKind, OutboxKind, TicketStatus
 from maild.web.access import WebConfig
 
 
@@ -45,7 +45,7 @@ def _visible_messages(session: Session, ticket: Ticket) -> list[TicketMessage]:
     """The customer's own mails and what we sent them: never notes, never agents' mail."""
     return list(session.scalars(select(TicketMessage).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.internal.is_(False),
-        (TicketMessage.direction == "out") | (TicketMessage.kind == "customer"))
+        (TicketMessage.direction == "out") | (TicketMessage.kind == MessageKind.CUSTOMER))
         .order_by(TicketMessage.created_at, TicketMessage.id)))
 
 
@@ -54,9 +54,9 @@ def _shown_files(session: Session, ticket: Ticket,
     """Stored files the customer has seen, by the visible message they came with: their
     own, and those an agent's answer passed on (recorded on the agent's mail, shown with
     the relayed answer written in the same moment)."""
-    relays = {m.created_at: m.id for m in messages if m.kind == "relay"}
+    relays = {m.created_at: m.id for m in messages if m.kind == OutboxKind.RELAY}
     answers_ = {m.id: relays[m.created_at] for m in session.scalars(select(TicketMessage).where(
-        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == "agent",
+        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == MessageKind.AGENT,
         TicketMessage.internal.is_(False))) if m.created_at in relays}
     owners = {m.id: m.id for m in messages} | answers_
     found = session.scalars(select(Attachment).where(
