@@ -3,7 +3,10 @@ is done, not at the next IDLE renewal or poll (daemon subprocess, Dovecot, both 
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,73 @@ def test_batches_are_bounded_by_count_and_bytes():
     assert list(batches(list(sizes), sizes, count=50, limit=100)) == [
         [1, 2], [3], [4], [5, 6, 7]]
     assert list(batches([], {}, count=5, limit=100)) == []
+
+
+class _Box:
+    """The IMAP side of `Watcher._drain`: a folder of mails of given sizes."""
+
+    uidvalidity = 1
+
+    def __init__(self, sizes: dict[int, int], log: list[str]) -> None:
+        self.sizes_of, self.log, self.held = sizes, log, 0
+
+    def uids(self) -> list[int]:
+        return list(self.sizes_of)
+
+    def sizes(self, uids: list[int]) -> dict[int, int]:
+        return {u: self.sizes_of[u] for u in uids}
+
+    def fetch(self, uids: list[int], sizes: dict[int, int]) -> list[object]:
+        from maild.mail.fetched import Fetched
+        self.log.append(f"fetch {uids[0]}")
+        return [Fetched(u, b"x", datetime.now(UTC)) for u in uids]
+
+    def move(self, uids: list[int], folder: str) -> None:
+        pass
+
+
+class _Intake:
+    """The database side: records what is analysed and written, and how much is held."""
+
+    def __init__(self, box: _Box) -> None:
+        self.box, self.written = box, []
+
+    def known(self, uidvalidity: int, uids: list[int]) -> dict[int, str]:
+        return {}
+
+    def analyse(self, uidvalidity: int, fetched: list) -> Future:
+        self.box.held += sum(self.box.sizes_of[f.uid] for f in fetched)
+        self.box.log.append(f"held {self.box.held}")
+        done: Future = Future()
+        done.set_result([])
+        return done
+
+    def process_batch(self, uidvalidity: int, fetched: list, analysed: Future) -> list:
+        from maild.intake import Outcome
+        self.box.log.append(f"write {fetched[0].uid}")
+        self.written += [f.uid for f in fetched]
+        self.box.held -= sum(self.box.sizes_of[f.uid] for f in fetched)
+        return [Outcome(f.uid, "processed", kind="normal") for f in fetched]
+
+
+def test_the_next_batches_are_analysed_while_one_is_written_within_the_memory_bound():
+    # While batch k is written, k+1 and k+2 are already fetched and in analysis; never more
+    # than twice fetch_batch_mb of mail is held, and every mail is written once, in order.
+    from maild.config import ImapSettings, IntakeSettings
+    from maild.watcher import Watcher
+
+    log: list[str] = []
+    sizes = {u: 10_000 for u in range(1, 11)} | {u: 400_000 for u in range(11, 17)}
+    box = _Box(sizes, log)
+    intake = _Intake(box)
+    imap = ImapSettings(host="127.0.0.1", username="u", password="p", batch_size=2,
+                        fetch_batch_mb=1.0)
+    watcher = Watcher(imap, IntakeSettings(), intake, None, threading.Event(),  # type: ignore[arg-type]
+                      lambda: None, lambda: datetime.now(UTC))
+    assert watcher._drain(box, 0) == 16  # type: ignore[arg-type]
+    assert intake.written == list(range(1, 17))
+    assert log[:7] == ["fetch 1", "held 20000", "fetch 3", "held 40000", "fetch 5",
+                       "held 60000", "write 1"]
+    peak = max(int(line.split()[1]) for line in log if line.startswith("held"))
+    assert peak <= 2 * 1_000_000
+    assert box.held == 0
