@@ -7,7 +7,8 @@ all at once or, when one is wrong, none of them, with nothing relayed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from maild import answers, db, links, notify, suppression, threader
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, files, thread
-from maild.mail.commands import Commands
+from maild.mail.commands import Command, Commands
 from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
@@ -91,7 +92,8 @@ def agent_mail(
     """Apply a proven agent's mail to the ticket; returns a short summary for the log."""
     ticket = match.ticket
     parsed = commands.parse(extracted.agent_text if extracted else body.agent_words(mail.text))
-    errors = [*parsed.errors, *_check(session, desk, ticket, parsed)]
+    act = Act(session, desk, ticket, agent.address, now)
+    errors = [*parsed.errors, *_check(act, parsed)]
     internal = (bool(errors) or parsed.note or parsed.get("spam") is not None
                 or (match.referenced is not None and match.referenced.kind == MessageKind.NOTE))
     message = TicketMessage(
@@ -109,7 +111,7 @@ def agent_mail(
                           kind=EventKind.COMMANDS_REJECTED, detail={"errors": errors}))
         notify.agent_notice(session, desk, ticket, agent.address, "rejected", errors, mail, now)
         return f"agent mail rejected: {len(errors)} errors"
-    changes, new_status = _apply(session, desk, ticket, parsed, agent, now)
+    changes, new_status = _apply(act, parsed)
     visible = []
     if parsed.text and not internal:
         relay(session, desk, ticket, agent, parsed.text, shown, now)
@@ -139,100 +141,174 @@ def agent_mail(
 
 
 
-def _check(session: Session, desk: Desk, ticket: Ticket, parsed: Commands) -> list[str]:
-    """What the form check cannot know: is the new owner an agent, the merge target real."""
+@dataclass(frozen=True, slots=True)
+class Act:
+    """What a command acts on: the ticket, by whom, when, in which transaction."""
+
+    session: Session
+    desk: Desk
+    ticket: Ticket
+    actor: str
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What a command of `commands.REGISTRY` does to a ticket. `verify`: what its form
+    check cannot know (is the new owner an agent?), an error or None; `apply`: carry it
+    out, each change an event; returns what changed (for the agent's confirmation)
+    and the new
+    status when it set one the customer is told of."""
+
+    apply: Callable[[Act, Command], tuple[list[str], str | None]]
+    verify: Callable[[Act, Command], str | None] | None = None
+
+
+def _status(act: Act, c: Command) -> tuple[list[str], str | None]:
+    if c.value == act.ticket.status:
+        return [f"status stays {c.value}"], None
+    change = f"status {act.ticket.status} -> {c.value}"
+    set_status(act.session, act.ticket, c.value, act.actor, act.now)
+    return [change], c.value
+
+
+def _priority(act: Act, c: Command) -> tuple[list[str], str | None]:
+    ticket = act.ticket
+    if c.value == ticket.priority:
+        return [f"priority stays {c.value}"], None
+    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
+                          kind=EventKind.PRIORITY, detail={"from": ticket.priority,
+                                                           "to": c.value}))
+    change = f"priority {ticket.priority} -> {c.value}"
+    ticket.priority = c.value
+    return [change], None
+
+
+def _is_agent(act: Act, c: Command) -> str | None:
+    if c.value != "me" and act.desk.roster.get(act.session, c.value) is None:
+        return f"{c.value} is not an agent"
+    return None
+
+
+def _assign(act: Act, c: Command) -> tuple[list[str], str | None]:
+    ticket = act.ticket
+    owner = act.actor if c.value == "me" else c.value
+    if owner == ticket.owner:
+        return [], None
+    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
+                          kind=EventKind.OWNER, detail={"from": ticket.owner, "to": owner}))
+    change = f"owner {ticket.owner or '-'} -> {owner}"
+    ticket.owner = owner
+    return [change], None
+
+
+def _cause(act: Act, c: Command) -> tuple[list[str], str | None]:
+    ticket = act.ticket
+    if c.value == ticket.cause:
+        return [f"cause stays {c.value}"], None
+    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
+                          kind=EventKind.CAUSE, detail={"from": ticket.cause, "to": c.value,
+                                                        "callback_billable": c.value != "ours"}))
+    change = f"cause {ticket.cause or '-'} -> {c.value}"
+    ticket.cause = c.value
+    return [change], None
+
+
+def _merge_target(act: Act, c: Command) -> str | None:
+    target = db.ticket_by_number(act.session, int(c.value))
+    if target is None:
+        return f"there is no ticket #{c.value}"
+    if target.id == act.ticket.id:
+        return "a ticket cannot be merged into itself"
+    if target.merged_into is not None:
+        return f"#{target.number} was itself merged into #{target.merged_into}"
+    return None
+
+
+def _merge_into(act: Act, c: Command) -> tuple[list[str], str | None]:
+    target = db.ticket_by_number(act.session, int(c.value))
+    assert target is not None  # verified before
+    _merge(act.session, act.ticket, target, act.actor, act.now)
+    return [f"merged into #{target.number} (this ticket is closed)"], None
+
+
+def _spam(act: Act, c: Command) -> tuple[list[str], str | None]:
+    ticket = act.ticket
+    if ticket.status != TicketStatus.SPAM:
+        set_status(act.session, ticket, TicketStatus.SPAM, act.actor, act.now)
+    if c.value != "block":
+        return ["marked as spam, closed silently"], None
+    suppression.block(act.session, ticket.customer_address, act.actor, act.now)
+    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
+                          kind=EventKind.BLOCKED, detail={"address": ticket.customer_address}))
+    return ["marked as spam, closed silently",
+            f"sender {ticket.customer_address} blocked: their mail is recorded as spam from "
+            "now on"], None
+
+
+def _may_copy(act: Act, c: Command) -> str | None:
+    remove, address = commands.cc_change(c.value)
+    desk = act.desk
+    if not remove and (answers.is_ours(desk, address) or desk.roster.is_ours(address)
+                       or desk.roster.get(act.session, address) is not None):
+        return f"{address} is an agent or our own address"
+    return None
+
+
+def _cc(act: Act, c: Command) -> tuple[list[str], str | None]:
+    """`#cc`: an agent adds a person to the ticket (they get its answers) or removes one."""
+    ticket = act.ticket
+    remove, address = commands.cc_change(c.value)
+    people = list(ticket.participants)
+    if remove and address not in people:
+        return [f"{address} was not copied on the ticket"], None
+    if not remove and (address in people or address == ticket.customer_address):
+        return [f"{address} is on the ticket already"], None
+    ticket.participants = ([p for p in people if p != address] if remove
+                           else [*people, address])
+    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
+                          kind=EventKind.PARTICIPANT, detail={"address": address,
+                                                              "added": not remove}))
+    return [f"{address} removed: gets no more answers" if remove
+            else f"{address} copied: gets the answers from now on"], None
+
+
+def _note(_act: Act, _c: Command) -> tuple[list[str], str | None]:
+    return [], None  # the mail is kept as an internal note (agent_mail)
+
+
+# What each command of `commands.REGISTRY` does, by its name.
+EFFECTS: dict[str, Effect] = {
+    "status": Effect(_status),
+    "priority": Effect(_priority),
+    "assign": Effect(_assign, _is_agent),
+    "note": Effect(_note),
+    "cause": Effect(_cause),
+    "merge": Effect(_merge_into, _merge_target),
+    "spam": Effect(_spam),
+    "cc": Effect(_cc, _may_copy),
+}
+
+
+def _check(act: Act, parsed: Commands) -> list[str]:
+    """What the form check cannot know, for each command that has such a check."""
     errors = []
-    assign = parsed.get("assign")
-    if assign and assign.value != "me" and desk.roster.get(session, assign.value) is None:
-        errors.append(f"{assign.line!r}: {assign.value} is not an agent")
-    merge = parsed.get("merge")
-    if merge:
-        target = db.ticket_by_number(session, int(merge.value))
-        if target is None:
-            errors.append(f"{merge.line!r}: there is no ticket #{merge.value}")
-        elif target.id == ticket.id:
-            errors.append(f"{merge.line!r}: a ticket cannot be merged into itself")
-        elif target.merged_into is not None:
-            errors.append(f"{merge.line!r}: #{target.number} was itself merged into "
-                          f"#{target.merged_into}")
-    cc = parsed.get("cc")
-    if cc:
-        remove, address = commands.cc_change(cc.value)
-        if not remove and (answers.is_ours(desk, address) or desk.roster.is_ours(address)
-                           or desk.roster.get(session, address) is not None):
-            errors.append(f"{cc.line!r}: {address} is an agent or our own address")
+    for c in parsed.commands:
+        verify = EFFECTS[c.name].verify
+        problem = verify(act, c) if verify else None
+        if problem:
+            errors.append(f"{c.line!r}: {problem}")
     return errors
 
 
-def _cc(session: Session, ticket: Ticket, value: str, actor: str, now: datetime) -> str:
-    """`#cc`: an agent adds a person to the ticket (they get its answers) or removes one."""
-    remove, address = commands.cc_change(value)
-    people = list(ticket.participants)
-    if remove and address not in people:
-        return f"{address} was not copied on the ticket"
-    if not remove and (address in people or address == ticket.customer_address):
-        return f"{address} is on the ticket already"
-    ticket.participants = ([p for p in people if p != address] if remove
-                           else [*people, address])
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.PARTICIPANT,
-                      detail={"address": address, "added": not remove}))
-    return (f"{address} removed: gets no more answers" if remove
-            else f"{address} copied: gets the answers from now on")
-
-
-def _apply(
-    session: Session, desk: Desk, ticket: Ticket, parsed: Commands, agent: AgentInfo,
-    now: datetime,
-) -> tuple[list[str], str | None]:
-    """Carry out the commands, each an event; (what changed, the new status if changed)."""
+def _apply(act: Act, parsed: Commands) -> tuple[list[str], str | None]:
+    """Carry out the commands in order; (what changed, the new status if one was set)."""
     changes: list[str] = []
     new_status = None
-    actor = agent.address
     for c in parsed.commands:
-        if c.name == "status":
-            if c.value == ticket.status:
-                changes.append(f"status stays {c.value}")
-                continue
-            changes.append(f"status {ticket.status} -> {c.value}")
-            set_status(session, ticket, c.value, actor, now)
-            new_status = c.value
-        elif c.name == "priority" and c.value != ticket.priority:
-            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.PRIORITY,
-                              detail={"from": ticket.priority, "to": c.value}))
-            changes.append(f"priority {ticket.priority} -> {c.value}")
-            ticket.priority = c.value
-        elif c.name == "assign":
-            owner = actor if c.value == "me" else c.value
-            if owner != ticket.owner:
-                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.OWNER,
-                                  detail={"from": ticket.owner, "to": owner}))
-                changes.append(f"owner {ticket.owner or '-'} -> {owner}")
-                ticket.owner = owner
-        elif c.name == "cause" and c.value != ticket.cause:
-            session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.CAUSE,
-                              detail={"from": ticket.cause, "to": c.value,
-                                      "callback_billable": c.value != "ours"}))
-            changes.append(f"cause {ticket.cause or '-'} -> {c.value}")
-            ticket.cause = c.value
-        elif c.name == "merge":
-            target = db.ticket_by_number(session, int(c.value))
-            assert target is not None  # checked before
-            _merge(session, ticket, target, actor, now)
-            changes.append(f"merged into #{target.number} (this ticket is closed)")
-        elif c.name == "spam":
-            if ticket.status != TicketStatus.SPAM:
-                set_status(session, ticket, TicketStatus.SPAM, actor, now)
-            changes.append("marked as spam, closed silently")
-            if c.value == "block":
-                suppression.block(session, ticket.customer_address, actor, now)
-                session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.BLOCKED,
-                                  detail={"address": ticket.customer_address}))
-                changes.append(f"sender {ticket.customer_address} blocked: their mail is "
-                               "recorded as spam from now on")
-        elif c.name == "cc":
-            changes.append(_cc(session, ticket, c.value, actor, now))
-        elif c.name != "note":
-            changes.append(f"{c.name} stays {c.value}")
+        changed, status = EFFECTS[c.name].apply(act, c)
+        changes += changed
+        new_status = status or new_status
     return changes, new_status
 
 

@@ -471,3 +471,10 @@ def test_errors_name_the_database_they_opened(tmp_path, database_url):
     shown = database_url.split("@")[-1] if "@" in database_url else database_url
     assert "maild: no ticket #4711" in out.stderr
     assert "maild: database: " in out.stderr and shown in out.stderr
+
+
+def test_every_registered_command_has_an_effect_and_every_effect_a_command():
+    # A command is described (usage, help, form check) in the registry and carried out by
+    # its effect in maild.work: one cannot be added without the other.
+    from maild import work
+    assert set(work.EFFECTS) == set(commands.REGISTRY)

@@ -9,6 +9,7 @@ decided where the database is at hand.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from maild.mail.bounded import bounded
@@ -19,16 +20,27 @@ PRIORITIES = ("urgent", "high", "normal", "low")
 CAUSES = ("ours", "customer", "third-party")
 
 
+# A command's form check: its value normalised, or what is wrong ('', problem).
+Check = Callable[[str], tuple[str, str]]
+
+
+def _any_value(value: str) -> tuple[str, str]:
+    return (value, "") if value else ("", "needs a value")
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
-    """One command: how it is written (placeholders in the reader's language) and what it
-    does, in German and English. The one place a command is described: the parser's
-    errors, the help in mails to agents and README's table all come from here."""
+    """One command: how it is written (placeholders in the reader's language), what it
+    does, in German and English, and the check of its form. The one place a command is
+    described: the parser, its errors, the help in mails to agents and README's table all
+    come from here; what it does to a ticket is `maild.work.EFFECTS` under the same name
+    (a test keeps the two in step)."""
 
     usage_de: str
     usage_en: str
     effect_de: str
     effect_en: str
+    check: Check = _any_value
 
     def usage(self, language: str) -> str:
         return self.usage_de if language == "de" else self.usage_en
@@ -37,38 +49,95 @@ class Spec:
         return self.effect_de if language == "de" else self.effect_en
 
 
+def _one_of(what: str, allowed: tuple[str, ...], aliases: dict[str, str] | None = None,
+            dash: str = "_") -> Check:
+    """A check for a value out of `allowed` (spaces and the other dash read as `dash`)."""
+    def check(value: str) -> tuple[str, str]:
+        if not value:
+            return "", "needs a value"
+        word = value.lower().replace(" ", "_").replace("-" if dash == "_" else "_", dash)
+        word = (aliases or {}).get(word, word)
+        return (word, "") if word in allowed else ("", f"unknown {what} {value!r}")
+    return check
+
+
+def _nothing(_value: str) -> tuple[str, str]:
+    return "", ""
+
+
+def _spam_option(value: str) -> tuple[str, str]:
+    word = value.lower()
+    return (word, "") if word in ("", "block") else ("", f"unknown option {value!r}")
+
+
+def _agent_address(value: str) -> tuple[str, str]:
+    if not value:
+        return "", "needs a value"
+    address = value.strip("<>").lower()
+    if address == "me" or _ADDRESS.match(address):
+        return address, ""
+    return "", f"not an address: {value!r}"
+
+
+def _ticket_number(value: str) -> tuple[str, str]:
+    if not value:
+        return "", "needs a value"
+    number = value.lstrip("#")
+    if number.isdigit() and len(number) <= 12:
+        return str(int(number)), ""
+    return "", f"not a ticket number: {value!r}"
+
+
+def _cc(value: str) -> tuple[str, str]:
+    """`#cc ADDRESS` adds a person to the ticket, `#cc remove ADDRESS` takes them off:
+    value 'ADDRESS' or 'remove ADDRESS'."""
+    if not value:
+        return "", "needs a value"
+    words = value.split()
+    remove = len(words) == 2 and words[0].lower() == "remove"
+    address = (words[-1] if remove or len(words) == 1 else "").strip("<>").lower()
+    if not _ADDRESS.match(address):
+        return "", f"not an address: {value!r}"
+    return (f"remove {address}" if remove else address), ""
+
+
 REGISTRY: dict[str, Spec] = {
     "status": Spec(
         f"#status {'|'.join(STATUSES)}", f"#status {'|'.join(STATUSES)}",
         "neuer Status; der Kunde bekommt für die ersten drei eine Mail",
-        "new state; the customer is told for the first three"),
+        "new state; the customer is told for the first three",
+        _one_of("status", STATUSES)),
     "priority": Spec(
         f"#priority {'|'.join(PRIORITIES)}", f"#priority {'|'.join(PRIORITIES)}",
-        "neue Priorität", "new priority"),
+        "neue Priorität", "new priority", _one_of("priority", PRIORITIES)),
     "assign": Spec(
         "#assign ADRESSE|me", "#assign ADDRESS|me",
         "neuer Bearbeiter (ein Agent); er bekommt ab jetzt die Benachrichtigungen",
-        "new owner (an agent), who gets the notifications from now on"),
+        "new owner (an agent), who gets the notifications from now on", _agent_address),
     "note": Spec(
         "#note", "#note",
         "die ganze Mail ist eine interne Notiz, der Kunde sieht nichts",
-        "the whole mail is an internal note; the customer sees nothing"),
+        "the whole mail is an internal note; the customer sees nothing", _nothing),
     "cause": Spec(
         f"#cause {'|'.join(CAUSES)}", f"#cause {'|'.join(CAUSES)}",
         "Ursache: entscheidet, ob ein Call-Back kostenpflichtig ist (nicht bei ours)",
-        "cause: decides whether a call-back is billable (not for ours)"),
+        "cause: decides whether a call-back is billable (not for ours)",
+        _one_of("cause", CAUSES, {"thirdparty": "third-party", "third": "third-party"},
+                dash="-")),
     "merge": Spec(
         "#merge NUMMER", "#merge NUMBER",
         "dieses Ticket wird geschlossen und geht in Ticket NUMMER weiter",
-        "this ticket is closed and continues in ticket NUMBER"),
+        "this ticket is closed and continues in ticket NUMBER", _ticket_number),
     "spam": Spec(
         "#spam [block]", "#spam [block]",
         "still als Spam schließen; block: Mails des Absenders sind ab jetzt Spam",
-        "close silently as spam; block: the sender's mail is spam from now on"),
+        "close silently as spam; block: the sender's mail is spam from now on",
+        _spam_option),
     "cc": Spec(
         "#cc [remove] ADRESSE", "#cc [remove] ADDRESS",
         "ADRESSE bekommt ab jetzt die Antworten an den Kunden in Kopie (remove: nicht mehr)",
-        "ADDRESS is copied on the answers to the customer from now on (remove: no longer)"),
+        "ADDRESS is copied on the answers to the customer from now on (remove: no longer)",
+        _cc),
 }
 NAMES = tuple(REGISTRY)
 USAGE = {name: spec.usage_en for name, spec in REGISTRY.items()}
@@ -133,7 +202,7 @@ def parse(text: str) -> Commands:
         if any(c.name == name for c in commands):
             errors.append(f"{line!r}: #{name} given twice")
             continue
-        checked, problem = _check(name, value)
+        checked, problem = REGISTRY[name].check(value)
         if problem:
             errors.append(f"{line!r}: {problem} (use: {USAGE[name]})")
             continue
@@ -144,49 +213,6 @@ def parse(text: str) -> Commands:
     if note_words:
         rest = f"{note_words}\n{rest}".strip()
     return Commands(tuple(commands), tuple(errors), rest)
-
-
-def _check(name: str, value: str) -> tuple[str, str]:
-    """(normalised value, '') or ('', what is wrong)."""
-    word = value.lower().replace(" ", "_")
-    if name == "note":
-        return "", ""
-    if name == "spam":
-        return (word, "") if word in ("", "block") else ("", f"unknown option {value!r}")
-    if not value:
-        return "", "needs a value"
-    if name == "status":
-        word = word.replace("-", "_")
-        return (word, "") if word in STATUSES else ("", f"unknown status {value!r}")
-    if name == "priority":
-        return (word, "") if word in PRIORITIES else ("", f"unknown priority {value!r}")
-    if name == "cause":
-        word = word.replace("_", "-")
-        if word in ("thirdparty", "third"):
-            word = "third-party"
-        return (word, "") if word in CAUSES else ("", f"unknown cause {value!r}")
-    if name == "cc":
-        return _check_cc(value)
-    if name == "assign":
-        address = value.strip("<>").lower()
-        if address == "me" or _ADDRESS.match(address):
-            return address, ""
-        return "", f"not an address: {value!r}"
-    number = value.lstrip("#")
-    if number.isdigit() and len(number) <= 12:
-        return str(int(number)), ""
-    return "", f"not a ticket number: {value!r}"
-
-
-def _check_cc(value: str) -> tuple[str, str]:
-    """`#cc ADDRESS` adds a person to the ticket, `#cc remove ADDRESS` takes them off:
-    value 'ADDRESS' or 'remove ADDRESS'."""
-    words = value.split()
-    remove = len(words) == 2 and words[0].lower() == "remove"
-    address = (words[-1] if remove or len(words) == 1 else "").strip("<>").lower()
-    if not _ADDRESS.match(address):
-        return "", f"not an address: {value!r}"
-    return (f"remove {address}" if remove else address), ""
 
 
 def cc_change(value: str) -> tuple[bool, str]:
