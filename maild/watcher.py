@@ -11,7 +11,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
@@ -33,9 +32,6 @@ log = logging.getLogger(__name__)
 # delays each failure from an address that keeps failing (up to 15 s), and fail2ban-style
 # guards ban it; one try in 30 s shows a mended password soon enough.
 LOGIN_RETRY_SECONDS = 30.0
-
-
-PIPELINE = 3  # batches held at once: one being written, the next two being analysed
 
 
 def batches(uids: list[int], sizes: dict[int, int], count: int,
@@ -221,40 +217,34 @@ class Watcher:
         self._move(box, [Outcome(u, "processed" if s == "processed" else "quarantine")
                          for u, s in known.items()])
         fresh = [u for u in due if u not in known]
-        # A pipeline: while batch k is committed and moved, the batches after it are
-        # fetched and analysed (parsed in the worker pool), so the workers never wait for
-        # the writer: up to PIPELINE batches held, of at most twice fetch_batch_mb in all.
-        pending: deque[tuple[list[Fetched], Future[list[Analysis]], float, int]] = deque()
-        held = 0
+        # A pipeline: batch k+1 is fetched and analysed (parsed in the worker pool) while
+        # batch k is committed and moved.
+        pending: tuple[list[Fetched], Future[list[Analysis]], float] | None = None
         sizes = box.sizes(fresh)
         limit = int(self.imap.fetch_batch_mb * 1_000_000)
         for batch in batches([u for u in fresh if u in sizes], sizes, self.imap.batch_size,
                              limit):
             if self.stop.is_set():
                 break
-            size = sum(sizes[u] for u in batch)
-            while pending and (len(pending) >= PIPELINE or held + size > 2 * limit):
-                held -= self._finish(box, *pending.popleft())
             started = time.monotonic()
             fetched = box.fetch(batch, sizes)
             self.runtime.count("mails_fetched", n=len(fetched))
-            if fetched:
-                pending.append((fetched, self.intake.analyse(box.uidvalidity, fetched),
-                                started, size))
-                held += size
-        while pending:
-            self._finish(box, *pending.popleft())
+            ahead = ((fetched, self.intake.analyse(box.uidvalidity, fetched), started)
+                     if fetched else None)
+            if pending is not None:
+                self._finish(box, *pending)
+            pending = ahead
+        if pending is not None:
+            self._finish(box, *pending)
         self.runtime.inbox_waiting = len(self.retry_at)  # the rest is processed
         return max(uids, default=0)
 
     def _finish(self, box: ImapMailbox, fetched: list[Fetched],
-                analysed: Future[list[Analysis]], started: float, size: int) -> int:
-        """Commit and move one batch of the pipeline; returns its size (bytes)."""
+                analysed: Future[list[Analysis]], started: float) -> None:
         outcomes = self.intake.process_batch(box.uidvalidity, fetched, analysed)
         self.on_committed()
         self._count(outcomes, time.monotonic() - started)
         self._move(box, outcomes)
-        return size
 
     def _count(self, outcomes: list[Outcome], seconds: float) -> None:
         for o in outcomes:
