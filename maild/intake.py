@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -54,6 +54,32 @@ from maild.vocab import InboundState
 log = logging.getLogger(__name__)
 
 Action = Literal["processed", "quarantine", "retry"]
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction of the intake read for its mails up front, and took:
+
+    - `seen`: their inbound rows by dedupe key (None: not recorded yet);
+    - `accounts`: their senders' accounts by address (None: none);
+    - written together (not mail by mail), its Message-IDs (`ids`) and the first ticket
+      number it reserved (`first_number`): what a mail may point at of the batch itself."""
+
+    seen: dict[str, InboundMessage | None]
+    accounts: dict[str, Account | None] = field(default_factory=dict)
+    ids: set[str] = field(default_factory=set)
+    first_number: int | None = None  # None: written mail by mail, each flushed first
+
+    def apart(self, parsed: InboundMail, support: str) -> bool:
+        """Whether `parsed` cannot point at a mail or ticket of this batch: it references
+        none of its Message-IDs and names no ticket number it may have taken (in its
+        subject tag or a reply address)."""
+        if self.first_number is None or self.ids.intersection(thread.referenced_ids(parsed)):
+            return False
+        numbers = [n for n, _ in thread.plus_tokens(parsed, support)]
+        tagged = thread.subject_tag(parsed.subject)
+        return all(n < self.first_number
+                   for n in (*numbers, *([tagged] if tagged is not None else [])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +130,6 @@ class Intake:
         self.analyser = Analyser(_rules(desk), workers, desk.store, budget, analysis,
                                  self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
-        # Read with the batch being written: its inbound rows by dedupe key (None: not
-        # recorded yet), its senders' accounts by address (None: none).
-        self._seen: dict[str, InboundMessage | None] = {}
-        self._accounts: dict[str, Account | None] = {}
-        # The batch's Message-IDs and the first ticket number it reserved (None: written
-        # mail by mail): what a mail may point at of the batch itself (see `_apart`).
-        self._batch_ids: set[str] = set()
-        self._first_number: int | None = None
         self.policy = decide.Policy(decide.UnknownSender(desk.unknown_sender), desk.reopen_days)
 
     def use(self, desk: Desk, max_attempts: int, max_crashes: int) -> None:
@@ -234,32 +252,30 @@ class Intake:
         with db.transaction(self.factory) as session:
             # The mails' blobs and their answers' bytes: one sync, just before the commit.
             blobs.sync_before_commit(session, self.desk.store)
-            self._seen = _recorded(session, [p.key for p in prepared])  # one read for all
+            batch = Batch(_recorded(session, [p.key for p in prepared]))  # one read for all
             senders = [p.parsed.from_addr.lower() for p in prepared if p.parsed]
             # (the agents too: every notification to them asks whether they bounce)
             roster = self.desk.roster
             suppression.preload(session, [*senders, *(a.address for a in roster.all(session)),
                                           *([roster.team_address] if roster.team_address else [])])
             answers.count_answers(session, senders, now)
-            self._accounts = {**dict.fromkeys(senders), **accounts.lookup_many(session, senders)}
-            try:
-                if not isolated:
-                    with _mail_failure():  # (a row the batch cannot write: mail by mail)
-                        self._seen.update(self._new_rows(session, uidvalidity, prepared, now))
-                    # Ticket numbers for the mails that may open one, in one statement.
-                    self._first_number = db.reserve_numbers(
-                        session, "ticket", sum(map(_may_open, prepared)))
-                    self._batch_ids = {p.parsed.message_id for p in prepared
-                                       if p.parsed and p.parsed.message_id}
-                outcomes = [self._decide(session, uidvalidity, p, now, isolated)
-                            for p in prepared]
-                if not isolated:
-                    with _mail_failure():  # the batch's rows, still pending
-                        session.flush()
-                    db.release_numbers(session, "ticket")  # those not used
-            finally:  # true for this transaction only
-                self._seen, self._accounts, self._batch_ids = {}, {}, set()
-                self._first_number = None
+            batch.accounts = {**dict.fromkeys(senders),
+                              **accounts.lookup_many(session, senders)}
+            if not isolated:
+                with _mail_failure():  # (a row the batch cannot write: mail by mail)
+                    batch.seen.update(self._new_rows(session, batch, uidvalidity, prepared,
+                                                     now))
+                # Ticket numbers for the mails that may open one, in one statement.
+                batch.first_number = db.reserve_numbers(
+                    session, "ticket", sum(map(_may_open, prepared)))
+                batch.ids = {p.parsed.message_id for p in prepared
+                             if p.parsed and p.parsed.message_id}
+            outcomes = [self._decide(session, batch, uidvalidity, p, now, isolated)
+                        for p in prepared]
+            if not isolated:
+                with _mail_failure():  # the batch's rows, still pending
+                    session.flush()
+                db.release_numbers(session, "ticket")  # those not used
             session.execute(delete(ParseAttempt).where(  # the attempts are over
                 ParseAttempt.mailbox == self.mailbox, ParseAttempt.uidvalidity == uidvalidity,
                 ParseAttempt.uid.in_(uids)))
@@ -283,25 +299,25 @@ class Intake:
         return Prepared(mail, key, raw_sha, analysis.parsed, analysis.verdict, "", planned,
                         analysis.report, extracted=analysis.extracted)
 
-    def _decide(self, session: Session, uidvalidity: int, p: Prepared, now: datetime,
-                isolated: bool = True) -> Outcome:
+    def _decide(self, session: Session, batch: Batch, uidvalidity: int, p: Prepared,
+                now: datetime, isolated: bool = True) -> Outcome:
         """One mail's outcome; its log lines carry its Message-ID (and ticket, once known)."""
         with logs.context(message_id=p.parsed.message_id if p.parsed else None):
             if isolated or p.error:
                 if not isolated:  # the earlier mails' pending rows, before its savepoint
                     with _mail_failure():
                         session.flush()
-                return self._decide_one(session, uidvalidity, p, now)
+                return self._decide_one(session, batch, uidvalidity, p, now)
             with _mail_failure():
-                return self._apply(session, uidvalidity, p, now)
+                return self._apply(session, batch, uidvalidity, p, now)
 
-    def _decide_one(self, session: Session, uidvalidity: int, p: Prepared,
+    def _decide_one(self, session: Session, batch: Batch, uidvalidity: int, p: Prepared,
                     now: datetime) -> Outcome:
         if p.error:
             return self._record_failure(session, uidvalidity, p, p.error, now)
         try:
             with session.begin_nested():
-                return self._apply(session, uidvalidity, p, now)
+                return self._apply(session, batch, uidvalidity, p, now)
         except sa_exc.IntegrityError as exc:
             done = _finished_elsewhere(session, p)
             if done is not None:  # another process recorded the same mail first
@@ -316,20 +332,22 @@ class Intake:
             error = _failed(_describe(exc), traceback.format_exc(), p.mail.uid)
             return self._record_failure(session, uidvalidity, p, error, now)
 
-    def _apply(self, session: Session, uidvalidity: int, p: Prepared, now: datetime) -> Outcome:
+    def _apply(self, session: Session, batch: Batch, uidvalidity: int, p: Prepared,
+               now: datetime) -> Outcome:
         # Read with the batch, once per key (a copy later in the batch looks again).
-        existing = self._seen.pop(p.key) if p.key in self._seen else _find(session, p.key)
+        existing = batch.seen.pop(p.key) if p.key in batch.seen else _find(session, p.key)
         done = _already_done(existing, uidvalidity, p.mail.uid)
         if done is not None:
             return done
         row = self._row(session, existing, uidvalidity, p, now)
-        return replace(self._apply_to(session, row, p, now), kind=row.kind)
+        return replace(self._apply_to(session, batch, row, p, now), kind=row.kind)
 
-    def _apply_to(self, session: Session, row: InboundMessage, p: Prepared,
+    def _apply_to(self, session: Session, batch: Batch, row: InboundMessage, p: Prepared,
                   now: datetime) -> Outcome:
         assert p.parsed is not None and p.verdict is not None
         mail, parsed, verdict = p.mail, p.parsed, p.verdict
-        agent, proven, match, account, known = self._read(session, parsed, verdict, now)
+        agent, proven, match, account, known = self._read(session, batch, parsed, verdict,
+                                                          now)
         d = decide.decide(verdict, known, self.policy, now)
         row.kind, row.reason, row.finished_at = d.kind, d.reason, now
         if d.route == decide.Route.QUARANTINE:
@@ -391,7 +409,7 @@ class Intake:
         log.info("ticket created kind=%s from=%s", d.kind, ticket.customer_address)
         return Outcome(mail.uid, "processed", d.kind, ticket.number)
 
-    def _read(self, session: Session, parsed: InboundMail, verdict: Verdict,
+    def _read(self, session: Session, batch: Batch, parsed: InboundMail, verdict: Verdict,
               now: datetime) -> tuple[AgentInfo | None, str, Match | None, Account | None, Known]:
         """What the database says about the mail, for `decide()` (and the objects the
         write then needs: the agent, the ticket it continues, the sender's account)."""
@@ -405,9 +423,10 @@ class Intake:
         agent = self.desk.roster.get(session, parsed.from_addr) if person else None
         # Rows of the batch's earlier mails are still pending: written first (autoflush)
         # only when this mail may point at one of them.
-        with session.no_autoflush if self._apart(parsed) else nullcontext():
+        apart = batch.apart(parsed, self.desk.sender.address)
+        with session.no_autoflush if apart else nullcontext():
             proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
-        account = self._account(session, parsed)
+        account = self._account(session, batch, parsed)
         limited = person and answers.over_limit(session, self.desk, parsed.from_addr, now)
         return agent, proven, match, account, Known(
             ours=ours, blocked_by=blocked_by, bouncing=flag is not None and blocked_by is None,
@@ -417,33 +436,21 @@ class Intake:
             ticket_done_at=done_at(match.ticket) if match else None,
             account=account is not None, answer_limited=limited)
 
-    def _apart(self, parsed: InboundMail) -> bool:
-        """Whether `parsed` cannot point at a mail or ticket of the batch being written:
-        it references none of the batch's Message-IDs and names no ticket number the
-        batch may have taken (in its subject tag or a reply address)."""
-        if self._first_number is None or self._batch_ids.intersection(
-                thread.referenced_ids(parsed)):
-            return False
-        numbers = [n for n, _ in thread.plus_tokens(parsed, self.desk.sender.address)]
-        tagged = thread.subject_tag(parsed.subject)
-        return all(n < self._first_number for n in (*numbers, *(
-            [tagged] if tagged is not None else [])))
-
-    def _account(self, session: Session, parsed: InboundMail) -> Account | None:
+    def _account(self, session: Session, batch: Batch, parsed: InboundMail) -> Account | None:
         address = parsed.from_addr.lower()
-        account = self._accounts[address] if address in self._accounts \
+        account = batch.accounts[address] if address in batch.accounts \
             else accounts.lookup(session, address)
         if account is None and self.desk.unknown_sender == "domain":
             account = accounts.by_domain(session, parsed.from_addr)
         return account
 
-    def _new_rows(self, session: Session, uidvalidity: int, prepared: list[Prepared],
-                  now: datetime) -> dict[str, InboundMessage]:
+    def _new_rows(self, session: Session, batch: Batch, uidvalidity: int,
+                  prepared: list[Prepared], now: datetime) -> dict[str, InboundMessage]:
         """The inbound records of the batch's mails seen for the first time, written in
         one statement per table (their ids are what the mails' rows refer to)."""
         new: dict[str, InboundMessage] = {}
         for p in prepared:
-            if not p.error and self._seen.get(p.key) is None and p.key not in new:
+            if not p.error and batch.seen.get(p.key) is None and p.key not in new:
                 new[p.key] = self._new_row(uidvalidity, p, now)
         if new:
             blobs.add_refs(session, [(r.raw_sha256 or "", r.size) for r in new.values()], now)
