@@ -138,14 +138,17 @@ def _recipients(session: Session, desk: Desk, owner: str) -> list[str]:
 
 
 def _last_notice(session: Session, ticket: Ticket) -> str | None:
-    """The last notification about `ticket`, so agents' clients show one thread."""
-    if ticket.id is None:  # a ticket of the batch being written: its notices are too
-        pending = [m.message_id for m in session.new if isinstance(m, TicketMessage)
-                   and m.kind == OutboxKind.NOTIFY and m.__dict__.get("ticket") is ticket]
+    """The last notification about `ticket`, so agents' clients show one thread: one of
+    the batch being written (still pending: every notice names its ticket as an object),
+    else the last one recorded (read without writing the pending batch first)."""
+    pending = [m.message_id for m in session.new if isinstance(m, TicketMessage)
+               and m.kind == OutboxKind.NOTIFY and m.__dict__.get("ticket") is ticket]
+    if pending or ticket.id is None:  # (a ticket of the batch: its notices are too)
         return pending[-1] if pending else None
-    return session.scalars(select(TicketMessage.message_id).where(
-        TicketMessage.ticket_id == ticket.id, TicketMessage.kind == OutboxKind.NOTIFY)
-        .order_by(TicketMessage.id.desc())).first()
+    with session.no_autoflush:
+        return session.scalars(select(TicketMessage.message_id).where(
+            TicketMessage.ticket_id == ticket.id, TicketMessage.kind == OutboxKind.NOTIFY)
+            .order_by(TicketMessage.id.desc())).first()
 
 
 def _send(

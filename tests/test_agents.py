@@ -17,6 +17,7 @@ from maild import db, links
 from maild.daemon import build_desk
 from maild.intake import Intake
 from maild.mail import auth, commands
+from maild.mail.fetched import Fetched
 from maild.models import TicketMessage
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # a Thursday, within support hours
@@ -95,6 +96,21 @@ def test_an_owned_ticket_notifies_its_owner_on_each_customer_follow_up(desk):
     assert follow["Subject"] == "[#10001] Antwort vom Kunden: App stuerzt ab"
     assert follow["In-Reply-To"] == notices[0].message_id  # one thread in the agent's client
     assert "App-Version 4.2" in text_of(notices[-1])
+
+
+def test_notices_of_one_batch_about_one_ticket_form_one_thread(desk, intake):
+    # Two follow-ups to one ticket in one batch (written in one go): the second notice
+    # answers the first, though that one is not written yet when the second is made.
+    desk.feed(FIRST)
+    ack = desk.outbox("ack")[0].message_id
+    follow_ups = [Fetched(uid, (
+        f"From: anna@kunde.example\r\nTo: service@example.com\r\nSubject: Re: x\r\n"
+        f"Message-ID: <f{uid}@kunde.example>\r\nIn-Reply-To: {ack}\r\n\r\n"
+        f"Noch etwas ({uid}).\r\n").encode(), NOW) for uid in (101, 102)]
+    assert [o.reason for o in intake.process_batch(1, follow_ups)] == ["follow-up"] * 2
+    first, second, third = desk.outbox("notify")
+    assert message(second)["In-Reply-To"] == first.message_id
+    assert message(third)["In-Reply-To"] == second.message_id
 
 
 def test_agent_reply_is_relayed_from_the_support_address_under_the_agents_name(desk):
