@@ -142,10 +142,13 @@ class FolderStore:
     def files(self) -> Iterator[tuple[Path, float]]:
         """Every file in the store (blobs and leftover temporary files, in either layout)
         with its mtime."""
-        if not self.root.is_dir():
+        try:
+            tops = sorted(e.path for e in os.scandir(self.root)
+                          if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for top in sorted(self.root.glob("??")):
-            yield from _files_in(top, deeper=True)
+        for top in tops:  # (a symlinked folder is not the store's: never followed)
+            yield from _files_in(Path(top), deeper=True)
 
 
 def _files_in(folder: Path, *, deeper: bool) -> Iterator[tuple[Path, float]]:

@@ -150,7 +150,7 @@ def session_factory(engine: Engine) -> SessionFactory:
     return factory
 
 
-def _assign_ids(session: Session, _context: object, _instances: object) -> None:
+def _assign_ids(session: Session, _context: object, instances: object) -> None:
     """Give the new rows of a flush their ids, in one statement for all tables, so the
     flush can write each table's rows as one executemany without RETURNING.
 
@@ -161,38 +161,53 @@ def _assign_ids(session: Session, _context: object, _instances: object) -> None:
     database's own would. On PostgreSQL they come from the column's sequence (other
     processes draw from it too; a rollback leaves a gap, as ever); on SQLite they follow
     the largest id, which stays put: every writing transaction holds the write lock from
-    its BEGIN IMMEDIATE on."""
+    its BEGIN IMMEDIATE on (above any id a pending row was given by hand). A flush of
+    chosen objects only (`flush(objects)`) is left to the ORM."""
+    if instances is not None:
+        return
     pending: dict[Table, list[Any]] = {}
+    given: dict[Table, int] = {}  # the highest id set by hand on a pending row
     for obj in session.new:
         state = inspect(obj)
         table = state.mapper.local_table
         column = table.autoincrement_column if isinstance(table, Table) else None
-        if column is not None and column.key == "id" and obj.id is None:
+        if column is None or column.key != "id":
+            continue
+        if obj.id is None:
             pending.setdefault(table, []).append(state)
+        elif isinstance(obj.id, int):
+            given[table] = max(given.get(table, 0), obj.id)
     many = {table: states for table, states in pending.items() if len(states) > 1}
     if not many:  # one row's INSERT … RETURNING is one statement anyway
         return
-    taken = _take_ids(session, {table: len(states) for table, states in many.items()})
+    taken = _take_ids(session, {table: len(states) for table, states in many.items()}, given)
     for table, states in many.items():
         states.sort(key=lambda state: state.insert_order)
-        for state, new_id in zip(states, taken[table], strict=True):
+        for state, new_id in zip(states, taken.get(table, ()), strict=False):
             state.obj().id = new_id
 
 
-def _take_ids(session: Session, counts: dict[Table, int]) -> dict[Table, list[int]]:
-    """`counts[table]` new ids of each table, in one statement."""
+def _take_ids(session: Session, counts: dict[Table, int],
+              given: dict[Table, int]) -> dict[Table, list[int]]:
+    """`counts[table]` new ids of each table, in one statement; a table whose ids come
+    from no sequence (PostgreSQL) is left out: its rows read their ids back."""
     connection = session.connection()
     tables = list(counts)
     if connection.dialect.name == "sqlite":
         tops = connection.execute(select(*(
             select(func.max(table.c.id)).scalar_subquery() for table in tables))).one()
-        return {table: list(range((top or 0) + 1, (top or 0) + 1 + counts[table]))
-                for table, top in zip(tables, tops, strict=True)}
-    sequences: dict[str, str] = connection.info.setdefault(_SEQUENCES, {})
+        firsts = [max(top or 0, given.get(table, 0)) + 1
+                  for table, top in zip(tables, tops, strict=True)]
+        return {table: list(range(first, first + counts[table]))
+                for table, first in zip(tables, firsts, strict=True)}
+    sequences: dict[str, str | None] = connection.info.setdefault(_SEQUENCES, {})
     for table in tables:
-        if table.name not in sequences:
+        if sequences.get(table.name) is None:
             sequences[table.name] = connection.execute(
                 select(func.pg_get_serial_sequence(table.name, "id"))).scalar_one()
+    tables = [table for table in tables if sequences[table.name] is not None]
+    if not tables:
+        return {}
     arrays = connection.execute(select(*(
         func.array(select(func.nextval(sequences[table.name]))
                    .select_from(func.generate_series(1, counts[table])).scalar_subquery())

@@ -170,7 +170,7 @@ def backlog_in(session: Session) -> Backlog:
         select(func.count(), func.min(OutboxMail.created_at))
         .where(OutboxMail.state == OutboxState.PENDING)).one()
     quarantine = session.scalar(select(func.count()).select_from(InboundMessage)
-                                .where(InboundMessage.state == "quarantined")) or 0
+                                .where(InboundMessage.state == InboundState.QUARANTINED)) or 0
     return Backlog(int(outbox or 0), oldest, int(quarantine))
 
 

@@ -97,6 +97,23 @@ def test_rows_written_together_get_ids_in_the_order_they_were_added(factory):
             assert got == sorted(got) and got == taken[round_ * 7:round_ * 7 + 7]
 
 
+def test_ids_given_by_hand_and_flushes_of_chosen_rows_do_not_collide(factory):
+    def company(name: str, **given) -> Company:
+        return Company(name=name, tier="", created_at=NOW, updated_at=NOW, **given)
+
+    with db.transaction(factory) as session:
+        session.add(company("first"))
+        session.flush()
+        chosen, *rest = [company(f"c{i}") for i in range(3)]
+        session.add_all([chosen, *rest])
+        session.flush([chosen])  # only this one is written now
+        session.add_all([company("by hand", id=chosen.id + 10), company("a"), company("b")])
+        session.flush()
+    with db.transaction(factory) as session:
+        ids = dict(session.execute(select(Company.name, Company.id)).tuples())
+    assert len(set(ids.values())) == 7 and ids["by hand"] == ids["c0"] + 10
+
+
 def test_signing_key_is_generated_once_and_kept(factory):
     first = db.app_secret(factory, "signing_key", NOW)
     assert len(first) > 40
@@ -259,6 +276,21 @@ def test_blobs_of_the_older_two_level_layout_are_found_kept_listed_and_deleted(t
     assert {p for p, _ in store.files()} == {legacy, tmp_path / new[:2] / new}
     store.delete(sha)
     assert not store.exists(sha) and not legacy.exists()
+
+
+def test_the_store_never_follows_a_symlinked_folder(tmp_path):
+    # A link in the store (an operator's, or planted) must not let `collect` reach files
+    # elsewhere: they are not listed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_bytes(b"not a blob")
+    (elsewhere / "ab").mkdir()
+    (elsewhere / "ab" / "also.txt").write_bytes(b"not a blob either")
+    store = blobs.FolderStore(tmp_path / "store")
+    sha = store.put(b"a blob")
+    (tmp_path / "store" / "zz").symlink_to(elsewhere)
+    (tmp_path / "store" / sha[:2] / "yy").symlink_to(elsewhere)
+    assert [p for p, _ in store.files()] == [tmp_path / "store" / sha[:2] / sha]
 
 
 def test_a_backup_in_the_older_layout_is_restored(tmp_path):
