@@ -97,21 +97,22 @@ def test_rows_written_together_get_ids_in_the_order_they_were_added(factory):
             assert got == sorted(got) and got == taken[round_ * 7:round_ * 7 + 7]
 
 
-def test_ids_given_by_hand_and_flushes_of_chosen_rows_do_not_collide(factory):
+def test_ids_given_by_hand_do_not_collide_with_those_given_with_the_flush(factory):
     def company(name: str, **given) -> Company:
         return Company(name=name, tier="", created_at=NOW, updated_at=NOW, **given)
 
     with db.transaction(factory) as session:
-        session.add(company("first"))
+        session.add_all([company("first"), company("second")])
         session.flush()
-        chosen, *rest = [company(f"c{i}") for i in range(3)]
-        session.add_all([chosen, *rest])
-        session.flush([chosen])  # only this one is written now
-        session.add_all([company("by hand", id=chosen.id + 10), company("a"), company("b")])
+        top = max(c.id for c in session.scalars(select(Company)))
+        # SQLite: right after the largest id. (A PostgreSQL sequence never knows of ids
+        # set by hand, with or without maild: there only ids far above are safe.)
+        gap = 1 if session.get_bind().dialect.name == "sqlite" else 10
+        session.add_all([company("by hand", id=top + gap), company("a"), company("b")])
         session.flush()
     with db.transaction(factory) as session:
-        ids = dict(session.execute(select(Company.name, Company.id)).tuples())
-    assert len(set(ids.values())) == 7 and ids["by hand"] == ids["c0"] + 10
+        ids = {name: id_ for name, id_ in session.execute(select(Company.name, Company.id))}
+    assert len(set(ids.values())) == 5 and ids["by hand"] == top + gap
 
 
 def test_signing_key_is_generated_once_and_kept(factory):
