@@ -22,7 +22,19 @@ from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from maild import accounts, answers, blobs, bounces, db, decide, logs, notify, suppression, work
+from maild import (
+    accounts,
+    answers,
+    blobs,
+    bounces,
+    db,
+    decide,
+    logs,
+    notify,
+    suppression,
+    threader,
+    work,
+)
 from maild.accounts import Account
 from maild.agents import AgentInfo
 from maild.analyse import (
@@ -63,12 +75,15 @@ class Batch:
     - `seen`: their inbound rows by dedupe key (None: not recorded yet);
     - `accounts`: their senders' accounts by address (None: none);
     - written together (not mail by mail), its Message-IDs (`ids`) and the first ticket
-      number it reserved (`first_number`): what a mail may point at of the batch itself."""
+      number it reserved (`first_number`): what a mail may point at of the batch itself;
+      and what its mails point at elsewhere (`preread`), for threading those `apart`."""
 
     seen: dict[str, InboundMessage | None]
     accounts: dict[str, Account | None] = field(default_factory=dict)
     ids: set[str] = field(default_factory=set)
     first_number: int | None = None  # None: written mail by mail, each flushed first
+    # What the mails point at (messages, tickets), read for all: for a mail `apart` only.
+    preread: threader.Preread | None = None
 
     def apart(self, parsed: InboundMail, support: str) -> bool:
         """Whether `parsed` cannot point at a mail or ticket of this batch: it references
@@ -270,6 +285,9 @@ class Intake:
                     session, "ticket", sum(map(_may_open, prepared)))
                 batch.ids = {p.parsed.message_id for p in prepared
                              if p.parsed and p.parsed.message_id}
+                batch.preread = threader.preread(
+                    session, [p.parsed for p in prepared if p.parsed and _may_open(p)],
+                    self.desk.sender.address)
             outcomes = [self._decide(session, batch, uidvalidity, p, now, isolated)
                         for p in prepared]
             if not isolated:
@@ -425,7 +443,8 @@ class Intake:
         # only when this mail may point at one of them.
         apart = batch.apart(parsed, self.desk.sender.address)
         with session.no_autoflush if apart else nullcontext():
-            proven, match = work.find_and_prove(session, self.desk, parsed, agent, now)
+            proven, match = work.find_and_prove(session, self.desk, parsed, agent, now,
+                                                batch.preread if apart else None)
         account = self._account(session, batch, parsed)
         limited = person and answers.over_limit(session, self.desk, parsed.from_addr, now)
         return agent, proven, match, account, Known(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -31,11 +32,54 @@ class Match:
         return self.how != "tag-foreign"
 
 
+@dataclass(frozen=True, slots=True)
+class Preread:
+    """What a batch of mails points at, read for all of them at once: the ticket messages
+    by Message-ID (the latest of each), the tickets they belong to, and the tickets by
+    number (`numbers`: every number looked for, found or not). Only for a mail that cannot
+    point at anything written in its own batch (`intake.Batch.apart`)."""
+
+    messages: dict[str, TicketMessage]
+    tickets: dict[int, Ticket]
+    numbers: frozenset[int]
+
+
+def preread(session: Session, mails: Iterable[InboundMail], support: str) -> Preread | None:
+    """`Preread` for `mails` in a query or two per table; None when they point at nothing."""
+    ids: set[str] = set()
+    numbers: set[int] = set()
+    for mail in mails:
+        ids.update(thread.referenced_ids(mail))
+        numbers.update(n for n, _ in thread.plus_tokens(mail, support))
+        tagged = thread.subject_tag(mail.subject)
+        if tagged is not None:
+            numbers.add(tagged)
+    if not ids and not numbers:
+        return None
+    messages: dict[str, TicketMessage] = {}
+    for chunk in db.chunks(sorted(ids)):
+        for message in session.scalars(select(TicketMessage).where(
+                TicketMessage.message_id.in_(chunk))):
+            mid = message.message_id or ""
+            known = messages.get(mid)
+            if known is None or message.id > known.id:
+                messages[mid] = message
+    wanted = sorted({m.ticket_id for m in messages.values()})
+    for some in db.chunks(wanted):  # into the session: `get` finds them without a query
+        session.scalars(select(Ticket).where(Ticket.id.in_(some))).all()
+    tickets: dict[int, Ticket] = {}
+    for part in db.chunks(sorted(numbers)):
+        tickets.update((t.number, t) for t in session.scalars(
+            select(Ticket).where(Ticket.number.in_(part))))
+    return Preread(messages, tickets, frozenset(numbers))
+
+
 def find(session: Session, desk: Desk, mail: InboundMail, now: datetime, *,
-         agent: bool = False) -> Match | None:
+         agent: bool = False, known: Preread | None = None) -> Match | None:
     """The ticket `mail` belongs to, strongest proof first; None for a new matter.
-    `agent`: the sender is a proven agent, whom a tag alone lets in."""
-    found = _find(session, desk, mail, now, agent)
+    `agent`: the sender is a proven agent, whom a tag alone lets in. `known`: what its
+    batch read up front (else read here)."""
+    found = _find(session, desk, mail, now, agent, known)
     if found is None or found.ticket.merged_into is None:
         return found
     ticket, seen = found.ticket, {found.ticket.number}
@@ -49,11 +93,10 @@ def find(session: Session, desk: Desk, mail: InboundMail, now: datetime, *,
 
 
 def _find(session: Session, desk: Desk, mail: InboundMail, now: datetime,
-          agent: bool) -> Match | None:
+          agent: bool, known: Preread | None) -> Match | None:
     ids = thread.referenced_ids(mail)
     if ids:
-        message = session.scalars(select(TicketMessage).where(
-            TicketMessage.message_id.in_(ids)).order_by(TicketMessage.id.desc())).first()
+        message = _latest(session, ids, known)
         if message is not None:
             return Match(session.get_one(Ticket, message.ticket_id), "reference", message)
     for number, token in thread.plus_tokens(mail, desk.sender.address):
@@ -62,16 +105,31 @@ def _find(session: Session, desk: Desk, mail: InboundMail, now: datetime,
                            else "agent-address"
                            if agent_token_holder(desk, number, token, mail.from_addr, now)
                            else None)
-        ticket = db.ticket_by_number(session, number) if how else None
+        ticket = _by_number(session, number, known) if how else None
         if ticket is not None and how is not None:
             return Match(ticket, how)
     tagged = thread.subject_tag(mail.subject)
-    ticket = db.ticket_by_number(session, tagged) if tagged is not None else None
+    ticket = _by_number(session, tagged, known) if tagged is not None else None
     if ticket is None:
         return None
     if desk.stranger_tag == "attach" or agent or _belongs(session, ticket, mail.from_addr):
         return Match(ticket, "tag")
     return Match(ticket, "tag-foreign")
+
+
+def _latest(session: Session, ids: list[str], known: Preread | None) -> TicketMessage | None:
+    """The latest ticket message with one of the Message-IDs `ids`."""
+    if known is not None:
+        found = [known.messages[i] for i in ids if i in known.messages]
+        return max(found, key=lambda m: m.id) if found else None
+    return session.scalars(select(TicketMessage).where(
+        TicketMessage.message_id.in_(ids)).order_by(TicketMessage.id.desc())).first()
+
+
+def _by_number(session: Session, number: int, known: Preread | None) -> Ticket | None:
+    if known is not None and number in known.numbers:
+        return known.tickets.get(number)
+    return db.ticket_by_number(session, number)
 
 
 def agent_token_holder(desk: Desk, number: int, token: str, sender: str,

@@ -33,16 +33,18 @@ log = logging.getLogger(__name__)
 STATUS_MAILS = (TicketStatus.IN_PROGRESS, TicketStatus.WAITING, TicketStatus.RESOLVED)
 
 def find_and_prove(session: Session, desk: Desk, mail: InboundMail,
-                   agent: AgentInfo | None, now: datetime) -> tuple[str, Match | None]:
+                   agent: AgentInfo | None, now: datetime,
+                   known: threader.Preread | None = None) -> tuple[str, Match | None]:
     """The ticket `mail` continues (None: a new matter) and, for a mail From an agent, why
-    it is believed to be theirs ('' = not proven, and then threaded as anyone's)."""
+    it is believed to be theirs ('' = not proven, and then threaded as anyone's).
+    `known`: what the mail's batch read up front for threading."""
     if agent is None:
-        return "", threader.find(session, desk, mail, now)
-    match = threader.find(session, desk, mail, now, agent=True)
+        return "", threader.find(session, desk, mail, now, known=known)
+    match = threader.find(session, desk, mail, now, agent=True, known=known)
     why = proof(session, desk, mail, match, now)
     if why:
         return why, match
-    return "", threader.find(session, desk, mail, now)
+    return "", threader.find(session, desk, mail, now, known=known)
 
 
 def proof(session: Session, desk: Desk, mail: InboundMail, match: Match | None,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from harness import Clock, offline_settings
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from maild import db, links
 from maild.daemon import build_desk
@@ -99,6 +99,39 @@ def test_in_one_batch_a_reply_joins_a_ticket_opened_earlier_in_that_batch(intake
         assert len(s.scalars(select(OutboxMail).where(OutboxMail.kind == "ack")).all()) == 3
         counter = s.scalar(select(db.Counter.value).where(db.Counter.name == "ticket"))
         assert counter == 10003  # the numbers reserved and not used were given back
+
+
+def test_a_batch_of_replies_to_earlier_tickets_reads_what_they_point_at_once(
+        intake, factory):
+    # Ten customers answer their acknowledgements, two by the [#NUMBER] tag only, in one
+    # batch: each joins its own ticket, and the batch looks up the messages and tickets
+    # they point at in one query per table, not one per mail.
+    for n in range(10):
+        intake.process(1, Fetched(n + 1, FIRST.replace("anna@", f"kunde{n}@").replace(
+            "first@", f"first{n}@").encode(), NOW))
+    with db.transaction(factory) as s:
+        acks = {t.number: m for t, m in s.execute(select(Ticket, OutboxMail.message_id)
+                                                   .join(OutboxMail,
+                                                         OutboxMail.ticket_id == Ticket.id))}
+    mails = [reply(100 + n, f"kunde{n}@kunde.example",
+                   f"In-Reply-To: {acks[10001 + n]}\r\n" if n < 8 else "",
+                   subject=f"Re: [#{10001 + n}] App stuerzt ab") for n in range(10)]
+    reads: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "max(" not in statement and (
+                "FROM ticket_messages" in statement or "FROM tickets" in statement):
+            reads.append(statement)
+
+    engine = factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        outcomes = intake.process_batch(1, mails)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [(o.reason, o.ticket_number) for o in outcomes] == [
+        ("follow-up", 10001 + n) for n in range(10)]
+    assert len(reads) <= 3, reads
 
 
 def test_the_tag_attaches_for_the_customer_and_participants_not_for_strangers(
