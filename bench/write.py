@@ -102,7 +102,7 @@ def main() -> int:
     print(f"{args.db}: {args.mails} mails in batches of {args.batch}, {done} processed: "
           f"{took:.2f} s, {took / args.mails * 1000:.2f} ms/mail "
           f"(CPU {cpu / args.mails * 1000:.2f} ms/mail in this process), "
-          f"{statements[0] / args.mails:.1f} statements/mail")
+          f"{statements[0] / args.mails:.2f} statements/mail")
     if args.profile:
         out = io.StringIO()
         order = os.environ.get("SORT", "cumulative")
