@@ -286,8 +286,8 @@ class Intake:
                 batch.ids = {p.parsed.message_id for p in prepared
                              if p.parsed and p.parsed.message_id}
                 batch.preread = threader.preread(
-                    session, [p.parsed for p in prepared if p.parsed and _may_open(p)],
-                    self.desk.sender.address)
+                    session, self.desk, [p.parsed for p in prepared if p.parsed and _may_open(p)],
+                    now)
             outcomes = [self._decide(session, batch, uidvalidity, p, now, isolated)
                         for p in prepared]
             if not isolated:

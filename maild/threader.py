@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, load_only
 
 from maild import accounts, db, links
 from maild.desk import Desk
@@ -35,22 +35,34 @@ class Match:
 @dataclass(frozen=True, slots=True)
 class Preread:
     """What a batch of mails points at, read for all of them at once: the ticket messages
-    by Message-ID (the latest of each), the tickets they belong to, and the tickets by
-    number (`numbers`: every number looked for, found or not). Only for a mail that cannot
-    point at anything written in its own batch (`intake.Batch.apart`)."""
+    by Message-ID (the latest of each, with the few columns threading reads), the tickets
+    they belong to by id, and the tickets by number (`numbers`: every number looked for,
+    found or not). Only for a mail that cannot point at anything written in its own batch
+    (`intake.Batch.apart`); read when the batch starts, as each mail's own reads were a
+    moment later."""
 
     messages: dict[str, TicketMessage]
+    by_id: dict[int, Ticket]
     tickets: dict[int, Ticket]
     numbers: frozenset[int]
 
 
-def preread(session: Session, mails: Iterable[InboundMail], support: str) -> Preread | None:
-    """`Preread` for `mails` in a query or two per table; None when they point at nothing."""
+MAX_NUMBERS = 50  # ticket numbers of one mail's reply addresses read with its batch
+
+
+def preread(session: Session, desk: Desk, mails: Iterable[InboundMail],
+            now: datetime) -> Preread | None:
+    """`Preread` for `mails` in a query or two per table; None when they point at nothing.
+    Reply addresses count only with a valid token (as in `find`), at most MAX_NUMBERS
+    per mail (the rest are looked up by `find` itself)."""
     ids: set[str] = set()
     numbers: set[int] = set()
     for mail in mails:
         ids.update(thread.referenced_ids(mail))
-        numbers.update(n for n, _ in thread.plus_tokens(mail, support))
+        valid = [n for n, token in thread.plus_tokens(mail, desk.sender.address)
+                 if links.reply_token_valid(desk.secret, n, token)
+                 or agent_token_holder(desk, n, token, mail.from_addr, now)]
+        numbers.update(valid[:MAX_NUMBERS])
         tagged = thread.subject_tag(mail.subject)
         if tagged is not None:
             numbers.add(tagged)
@@ -58,20 +70,25 @@ def preread(session: Session, mails: Iterable[InboundMail], support: str) -> Pre
         return None
     messages: dict[str, TicketMessage] = {}
     for chunk in db.chunks(sorted(ids)):
-        for message in session.scalars(select(TicketMessage).where(
-                TicketMessage.message_id.in_(chunk))):
-            mid = message.message_id or ""
-            known = messages.get(mid)
-            if known is None or message.id > known.id:
-                messages[mid] = message
-    wanted = sorted({m.ticket_id for m in messages.values()})
-    for some in db.chunks(wanted):  # into the session: `get` finds them without a query
-        session.scalars(select(Ticket).where(Ticket.id.in_(some))).all()
+        latest = select(func.max(TicketMessage.id)).where(
+            TicketMessage.message_id.in_(chunk)).group_by(TicketMessage.message_id)
+        messages.update((m.message_id or "", m) for m in session.scalars(
+            select(TicketMessage).options(load_only(*_THREADING))
+            .where(TicketMessage.id.in_(latest.scalar_subquery()))))
+    by_id: dict[int, Ticket] = {}
+    for some in db.chunks(sorted({m.ticket_id for m in messages.values()})):
+        by_id.update((t.id, t) for t in session.scalars(select(Ticket).where(
+            Ticket.id.in_(some))))
     tickets: dict[int, Ticket] = {}
     for part in db.chunks(sorted(numbers)):
         tickets.update((t.number, t) for t in session.scalars(
             select(Ticket).where(Ticket.number.in_(part))))
-    return Preread(messages, tickets, frozenset(numbers))
+    return Preread(messages, by_id, tickets, frozenset(numbers))
+
+
+# What threading and the agent's proof read of the message a mail answers.
+_THREADING = (TicketMessage.id, TicketMessage.message_id, TicketMessage.ticket_id,
+              TicketMessage.direction, TicketMessage.internal, TicketMessage.kind)
 
 
 def find(session: Session, desk: Desk, mail: InboundMail, now: datetime, *,
@@ -98,7 +115,9 @@ def _find(session: Session, desk: Desk, mail: InboundMail, now: datetime,
     if ids:
         message = _latest(session, ids, known)
         if message is not None:
-            return Match(session.get_one(Ticket, message.ticket_id), "reference", message)
+            ticket = known.by_id.get(message.ticket_id) if known else None
+            return Match(ticket or session.get_one(Ticket, message.ticket_id), "reference",
+                         message)
     for number, token in thread.plus_tokens(mail, desk.sender.address):
         how: How | None = ("reply-address"
                            if links.reply_token_valid(desk.secret, number, token)

@@ -103,9 +103,9 @@ def test_in_one_batch_a_reply_joins_a_ticket_opened_earlier_in_that_batch(intake
 
 def test_a_batch_of_replies_to_earlier_tickets_reads_what_they_point_at_once(
         intake, factory):
-    # Ten customers answer their acknowledgements, two by the [#NUMBER] tag only, in one
-    # batch: each joins its own ticket, and the batch looks up the messages and tickets
-    # they point at in one query per table, not one per mail.
+    # Ten customers answer their acknowledgements in one batch, eight by In-Reply-To only,
+    # two by the [#NUMBER] tag only: each joins its own ticket, and the batch looks up the
+    # messages and tickets they point at in one query per table, not one per mail.
     for n in range(10):
         intake.process(1, Fetched(n + 1, FIRST.replace("anna@", f"kunde{n}@").replace(
             "first@", f"first{n}@").encode(), NOW))
@@ -113,9 +113,10 @@ def test_a_batch_of_replies_to_earlier_tickets_reads_what_they_point_at_once(
         acks = {t.number: m for t, m in s.execute(select(Ticket, OutboxMail.message_id)
                                                    .join(OutboxMail,
                                                          OutboxMail.ticket_id == Ticket.id))}
-    mails = [reply(100 + n, f"kunde{n}@kunde.example",
-                   f"In-Reply-To: {acks[10001 + n]}\r\n" if n < 8 else "",
-                   subject=f"Re: [#{10001 + n}] App stuerzt ab") for n in range(10)]
+    mails = [reply(100 + n, f"kunde{n}@kunde.example", f"In-Reply-To: {acks[10001 + n]}\r\n",
+                   subject="Re: App stuerzt ab") for n in range(8)]
+    mails += [reply(100 + n, f"kunde{n}@kunde.example", "",
+                    subject=f"Re: [#{10001 + n}] App stuerzt ab") for n in (8, 9)]
     reads: list[str] = []
 
     def count(_conn, _cursor, statement, *_args) -> None:
@@ -132,6 +133,23 @@ def test_a_batch_of_replies_to_earlier_tickets_reads_what_they_point_at_once(
     assert [(o.reason, o.ticket_number) for o in outcomes] == [
         ("follow-up", 10001 + n) for n in range(10)]
     assert len(reads) <= 3, reads
+
+
+def test_a_batch_reads_only_ticket_numbers_a_valid_reply_address_names(intake, factory):
+    # A hostile mail can list thousands of plus addresses: only those with a valid token
+    # are looked up with the batch (as `find` looks up only those), at most MAX_NUMBERS.
+    from maild import threader
+
+    desk = intake.desk
+    bogus = ", ".join(f"service+{n}.a0000000@example.com" for n in range(1, 400))
+    valid = ", ".join(links.reply_address("service@example.com", desk.secret, n)
+                      for n in range(1, 80))
+    with db.transaction(factory) as s:
+        assert threader.preread(s, desk, [parse(reply(1, "x@y.example", f"Cc: {bogus}\r\n",
+                                                      subject="Hallo").raw)], NOW) is None
+        known = threader.preread(s, desk, [parse(reply(2, "x@y.example", f"Cc: {valid}\r\n",
+                                                       subject="Hallo").raw)], NOW)
+    assert known is not None and len(known.numbers) == threader.MAX_NUMBERS
 
 
 def test_the_tag_attaches_for_the_customer_and_participants_not_for_strangers(
