@@ -68,22 +68,22 @@ class FolderStore:
     def _legacy(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
+    def _found(self, sha256: str) -> Path | None:
+        """Where the blob is, in either layout; None when it is not stored."""
+        return next((p for p in (self._path(sha256), self._legacy(sha256)) if p.exists()),
+                    None)
+
     def path_of(self, sha256: str) -> Path:
         """Where the blob is (or would be written)."""
-        path = self._path(sha256)
-        if not path.exists():
-            legacy = self._legacy(sha256)
-            if legacy.exists():
-                return legacy
-        return path
+        return self._found(sha256) or self._path(sha256)
 
     def put(self, data: bytes, *, sync: bool = True) -> str:
         sha = digest(data)
+        found = self._found(sha)
+        if found is not None:
+            _touch(found)  # in use again: `collect` spares it for its grace period
+            return sha
         path = self._path(sha)
-        for found in (path, self._legacy(sha)):
-            if found.exists():
-                _touch(found)  # in use again: `collect` spares it for its grace period
-                return sha
         try:
             try:
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -127,7 +127,7 @@ class FolderStore:
         self._unsynced.update(self.path_of(sha) for sha in sha256s)
 
     def exists(self, sha256: str) -> bool:
-        return self.path_of(sha256).exists()
+        return self._found(sha256) is not None
 
     def get(self, sha256: str) -> bytes:
         try:

@@ -260,9 +260,10 @@ class Intake:
         Not isolated, the batch is written in a few statements: its new inbound rows in
         one, its ticket numbers reserved in one, and the rest (tickets, messages, files,
         events, outbox rows and the blob counts they hold) by one flush at the end, one
-        INSERT per table (on SQLite one per row: its RETURNING cannot keep the order). A
-        read for a later mail (the ticket a reply continues) flushes what is pending
-        first, so it sees the batch's earlier mails."""
+        executemany per table (their ids taken beforehand: `db._assign_ids`). What the
+        mails point at is read once too (`threader.preread`); a mail that may point at the
+        batch itself (`Batch.apart`) flushes what is pending first and reads on its own,
+        so it sees the batch's earlier mails."""
         uids = [p.mail.uid for p in prepared]
         with db.transaction(self.factory) as session:
             # The mails' blobs and their answers' bytes: one sync, just before the commit.
