@@ -285,7 +285,9 @@ class Bench:
         return write_config(folder / "maild.toml", imap_port=self.dovecot.port,
                             user=self.box.user, password=self.box.password,
                             smtp_port=self.smtp.port, database_url=url,
-                            extra=LIMITS + extra)
+                            extra=LIMITS + extra, outbox_extra=(
+                                f"connections = {self.args.connections}"
+                                if self.args.connections else ""))
 
     def throughput(self, name: str, config: Path, database: str, agents: bool) -> Result:
         """Inbox → acknowledgements (and notifications) at the capture, then latency."""
@@ -549,6 +551,8 @@ def main() -> int:
                         "yappi`) and print its N most expensive functions, cumulative and own")
     p.add_argument("--results", default=str(ROOT / ".bench" / "results.json"))
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--connections", type=int, default=0,
+                   help="[outbox] connections of the daemon (0: maild's default)")
     args = p.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()} or set(SCENARIOS)
     wanted = only - {s.strip() for s in args.skip.split(",") if s.strip()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,6 +64,17 @@ def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) ->
             .returning(OutboxMail.id, OutboxMail.message_id, OutboxMail.envelope_from,
                        OutboxMail.recipients, OutboxMail.raw, OutboxMail.raw_sha256,
                        OutboxMail.attempts, OutboxMail.created_at))
+
+
+def lane_parts(mails: list[Claimed], lanes: int) -> list[list[Claimed]]:
+    """Split claimed mails into `lanes` lists, each in queue order; all mails to the same
+    recipients in the same list (by a stable hash of the recipients, so the same on every
+    run and in every process)."""
+    parts: list[list[Claimed]] = [[] for _ in range(lanes)]
+    for mail in sorted(mails, key=lambda m: m.id):
+        key = "\n".join(sorted(r.lower() for r in mail.recipients)).encode()
+        parts[zlib.crc32(key) % lanes].append(mail)
+    return parts
 
 
 def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None = None) -> float:
@@ -176,37 +188,57 @@ class Outbox:
                 OutboxMail.id.in_([m.id for m in mails])).values(leased_until=lease))
 
     async def deliver_due(self) -> int:
-        """Send everything that is due over one SMTP connection; returns how many were sent.
+        """Send everything that is due; returns how many were sent.
+
+        Each claimed batch is split into `[outbox] connections` lanes by recipient, each
+        lane sent over an SMTP connection of its own, at the same time: a slow server
+        answer holds up one lane, not the desk. Mails to the same recipients go in one
+        lane, in the order they were queued, and the next batch is claimed only when every
+        lane is through this one, so nobody gets their mails out of order.
 
         Accepted mails are recorded as sent in small groups (SENT_GROUP, or SENT_WAIT
         seconds): one commit per group instead of one per mail. A crash inside a group
         resends those mails with their Message-IDs: at least once, counted once."""
-        smtp = SmtpConnection(self.smtp)
+        lanes = [SmtpConnection(self.smtp) for _ in range(self.settings.connections)]
         loop = asyncio.get_running_loop()
         self._accepted, self._since = [], loop.time()
         sent, looked = 0, False
         try:
             while claimed := await asyncio.to_thread(self.claim):
                 looked = True
-                leased_at = loop.time()
-                for index, mail in enumerate(claimed):
-                    if loop.time() - leased_at > self.settings.lease_seconds / 2:
-                        await asyncio.to_thread(self.renew, claimed[index:])
-                        leased_at = loop.time()
-                    if not smtp.connected:
-                        await self._connect(smtp, claimed[index:])
-                    sent += await self._send_one(smtp, mail)
-                    if (len(self._accepted) >= SENT_GROUP
-                            or loop.time() - self._since > SENT_WAIT):
-                        await self._record_accepted()
+                parts = lane_parts(claimed, len(lanes))
+                done = await asyncio.gather(
+                    *(self._send_lane(smtp, part) for smtp, part in zip(lanes, parts) if part),
+                    return_exceptions=True)
+                sent += sum(n for n in done if isinstance(n, int))
                 await self._record_accepted()
+                for failure in done:  # every lane ran to its end; now the first error
+                    if isinstance(failure, BaseException):
+                        raise failure
         finally:
             try:
                 await self._record_accepted()
             finally:
-                await smtp.close()
+                for smtp in lanes:
+                    await smtp.close()
         if not looked:
             await self.probe()
+        return sent
+
+    async def _send_lane(self, smtp: SmtpConnection, mails: list[Claimed]) -> int:
+        """Send one lane's mails in order over its connection, renewing their lease when
+        the lane takes longer than half of it."""
+        loop = asyncio.get_running_loop()
+        leased_at, sent = loop.time(), 0
+        for index, mail in enumerate(mails):
+            if loop.time() - leased_at > self.settings.lease_seconds / 2:
+                await asyncio.to_thread(self.renew, mails[index:])
+                leased_at = loop.time()
+            if not smtp.connected:
+                await self._connect(smtp, mails[index:])
+            sent += await self._send_one(smtp, mail)
+            if len(self._accepted) >= SENT_GROUP or loop.time() - self._since > SENT_WAIT:
+                await self._record_accepted()
         return sent
 
     async def probe(self) -> None:

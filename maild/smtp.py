@@ -1,4 +1,5 @@
-"""The SMTP edge: one connection for a burst of mails; aiosmtplib's errors translated here."""
+"""The SMTP edge: one connection, reused for a lane of mails; aiosmtplib's errors
+translated here."""
 
 from __future__ import annotations
 

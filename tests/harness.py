@@ -233,6 +233,7 @@ class Captured:
     envelope_from: str
     recipients: list[str]
     raw: bytes
+    peer: Any = None  # the sending side's (address, port): which connection brought it
 
     @property
     def message(self) -> EmailMessage:
@@ -264,7 +265,8 @@ class SmtpCapture:
             return self.reply
         with self.lock:
             self.mails.append(Captured(envelope.mail_from, list(envelope.rcpt_tos),
-                                       bytes(envelope.original_content or envelope.content)))
+                                       bytes(envelope.original_content or envelope.content),
+                                       session.peer))
         return "250 2.0.0 OK queued"
 
     def start(self) -> SmtpCapture:
@@ -330,7 +332,8 @@ class SmtpCapture:
 
 
 def write_config(path: Path, *, imap_port: int, user: str, password: str, smtp_port: int,
-                 database_url: str, extra: str = "", imap_extra: str = "") -> Path:
+                 database_url: str, extra: str = "", imap_extra: str = "",
+                 outbox_extra: str = "") -> Path:
     # The web listener on a port of its own, unless the test configures [http] itself.
     http = "" if "[http]" in extra else f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
     # No daily digest unless the test configures [sla]: the daemons run on the real clock,
@@ -369,6 +372,7 @@ state_dir = "{path.parent}"
 initial_backoff = 0.5
 max_backoff = 2
 lease_seconds = 5
+{outbox_extra}
 {http}
 {sla}
 [intake]

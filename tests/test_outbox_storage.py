@@ -26,7 +26,7 @@ from maild.errors import ConfigError, StorageUnavailable
 from maild.intake import Fetched, Intake
 from maild.mail.render import Rendered
 from maild.models import Blob, OutboxMail, TicketMessage, UTCDateTime
-from maild.outbox import Outbox
+from maild.outbox import Claimed, Outbox, lane_parts
 from maild.sweeps import Sweeper
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -311,3 +311,40 @@ def test_upgrade_keeps_old_rows_sendable_and_fills_their_verp_token(
     sent = {str(m.message["Message-ID"]): m.raw for m in smtp.wait_for(2)}
     assert {k: v.replace(b"\r\n", b"\n") for k, v in sent.items()} == {
         k: v.replace(b"\r\n", b"\n") for k, v in raws.items()}
+
+
+def test_lanes_keep_each_recipients_mails_together_and_in_queue_order():
+    mails = [Claimed(n, f"<{n}@example.com>", "service@example.com", [to], b"", 0, NOW)
+             for n, to in zip([7, 3, 9, 1, 4, 8, 2], ["a@x.example", "B@x.example",
+                              "a@x.example", "b@x.example", "c@x.example", "A@X.example",
+                              "c@x.example"], strict=True)]
+    parts = lane_parts(mails, 3)
+    assert len(parts) == 3 and sorted(m.id for p in parts for m in p) == [1, 2, 3, 4, 7, 8, 9]
+    for part in parts:
+        assert [m.id for m in part] == sorted(m.id for m in part)
+    lane_of = {m.recipients[0].lower(): i for i, part in enumerate(parts) for m in part}
+    for mail in mails:  # the same recipient (in any case) always in the same lane
+        assert mail in parts[lane_of[mail.recipients[0].lower()]]
+    assert lane_parts(mails, 1) == [sorted(mails, key=lambda m: m.id)]
+
+
+def test_due_mail_goes_out_over_several_connections_each_recipients_in_queue_order(
+        tmp_path, factory, database_url, smtp):
+    # Three connections send at once; batches of 12 make the claims come in several
+    # rounds. Every mail arrives once, each recipient's in the order they were queued,
+    # and the three connections are kept for the whole burst.
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port,
+                outbox={"connections": 3, "batch_size": 12})
+    recipients = [f"anna{i}@kunde.example" for i in range(6)]  # in all three lanes
+    queued: dict[str, list[str]] = {to: [] for to in recipients}
+    for n in range(36):
+        to = recipients[n % 6]
+        queued[to].append(desk.enqueue(n, to))
+    assert asyncio.run(desk.outbox().deliver_due()) == 36
+    mails = smtp.wait_for(36)
+    assert len(mails) == 36 and all(len(m) == 1 for m in smtp.by_message_id().values())
+    for to in recipients:
+        assert [str(m.message["Message-ID"]) for m in mails if m.recipients == [to]] == queued[to]
+    assert len({m.peer for m in mails}) == 3
+    with db.transaction(factory) as s:
+        assert set(s.scalars(select(OutboxMail.state))) == {"sent"}
