@@ -208,7 +208,8 @@ class Outbox:
                 looked = True
                 parts = lane_parts(claimed, len(lanes))
                 done = await asyncio.gather(
-                    *(self._send_lane(smtp, part) for smtp, part in zip(lanes, parts) if part),
+                    *(self._send_lane(smtp, part) for smtp, part in zip(lanes, parts, strict=True)
+                      if part),
                     return_exceptions=True)
                 sent += sum(n for n in done if isinstance(n, int))
                 await self._record_accepted()
