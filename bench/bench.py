@@ -264,7 +264,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work = args, work
         self.dovecot = Dovecot(work / "dovecot").start()
-        self.smtp = SmtpCapture().start()
+        self.smtp = SmtpCapture(delay=args.smtp_delay_ms / 1000).start()
         user, password = self.dovecot.add_user()
         self.box = Mailbox(self.dovecot.port, user, password)
         self.size = self.replies = 0
@@ -553,6 +553,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--connections", type=int, default=0,
                    help="[outbox] connections of the daemon (0: maild's default)")
+    p.add_argument("--smtp-delay-ms", type=float, default=0.0,
+                   help="the SMTP capture answers RCPT and DATA this late (a distant server)")
     args = p.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()} or set(SCENARIOS)
     wanted = only - {s.strip() for s in args.skip.split(",") if s.strip()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
 from babel.numbers import format_decimal
 from sqlalchemy import func, select
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from maild import blobs, db, links, sla, suppression, vocab
 from maild.desk import Desk
-from maild.mail import auth, files, language, thread
+from maild.mail import auth, contexts, files, language, thread
 from maild.mail.parse import InboundMail, plausible_address
 from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
@@ -68,11 +69,11 @@ def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetim
     """No ticket for an unknown sender: a polite answer explains how to reach support
     (`decide()` has checked the answer limits)."""
     lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
-    context = {"name": mail.from_name[:100],
-               "subject": short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
-               "support_address": desk.sender.address, "support_name": desk.sender.name,
-               "language": lang, "number": None}
-    rendered = render_mail(desk.templates, "reject", lang, context, sender=desk.sender,
+    context = contexts.Reject(
+        name=mail.from_name[:100],
+        subject=short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
+        support_address=desk.sender.address, support_name=desk.sender.name, language=lang)
+    rendered = render_mail(desk.templates, "reject", context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
                            references=mail.references, auto_submitted="auto-replied")
     enqueue(session, desk, rendered, [mail.from_addr], None, OutboxKind.REJECT, now,
@@ -87,32 +88,34 @@ def acknowledge(
     names the mail's attachments only to a known sender (an account contact, or a From a
     trusted server vouches for)."""
     known = ticket.verified or from_proven(desk, mail)
-    context = {
-        "number": ticket.number,
-        "name": mail.from_name[:100],
-        "subject": ticket.subject,
-        "received": ticket.opened_at,
-        "due": ticket.first_response_due,
-        "hours": format_decimal(hours, "#,##0.##", locale=LOCALES.get(ticket.language, "en")),
-        "hours_text_de": sla.hours_text(desk.calendar, "de", _local_day(desk, now)),
-        "hours_text_en": sla.hours_text(desk.calendar, "en", _local_day(desk, now)),
-        "timezone": zone,
-        "ask_official": ask_official,
+    links_out = customer_links(desk, ticket, now)
+    context = contexts.Ack(
+        number=ticket.number,
+        name=mail.from_name[:100],
+        subject=ticket.subject,
+        received=ticket.opened_at,
+        due=ticket.first_response_due,
+        hours=format_decimal(hours, "#,##0.##", locale=LOCALES.get(ticket.language, "en")),
+        hours_text_de=sla.hours_text(desk.calendar, "de", _local_day(desk, now)),
+        hours_text_en=sla.hours_text(desk.calendar, "en", _local_day(desk, now)),
+        timezone=zone,
+        ask_official=ask_official,
         # Names only to a sender we know: to anyone else (maybe a forged From) they would
         # carry an attacker's words, so the count only.
-        "attachments": [f.filename for f in shown if f.store] if known else [],
-        "attachment_count": sum(1 for f in shown if f.store),
-        "not_stored": [(f.filename if known else "", f.size, f.note)
-                       for f in shown if not f.store],
-        **customer_links(desk, ticket, now),
-        "missing": list(ticket.missing),
-        "urgent": ticket.priority == Priority.URGENT,
-        "encrypted": mail.encrypted,
-        "support_name": desk.sender.name,
-        "language": ticket.language,
-    }
+        attachments=[f.filename for f in shown if f.store] if known else [],
+        attachment_count=sum(1 for f in shown if f.store),
+        not_stored=[(f.filename if known else "", f.size, f.note)
+                    for f in shown if not f.store],
+        ticket_url=links_out.ticket_url,
+        escalation_url=links_out.escalation_url,
+        missing=list(ticket.missing),
+        urgent=ticket.priority == Priority.URGENT,
+        encrypted=mail.encrypted,
+        support_name=desk.sender.name,
+        language=ticket.language,
+    )
     mail_out = render_mail(
-        desk.templates, "ack", ticket.language, context, sender=desk.sender,
+        desk.templates, "ack", context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
         references=mail.references, auto_submitted="auto-replied",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
@@ -133,11 +136,16 @@ def from_proven(desk: Desk, mail: InboundMail) -> bool:
                                    ids, mail.from_addr))
 
 
-def customer_links(desk: Desk, ticket: Ticket, now: datetime) -> dict[str, str]:
+class CustomerLinks(NamedTuple):
+    ticket_url: str
+    escalation_url: str
+
+
+def customer_links(desk: Desk, ticket: Ticket, now: datetime) -> CustomerLinks:
     """The ticket page and the escalation page, as every mail to the customer carries them."""
     args = (desk.public_url, desk.secret, ticket.number, ticket.customer_address,
             ticket.link_version or 0, now)
-    return {"ticket_url": links.ticket_url(*args), "escalation_url": links.escalation_url(*args)}
+    return CustomerLinks(links.ticket_url(*args), links.escalation_url(*args))
 
 
 def is_ours(desk: Desk, address: str) -> bool:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maild import answers, links
 from maild.desk import Desk
-from maild.mail import files
+from maild.mail import contexts, files
 from maild.mail.facts import FACTS
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
@@ -44,22 +44,21 @@ def ticket_notice(
         if f.store and f.size <= budget:
             attached.append(File(f.filename, f.content_type, f.data))
             budget -= f.size
-    context = {
-        "number": ticket.number, "event": event, "subject": ticket.subject,
-        "customer": ticket.customer_address, "customer_name": ticket.customer_name,
-        "verified": ticket.verified, "status": ticket.status, "priority": ticket.priority,
-        "owner": ticket.owner, "due": ticket.first_response_due,
-        "answered": ticket.first_response_at, "timezone": desk.timezone,
-        "text": capped(message.new_text or message.body_text, desk.notify_text_max_bytes),
-        "text_cut": len((message.new_text or message.body_text).encode())
-        > desk.notify_text_max_bytes,
-        "cc_not_added": list(cc_not_added), "author": message.author,
-        "facts": [(name, ticket.facts[name]) for name in FACTS if ticket.facts.get(name)],
-        "missing": list(ticket.missing), "participants": list(ticket.participants),
-        "files": [(f.filename, f.size, f.store, f.note) for f in shown],
-        "attached": len(attached), "warning": warning,
-        "support_address": desk.sender.address, "language": desk.agent_language,
-    }
+    text = message.new_text or message.body_text
+    context = contexts.Notify(
+        number=ticket.number, event=event, subject=ticket.subject,
+        customer_name=ticket.customer_name, author=message.author, verified=ticket.verified,
+        status=ticket.status, priority=ticket.priority, owner=ticket.owner,
+        due=ticket.first_response_due, answered=ticket.first_response_at,
+        timezone=desk.timezone, text=capped(text, desk.notify_text_max_bytes),
+        text_cut=len(text.encode()) > desk.notify_text_max_bytes,
+        cc_not_added=list(cc_not_added),
+        facts=[(name, ticket.facts[name]) for name in FACTS if ticket.facts.get(name)],
+        missing=list(ticket.missing), participants=list(ticket.participants),
+        files=[(f.filename, f.size, f.store, f.note) for f in shown],
+        attached=len(attached), warning=warning,
+        support_address=desk.sender.address, language=desk.agent_language,
+    )
     _send(session, desk, ticket, "notify", to, context, now,
           in_reply_to=_last_notice(session, ticket), files=attached)
 
@@ -89,8 +88,8 @@ def bounce_notice(
     to = _recipients(session, desk, ticket.owner)
     if not to:
         return
-    context = {**_notice(desk, ticket, "bounce", lines, ticket.customer_address, ""),
-               "permanent": permanent}
+    context = _notice(desk, ticket, "bounce", lines, ticket.customer_address, "",
+                      permanent=permanent)
     _send(session, desk, ticket, "agent_notice", to, context, now,
           in_reply_to=_last_notice(session, ticket), kind=OutboxKind.BOUNCE_NOTICE)
 
@@ -114,12 +113,13 @@ def forged_warning(
 
 
 def _notice(desk: Desk, ticket: Ticket, notice: str, lines: Sequence[str], sender: str,
-            original_subject: str) -> dict[str, Any]:
+            original_subject: str, permanent: bool = False) -> contexts.AgentNotice:
     """The context of an `agent_notice` mail."""
-    return {"number": ticket.number, "subject": ticket.subject, "notice": notice,
-            "lines": list(lines), "status": ticket.status, "priority": ticket.priority,
-            "owner": ticket.owner, "sender": sender, "original_subject": original_subject,
-            "language": desk.agent_language}
+    return contexts.AgentNotice(
+        number=ticket.number, subject=ticket.subject, notice=notice, lines=list(lines),
+        status=ticket.status, priority=ticket.priority, owner=ticket.owner, sender=sender,
+        original_subject=original_subject, permanent=permanent,
+        language=desk.agent_language)
 
 
 def agent_reply_to(desk: Desk, number: int, to: Sequence[str], now: datetime) -> str | None:
@@ -153,12 +153,12 @@ def _last_notice(session: Session, ticket: Ticket) -> str | None:
 
 def _send(
     session: Session, desk: Desk, ticket: Ticket, template: str, to: list[str],
-    context: dict[str, Any], now: datetime, *, in_reply_to: str | None,
+    context: contexts.Context, now: datetime, *, in_reply_to: str | None,
     references: tuple[str, ...] = (), files: Sequence[File] = (),
     kind: OutboxKind | None = None,
 ) -> OutboxMail:
     rendered = render_mail(
-        desk.templates, template, desk.agent_language, context, sender=desk.sender,
+        desk.templates, template, context, sender=desk.sender,
         to=", ".join(to), now=now, in_reply_to=in_reply_to, references=references,
         auto_submitted="auto-generated", files=files,
         reply_to=agent_reply_to(desk, ticket.number, to, now),

@@ -33,6 +33,7 @@ from maild import answers, db, health, notify, retention, sla, vocab, work
 from maild.config import SlaSettings
 from maild.desk import Desk
 from maild.errors import Temporary
+from maild.mail import contexts
 from maild.mail.render import render_mail
 from maild.models import Company, Event, SweepMark, Ticket
 from maild.vocab import EventKind, OutboxKind, TicketStatus
@@ -190,9 +191,8 @@ class Sweeper:
                           detail={"due": due.isoformat(), "priority": ticket.priority}))
         to = self.desk.roster.lead_to(session, self.settings.lead_address)
         if to:
-            self._agents_mail(session, ticket, "sla_breach", to, now, {
-                "due": due, "owner": ticket.owner},
-                not_before=self.desk.calendar.next_open(now))
+            self._agents_mail(session, ticket, "sla_breach", to, now, due,
+                              not_before=self.desk.calendar.next_open(now))
         counts.breaches += 1
         log.warning("first response overdue number=%s due=%s", ticket.number, due.isoformat())
 
@@ -219,9 +219,9 @@ class Sweeper:
                               detail={"share": share, "due": due.isoformat()}))
             to = self.desk.roster.notify_to(session, ticket.owner)
             if to:
-                self._agents_mail(session, ticket, "sla_warning", to, now, {
-                    "due": due, "share": round(share * 100),
-                    "left_minutes": int(left.total_seconds() // 60), "owner": ticket.owner})
+                self._agents_mail(session, ticket, "sla_warning", to, now, due,
+                                  share=round(share * 100),
+                                  left_minutes=int(left.total_seconds() // 60))
             counts.warnings += 1
             return
 
@@ -280,18 +280,21 @@ class Sweeper:
             "escalated": opened.where(Ticket.id.in_(select(Event.ticket_id).where(
                 Event.kind == EventKind.ESCALATED))),
         }
-        context: dict[str, Any] = {"day": today}
-        for name, query in lists.items():
-            context[name] = list(session.scalars(
-                query.order_by(Ticket.first_response_due, Ticket.number).limit(DIGEST_LIST)))
-            context[f"{name}_count"] = session.scalar(
-                select(func.count()).select_from(query.subquery())) or 0
+        shown = {name: list(session.scalars(query.order_by(
+            Ticket.first_response_due, Ticket.number).limit(DIGEST_LIST)))
+            for name, query in lists.items()}
+        count = {name: session.scalar(select(func.count()).select_from(query.subquery())) or 0
+                 for name, query in lists.items()}
         if not _claim(session, key, now):
             return  # another process sends today's
+        context = contexts.Digest(
+            day=today, open=shown["open"], open_count=count["open"],
+            due_today=shown["due_today"], due_today_count=count["due_today"],
+            breached=shown["breached"], breached_count=count["breached"],
+            escalated=shown["escalated"], escalated_count=count["escalated"],
+            timezone=self.desk.timezone, language=self.desk.agent_language)
         rendered = render_mail(
-            self.desk.templates, "digest", self.desk.agent_language,
-            {**context, "timezone": self.desk.timezone, "number": None,
-             "language": self.desk.agent_language},
+            self.desk.templates, "digest", context,
             sender=self.desk.sender, to=", ".join(to), now=now,
             auto_submitted="auto-generated")
         answers.enqueue(session, self.desk, rendered, to, None, OutboxKind.DIGEST, now,
@@ -301,14 +304,15 @@ class Sweeper:
     # -- mails ------------------------------------------------------------------------------------
 
     def _agents_mail(self, session: Session, ticket: Ticket, template: str, to: list[str],
-                     now: datetime, extra: dict[str, Any],
+                     now: datetime, due: datetime, *, share: int = 0, left_minutes: int = 0,
                      not_before: datetime | None = None) -> None:
-        context = {"number": ticket.number, "subject": ticket.subject,
-                   "customer": ticket.customer_address, "priority": ticket.priority,
-                   "status": ticket.status, "timezone": self.desk.timezone,
-                   "language": self.desk.agent_language, **extra}
+        context = contexts.SlaMail(
+            number=ticket.number, subject=ticket.subject, customer=ticket.customer_address,
+            priority=ticket.priority, status=ticket.status, owner=ticket.owner, due=due,
+            timezone=self.desk.timezone, share=share, left_minutes=left_minutes,
+            language=self.desk.agent_language)
         rendered = render_mail(
-            self.desk.templates, template, self.desk.agent_language, context,
+            self.desk.templates, template, context,
             sender=self.desk.sender, to=", ".join(to), now=now,
             auto_submitted="auto-generated",
             reply_to=notify.agent_reply_to(self.desk, ticket.number, to, now))

@@ -10,7 +10,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session
 from maild import answers, db, links, notify, suppression, threader
 from maild.agents import AgentInfo
 from maild.desk import Desk
-from maild.mail import auth, body, commands, files, thread
+from maild.mail import auth, body, commands, contexts, files, thread
 from maild.mail.commands import Command, Commands
 from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
@@ -374,17 +373,17 @@ def relay(
     last = session.scalars(select(TicketMessage).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.direction == "in",
         TicketMessage.kind == MessageKind.CUSTOMER).order_by(TicketMessage.id.desc())).first()
-    context = {
-        "number": ticket.number, "subject": ticket.subject, "text": text,
-        "agent_name": agent.name or desk.sender.name, "support_name": desk.sender.name,
-        "quote": (last.new_text or last.body_text).strip()
+    context = contexts.Relay(
+        number=ticket.number, subject=ticket.subject, text=text,
+        agent_name=agent.name or desk.sender.name, support_name=desk.sender.name,
+        quote=(last.new_text or last.body_text).strip()
         if desk.quote_customer and last is not None else "",
-        "quote_author": ticket.customer_name or ticket.customer_address,
-        "quote_date": last.created_at if last is not None else None,
-        "timezone": desk.timezone, "language": ticket.language,
-    }
+        quote_author=ticket.customer_name or ticket.customer_address,
+        quote_date=last.created_at if last is not None else None,
+        timezone=desk.timezone, language=ticket.language,
+    )
     rendered = render_mail(
-        desk.templates, "relay", ticket.language, context, sender=desk.sender, to=to,
+        desk.templates, "relay", context, sender=desk.sender, to=to,
         cc=cc, now=now, in_reply_to=ids[-1] if ids else None, references=tuple(ids[:-1]),
         from_name=f"{agent.name} ({desk.sender.name})" if agent.name else None,
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
@@ -400,22 +399,27 @@ def relay(
 def status_mail(session: Session, desk: Desk, ticket: Ticket, status: str,
                 now: datetime) -> None:
     """Tell the customer the ticket's new state (in progress, waiting for them, resolved)."""
-    customer_notice(session, desk, ticket, "status", now, status=status,
-                    **answers.customer_links(desk, ticket, now))
+    customer_notice(session, desk, ticket, "status", now, status=status)
 
 
 def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,
-                    now: datetime, **extra: Any) -> None:
-    """An automatic mail to the ticket's customer (status, reminder, auto-close), on the
-    customer's thread, in the ticket's language."""
+                    now: datetime, *, status: str = "", days: int = 0) -> None:
+    """An automatic mail to the ticket's customer (`status`, `reminder` with the business
+    days left, `autoclose`), on the customer's thread, in the ticket's language."""
     ids = customer_thread(session, ticket)
-    context = {
-        "number": ticket.number, "subject": ticket.subject, "name": ticket.customer_name,
-        "support_name": desk.sender.name, "reopen_days": f"{desk.reopen_days:g}",
-        "language": ticket.language, **extra,
-    }
+    context = contexts.CustomerNotice(
+        number=ticket.number, subject=ticket.subject, name=ticket.customer_name,
+        support_name=desk.sender.name, reopen_days=f"{desk.reopen_days:g}",
+        language=ticket.language)
+    if template == "status":
+        links_out = answers.customer_links(desk, ticket, now)
+        context = contexts.Status(**context.names(), status=status,
+                                  ticket_url=links_out.ticket_url,
+                                  escalation_url=links_out.escalation_url)
+    elif template == "reminder":
+        context = contexts.Reminder(**context.names(), days=days)
     rendered = render_mail(
-        desk.templates, template, ticket.language, context, sender=desk.sender,
+        desk.templates, template, context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
         references=tuple(ids[:-1]), auto_submitted="auto-generated",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)

@@ -3,6 +3,7 @@ fresh databases, and a way to run `maild run` as a subprocess."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import grp
 import json
@@ -250,17 +251,22 @@ class SmtpCapture:
     mails: list[Captured] = field(default_factory=list)
     reply: str | None = None  # e.g. "451 4.3.0 try later" to defer everything
     utf8: bool = True  # False: refuse internationalised recipients like an old server
+    delay: float = 0.0  # seconds each answer to RCPT and DATA waits, like a distant server
     lock: threading.Lock = field(default_factory=threading.Lock)
     controller: Any = None
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           options: list[str]) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if not self.utf8 and not address.isascii():
             return "553 5.6.7 internationalised address not supported"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.reply:
             return self.reply
         with self.lock:

@@ -8,10 +8,12 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import pytest
-from jinja2 import DictLoader, Environment, StrictUndefined
+from jinja2 import DictLoader, Environment, StrictUndefined, meta, nodes
 
 from maild.mail.classify import LOOP_HEADER
+from maild.mail.contexts import TEMPLATES, Relay, field_names
 from maild.mail.render import File, Sender, render_mail
+from maild.mail.render import environment as mail_environment
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 SENDER = Sender("service@example.com", "Süpport Team")
@@ -22,9 +24,9 @@ HTML = "<p>Hallo J&uuml;rgen, <b>✓</b></p>\n" + "<i>x</i> " * 100 + "\n"
 
 
 def environment(html: bool) -> Environment:
-    templates = {"t.de.subject.j2": "{{ subject }}", "t.de.txt.j2": "{{ text }}"}
+    templates = {"relay.de.subject.j2": "{{ subject }}", "relay.de.txt.j2": "{{ text }}"}
     if html:
-        templates["t.de.html.j2"] = "{{ html }}"
+        templates["relay.de.html.j2"] = "{{ quote }}"
     return Environment(loader=DictLoader(templates), undefined=StrictUndefined,
                        keep_trailing_newline=True, autoescape=False)
 
@@ -32,8 +34,9 @@ def environment(html: bool) -> Environment:
 def render(html: bool, files: tuple[File, ...] = (), subject: str = "Dein Anliegen [#42]"):
     refs = tuple(f"<ref{i}.{'x' * 40}@kunde.example>" for i in range(25))
     return render_mail(
-        environment(html), "t", "de", {"subject": subject, "text": TEXT, "html": HTML,
-                                       "number": 42},
+        environment(html), "relay", Relay(
+            subject=subject, text=TEXT, quote=HTML, number=42, language="de", agent_name="A",
+            support_name="S", quote_author="", quote_date=None, timezone="Europe/Berlin"),
         sender=SENDER, to="juergen@kunde.example", now=NOW,
         in_reply_to="<orig@kunde.example>", references=refs, auto_submitted="auto-replied",
         reply_to="service+t42@example.com", cc=("a@kunde.example", "b@kunde.example"),
@@ -88,3 +91,54 @@ def test_a_rendered_mail_reads_back_exactly(html, files, subject):
         assert body_html is None or body_html.get_content_type() == "text/plain"
     attached = [(p.get_filename(), p.get_content()) for p in msg.iter_attachments()]
     assert attached == [(f.filename, f.data) for f in files]
+
+
+def _names_used(env: Environment, name: str, seen: set[str] | None = None) -> set[str]:
+    """The names template `name` (and the templates it includes) read from its context:
+    not those it sets, imports from another template, or the environment's globals."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    ast = env.parse(env.loader.get_source(env, name)[0])
+    used = set(meta.find_undeclared_variables(ast))
+    for imported in ast.find_all((nodes.FromImport, nodes.Import)):
+        used -= ({n if isinstance(n, str) else n[1] for n in imported.names}
+                 if isinstance(imported, nodes.FromImport) else {imported.target})
+    for include in ast.find_all(nodes.Include):
+        if isinstance(include.template, nodes.Const):
+            used |= _names_used(env, include.template.value, seen)
+    return used - set(env.globals)
+
+
+def test_every_mail_template_reads_only_its_contexts_fields_and_every_field_is_read():
+    # A template naming something its context lacks would fail on the mail it renders
+    # (StrictUndefined), maybe a rare one; a field no template reads is a dead value.
+    env = mail_environment()
+    files = [n for n in env.list_templates(extensions=["j2"])
+             if not n.startswith(("_", "web/"))]
+    by_name: dict[str, set[str]] = {}
+    for file in files:
+        name, language, kind, _ = file.split(".")
+        assert name in TEMPLATES, f"{file}: no context type in contexts.TEMPLATES"
+        assert language in ("de", "en") and kind in ("subject", "txt", "html"), file
+        fields = set(field_names(TEMPLATES[name]))
+        used = _names_used(env, file)
+        assert used <= fields, f"{file} reads {sorted(used - fields)}, not in its context"
+        by_name.setdefault(name, set()).update(used)
+    for name in TEMPLATES:
+        for language in ("de", "en"):
+            for kind in ("subject", "txt"):
+                assert f"{name}.{language}.{kind}.j2" in files
+    for cls in set(TEMPLATES.values()):
+        read = set().union(*(by_name[n] for n, c in TEMPLATES.items() if c is cls))
+        unread = set(field_names(cls)) - read - {"language", "number"}
+        assert not unread, f"{cls.__name__}: no template reads {sorted(unread)}"
+
+
+def test_a_template_is_given_its_own_context_type_only():
+    context = Relay(subject="s", text="t", quote="", number=1, language="de", agent_name="A",
+                    support_name="S", quote_author="", quote_date=None, timezone="UTC")
+    with pytest.raises(TypeError, match="'ack' takes a Ack context, not a Relay"):
+        render_mail(mail_environment(), "ack", context, sender=SENDER, to="a@kunde.example",
+                    now=NOW)

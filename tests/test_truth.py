@@ -24,7 +24,7 @@ from maild.config import CalendarSettings, Settings
 from maild.daemon import build_desk
 from maild.errors import ConfigError
 from maild.intake import Intake
-from maild.mail import commands
+from maild.mail import commands, contexts
 from maild.mail.facts import FACTS
 from maild.mail.fetched import Fetched
 from maild.mail.render import environment, format_size, format_when
@@ -198,7 +198,7 @@ BASE = {"number": 10001, "subject": "Export bricht ab", "name": "Anna Berger",
 ACK = {"received": NOW, "due": at(2026, 12, 1, 17, 30), "hours": "8",
        "hours_text_de": "Mo–Do 09:00–16:00, Fr 09:00–13:00 Uhr",
        "hours_text_en": "Mon–Thu 09:00–16:00, Fri 09:00–13:00 (Europe/Berlin)",
-       "ask_official": False, "attachments": ["log.txt"],
+       "ask_official": False, "attachments": ["log.txt"], "attachment_count": 1,
        "not_stored": [("big.zip", 60_500_000, "too large")],
        "missing": ["company", "software_version"], "urgent": False,
        "encrypted": False}
@@ -285,7 +285,9 @@ CASES: list[tuple[str, dict[str, Any], str, list[str], list[str]]] = [
                          ids=[f"{c[0]}.{c[2]}" for c in CASES])
 def test_each_template_reads_true(template, context, language, present, absent):
     env = environment()
-    ctx = {**BASE, **context, "language": language}
+    given = {**BASE, **context, "language": language}
+    cls = contexts.TEMPLATES[template]  # the template's own context type, all fields set
+    ctx = cls(**{k: v for k, v in given.items() if k in contexts.field_names(cls)}).names()
     text = env.get_template(f"{template}.{language}.txt.j2").render(**ctx)
     env.get_template(f"{template}.{language}.subject.j2").render(**ctx)
     for sentence in present:

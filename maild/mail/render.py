@@ -28,10 +28,11 @@ from jinja2 import (
     TemplateNotFound,
     pass_context,
 )
-from jinja2.runtime import Context
+from jinja2.runtime import Context as JinjaContext
 
 from maild.mail import commands
 from maild.mail.classify import LOOP_HEADER
+from maild.mail.contexts import TEMPLATES, Context
 
 # Babel's locale per mail language: German as in Germany, English with a 24-hour clock
 # and day-month order (our customers are in Europe).
@@ -74,7 +75,7 @@ def _locale(language: str) -> str:
 
 
 @pass_context
-def _size(context: Context, size: int) -> str:
+def _size(context: JinjaContext, size: int) -> str:
     """The `size` filter: in the language of the mail being rendered."""
     return format_size(size, str(context.get("language", "en")))
 
@@ -168,8 +169,7 @@ def _encode_subject(subject: str) -> str | Header:
 def render_mail(
     env: Environment,
     template: str,
-    language: str,
-    context: dict[str, Any],
+    context: Context,
     *,
     sender: Sender,
     to: str,
@@ -182,19 +182,25 @@ def render_mail(
     from_name: str | None = None,
     files: Sequence[File] = (),
 ) -> Rendered:
-    """The mail `template` (``<template>.<lang>.{subject,txt,html}.j2``) for `to`; the
-    HTML part only where the template has one, `files` attached.
+    """The mail `template` (``<template>.<lang>.{subject,txt,html}.j2``, in the context's
+    language) for `to`; the HTML part only where the template has one, `files` attached.
+    `context` is the template's own type (`contexts.TEMPLATES`).
 
     Built with the stdlib's compat32 MIME classes: our own headers need no parsing, and
     this is several times cheaper than `EmailMessage` on the per-mail path.
     """
+    if type(context) is not TEMPLATES[template]:
+        raise TypeError(f"template {template!r} takes a {TEMPLATES[template].__name__} "
+                        f"context, not a {type(context).__name__}")
+    language, names = context.language, context.names()
+
     def part(kind: str) -> str:
-        return env.get_template(f"{template}.{language}.{kind}.j2").render(**context)
+        return env.get_template(f"{template}.{language}.{kind}.j2").render(names)
 
     subject = " ".join(part("subject").split())
     text = part("txt")
     html = part("html") if _has_template(env, f"{template}.{language}.html.j2") else None
-    message_id = new_message_id(sender, context.get("number"))
+    message_id = new_message_id(sender, context.number)
     headers: list[tuple[str, Any]] = [
         ("From", formataddr((from_name or sender.name, sender.address), charset="utf-8")),
         ("To", to)]

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from maild import answers, db, links, notify, sla
 from maild.desk import Desk
+from maild.mail import contexts
 from maild.mail.classify import Verdict
 from maild.mail.facts import FACTS
 from maild.mail.parse import InboundMail, Part
@@ -73,19 +74,19 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
     last = session.scalars(select(TicketMessage).where(
         TicketMessage.ticket_id == ticket.id, TicketMessage.kind == MessageKind.CUSTOMER)
         .order_by(TicketMessage.id.desc())).first()
-    context = {
-        "number": ticket.number, "subject": ticket.subject, "phone": phone,
-        "customer": ticket.customer_address, "customer_name": ticket.customer_name,
-        "status": ticket.status, "priority": ticket.priority, "owner": ticket.owner,
-        "due": ticket.first_response_due, "timezone": desk.timezone, "callback": callback,
-        "open_now": desk.calendar.is_open(now), "cause": ticket.cause,
-        "facts": [(name, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
-                  for name in FACTS if (value := ticket.facts.get(name))],
-        "text": (last.new_text or last.body_text).strip()[:4000] if last else "",
-        "language": desk.agent_language,
-    }
+    context = contexts.EscalatedStaff(
+        number=ticket.number, subject=ticket.subject, phone=phone,
+        customer=ticket.customer_address, customer_name=ticket.customer_name,
+        status=ticket.status, priority=ticket.priority, owner=ticket.owner,
+        due=ticket.first_response_due, timezone=desk.timezone, callback=callback,
+        open_now=desk.calendar.is_open(now),
+        facts=[(name, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+               for name in FACTS if (value := ticket.facts.get(name))],
+        text=(last.new_text or last.body_text).strip()[:4000] if last else "",
+        language=desk.agent_language,
+    )
     rendered = render_mail(
-        desk.templates, "escalated_staff", desk.agent_language, context, sender=desk.sender,
+        desk.templates, "escalated_staff", context, sender=desk.sender,
         to=", ".join(to), now=now, auto_submitted="auto-generated",
         in_reply_to=session.scalars(select(TicketMessage.message_id).where(  # agents' thread
             TicketMessage.ticket_id == ticket.id, TicketMessage.kind == OutboxKind.NOTIFY)
@@ -99,18 +100,18 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
 def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, phone: str,
                    callback: datetime, now: datetime) -> None:
     ids = customer_thread(session, ticket)
-    context = {
-        "number": ticket.number, "subject": ticket.subject, "name": ticket.customer_name,
-        "phone": phone, "callback": callback, "open_now": desk.calendar.is_open(now),
-        "timezone": desk.timezone, "support_name": desk.sender.name,
-        "language": ticket.language,
-        "hours": sla.hours_text(desk.calendar, ticket.language,
-                                now.astimezone(desk.calendar.zone).date()),
-        "ticket_url": links.ticket_url(cfg.public_url, cfg.secret, ticket.number,
-                                       ticket.customer_address, ticket.link_version, now),
-    }
+    context = contexts.Escalated(
+        number=ticket.number, subject=ticket.subject, name=ticket.customer_name,
+        phone=phone, callback=callback, open_now=desk.calendar.is_open(now),
+        timezone=desk.timezone, support_name=desk.sender.name,
+        language=ticket.language,
+        hours=sla.hours_text(desk.calendar, ticket.language,
+                             now.astimezone(desk.calendar.zone).date()),
+        ticket_url=links.ticket_url(cfg.public_url, cfg.secret, ticket.number,
+                                    ticket.customer_address, ticket.link_version, now),
+    )
     rendered = render_mail(
-        desk.templates, "escalated", ticket.language, context, sender=desk.sender,
+        desk.templates, "escalated", context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
         references=tuple(ids[:-1]), auto_submitted="auto-generated",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
