@@ -379,7 +379,7 @@ class OutboxSettings(_Section):
     max_backoff: float = Field(default=3600.0, gt=0)
     give_up_after_hours: float = Field(default=72.0, gt=0)
     batch_size: int = Field(default=50, ge=1)
-    # SMTP connections sending at once (mails to one recipient keep their order).
+    # SMTP connections sending at once (the mails about one ticket keep their order).
     connections: int = Field(default=3, ge=1, le=20)
     lease_seconds: float = Field(default=60.0, gt=0)
     verp: bool = False

@@ -48,6 +48,16 @@ class Claimed:
     raw: bytes
     attempts: int
     created_at: datetime
+    ticket_id: int | None = None  # the ticket the mail is about
+
+    @property
+    def lane_key(self) -> int:
+        """What must go out in order: the mails about one ticket (an acknowledgement
+        before the agent's answer), or else those to the same recipients (a stable hash:
+        the same in every process)."""
+        if self.ticket_id is not None:
+            return self.ticket_id  # consecutive tickets spread evenly over the lanes
+        return zlib.crc32("\n".join(sorted(r.lower() for r in self.recipients)).encode())
 
 
 def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) -> Update:
@@ -63,17 +73,15 @@ def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) ->
     return (update(OutboxMail).where(OutboxMail.id.in_(pick)).values(leased_until=lease)
             .returning(OutboxMail.id, OutboxMail.message_id, OutboxMail.envelope_from,
                        OutboxMail.recipients, OutboxMail.raw, OutboxMail.raw_sha256,
-                       OutboxMail.attempts, OutboxMail.created_at))
+                       OutboxMail.attempts, OutboxMail.created_at, OutboxMail.ticket_id))
 
 
 def lane_parts(mails: list[Claimed], lanes: int) -> list[list[Claimed]]:
-    """Split claimed mails into `lanes` lists, each in queue order; all mails to the same
-    recipients in the same list (by a stable hash of the recipients, so the same on every
-    run and in every process)."""
+    """Split claimed mails into `lanes` lists, each in queue order; all mails with the
+    same `lane_key` (about one ticket; else to the same recipients) in the same list."""
     parts: list[list[Claimed]] = [[] for _ in range(lanes)]
     for mail in sorted(mails, key=lambda m: m.id):
-        key = "\n".join(sorted(r.lower() for r in mail.recipients)).encode()
-        parts[zlib.crc32(key) % lanes].append(mail)
+        parts[mail.lane_key % lanes].append(mail)
     return parts
 
 
@@ -122,7 +130,8 @@ class Outbox:
                                          permanent=True)
                 continue
             claimed.append(Claimed(row.id, row.message_id, row.envelope_from,
-                                   list(row.recipients), raw, row.attempts, row.created_at))
+                                   list(row.recipients), raw, row.attempts, row.created_at,
+                                   row.ticket_id))
         return claimed
 
     def _bytes(self, inline: bytes | None, sha256: str | None) -> bytes | None:
@@ -190,11 +199,12 @@ class Outbox:
     async def deliver_due(self) -> int:
         """Send everything that is due; returns how many were sent.
 
-        Each claimed batch is split into `[outbox] connections` lanes by recipient, each
-        lane sent over an SMTP connection of its own, at the same time: a slow server
-        answer holds up one lane, not the desk. Mails to the same recipients go in one
-        lane, in the order they were queued, and the next batch is claimed only when every
-        lane is through this one, so nobody gets their mails out of order.
+        Each claimed batch is split into `[outbox] connections` lanes, each sent over an
+        SMTP connection of its own, at the same time: a slow server answer holds up one
+        lane, not the desk. The mails about one ticket (else those to the same
+        recipients) go in one lane, in the order they were queued, and the next batch is
+        claimed only when every lane is through this one: a conversation's mails leave in
+        order.
 
         Accepted mails are recorded as sent in small groups (SENT_GROUP, or SENT_WAIT
         seconds): one commit per group instead of one per mail. A crash inside a group

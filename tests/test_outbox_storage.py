@@ -313,7 +313,7 @@ def test_upgrade_keeps_old_rows_sendable_and_fills_their_verp_token(
         k: v.replace(b"\r\n", b"\n") for k, v in raws.items()}
 
 
-def test_lanes_keep_each_recipients_mails_together_and_in_queue_order():
+def test_lanes_keep_one_tickets_or_one_recipients_mails_together_in_queue_order():
     mails = [Claimed(n, f"<{n}@example.com>", "service@example.com", [to], b"", 0, NOW)
              for n, to in zip([7, 3, 9, 1, 4, 8, 2], ["a@x.example", "B@x.example",
                               "a@x.example", "b@x.example", "c@x.example", "A@X.example",
@@ -326,6 +326,18 @@ def test_lanes_keep_each_recipients_mails_together_and_in_queue_order():
     for mail in mails:  # the same recipient (in any case) always in the same lane
         assert mail in parts[lane_of[mail.recipients[0].lower()]]
     assert lane_parts(mails, 1) == [sorted(mails, key=lambda m: m.id)]
+    # Mails about tickets: one ticket's together, in order, whoever they go to; notices
+    # about many tickets to one agent spread over the lanes.
+    about = [Claimed(n, f"<{n}@example.com>", "service@example.com", [to], b"", 0, NOW,
+                     ticket) for n, to, ticket in [
+        *((n, "agent@example.com", n % 6) for n in range(30)),
+        (30, "anna@kunde.example", 1), (31, "agent@example.com", 1)]]
+    parts = lane_parts(about, 3)
+    lane_of_ticket = {m.ticket_id: i for i, part in enumerate(parts) for m in part}
+    assert len(set(lane_of_ticket.values())) == 3
+    for part in parts:
+        assert [m.id for m in part] == sorted(m.id for m in part)
+        assert all(lane_of_ticket[m.ticket_id] == parts.index(part) for m in part)
 
 
 def test_due_mail_goes_out_over_several_connections_each_recipients_in_queue_order(
