@@ -17,13 +17,13 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import logs, notify, vocab
+from maild import history, logs, notify, vocab
 from maild.desk import Desk
 from maild.mail import dsn, thread
 from maild.mail.parse import InboundMail
-from maild.models import Event, OutboxMail, Ticket, TicketMessage
+from maild.models import OutboxMail, Ticket, TicketMessage
 from maild.suppression import mark_bouncing
-from maild.vocab import EventKind, MessageKind
+from maild.vocab import MessageKind
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,10 @@ def record(
             subject=mail.subject, body_text=mail.text, new_text=summary, facts={},
             automatic=True, created_at=now, kind=MessageKind.BOUNCE, internal=True,
         ))
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.BOUNCE,
-                          detail={
-            "message_id": out.message_id, "permanent": bool(permanent),
-            "failures": [{"recipient": f.recipient, "status": f.status, "action": f.action,
-                          "diagnostic": f.diagnostic[:200]} for f in failures]}))
+        history.record(session, ticket, now, "maild", history.Bounce(
+            out.message_id, bool(permanent),
+            [{"recipient": f.recipient, "status": f.status, "action": f.action,
+              "diagnostic": f.diagnostic[:200]} for f in failures]))
         if out.kind not in vocab.TO_AGENTS:  # agents need not hear of their own bounces twice
             notify.bounce_notice(session, desk, ticket, [
                 f"{f.recipient}: {f.status or f.action} {f.diagnostic}".strip()

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import JSON, LargeBinary, String, Text, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from maild import blobs, db
+from maild import blobs, db, history
 from maild.blobs import BlobStore
 from maild.models import (
     AddressFlag,
@@ -36,7 +36,6 @@ from maild.models import (
     Ticket,
     TicketMessage,
 )
-from maild.vocab import EventKind
 
 ERASED = "[erased]"
 ERASED_ADDRESS = "erased@invalid"  # where an address must stay one (mail headers)
@@ -84,10 +83,9 @@ def purge_ticket(session: Session, number: int, actor: str, now: datetime) -> Pu
     session.delete(ticket)
     result = Purged(number, len(message_ids), len(attachment_shas), len(raw_shas),
                     int(getattr(outgoing, "rowcount", 0) or 0), tuple(orphaned))
-    session.add(Event(ticket_id=None, at=now, actor=actor, kind=EventKind.PURGED, detail={
-        "number": number, "messages": result.messages, "attachments": result.attachments,
-        "raw_mails": result.raw_mails, "outgoing": result.outgoing,
-        "blobs_deleted": len(orphaned)}))
+    history.record(session, None, now, actor, history.Purged(
+        number, result.messages, result.attachments, result.raw_mails, result.outgoing,
+        len(orphaned)))
     return result
 
 
@@ -112,9 +110,8 @@ def purge_customer(session: Session, store: BlobStore, address: str, actor: str,
     orphaned.extend(blobs.unref(session, [*shas, *more_shas]))
     result = PurgedCustomer(address, tuple(numbers), mails, outgoing, redacted,
                             tuple(dict.fromkeys(orphaned)))
-    session.add(Event(ticket_id=None, at=now, actor=actor, kind=EventKind.CUSTOMER_PURGED, detail={
-        "tickets": len(numbers), "mails": mails, "outgoing": outgoing,
-        "redacted": redacted, "blobs_deleted": len(result.orphaned_blobs)}))
+    history.record(session, None, now, actor, history.CustomerPurged(
+        len(numbers), mails, outgoing, redacted, len(result.orphaned_blobs)))
     return result
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from maild import answers, db, health, notify, retention, sla, vocab, work
+from maild import answers, db, health, history, notify, retention, sla, vocab, work
 from maild.config import SlaSettings
 from maild.desk import Desk
 from maild.errors import Temporary
@@ -187,8 +187,7 @@ class Sweeper:
         if getattr(claimed, "rowcount", 1) != 1:
             return
         session.refresh(ticket)
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.SLA_BREACH,
-                          detail={"due": due.isoformat(), "priority": ticket.priority}))
+        history.record(session, ticket, now, "maild", history.SlaBreach(due, ticket.priority))
         to = self.desk.roster.lead_to(session, self.settings.lead_address)
         if to:
             self._agents_mail(session, ticket, "sla_breach", to, now, due,
@@ -214,9 +213,7 @@ class Sweeper:
                 if lower < share:
                     _claim(session, f"ticket:{ticket.id}:warn:{round(lower * 100)}", now)
             left = sla.business_time(cal, now, due)
-            session.add(Event(ticket_id=ticket.id, at=now, actor="maild",
-                              kind=EventKind.SLA_WARNING,
-                              detail={"share": share, "due": due.isoformat()}))
+            history.record(session, ticket, now, "maild", history.SlaWarning(share, due))
             to = self.desk.roster.notify_to(session, ticket.owner)
             if to:
                 self._agents_mail(session, ticket, "sla_warning", to, now, due,
@@ -245,8 +242,7 @@ class Sweeper:
                                                                  s.remind_after_days):
             if not _claim(session, f"ticket:{ticket.id}:remind:{stamp}", now):
                 return
-            session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.REMINDER,
-                              detail={"waiting_since": since.isoformat()}))
+            history.record(session, ticket, now, "maild", history.Reminder(since))
             self._customer_mail(session, ticket, "reminder", now)
             counts.reminders += 1
 

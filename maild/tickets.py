@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maild import answers, blobs, db, decide, notify, sla
+from maild import answers, blobs, db, decide, history, notify, sla
 from maild.accounts import Account, has_accounts
 from maild.desk import Desk
 from maild.mail import body, facts, files, language, thread, triage
@@ -15,8 +15,8 @@ from maild.mail.classify import Verdict
 from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.subject import strip_prefixes
-from maild.models import Attachment, Blob, Event, Ticket, TicketMessage
-from maild.vocab import DONE, EventKind, MessageKind, TicketStatus
+from maild.models import Attachment, Blob, Ticket, TicketMessage
+from maild.vocab import DONE, MessageKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,11 @@ def open_ticket(
     if planned is None:
         planned = files.plan(mail.attachments, desk.limits)
     shown = store_attachments(session, desk, first, planned, now)
-    session.add(Event(
-        ticket=ticket, at=now, actor=ticket.customer_address, kind=EventKind.CREATED,
-        detail={"inbound_id": inbound_id, "kind": verdict.kind, "reason": verdict.reason,
-                "priority": level, "priority_reason": why,
-                **({"refers_to": refers_to} if refers_to else {}),
-                **({"cc_not_added": refused} if refused else {})},
-    ))
+    history.record(session, ticket, now, ticket.customer_address, history.Created(
+        inbound_id, verdict.kind, verdict.reason, level, why, refers_to=refers_to,
+        cc_not_added=refused))
     if not_answered == decide.ANSWER_LIMIT:
-        session.add(Event(ticket=ticket, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
-                          detail={"reason": not_answered}))
+        history.record(session, ticket, now, "maild", history.NotAnswered(not_answered))
         log.warning("answer limit reached, not answering to=%s ticket=%s",
                     ticket.customer_address, ticket.number)
     elif answer == decide.Answer.ACK:
@@ -100,8 +95,7 @@ def open_ticket(
         notify.ticket_notice(session, desk, ticket, first, shown, "new", now,
                              cc_not_added=refused)
     elif not_answered:  # a person's mail we cannot answer: agents must know
-        session.add(Event(ticket=ticket, at=now, actor="maild", kind=EventKind.NOT_ANSWERED,
-                          detail={"reason": not_answered}))
+        history.record(session, ticket, now, "maild", history.NotAnswered(not_answered))
         notify.ticket_notice(
             session, desk, ticket, first, shown, "new", now, cc_not_added=refused,
             warning=f"no reply address / keine Antwortadresse: "
@@ -144,8 +138,9 @@ def add_follow_up(
     session.add(message)
     shown = store_attachments(session, desk, message, planned if planned is not None
                               else files.plan(mail.attachments, desk.limits), now)
-    detail: dict[str, object] = {"inbound_id": inbound_id, "how": how,
-                                 "kind": verdict.kind}
+    copied: list[str] = []
+    refused: list[str] = []
+    status: list[str] = []
     if person:
         ticket.facts = facts.merge(ticket.facts, found)
         if not ticket.automatic:
@@ -154,23 +149,21 @@ def add_follow_up(
                if a not in ticket.participants]
         if new and sender_verified(desk, mail, how):
             ticket.participants = [*ticket.participants, *new]
-            detail["copied"] = new
+            copied = new
         elif new:
-            detail["cc_not_added"] = new
+            refused = new
         if ticket.status in (*DONE, TicketStatus.WAITING):
-            detail["status"] = [ticket.status, TicketStatus.IN_PROGRESS]
-            if ticket.status != TicketStatus.WAITING:
-                detail["reopened"] = True
+            status = [ticket.status, TicketStatus.IN_PROGRESS]
             ticket.status = TicketStatus.IN_PROGRESS
             ticket.resolved_at = ticket.closed_at = ticket.waiting_since = None
     ticket.updated_at = now
-    session.add(Event(ticket_id=ticket.id, at=now, actor=mail.from_addr,
-                      kind=EventKind.FOLLOW_UP if person else EventKind.AUTOMATIC_REPLY,
-                      detail=detail))
+    kind = history.FollowUp if person else history.AutomaticReply
+    history.record(session, ticket, now, mail.from_addr, kind(
+        inbound_id, how, verdict.kind, copied=copied, cc_not_added=refused, status=status,
+        reopened=bool(status) and status[0] != TicketStatus.WAITING))
     if person:
-        refused = detail.get("cc_not_added")
         notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now,
-                             cc_not_added=refused if isinstance(refused, list) else [])
+                             cc_not_added=refused)
     return True
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maild import answers, db, links, notify, suppression, threader
+from maild import answers, db, history, links, notify, suppression, threader
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, contexts, files, thread
@@ -22,10 +22,10 @@ from maild.mail.commands import Command, Commands
 from maild.mail.extracted import Extracted
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
-from maild.models import Event, OutboxMail, Ticket, TicketMessage
+from maild.models import OutboxMail, Ticket, TicketMessage
 from maild.threader import Match
 from maild.tickets import store_attachments
-from maild.vocab import EventKind, MessageKind, OutboxKind, TicketStatus
+from maild.vocab import MessageKind, OutboxKind, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ def agent_mail(
     shown = store_attachments(session, desk, message, planned if planned is not None
                               else files.plan(mail.attachments, desk.limits), now)
     if errors:
-        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
-                          kind=EventKind.COMMANDS_REJECTED, detail={"errors": errors}))
+        history.record(session, ticket, now, agent.address, history.CommandsRejected(errors))
         notify.agent_notice(session, desk, ticket, agent.address, "rejected", errors, mail, now)
         return f"agent mail rejected: {len(errors)} errors"
     changes, new_status = _apply(act, parsed)
@@ -125,13 +124,10 @@ def agent_mail(
     if visible and ticket.first_response_at is None:
         ticket.first_response_at = now
         due = ticket.first_response_due
-        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address,
-                          kind=EventKind.FIRST_RESPONSE, detail={
-                              "what": visible[0], "due": due.isoformat() if due else None,
-                              "in_time": due is None or now <= due}))
+        history.record(session, ticket, now, agent.address, history.FirstResponse(
+            visible[0], due, due is None or now <= due))
     if internal and parsed.text:
-        session.add(Event(ticket_id=ticket.id, at=now, actor=agent.address, kind=EventKind.NOTE,
-                          detail={"message_id": mail.message_id}))
+        history.record(session, ticket, now, agent.address, history.Note(mail.message_id))
     ticket.updated_at = now
     if not parsed.text:
         notify.agent_notice(session, desk, ticket, agent.address, "confirm",
@@ -177,9 +173,8 @@ def _priority(act: Act, c: Command) -> tuple[list[str], str | None]:
     ticket = act.ticket
     if c.value == ticket.priority:
         return [f"priority stays {c.value}"], None
-    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
-                          kind=EventKind.PRIORITY, detail={"from": ticket.priority,
-                                                           "to": c.value}))
+    history.record(act.session, ticket, act.now, act.actor,
+                   history.PriorityChanged(ticket.priority, c.value))
     change = f"priority {ticket.priority} -> {c.value}"
     ticket.priority = c.value
     return [change], None
@@ -196,8 +191,7 @@ def _assign(act: Act, c: Command) -> tuple[list[str], str | None]:
     owner = act.actor if c.value == "me" else c.value
     if owner == ticket.owner:
         return [], None
-    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
-                          kind=EventKind.OWNER, detail={"from": ticket.owner, "to": owner}))
+    history.record(act.session, ticket, act.now, act.actor, history.Owner(ticket.owner, owner))
     change = f"owner {ticket.owner or '-'} -> {owner}"
     ticket.owner = owner
     return [change], None
@@ -207,9 +201,8 @@ def _cause(act: Act, c: Command) -> tuple[list[str], str | None]:
     ticket = act.ticket
     if c.value == ticket.cause:
         return [f"cause stays {c.value}"], None
-    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
-                          kind=EventKind.CAUSE, detail={"from": ticket.cause, "to": c.value,
-                                                        "callback_billable": c.value != "ours"}))
+    history.record(act.session, ticket, act.now, act.actor,
+                   history.Cause(ticket.cause, c.value, callback_billable=c.value != "ours"))
     change = f"cause {ticket.cause or '-'} -> {c.value}"
     ticket.cause = c.value
     return [change], None
@@ -240,8 +233,8 @@ def _spam(act: Act, c: Command) -> tuple[list[str], str | None]:
     if c.value != "block":
         return ["marked as spam, closed silently"], None
     suppression.block(act.session, ticket.customer_address, act.actor, act.now)
-    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
-                          kind=EventKind.BLOCKED, detail={"address": ticket.customer_address}))
+    history.record(act.session, ticket, act.now, act.actor,
+                   history.Blocked(ticket.customer_address))
     return ["marked as spam, closed silently",
             f"sender {ticket.customer_address} blocked: their mail is recorded as spam from "
             "now on"], None
@@ -267,9 +260,8 @@ def _cc(act: Act, c: Command) -> tuple[list[str], str | None]:
         return [f"{address} is on the ticket already"], None
     ticket.participants = ([p for p in people if p != address] if remove
                            else [*people, address])
-    act.session.add(Event(ticket_id=ticket.id, at=act.now, actor=act.actor,
-                          kind=EventKind.PARTICIPANT, detail={"address": address,
-                                                              "added": not remove}))
+    history.record(act.session, ticket, act.now, act.actor,
+                   history.Participant(address, added=not remove))
     return [f"{address} removed: gets no more answers" if remove
             else f"{address} copied: gets the answers from now on"], None
 
@@ -315,8 +307,7 @@ def _apply(act: Act, parsed: Commands) -> tuple[list[str], str | None]:
 
 def set_status(session: Session, ticket: Ticket, status: str, actor: str,
                 now: datetime) -> None:
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.STATUS,
-                      detail={"from": ticket.status, "to": status}))
+    history.record(session, ticket, now, actor, history.Status(ticket.status, status))
     ticket.status = status
     ticket.resolved_at = now if status == TicketStatus.RESOLVED else None
     ticket.closed_at = now if status == TicketStatus.CLOSED else None
@@ -329,10 +320,8 @@ def _merge(session: Session, ticket: Ticket, target: Ticket, actor: str,
     people = [ticket.customer_address, *ticket.participants]
     target.participants = list(dict.fromkeys(
         [*target.participants, *(p for p in people if p != target.customer_address)]))
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.MERGED,
-                      detail={"into": target.number}))
-    session.add(Event(ticket_id=target.id, at=now, actor=actor, kind=EventKind.MERGED_FROM,
-                      detail={"from": ticket.number}))
+    history.record(session, ticket, now, actor, history.Merged(target.number))
+    history.record(session, target, now, actor, history.MergedFrom(ticket.number))
     if ticket.status != TicketStatus.CLOSED:
         set_status(session, ticket, TicketStatus.CLOSED, actor, now)
     ticket.merged_into = target.number

@@ -19,7 +19,7 @@ from harness import Clock, cli_config, maild, offline_settings, text_of, with_by
 from sqlalchemy import select
 
 from maild import config as config_module
-from maild import db, sla
+from maild import db, history, sla
 from maild.config import CalendarSettings, Settings
 from maild.daemon import build_desk
 from maild.errors import ConfigError
@@ -29,6 +29,7 @@ from maild.mail.facts import FACTS
 from maild.mail.fetched import Fetched
 from maild.mail.render import environment, format_size, format_when
 from maild.models import OutboxMail
+from maild.vocab import EventKind
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ROOT = Path(__file__).parent.parent
@@ -480,3 +481,28 @@ def test_every_registered_command_has_an_effect_and_every_effect_a_command():
     # its effect in maild.work: one cannot be added without the other.
     from maild import work
     assert set(work.EFFECTS) == set(commands.REGISTRY)
+
+
+def test_every_event_kind_has_one_detail_type_stored_with_the_keys_events_always_had():
+    # The ticket page, `maild ticket show` and old events read the same JSON keys: "from"
+    # and "to", and an empty optional key left out.
+    assert set(history.DETAILS) == set(EventKind)
+    assert all(cls.kind == kind for kind, cls in history.DETAILS.items())
+    due = datetime(2026, 12, 1, 16, 0, tzinfo=UTC)
+    assert history.Status("waiting", "in_progress").to_json() == {
+        "from": "waiting", "to": "in_progress"}
+    assert history.PriorityChanged("normal", "urgent").to_json() == {
+        "from": "normal", "to": "urgent"}
+    assert history.MergedFrom(10001).to_json() == {"from": 10001}
+    assert history.Created(7, "person", "", "normal", "").to_json() == {
+        "inbound_id": 7, "kind": "person", "reason": "", "priority": "normal",
+        "priority_reason": ""}
+    assert history.Created(7, "person", "", "normal", "", refers_to=10001,
+                           cc_not_added=["x@evil.example"]).to_json()["refers_to"] == 10001
+    assert history.FollowUp(8, "tag", "person", status=["resolved", "in_progress"],
+                            reopened=True).to_json() == {
+        "inbound_id": 8, "how": "tag", "kind": "person",
+        "status": ["resolved", "in_progress"], "reopened": True}
+    assert history.FirstResponse("answer", due, True).to_json() == {
+        "what": "answer", "due": "2026-12-01T16:00:00+00:00", "in_time": True}
+    assert history.FirstResponse("answer", None, True).to_json()["due"] is None

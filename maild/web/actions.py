@@ -12,16 +12,16 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from maild import answers, db, links, notify, sla
+from maild import answers, db, history, links, notify, sla
 from maild.desk import Desk
 from maild.mail import contexts
 from maild.mail.classify import Verdict
 from maild.mail.facts import FACTS
 from maild.mail.parse import InboundMail, Part
 from maild.mail.render import render_mail
-from maild.models import Company, Event, InboundMessage, Ticket, TicketMessage
+from maild.models import Company, InboundMessage, Ticket, TicketMessage
 from maild.tickets import add_follow_up
-from maild.vocab import EventKind, InboundState, MessageKind, OutboxKind, Priority
+from maild.vocab import InboundState, MessageKind, OutboxKind, Priority
 from maild.web.access import WebConfig
 from maild.web.views import can_add
 from maild.work import customer_thread
@@ -42,12 +42,10 @@ def escalate(session: Session, desk: Desk, cfg: WebConfig, ticket_id: int, phone
     ticket = session.get(Ticket, ticket_id, populate_existing=True)
     assert ticket is not None
     actor = ticket.customer_address
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.ESCALATED,
-                      detail={"phone": phone, "by": actor, "via": "web"}))
+    history.record(session, ticket, now, actor, history.Escalated(phone, actor, "web"))
     if ticket.priority != Priority.URGENT:
-        session.add(Event(ticket_id=ticket.id, at=now, actor="maild", kind=EventKind.PRIORITY,
-                          detail={"from": ticket.priority, "to": Priority.URGENT,
-                                  "reason": "escalated"}))
+        history.record(session, ticket, now, "maild", history.PriorityChanged(
+            ticket.priority, Priority.URGENT, reason="escalated"))
         ticket.priority = Priority.URGENT
     if phone and ticket.facts.get("phone") != phone:
         ticket.facts = {**ticket.facts, "phone": phone}
@@ -181,6 +179,5 @@ def revoke_links(session: Session, number: int, actor: str, now: datetime) -> in
     if ticket is None:
         return None
     ticket.link_version = (ticket.link_version or 0) + 1
-    session.add(Event(ticket_id=ticket.id, at=now, actor=actor, kind=EventKind.LINKS_REVOKED,
-                      detail={"version": ticket.link_version}))
+    history.record(session, ticket, now, actor, history.LinksRevoked(ticket.link_version))
     return ticket.link_version
