@@ -14,6 +14,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from maild import db
+from maild.mail.facts import Facts
 from maild.mail.parse import plausible_address
 from maild.models import Company, CompanyDomain, Contact, ContactAddress
 
@@ -36,16 +37,11 @@ class Account:
     tier: str = ""
     verified: bool = False
 
-    def facts(self, address: str) -> dict[str, str | list[str]]:
+    def facts(self, address: str) -> Facts:
         """What the account book adds to a ticket's facts."""
-        known: dict[str, str | list[str]] = {"email": address}
-        for fact, value in (("contact_name", self.name), ("phone", self.phone),
-                            ("company", self.company)):
-            if value:
-                known[fact] = value
-        if self.customer_number:
-            known["customer_numbers"] = [self.customer_number]
-        return known
+        return Facts(email=address, contact_name=self.name, phone=self.phone,
+                     company=self.company, customer_numbers=(
+                         (self.customer_number,) if self.customer_number else ()))
 
 
 def lookup(session: Session, address: str) -> Account | None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from maild import blobs, db, links, sla, suppression, vocab
 from maild.desk import Desk
 from maild.mail import auth, contexts, files, language, thread
+from maild.mail.facts import Facts
 from maild.mail.parse import InboundMail, plausible_address
 from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
@@ -197,7 +198,7 @@ def enqueue(
         session.add(TicketMessage(
             ticket=ticket, inbound_id=None, direction="out",
             author=author or desk.sender.address, message_id=mail.message_id,
-            subject=mail.subject, body_text=mail.text, new_text=mail.text, facts={},
+            subject=mail.subject, body_text=mail.text, new_text=mail.text, facts=Facts(),
             automatic=automatic, created_at=now, kind=kind, internal=internal,
         ))
     return out

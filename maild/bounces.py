@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from maild import history, logs, notify, vocab
 from maild.desk import Desk
 from maild.mail import dsn, thread
+from maild.mail.facts import Facts
 from maild.mail.parse import InboundMail
 from maild.models import OutboxMail, Ticket, TicketMessage
 from maild.suppression import mark_bouncing
@@ -77,7 +78,7 @@ def record(
         session.add(TicketMessage(
             ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
             author=mail.from_addr or "mailer-daemon", message_id=mail.message_id,
-            subject=mail.subject, body_text=mail.text, new_text=summary, facts={},
+            subject=mail.subject, body_text=mail.text, new_text=summary, facts=Facts(),
             automatic=True, created_at=now, kind=MessageKind.BOUNCE, internal=True,
         ))
         history.record(session, ticket, now, "maild", history.Bounce(

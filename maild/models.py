@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from maild.mail.facts import Facts
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -49,6 +51,21 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class FactsJSON(TypeDecorator[Facts]):
+    """A ticket's or message's `Facts`, stored as a JSON object of the known ones."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Facts | None, dialect: Dialect) -> dict[str, Any]:
+        if not isinstance(value, Facts):
+            raise TypeError(f"facts must be a Facts value, not {type(value).__name__}")
+        return value.to_json()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Facts:
+        return Facts.from_json(value if isinstance(value, dict) else None)
 
 
 class Base(DeclarativeBase):
@@ -216,7 +233,7 @@ class Ticket(Base):
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    facts: Mapped[Facts] = mapped_column(FactsJSON, default=Facts)
     missing: Mapped[list[str]] = mapped_column(JSON, default=list)
     participants: Mapped[list[str]] = mapped_column(JSON, default=list)
     first_response_due: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -275,7 +292,7 @@ class TicketMessage(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     body_text: Mapped[str] = mapped_column(Text, default="")
     new_text: Mapped[str] = mapped_column(Text, default="")
-    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    facts: Mapped[Facts] = mapped_column(FactsJSON, default=Facts)
     automatic: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # What it is: a MessageKind (received) or an OutboxKind (sent), see maild.vocab

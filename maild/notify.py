@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from maild import answers, links
 from maild.desk import Desk
 from maild.mail import contexts, files
-from maild.mail.facts import FACTS
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
 from maild.models import OutboxMail, Ticket, TicketMessage
@@ -53,7 +52,7 @@ def ticket_notice(
         timezone=desk.timezone, text=capped(text, desk.notify_text_max_bytes),
         text_cut=len(text.encode()) > desk.notify_text_max_bytes,
         cc_not_added=list(cc_not_added),
-        facts=[(name, ticket.facts[name]) for name in FACTS if ticket.facts.get(name)],
+        facts=ticket.facts.known(),
         missing=list(ticket.missing), participants=list(ticket.participants),
         files=[(f.filename, f.size, f.store, f.note) for f in shown],
         attached=len(attached), warning=warning,

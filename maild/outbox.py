@@ -39,6 +39,14 @@ SENT_GROUP = 20  # accepted mails recorded as sent per commit, at most
 SENT_WAIT = 0.25  # seconds an accepted mail waits for its group, at most
 
 
+@dataclass(slots=True)
+class _Round:
+    """One `deliver_due` (or probe): did any connection succeed, or fail."""
+
+    connected: bool = False
+    failed: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     id: int
@@ -107,6 +115,7 @@ class Outbox:
         # The last connection attempt; the first probe a few seconds after start-up.
         self._contact: datetime | None = clock() - timedelta(seconds=probe_seconds - 5.0)
         self._accepted: list[tuple[Claimed, str]] = []  # accepted, not yet recorded as sent
+        self._round = _Round()
         self.reached = False  # the server answered since the caller last cleared this
         self._since = 0.0
 
@@ -200,11 +209,15 @@ class Outbox:
         """Send everything that is due; returns how many were sent.
 
         Each claimed batch is split into `[outbox] connections` lanes, each sent over an
-        SMTP connection of its own, at the same time: a slow server answer holds up one
-        lane, not the desk. The mails about one ticket (else those to the same
-        recipients) go in one lane, in the order they were queued, and the next batch is
-        claimed only when every lane is through this one: a conversation's mails leave in
-        order.
+        SMTP connection of its own, at the same time: the server's answers to one mail
+        wait beside the others', not before them. The mails about one ticket (else those
+        to the same recipients) go in one lane, in the order they were queued, and the
+        next batch is claimed when every lane is through this one: a conversation's mails
+        leave in order (one the server puts off comes later, with its backoff).
+
+        The server counts as reached in a round when any lane connected; a lane whose
+        connection was refused puts its mails off, and the round fails only when no lane
+        connected (a relay that takes fewer connections than configured still gets mail).
 
         Accepted mails are recorded as sent in small groups (SENT_GROUP, or SENT_WAIT
         seconds): one commit per group instead of one per mail. A crash inside a group
@@ -212,6 +225,7 @@ class Outbox:
         lanes = [SmtpConnection(self.smtp) for _ in range(self.settings.connections)]
         loop = asyncio.get_running_loop()
         self._accepted, self._since = [], loop.time()
+        self._round = _Round()
         sent, looked = 0, False
         try:
             while claimed := await asyncio.to_thread(self.claim):
@@ -223,9 +237,7 @@ class Outbox:
                     return_exceptions=True)
                 sent += sum(n for n in done if isinstance(n, int))
                 await self._record_accepted()
-                for failure in done:  # every lane ran to its end; now the first error
-                    if isinstance(failure, BaseException):
-                        raise failure
+                self._settle([d for d in done if isinstance(d, BaseException)], len(lanes))
         finally:
             try:
                 await self._record_accepted()
@@ -261,6 +273,7 @@ class Outbox:
                 now - self._contact).total_seconds() < self.probe_seconds):
             return
         failing, smtp = bool(self.runtime.smtp_error), SmtpConnection(self.smtp)
+        self._round = _Round()
         try:
             await self._connect(smtp, [])
         except SmtpDeferred as exc:
@@ -282,17 +295,36 @@ class Outbox:
                 self._accepted = accepted + self._accepted  # try again in the finally
                 raise
 
+    def _settle(self, failures: list[BaseException], lanes: int) -> None:
+        """After every lane of a batch: raise what went wrong. A bug first (the others
+        logged); a refused connection only when no lane connected in this round."""
+        bugs = [f for f in failures if not isinstance(f, SmtpDeferred)]
+        for extra in bugs[1:]:
+            log.error("outbox lane failed too: %r", extra)
+        if bugs:
+            raise bugs[0]
+        if failures and not self._round.connected:
+            raise failures[0]
+        if failures:
+            log.warning("%d of %d SMTP connections refused (their mails put off): %s",
+                        len(failures), lanes, failures[0])
+
     async def _connect(self, smtp: SmtpConnection, waiting: list[Claimed]) -> None:
+        """Connect; the health state says "reached" once any connection of the round
+        succeeded, "failing" only while none has (whichever answers first)."""
         self._contact = self.clock()
         try:
             await smtp.connect()
         except SmtpDeferred as exc:
-            self.runtime.smtp_failed(self.clock(), str(exc))
-            self.runtime.count("smtp_failures")
+            if not self._round.failed:
+                self.runtime.count("smtp_failures")  # once per round
+            if not self._round.connected:
+                self.runtime.smtp_failed(self.clock(), str(exc))
+            self._round.failed = True
             for mail in waiting:
                 await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
             raise
-        self.reached = True
+        self.reached = self._round.connected = True
         self.runtime.smtp_ok(self.clock())
 
     async def _send_one(self, smtp: SmtpConnection, mail: Claimed) -> int:

@@ -19,6 +19,7 @@ from maild.config import Settings
 from maild.desk import Desk
 from maild.errors import ConfigError
 from maild.intake import Intake
+from maild.mail import contexts
 from maild.outbox import Outbox
 from maild.sweeps import Sweeper
 from maild.watcher import Watcher
@@ -70,6 +71,11 @@ def check_templates(*envs: Environment) -> None:
             except TemplateSyntaxError as exc:
                 raise ConfigError(f"template {exc.filename or name}, line {exc.lineno}: "
                                   f"{exc.message}") from None
+            unknown = contexts.unknown_names(env, name)
+            if unknown:
+                fields = ", ".join(contexts.field_names(contexts.TEMPLATES[name.split(".")[0]]))
+                raise ConfigError(f"template {name} uses {', '.join(sorted(unknown))}, which "
+                                  f"its mails do not have (it has: {fields})")
 
 
 def compiled(desk: Desk, settings: Settings) -> Environment:

@@ -35,7 +35,7 @@ def open_ticket(
     found = extracted.facts if extracted else facts.extract(
         mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.fact_patterns)
     if account is not None:  # the account book fills what the mail leaves out
-        found = facts.merge(found, account.facts(mail.from_addr))
+        found = found.merge(account.facts(mail.from_addr))
     level, why = triage.priority(mail.subject, extracted.new_content if extracted
                                  else facts.new_content(mail.text),
                                  desk.urgent_keywords,
@@ -47,7 +47,7 @@ def open_ticket(
         status=TicketStatus.SPAM if verdict.kind == "spam" else TicketStatus.NEW,
         priority=level,
         facts=found,
-        missing=[] if automatic else facts.missing(found, desk.required_facts),
+        missing=[] if automatic else found.missing(desk.required_facts),
         participants=copied,
         customer_address=mail.from_addr,  # '' when the mail gave no address to answer
         customer_name=mail.from_name[:300],
@@ -142,9 +142,9 @@ def add_follow_up(
     refused: list[str] = []
     status: list[str] = []
     if person:
-        ticket.facts = facts.merge(ticket.facts, found)
+        ticket.facts = ticket.facts.merge(found)
         if not ticket.automatic:
-            ticket.missing = facts.missing(ticket.facts, desk.required_facts)
+            ticket.missing = ticket.facts.missing(desk.required_facts)
         new = [a for a in participants_of(mail, desk.sender.address, ticket.customer_address)
                if a not in ticket.participants]
         if new and sender_verified(desk, mail, how):

@@ -88,7 +88,7 @@ def ticket_detail(session: Session, number: int) -> dict[str, Any] | None:
                              .order_by(Event.at, Event.id)).all()
     return {
         **ticket_summary(ticket),
-        "facts": dict(ticket.facts),
+        "facts": ticket.facts.to_json(),
         "messages": [{
             "at": _when(m.created_at), "direction": m.direction, "author": m.author,
             "message_id": m.message_id, "subject": m.subject, "automatic": m.automatic,

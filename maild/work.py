@@ -20,6 +20,7 @@ from maild.desk import Desk
 from maild.mail import auth, body, commands, contexts, files, thread
 from maild.mail.commands import Command, Commands
 from maild.mail.extracted import Extracted
+from maild.mail.facts import Facts
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
 from maild.models import OutboxMail, Ticket, TicketMessage
@@ -100,7 +101,7 @@ def agent_mail(
     message = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=agent.address,
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
-        new_text=parsed.text, facts={}, automatic=False, created_at=now,
+        new_text=parsed.text, facts=Facts(), automatic=False, created_at=now,
         kind=MessageKind.REJECTED if errors else MessageKind.NOTE if internal
         else MessageKind.AGENT, internal=internal,
     )

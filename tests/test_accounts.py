@@ -88,9 +88,9 @@ def test_sender_matched_by_alias_gets_account_facts_language_and_tier(
         t = s.scalars(select(Ticket)).one()
         assert t.verified and t.contact_id is not None and t.company_id is not None
         assert t.language == "de" and t.priority == "high"
-        assert t.facts["customer_numbers"] == ["100234"]
-        assert t.facts["company"] == "Kunde GmbH"
-        assert t.facts["contact_name"] == "Anna Berger"
+        assert t.facts.customer_numbers == ("100234",)
+        assert t.facts.company == "Kunde GmbH"
+        assert t.facts.contact_name == "Anna Berger"
         assert "company" not in t.missing
     assert "Hinweis: Deine Absenderadresse" not in answers(factory, intake)[0]
 
@@ -120,7 +120,7 @@ def test_domain_policy_matches_the_company(tmp_path, factory, database_url):
     with db.transaction(factory) as s:
         t = s.scalars(select(Ticket)).one()
         assert t.company_id is not None and t.contact_id is None and not t.verified
-        assert t.facts["company"] == "Kunde GmbH"
+        assert t.facts.company == "Kunde GmbH"
 
 
 def test_reject_policy_answers_politely_without_a_ticket(tmp_path, factory, database_url):

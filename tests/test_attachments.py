@@ -246,7 +246,7 @@ def test_a_mail_over_the_fetch_limit_becomes_a_ticket_from_its_text(
             message = s.scalars(select(TicketMessage)).first()
             [video] = s.scalars(select(Attachment)).all()
             assert "crashes when I open the order list" in message.body_text
-            assert ticket.facts.get("software_version") == "5.1"
+            assert ticket.facts.software_version == "5.1"
             assert (video.filename, video.blob_sha256, video.size) == ("crash.mp4", None,
                                                                       pytest.approx(4_000_000,
                                                                                     rel=0.4))

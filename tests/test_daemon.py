@@ -251,7 +251,7 @@ def test_customer_reply_lands_in_the_same_ticket_without_a_second_answer(
     assert wait_until(lambda: outbox_settled(database_url))  # the reply is through
     assert len(smtp.mails) == len(rows(database_url, OutboxMail)) == 1
     [ticket] = rows(database_url, Ticket)
-    assert ticket.facts["software_version"] == "3.8.0"
+    assert ticket.facts.software_version == "3.8.0"
     assert "software_version" not in ticket.missing
 
 

@@ -19,14 +19,15 @@ from harness import PG_ADMIN_URL, Clock, dsn_report, offline_settings
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
-from maild import answers, db, suppression
+from maild import answers, db, health, suppression
 from maild.blobs import collect
 from maild.daemon import build_desk
-from maild.errors import ConfigError, StorageUnavailable
+from maild.errors import ConfigError, SmtpDeferred, StorageUnavailable
 from maild.intake import Fetched, Intake
 from maild.mail.render import Rendered
 from maild.models import Blob, OutboxMail, TicketMessage, UTCDateTime
 from maild.outbox import Claimed, Outbox, lane_parts
+from maild.smtp import SmtpConnection
 from maild.sweeps import Sweeper
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -360,3 +361,42 @@ def test_due_mail_goes_out_over_several_connections_each_recipients_in_queue_ord
     assert len({m.peer for m in mails}) == 3
     with db.transaction(factory) as s:
         assert set(s.scalars(select(OutboxMail.state))) == {"sent"}
+
+
+@pytest.mark.parametrize("refused_after", [0.0, 0.3], ids=["refused-first", "refused-last"])
+def test_a_relay_refusing_one_of_the_connections_still_gets_the_rest_and_shows_reached(
+        tmp_path, factory, database_url, smtp, monkeypatch, refused_after):
+    # A relay that takes two connections per client refuses the third: that lane's mails
+    # are put off, the others go out, and /healthz says "reached" whichever connection
+    # answered first; the refusal is counted once.
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port,
+                outbox={"connections": 3})
+    recipients = [f"anna{i}@kunde.example" for i in range(6)]  # in all three lanes
+    for n in range(12):
+        desk.enqueue(n, recipients[n % 6])
+    real_connect, calls = SmtpConnection.connect, []
+
+    async def connect(self):
+        calls.append(self)
+        if len(calls) == 2:
+            await asyncio.sleep(refused_after)
+            raise SmtpDeferred("SMTP 127.0.0.1: 421 4.7.0 too many connections")
+        await asyncio.sleep(0.15)
+        await real_connect(self)
+
+    monkeypatch.setattr(SmtpConnection, "connect", connect)
+    runtime = health.Runtime(started_at=NOW)
+    outbox = Outbox(factory, desk.settings.outbox, desk.settings.smtp, desk.clock, desk.store,
+                    runtime=runtime)
+    refused = lane_parts(desk.outbox().claim(), 3)[1]  # the second connection's lane
+    desk.clock.now += timedelta(seconds=desk.settings.outbox.lease_seconds + 1)
+    assert len(refused) == 6
+    assert asyncio.run(outbox.deliver_due()) == 6
+    assert len(smtp.wait_for(6)) == 6
+    assert {m.recipients[0] for m in smtp.mails}.isdisjoint(
+        {m.recipients[0] for m in refused})
+    assert runtime.smtp_error == "" and runtime.counts[("smtp_failures", "")] == 1
+    with db.transaction(factory) as s:
+        rows = s.scalars(select(OutboxMail)).all()
+        assert sorted(r.state for r in rows) == ["pending"] * 6 + ["sent"] * 6
+        assert all(r.attempts == 1 and r.leased_until is None for r in rows)

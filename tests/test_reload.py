@@ -189,6 +189,16 @@ def test_a_broken_template_stops_the_start_as_a_config_error(config, templates, 
     assert "ack.de.txt.j2, line 1" in done.stderr
 
 
+def test_a_template_reading_a_name_its_mails_lack_stops_the_start(config, templates):
+    # An override written for an older maild (or with a typo) would fail on each mail it
+    # renders; it is refused at start instead, with the names the template may use.
+    (templates / "ack.de.txt.j2").write_text("Hallo {{ name }}, Ticket {{ nummer }}\n")
+    done = maild("run", config=config)
+    assert done.returncode == 2
+    assert "template ack.de.txt.j2 uses nummer, which its mails do not have" in done.stderr
+    assert "escalation_url" in done.stderr  # what it may use
+
+
 def test_restart_only_keys_are_named_and_kept_as_they_run(tmp_path):
     # The new file moves the database, the blobs and the IMAP password and changes the
     # calendar: the names of the first three are reported (never a value), their running

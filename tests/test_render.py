@@ -8,10 +8,10 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import pytest
-from jinja2 import DictLoader, Environment, StrictUndefined, meta, nodes
+from jinja2 import DictLoader, Environment, StrictUndefined
 
 from maild.mail.classify import LOOP_HEADER
-from maild.mail.contexts import TEMPLATES, Relay, field_names
+from maild.mail.contexts import TEMPLATES, Relay, field_names, names_read
 from maild.mail.render import File, Sender, render_mail
 from maild.mail.render import environment as mail_environment
 
@@ -93,24 +93,6 @@ def test_a_rendered_mail_reads_back_exactly(html, files, subject):
     assert attached == [(f.filename, f.data) for f in files]
 
 
-def _names_used(env: Environment, name: str, seen: set[str] | None = None) -> set[str]:
-    """The names template `name` (and the templates it includes) read from its context:
-    not those it sets, imports from another template, or the environment's globals."""
-    seen = set() if seen is None else seen
-    if name in seen:
-        return set()
-    seen.add(name)
-    ast = env.parse(env.loader.get_source(env, name)[0])
-    used = set(meta.find_undeclared_variables(ast))
-    for imported in ast.find_all((nodes.FromImport, nodes.Import)):
-        used -= ({n if isinstance(n, str) else n[1] for n in imported.names}
-                 if isinstance(imported, nodes.FromImport) else {imported.target})
-    for include in ast.find_all(nodes.Include):
-        if isinstance(include.template, nodes.Const):
-            used |= _names_used(env, include.template.value, seen)
-    return used - set(env.globals)
-
-
 def test_every_mail_template_reads_only_its_contexts_fields_and_every_field_is_read():
     # A template naming something its context lacks would fail on the mail it renders
     # (StrictUndefined), maybe a rare one; a field no template reads is a dead value.
@@ -123,7 +105,7 @@ def test_every_mail_template_reads_only_its_contexts_fields_and_every_field_is_r
         assert name in TEMPLATES, f"{file}: no context type in contexts.TEMPLATES"
         assert language in ("de", "en") and kind in ("subject", "txt", "html"), file
         fields = set(field_names(TEMPLATES[name]))
-        used = _names_used(env, file)
+        used = names_read(env, file)
         assert used <= fields, f"{file} reads {sorted(used - fields)}, not in its context"
         by_name.setdefault(name, set()).update(used)
     for name in TEMPLATES:

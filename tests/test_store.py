@@ -150,9 +150,9 @@ def test_facts_missing_facts_and_priority_are_stored(intake, factory):
     with db.transaction(factory) as s:
         outage, app = s.scalars(select(Ticket).order_by(Ticket.number)).all()
         assert outage.priority == "urgent" and app.priority == "normal"
-        assert app.facts["customer_numbers"] == ["100234"]
-        assert app.facts["order_numbers"] == ["A-2026-00917"]
-        assert app.facts["software_version"] == "4.2.1"
+        assert app.facts.customer_numbers == ("100234",)
+        assert app.facts.order_numbers == ("A-2026-00917",)
+        assert app.facts.software_version == "4.2.1"
         assert "company" not in app.missing and "software_version" not in app.missing
         assert outage.missing == ["software_version", "reproducible"]  # "seit 07:30 Uhr"
         first = s.scalars(select(TicketMessage).where(TicketMessage.ticket_id == app.id,

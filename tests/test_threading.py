@@ -59,7 +59,7 @@ def test_a_reply_to_our_answer_joins_the_ticket_and_completes_its_facts(intake, 
                                       "App-Version: 4.2.1\r\n\r\nAm Mo schrieb Support:\r\n> x"))
     assert outcome.reason == "follow-up" and outcome.ticket_number == 10001
     [t] = tickets(factory)
-    assert t.facts["software_version"] == "4.2.1" and t.facts["os"] == "Android 14"
+    assert t.facts.software_version == "4.2.1" and t.facts.os == "Android 14"
     assert "software_version" not in t.missing
     assert t.participants == ["chef@kunde.example"]
     with db.transaction(factory) as s:

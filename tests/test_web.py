@@ -230,7 +230,7 @@ def test_two_concurrent_posts_escalate_once(site):
     assert site.client.post(path, data=form).status_code == 303  # the back button
     ticket = site.ticket()
     assert ticket.escalated_at == NOW and ticket.escalation_phone == "+49 171 5550123"
-    assert ticket.priority == "urgent" and ticket.facts["phone"] == "+49 171 5550123"
+    assert ticket.priority == "urgent" and ticket.facts.phone == "+49 171 5550123"
     assert [e.detail["phone"] for e in site.events("escalated")] == ["+49 171 5550123"]
     staff, customer = site.outbox("escalated_staff"), site.outbox("escalated")
     assert len(staff) == 1 and len(customer) == 1

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, Protocol
 
+from jinja2 import Environment, meta, nodes
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Context:
@@ -128,7 +130,7 @@ class Escalated(Context):
 # -- to agents -------------------------------------------------------------------------------
 
 
-Fact = tuple[str, str | list[str]]  # (name, value): a list for reference numbers
+Fact = tuple[str, str | tuple[str, ...]]  # (name, value): a tuple for reference numbers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,6 +242,36 @@ class Digest(Context):
     escalated: Sequence[DigestLine]
     escalated_count: int
     timezone: str
+
+
+def names_read(env: Environment, name: str, seen: set[str] | None = None) -> set[str]:
+    """The names template `name` (and the templates it includes) reads from its context:
+    not those it sets, imports from another template, or the environment's globals."""
+    seen = set() if seen is None else seen
+    if name in seen or env.loader is None:
+        return set()
+    seen.add(name)
+    ast = env.parse(env.loader.get_source(env, name)[0])
+    used = set(meta.find_undeclared_variables(ast))
+    for imported in ast.find_all((nodes.FromImport, nodes.Import)):
+        if isinstance(imported, nodes.FromImport):
+            used -= {n if isinstance(n, str) else n[1] for n in imported.names}
+        elif isinstance(imported, nodes.Import):
+            used.discard(imported.target)
+    for include in ast.find_all(nodes.Include):
+        if isinstance(include.template, nodes.Const):
+            used |= names_read(env, include.template.value, seen)
+    return used - set(env.globals)
+
+
+def unknown_names(env: Environment, file: str) -> set[str]:
+    """The names the mail template `file` (``<name>.<lang>.<kind>.j2``) reads that its
+    context does not have: a template an operator overrode with an older or mistyped
+    name would fail on the mail it renders, so the daemon refuses it at start."""
+    context = TEMPLATES.get(file.split(".")[0])
+    if context is None:
+        return set()
+    return names_read(env, file) - set(field_names(context))
 
 
 TEMPLATES: dict[str, type[Context]] = {

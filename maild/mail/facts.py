@@ -3,7 +3,7 @@
 Labelled lines come first ("Kundennummer: 12345", "Order no. - 778899", table rows);
 what is not labelled is looked for in free text with patterns that are reliable enough
 (phone numbers, version strings, operating systems, quoted error messages, reference
-numbers next to their keyword). Pure: text and sender in, a `Facts` mapping out.
+numbers next to their keyword). Pure: text and sender in, a `Facts` value out.
 """
 
 from __future__ import annotations
@@ -23,7 +23,73 @@ LIST_FACTS = frozenset({"order_numbers", "customer_numbers"})
 MAX_NUMBERS = 100  # reference numbers kept per list and mail
 MAX_SIGNATURE_LINES = 40  # lines of a signature searched for the company
 
-Facts = dict[str, str | list[str]]
+Value = str | tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What a ticket knows of the customer's situation: a text per fact ("" unknown) and
+    the reference numbers as tuples. Stored as JSON with the known facts only (`to_json`),
+    read back tolerantly (`from_json`: unknown keys and wrong types dropped)."""
+
+    contact_name: str = ""
+    email: str = ""
+    phone: str = ""
+    company: str = ""
+    occurred: str = ""
+    location: str = ""
+    device: str = ""
+    os: str = ""
+    software_version: str = ""
+    network: str = ""
+    action: str = ""
+    error_message: str = ""
+    reproducible: str = ""
+    order_numbers: tuple[str, ...] = ()
+    customer_numbers: tuple[str, ...] = ()
+
+    def get(self, fact: str) -> Value:
+        """The value of `fact` by name ("" for a name that is no fact)."""
+        return getattr(self, fact) if fact in _FIELDS else ""
+
+    def known(self) -> list[tuple[str, Value]]:
+        """(name, value) of every known fact, in `FACTS` order."""
+        return [(fact, value) for fact in FACTS if (value := getattr(self, fact))]
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, fact) for fact in FACTS)
+
+    def to_json(self) -> dict[str, str | list[str]]:
+        return {fact: list(value) if isinstance(value, tuple) else value
+                for fact, value in self.known()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object] | None) -> Facts:
+        values: dict[str, Value] = {}
+        for fact, value in (data or {}).items():
+            if fact in LIST_FACTS and isinstance(value, list | tuple):
+                values[fact] = tuple(str(v) for v in value)
+            elif fact in _FIELDS and fact not in LIST_FACTS and isinstance(value, str):
+                values[fact] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+    def merge(self, new: Facts) -> Facts:
+        """The facts after one more message: known values stay, gaps fill, lists grow."""
+        values: dict[str, Value] = {}
+        for fact in FACTS:
+            old, more = getattr(self, fact), getattr(new, fact)
+            if isinstance(old, tuple):
+                values[fact] = old + tuple(v for v in dict.fromkeys(more) if v not in old)
+            else:
+                values[fact] = old or more
+        return Facts(**values)  # type: ignore[arg-type]
+
+    def missing(self, required: Iterable[str]) -> list[str]:
+        """The required facts not known yet, in the configured order."""
+        return [fact for fact in required if not self.get(fact)]
+
+
+_FIELDS = frozenset(FACTS)
 
 
 _NORM = re.compile(r"[\s.\-_:]+")
@@ -202,7 +268,7 @@ class Sender:
 
 @dataclass(slots=True)
 class _Found:
-    facts: Facts = field(default_factory=dict)
+    facts: dict[str, str | list[str]] = field(default_factory=dict)
 
     def put(self, fact: str, value: str) -> None:
         value = value.strip().strip("\"'„“”").strip()
@@ -223,24 +289,6 @@ class _Found:
                 seen.add(cleaned)
         if not current:
             del self.facts[fact]
-
-
-def merge(old: Mapping[str, object], new: Mapping[str, object]) -> Facts:
-    """Facts of a ticket after one more message: known values stay, gaps fill, lists grow."""
-    merged: Facts = {k: (list(v) if isinstance(v, list) else str(v)) for k, v in old.items()}
-    for fact, value in new.items():
-        if isinstance(value, list):
-            current = merged.setdefault(fact, [])
-            assert isinstance(current, list)
-            current.extend(v for v in value if v not in current)
-        elif fact not in merged and value:
-            merged[fact] = str(value)
-    return merged
-
-
-def missing(facts: Mapping[str, object], required: Iterable[str]) -> list[str]:
-    """The required facts not known yet, in the configured order."""
-    return [fact for fact in required if not facts.get(fact)]
 
 
 def new_content(text: str) -> str:
@@ -271,7 +319,7 @@ def extract(text: str, sender: Sender,
             elif matches:
                 found.put(fact, matches[0])
     _who(body, sender, found)
-    return found.facts
+    return Facts.from_json(found.facts)
 
 
 def _labelled(body: str, found: _Found) -> None:

@@ -16,7 +16,6 @@ from maild import answers, db, history, links, notify, sla
 from maild.desk import Desk
 from maild.mail import contexts
 from maild.mail.classify import Verdict
-from maild.mail.facts import FACTS
 from maild.mail.parse import InboundMail, Part
 from maild.mail.render import render_mail
 from maild.models import Company, InboundMessage, Ticket, TicketMessage
@@ -48,7 +47,7 @@ def escalate(session: Session, desk: Desk, cfg: WebConfig, ticket_id: int, phone
             ticket.priority, Priority.URGENT, reason="escalated"))
         ticket.priority = Priority.URGENT
     if phone and ticket.facts.get("phone") != phone:
-        ticket.facts = {**ticket.facts, "phone": phone}
+        ticket.facts = replace(ticket.facts, phone=phone)
     callback = desk.calendar.next_open(now)
     _staff_mail(session, desk, cfg, ticket, phone, callback, now)
     _customer_mail(session, desk, cfg, ticket, phone, callback, now)
@@ -78,8 +77,8 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
         status=ticket.status, priority=ticket.priority, owner=ticket.owner,
         due=ticket.first_response_due, timezone=desk.timezone, callback=callback,
         open_now=desk.calendar.is_open(now),
-        facts=[(name, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
-               for name in FACTS if (value := ticket.facts.get(name))],
+        facts=[(name, ", ".join(value) if isinstance(value, tuple) else value)
+               for name, value in ticket.facts.known()],
         text=(last.new_text or last.body_text).strip()[:4000] if last else "",
         language=desk.agent_language,
     )
