@@ -40,9 +40,9 @@ def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> boo
         recent = int(session.scalar(select(func.count()).select_from(OutboxMail).where(
             OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(vocab.ANSWERS),
             OutboxMail.created_at > now - timedelta(hours=1))) or 0)
-    if recent >= desk.answers_per_hour:
+    if recent >= desk.answering.per_address_per_hour:
         return True
-    return desk.answer_gate.full(session, desk.answers_per_hour_total, now)
+    return desk.answering.gate.full(session, desk.answering.per_hour, now)
 
 
 def count_answers(session: Session, addresses: Iterable[str], now: datetime) -> None:
@@ -72,7 +72,7 @@ def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetim
     lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
     context = contexts.Reject(
         name=mail.from_name[:100],
-        subject=short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
+        subject=short_subject(strip_prefixes(mail.subject), desk.answering.subject_max_chars),
         support_address=desk.sender.address, support_name=desk.sender.name, language=lang)
     rendered = render_mail(desk.templates, "reject", context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
@@ -120,7 +120,7 @@ def acknowledge(
         to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
         references=mail.references, auto_submitted="auto-replied",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.plus_addressing else None,
+        if desk.threading.plus_addressing else None,
     )
     enqueue(session, desk, mail_out, [ticket.customer_address], ticket, OutboxKind.ACK, now,
             automatic=True)
@@ -132,8 +132,8 @@ def _local_day(desk: Desk, now: datetime) -> date:
 
 def from_proven(desk: Desk, mail: InboundMail) -> bool:
     """A trusted server of ours vouches for the mail's From (aligned DKIM/DMARC pass)."""
-    ids = desk.trusted_authserv_ids
-    return bool(auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.trusted_hosts),
+    ids = desk.agents.trusted_authserv_ids
+    return bool(auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.agents.trusted_hosts),
                                    ids, mail.from_addr))
 
 
@@ -188,7 +188,7 @@ def enqueue(
     # The bytes by reference: written now, synced before this transaction commits.
     out.raw_sha256 = blobs.stage_for(session, desk.store, out, mail.raw, now)
     if kind in vocab.ANSWERS:
-        desk.answer_gate.note()
+        desk.answering.gate.note()
         counted = session.info.get(_COUNTED)
         if counted is not None and out.recipient in counted:
             counted[out.recipient] += 1

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from maild import agents, blobs, config, db, health, logs, reload, sdnotify, sla, web
 from maild.analyse import Budget
 from maild.config import Settings
-from maild.desk import Desk
+from maild.desk import AgentPolicy, Answering, Desk, Promise, Reading, Threading
 from maild.errors import ConfigError, StorageUnavailable, Temporary
 from maild.intake import Intake
 from maild.mail import files
@@ -54,46 +54,50 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
         public_url=settings.support.public_url,
         default_language=settings.support.default_language,
         timezone=settings.calendar.timezone,
-        first_response_hours=settings.calendar.first_response_hours,
         calendar=sla.calendar_from(settings.calendar),
         templates=environment(settings.paths.templates_dir),
         secret=secret,
         store=blobs.FolderStore(settings.blob_dir),
-        required_facts=settings.facts.required,
-        fact_patterns=settings.facts.patterns,
-        urgent_keywords=settings.triage.urgent_keywords,
-        tier_priority=settings.triage.tier_priority,
-        unknown_sender=settings.accounts.unknown_sender,
-        limits=files.Limits(int(settings.attachments.max_file_mb * 1_000_000),
-                            int(settings.attachments.max_mail_mb * 1_000_000),
-                            settings.attachments.max_count),
-        logo_max_bytes=int(settings.attachments.logo_max_kb * 1000),
-        reopen_days=settings.threading.reopen_days,
-        stranger_tag=settings.threading.stranger_tag,
-        plus_addressing=settings.threading.plus_addressing,
-        answers_per_hour=settings.limits.answers_per_address_per_hour,
-        roster=agents.roster_from(settings.agents.members, settings.agents.team_address),
-        agent_language=settings.agents.language,
-        require_proof=settings.agents.require_proof,
-        trusted_authserv_ids=settings.agents.trusted_authserv_ids,
-        relay_to_participants=settings.agents.relay_to_participants,
-        quote_customer=settings.agents.quote_customer,
-        response_by_priority={str(k): v for k, v in
-                              settings.calendar.first_response_by_priority.items()},
-        response_by_tier=settings.calendar.first_response_by_tier,
         verp=settings.outbox.verp,
-        spam_rule=(settings.spam.header, re.compile(settings.spam.pattern))
-        if settings.spam.header else None,
-        answers_per_hour_total=settings.limits.answers_per_hour,
-        notify_files_max_bytes=int(settings.agents.notify_attachments_max_mb * 1_000_000),
-        trusted_hosts=settings.agents.trusted_hosts,
-        agent_key_version=settings.security.agent_key_version,
-        token_days=settings.agents.token_days,
-        max_relay_recipients=settings.agents.max_relay_recipients,
-        subject_max_chars=settings.limits.subject_max_chars,
-        notify_text_max_bytes=int(settings.limits.notify_text_max_kb * 1000),
+        promise=Promise(
+            hours=settings.calendar.first_response_hours,
+            by_priority={str(k): v for k, v in
+                         settings.calendar.first_response_by_priority.items()},
+            by_tier=settings.calendar.first_response_by_tier),
+        reading=Reading(
+            required_facts=settings.facts.required,
+            fact_patterns=settings.facts.patterns,
+            urgent_keywords=settings.triage.urgent_keywords,
+            tier_priority=settings.triage.tier_priority,
+            limits=files.Limits(int(settings.attachments.max_file_mb * 1_000_000),
+                                int(settings.attachments.max_mail_mb * 1_000_000),
+                                settings.attachments.max_count),
+            logo_max_bytes=int(settings.attachments.logo_max_kb * 1000),
+            spam_rule=(settings.spam.header, re.compile(settings.spam.pattern))
+            if settings.spam.header else None),
+        threading=Threading(
+            reopen_days=settings.threading.reopen_days,
+            stranger_tag=settings.threading.stranger_tag,
+            plus_addressing=settings.threading.plus_addressing),
+        answering=Answering(
+            unknown_sender=settings.accounts.unknown_sender,
+            per_address_per_hour=settings.limits.answers_per_address_per_hour,
+            per_hour=settings.limits.answers_per_hour,
+            subject_max_chars=settings.limits.subject_max_chars),
+        agents=AgentPolicy(
+            roster=agents.roster_from(settings.agents.members, settings.agents.team_address),
+            language=settings.agents.language,
+            require_proof=settings.agents.require_proof,
+            trusted_authserv_ids=settings.agents.trusted_authserv_ids,
+            trusted_hosts=settings.agents.trusted_hosts,
+            relay_to_participants=settings.agents.relay_to_participants,
+            quote_customer=settings.agents.quote_customer,
+            notify_files_max_bytes=int(settings.agents.notify_attachments_max_mb * 1_000_000),
+            notify_text_max_bytes=int(settings.limits.notify_text_max_kb * 1000),
+            token_days=settings.agents.token_days,
+            max_relay_recipients=settings.agents.max_relay_recipients,
+            key_version=settings.security.agent_key_version),
     )
-
 
 class Daemon:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow,

@@ -44,56 +44,91 @@ class AnswerGate:
 
 
 @dataclass(frozen=True, slots=True)
+class Reading:
+    """What the intake makes of a customer's mail: facts, triage, attachments, spam."""
+
+    required_facts: tuple[str, ...] = ()
+    fact_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    urgent_keywords: tuple[str, ...] = ()
+    tier_priority: Mapping[str, str] = field(default_factory=dict)
+    limits: files.Limits = files.Limits(25_000_000, 50_000_000)
+    logo_max_bytes: int = 32_000
+    spam_rule: tuple[str, re.Pattern[str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Threading:
+    """How a mail finds its ticket ([threading])."""
+
+    reopen_days: float = 14.0
+    stranger_tag: str = "new_ticket"
+    plus_addressing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answering:
+    """Whom we answer and how often ([limits], [accounts] unknown_sender)."""
+
+    unknown_sender: str = "accept"
+    per_address_per_hour: int = 5
+    per_hour: int = 5000  # all automatic answers together (0: no limit)
+    gate: AnswerGate = field(default_factory=AnswerGate)
+    subject_max_chars: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """The first-response promise in business hours ([calendar])."""
+
+    hours: float = 8.0
+    by_priority: Mapping[str, float] = field(default_factory=dict)
+    by_tier: Mapping[str, float] = field(default_factory=dict)
+
+    def for_ticket(self, priority: str, tier: str) -> float:
+        """The smallest promise that applies."""
+        return min(self.hours, self.by_priority.get(priority, self.hours),
+                   self.by_tier.get(tier, self.hours))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPolicy:
+    """Who the agents are and what they may do by mail ([agents], key version)."""
+
+    roster: Roster = field(default_factory=Roster)
+    language: str = "de"
+    require_proof: bool = True
+    trusted_authserv_ids: tuple[str, ...] = ()
+    trusted_hosts: tuple[str, ...] = ()
+    relay_to_participants: bool = True
+    quote_customer: bool = True
+    notify_files_max_bytes: int = 10_000_000
+    notify_text_max_bytes: int = 20_000
+    token_days: int = 30
+    max_relay_recipients: int = 10
+    key_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Desk:
-    """What ticket creation needs besides the mail: who we are, templates, calendar, keys."""
+    """What handling a mail needs besides the mail: who we are, templates, calendar, keys,
+    the blob store, and the policies by topic."""
 
     sender: Sender
     public_url: str
     default_language: str
     timezone: str
-    first_response_hours: float
     calendar: sla.BusinessCalendar
     templates: Environment
     secret: str
     store: blobs.BlobStore
-    required_facts: tuple[str, ...] = ()
-    fact_patterns: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    urgent_keywords: tuple[str, ...] = ()
-    tier_priority: Mapping[str, str] = field(default_factory=dict)
-    unknown_sender: str = "accept"
-    limits: files.Limits = files.Limits(25_000_000, 50_000_000)
-    logo_max_bytes: int = 32_000
-    reopen_days: float = 14.0
-    stranger_tag: str = "new_ticket"
-    plus_addressing: bool = False
-    answers_per_hour: int = 5
-    roster: Roster = field(default_factory=Roster)
-    agent_language: str = "de"
-    require_proof: bool = True
-    trusted_authserv_ids: tuple[str, ...] = ()
-    relay_to_participants: bool = True
-    quote_customer: bool = True
-    notify_files_max_bytes: int = 10_000_000
     verp: bool = False
-    spam_rule: tuple[str, re.Pattern[str]] | None = None
-    answers_per_hour_total: int = 5000
-    answer_gate: AnswerGate = field(default_factory=AnswerGate)
-    response_by_priority: Mapping[str, float] = field(default_factory=dict)
-    response_by_tier: Mapping[str, float] = field(default_factory=dict)
-    trusted_hosts: tuple[str, ...] = ()
-    agent_key_version: int = 1
-    token_days: int = 30
-    max_relay_recipients: int = 10
-    subject_max_chars: int = 200
-    notify_text_max_bytes: int = 20_000
+    promise: Promise = field(default_factory=Promise)
+    reading: Reading = field(default_factory=Reading)
+    threading: Threading = field(default_factory=Threading)
+    answering: Answering = field(default_factory=Answering)
+    agents: AgentPolicy = field(default_factory=AgentPolicy)
 
     @property
     def agent_key(self) -> str:
         """The key of agents' reply-address tokens (see links.agent_key)."""
-        return links.agent_key(self.secret, self.agent_key_version)
-
-    def response_hours(self, priority: str, tier: str) -> float:
-        """The first-response promise for a ticket: the smallest that applies."""
-        return min(self.first_response_hours,
-                   self.response_by_priority.get(priority, self.first_response_hours),
-                   self.response_by_tier.get(tier, self.first_response_hours))
+        return links.agent_key(self.secret, self.agents.key_version)

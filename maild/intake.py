@@ -145,7 +145,8 @@ class Intake:
         self.analyser = Analyser(_rules(desk), workers, desk.store, budget, analysis,
                                  self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
-        self.policy = decide.Policy(decide.UnknownSender(desk.unknown_sender), desk.reopen_days)
+        self.policy = decide.Policy(decide.UnknownSender(desk.answering.unknown_sender),
+                                    desk.threading.reopen_days)
 
     def use(self, desk: Desk, max_attempts: int, max_crashes: int) -> None:
         """A reload: the mails processed from now on see `desk`; the parse workers get its
@@ -271,7 +272,7 @@ class Intake:
             batch = Batch(_recorded(session, [p.key for p in prepared]))  # one read for all
             senders = [p.parsed.from_addr.lower() for p in prepared if p.parsed]
             # (the agents too: every notification to them asks whether they bounce)
-            roster = self.desk.roster
+            roster = self.desk.agents.roster
             suppression.preload(session, [*senders, *(a.address for a in roster.all(session)),
                                           *([roster.team_address] if roster.team_address else [])])
             answers.count_answers(session, senders, now)
@@ -401,7 +402,7 @@ class Intake:
             assert match is not None
             add_follow_up(session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
                           how=match.how, now=now, planned=p.planned,
-                          reopen_days=self.desk.reopen_days, extracted=p.extracted)
+                          reopen_days=self.desk.threading.reopen_days, extracted=p.extracted)
             row.ticket_id = match.ticket.id
             if d.forged:
                 notify.forged_warning(session, self.desk, match.ticket, parsed, now)
@@ -439,7 +440,7 @@ class Intake:
         blocked_by = flag.blocked_by if flag is not None and flag.blocked_at is not None \
             else None
         person = decide.answerable(verdict, blocked_by)
-        agent = self.desk.roster.get(session, parsed.from_addr) if person else None
+        agent = self.desk.agents.roster.get(session, parsed.from_addr) if person else None
         # Rows of the batch's earlier mails are still pending: written first (autoflush)
         # only when this mail may point at one of them.
         apart = batch.apart(parsed, self.desk.sender.address)
@@ -460,7 +461,7 @@ class Intake:
         address = parsed.from_addr.lower()
         account = batch.accounts[address] if address in batch.accounts \
             else accounts.lookup(session, address)
-        if account is None and self.desk.unknown_sender == "domain":
+        if account is None and self.desk.answering.unknown_sender == "domain":
             account = accounts.by_domain(session, parsed.from_addr)
         return account
 
@@ -551,8 +552,9 @@ def _may_open(p: Prepared) -> bool:
 
 def _rules(desk: Desk) -> Rules:
     """What the analysis (in the parse workers) needs of the desk."""
-    return Rules(desk.sender.address, desk.sender.domain, desk.spam_rule, desk.limits,
-                 keep_bytes=desk.notify_files_max_bytes, fact_patterns=desk.fact_patterns,
+    return Rules(desk.sender.address, desk.sender.domain, desk.reading.spam_rule,
+                 desk.reading.limits, keep_bytes=desk.agents.notify_files_max_bytes,
+                 fact_patterns=desk.reading.fact_patterns,
                  default_language=desk.default_language)
 
 

@@ -38,7 +38,7 @@ def ticket_notice(
     if not to:
         log.debug("no agents to notify about ticket=%s", ticket.number)
         return
-    budget, attached = desk.notify_files_max_bytes, []
+    budget, attached = desk.agents.notify_files_max_bytes, []
     for f in shown:
         if f.store and f.size <= budget:
             attached.append(File(f.filename, f.content_type, f.data))
@@ -49,14 +49,14 @@ def ticket_notice(
         customer_name=ticket.customer_name, author=message.author, verified=ticket.verified,
         status=ticket.status, priority=ticket.priority, owner=ticket.owner,
         due=ticket.first_response_due, answered=ticket.first_response_at,
-        timezone=desk.timezone, text=capped(text, desk.notify_text_max_bytes),
-        text_cut=len(text.encode()) > desk.notify_text_max_bytes,
+        timezone=desk.timezone, text=capped(text, desk.agents.notify_text_max_bytes),
+        text_cut=len(text.encode()) > desk.agents.notify_text_max_bytes,
         cc_not_added=list(cc_not_added),
         facts=ticket.facts.known(),
         missing=list(ticket.missing), participants=list(ticket.participants),
         files=[(f.filename, f.size, f.store, f.note) for f in shown],
         attached=len(attached), warning=warning,
-        support_address=desk.sender.address, language=desk.agent_language,
+        support_address=desk.sender.address, language=desk.agents.language,
     )
     _send(session, desk, ticket, "notify", to, context, now,
           in_reply_to=_last_notice(session, ticket), files=attached)
@@ -74,7 +74,7 @@ def agent_notice(
 ) -> None:
     """Answer an agent's mail: what changed, or what was wrong (nothing was done)."""
     context = _notice(desk, ticket, notice, lines, mail.from_addr,
-                      answers.short_subject(mail.subject, desk.subject_max_chars))
+                      answers.short_subject(mail.subject, desk.answering.subject_max_chars))
     _send(session, desk, ticket, "agent_notice", [to], context, now,
           in_reply_to=mail.message_id, references=mail.references)
 
@@ -106,7 +106,7 @@ def forged_warning(
                     mail.from_addr, ticket.number)
         return
     context = _notice(desk, ticket, "forged", [], mail.from_addr,
-                      answers.short_subject(mail.subject, desk.subject_max_chars))
+                      answers.short_subject(mail.subject, desk.answering.subject_max_chars))
     _send(session, desk, ticket, "agent_notice", to, context, now,
           in_reply_to=_last_notice(session, ticket), kind=OutboxKind.WARNING)
 
@@ -118,14 +118,14 @@ def _notice(desk: Desk, ticket: Ticket, notice: str, lines: Sequence[str], sende
         number=ticket.number, subject=ticket.subject, notice=notice, lines=list(lines),
         status=ticket.status, priority=ticket.priority, owner=ticket.owner, sender=sender,
         original_subject=original_subject, permanent=permanent,
-        language=desk.agent_language)
+        language=desk.agents.language)
 
 
 def agent_reply_to(desk: Desk, number: int, to: Sequence[str], now: datetime) -> str | None:
     """The Reply-To of a mail to agents about ticket `number` (with plus addressing): its
     token is bound to the one recipient (an agent or the team address), or to all agents
     when it goes to several at once, and is valid for `[agents] token_days`."""
-    if not desk.plus_addressing:
+    if not desk.threading.plus_addressing:
         return None
     holder = to[0].lower() if len(to) == 1 else links.ALL_AGENTS
     return links.agent_reply_address(desk.sender.address, desk.agent_key, number, holder,
@@ -133,7 +133,7 @@ def agent_reply_to(desk: Desk, number: int, to: Sequence[str], now: datetime) ->
 
 
 def _recipients(session: Session, desk: Desk, owner: str) -> list[str]:
-    return [a for a in desk.roster.notify_to(session, owner) if a != desk.sender.address]
+    return [a for a in desk.agents.roster.notify_to(session, owner) if a != desk.sender.address]
 
 
 def _last_notice(session: Session, ticket: Ticket) -> str | None:

@@ -188,7 +188,7 @@ class Sweeper:
             return
         session.refresh(ticket)
         history.record(session, ticket, now, "maild", history.SlaBreach(due, ticket.priority))
-        to = self.desk.roster.lead_to(session, self.settings.lead_address)
+        to = self.desk.agents.roster.lead_to(session, self.settings.lead_address)
         if to:
             self._agents_mail(session, ticket, "sla_breach", to, now, due,
                               not_before=self.desk.calendar.next_open(now))
@@ -214,7 +214,7 @@ class Sweeper:
                     _claim(session, f"ticket:{ticket.id}:warn:{round(lower * 100)}", now)
             left = sla.business_time(cal, now, due)
             history.record(session, ticket, now, "maild", history.SlaWarning(share, due))
-            to = self.desk.roster.notify_to(session, ticket.owner)
+            to = self.desk.agents.roster.notify_to(session, ticket.owner)
             if to:
                 self._agents_mail(session, ticket, "sla_warning", to, now, due,
                                   share=round(share * 100),
@@ -258,7 +258,7 @@ class Sweeper:
         key = f"digest:{today.isoformat()}"
         if session.get(SweepMark, key) is not None:
             return
-        to = self.desk.roster.lead_to(session, self.settings.lead_address)
+        to = self.desk.agents.roster.lead_to(session, self.settings.lead_address)
         if not to:
             return
         # Each list is capped (a backlog of thousands must not make a mail of megabytes);
@@ -288,7 +288,7 @@ class Sweeper:
             due_today=shown["due_today"], due_today_count=count["due_today"],
             breached=shown["breached"], breached_count=count["breached"],
             escalated=shown["escalated"], escalated_count=count["escalated"],
-            timezone=self.desk.timezone, language=self.desk.agent_language)
+            timezone=self.desk.timezone, language=self.desk.agents.language)
         rendered = render_mail(
             self.desk.templates, "digest", context,
             sender=self.desk.sender, to=", ".join(to), now=now,
@@ -306,7 +306,7 @@ class Sweeper:
             number=ticket.number, subject=ticket.subject, customer=ticket.customer_address,
             priority=ticket.priority, status=ticket.status, owner=ticket.owner, due=due,
             timezone=self.desk.timezone, share=share, left_minutes=left_minutes,
-            language=self.desk.agent_language)
+            language=self.desk.agents.language)
         rendered = render_mail(
             self.desk.templates, template, context,
             sender=self.desk.sender, to=", ".join(to), now=now,

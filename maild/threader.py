@@ -131,7 +131,8 @@ def _find(session: Session, desk: Desk, mail: InboundMail, now: datetime,
     ticket = _by_number(session, tagged, known) if tagged is not None else None
     if ticket is None:
         return None
-    if desk.stranger_tag == "attach" or agent or _belongs(session, ticket, mail.from_addr):
+    if (desk.threading.stranger_tag == "attach" or agent
+            or _belongs(session, ticket, mail.from_addr)):
         return Match(ticket, "tag")
     return Match(ticket, "tag-foreign")
 
@@ -155,10 +156,11 @@ def agent_token_holder(desk: Desk, number: int, token: str, sender: str,
                        now: datetime) -> str | None:
     """Whom a valid agent token of ticket `number` was issued to: the sender themself,
     the team address or all agents (a notification to several at once); else None."""
-    holders = [sender, *([desk.roster.team_address] if desk.roster.team_address else []),
+    team = desk.agents.roster.team_address
+    holders = [sender, *([team] if team else []),
                links.ALL_AGENTS]
     return links.agent_token_holder(desk.agent_key, number, token, holders, now,
-                                    desk.token_days)
+                                    desk.agents.token_days)
 
 
 def _belongs(session: Session, ticket: Ticket, address: str) -> bool:

@@ -33,25 +33,27 @@ def open_ticket(
     `extracted`: the text work done in the parse worker (else done here)."""
     automatic = verdict.kind != "normal"  # a person's mail without address is not automatic
     found = extracted.facts if extracted else facts.extract(
-        mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.fact_patterns)
+        mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.reading.fact_patterns)
     if account is not None:  # the account book fills what the mail leaves out
         found = found.merge(account.facts(mail.from_addr))
     level, why = triage.priority(mail.subject, extracted.new_content if extracted
                                  else facts.new_content(mail.text),
-                                 desk.urgent_keywords,
-                                 desk.tier_priority.get(account.tier, "") if account else "")
-    hours = desk.response_hours(level, account.tier if account else "")
+                                 desk.reading.urgent_keywords,
+                                 desk.reading.tier_priority.get(account.tier, "")
+                                 if account else "")
+    hours = desk.promise.for_ticket(level, account.tier if account else "")
     copied, refused = first_participants(desk, mail, account is not None)
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
         status=TicketStatus.SPAM if verdict.kind == "spam" else TicketStatus.NEW,
         priority=level,
         facts=found,
-        missing=[] if automatic else found.missing(desk.required_facts),
+        missing=[] if automatic else found.missing(desk.reading.required_facts),
         participants=copied,
         customer_address=mail.from_addr,  # '' when the mail gave no address to answer
         customer_name=mail.from_name[:300],
-        subject=answers.short_subject(strip_prefixes(mail.subject), desk.subject_max_chars),
+        subject=answers.short_subject(strip_prefixes(mail.subject),
+                                      desk.answering.subject_max_chars),
         language=(account.language if account and account.language else
                   extracted.language if extracted else
                   language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)),
@@ -78,7 +80,7 @@ def open_ticket(
     )
     session.add(first)
     if planned is None:
-        planned = files.plan(mail.attachments, desk.limits)
+        planned = files.plan(mail.attachments, desk.reading.limits)
     shown = store_attachments(session, desk, first, planned, now)
     history.record(session, ticket, now, ticket.customer_address, history.Created(
         inbound_id, verdict.kind, verdict.reason, level, why, refers_to=refers_to,
@@ -126,7 +128,7 @@ def add_follow_up(
     if not decide.may_join(verdict.kind, ticket.status, done_at(ticket), reopen_days, now):
         return False
     found = extracted.facts if extracted else facts.extract(
-        mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.fact_patterns)
+        mail.text, facts.Sender(mail.from_addr, mail.from_name), desk.reading.fact_patterns)
     message = TicketMessage(
         ticket_id=ticket.id, inbound_id=inbound_id, direction="in", author=mail.from_addr,
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
@@ -137,14 +139,14 @@ def add_follow_up(
     )
     session.add(message)
     shown = store_attachments(session, desk, message, planned if planned is not None
-                              else files.plan(mail.attachments, desk.limits), now)
+                              else files.plan(mail.attachments, desk.reading.limits), now)
     copied: list[str] = []
     refused: list[str] = []
     status: list[str] = []
     if person:
         ticket.facts = ticket.facts.merge(found)
         if not ticket.automatic:
-            ticket.missing = ticket.facts.missing(desk.required_facts)
+            ticket.missing = ticket.facts.missing(desk.reading.required_facts)
         new = [a for a in participants_of(mail, desk.sender.address, ticket.customer_address)
                if a not in ticket.participants]
         if new and sender_verified(desk, mail, how):
@@ -219,7 +221,8 @@ def store_attachments(
         listed = True
         if f.store:
             # A small image we already hold (from earlier mail) is a signature logo.
-            listed = not (f.size <= desk.logo_max_bytes and f.content_type.startswith("image/")
+            listed = not (f.size <= desk.reading.logo_max_bytes
+                          and f.content_type.startswith("image/")
                           and session.get(Blob, f.sha256) is not None)
             if not desk.store.exists(f.sha256):  # intake wrote it already, as a rule
                 desk.store.put(f.data)

@@ -54,7 +54,7 @@ def proof(session: Session, desk: Desk, mail: InboundMail, match: Match | None,
     (or the team, or all agents) within `token_days`, or an answer to a mail we sent to
     this agent (or the team) about that ticket. Not bound: a trusted server's aligned
     DKIM/DMARC pass, which proves the From address itself."""
-    if not desk.require_proof:
+    if not desk.agents.require_proof:
         return "From address (agents.require_proof = false)"
     if match is not None:
         numbers = {match.ticket.number, match.merged_from}
@@ -64,8 +64,8 @@ def proof(session: Session, desk: Desk, mail: InboundMail, match: Match | None,
                 return "agent token in the reply address"
         if _answers_own_notice(session, desk, match, mail.from_addr, now):
             return "answers a mail sent to this agent about this ticket"
-    ids = desk.trusted_authserv_ids
-    return auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.trusted_hosts),
+    ids = desk.agents.trusted_authserv_ids
+    return auth.sender_proven(auth.trusted_results(mail.trace, ids, desk.agents.trusted_hosts),
                               ids, mail.from_addr)
 
 
@@ -80,9 +80,9 @@ def _answers_own_notice(session: Session, desk: Desk, match: Match, sender: str,
         return False
     sent = session.execute(select(OutboxMail.recipients, OutboxMail.created_at).where(
         OutboxMail.message_id == answered.message_id)).first()
-    if sent is None or now - sent.created_at > timedelta(days=desk.token_days):
+    if sent is None or now - sent.created_at > timedelta(days=desk.agents.token_days):
         return False
-    allowed = {sender, desk.roster.team_address} - {""}
+    allowed = {sender, desk.agents.roster.team_address} - {""}
     return any(r.lower() in allowed for r in sent.recipients)
 
 
@@ -107,7 +107,7 @@ def agent_mail(
     )
     session.add(message)
     shown = store_attachments(session, desk, message, planned if planned is not None
-                              else files.plan(mail.attachments, desk.limits), now)
+                              else files.plan(mail.attachments, desk.reading.limits), now)
     if errors:
         history.record(session, ticket, now, agent.address, history.CommandsRejected(errors))
         notify.agent_notice(session, desk, ticket, agent.address, "rejected", errors, mail, now)
@@ -182,7 +182,7 @@ def _priority(act: Act, c: Command) -> tuple[list[str], str | None]:
 
 
 def _is_agent(act: Act, c: Command) -> str | None:
-    if c.value != "me" and act.desk.roster.get(act.session, c.value) is None:
+    if c.value != "me" and act.desk.agents.roster.get(act.session, c.value) is None:
         return f"{c.value} is not an agent"
     return None
 
@@ -244,8 +244,8 @@ def _spam(act: Act, c: Command) -> tuple[list[str], str | None]:
 def _may_copy(act: Act, c: Command) -> str | None:
     remove, address = commands.cc_change(c.value)
     desk = act.desk
-    if not remove and (answers.is_ours(desk, address) or desk.roster.is_ours(address)
-                       or desk.roster.get(act.session, address) is not None):
+    if not remove and (answers.is_ours(desk, address) or desk.agents.roster.is_ours(address)
+                       or desk.agents.roster.get(act.session, address) is not None):
         return f"{address} is an agent or our own address"
     return None
 
@@ -342,13 +342,13 @@ def _recipients(session: Session, desk: Desk, ticket: Ticket) -> tuple[str, list
     """The customer and the people copied on the ticket, at most `max_relay_recipients`
     in all (whatever got onto the ticket, one relay cannot become a mass mailing)."""
     cc = []
-    if desk.relay_to_participants:
+    if desk.agents.relay_to_participants:
         cc = [p for p in ticket.participants if p != ticket.customer_address
-              and not desk.roster.is_ours(p) and desk.roster.get(session, p) is None]
-    if len(cc) > desk.max_relay_recipients - 1:
+              and not desk.agents.roster.is_ours(p) and desk.agents.roster.get(session, p) is None]
+    if len(cc) > desk.agents.max_relay_recipients - 1:
         log.warning("relay of ticket=%s: %d copied people, sending to the first %d only",
-                    ticket.number, len(cc), desk.max_relay_recipients - 1)
-        cc = cc[:desk.max_relay_recipients - 1]
+                    ticket.number, len(cc), desk.agents.max_relay_recipients - 1)
+        cc = cc[:desk.agents.max_relay_recipients - 1]
     return ticket.customer_address, cc
 
 
@@ -367,7 +367,7 @@ def relay(
         number=ticket.number, subject=ticket.subject, text=text,
         agent_name=agent.name or desk.sender.name, support_name=desk.sender.name,
         quote=(last.new_text or last.body_text).strip()
-        if desk.quote_customer and last is not None else "",
+        if desk.agents.quote_customer and last is not None else "",
         quote_author=ticket.customer_name or ticket.customer_address,
         quote_date=last.created_at if last is not None else None,
         timezone=desk.timezone, language=ticket.language,
@@ -377,7 +377,7 @@ def relay(
         cc=cc, now=now, in_reply_to=ids[-1] if ids else None, references=tuple(ids[:-1]),
         from_name=f"{agent.name} ({desk.sender.name})" if agent.name else None,
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.plus_addressing else None,
+        if desk.threading.plus_addressing else None,
         # A big file's bytes stay in the blob store (the parse worker wrote them there).
         files=[File(f.filename, f.content_type, f.data or desk.store.get(f.sha256))
                for f in shown if f.store],
@@ -399,7 +399,7 @@ def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,
     ids = customer_thread(session, ticket)
     context = contexts.CustomerNotice(
         number=ticket.number, subject=ticket.subject, name=ticket.customer_name,
-        support_name=desk.sender.name, reopen_days=f"{desk.reopen_days:g}",
+        support_name=desk.sender.name, reopen_days=f"{desk.threading.reopen_days:g}",
         language=ticket.language)
     if template == "status":
         links_out = answers.customer_links(desk, ticket, now)
@@ -413,7 +413,7 @@ def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,
         to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
         references=tuple(ids[:-1]), auto_submitted="auto-generated",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.plus_addressing else None,
+        if desk.threading.plus_addressing else None,
     )
     answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket,
                     OutboxKind(template), now, automatic=True)

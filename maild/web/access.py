@@ -44,7 +44,7 @@ def web_config(settings: Settings, desk: Desk) -> WebConfig:
         trusted_proxies=tuple(ipaddress.ip_network(p, strict=False)
                               for p in settings.http.trusted_proxies),
         rate_per_minute=settings.http.rate_per_minute,
-        max_body_bytes=desk.limits.max_mail_bytes + _FORM_OVERHEAD,
+        max_body_bytes=desk.reading.limits.max_mail_bytes + _FORM_OVERHEAD,
     )
 
 

@@ -57,8 +57,8 @@ def escalate(session: Session, desk: Desk, cfg: WebConfig, ticket_id: int, phone
 
 def _staff(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket) -> list[str]:
     """The lead and the owner (or the team): everyone who must know at once."""
-    found = [*desk.roster.lead_to(session, cfg.lead_address),
-             *desk.roster.notify_to(session, ticket.owner)]
+    found = [*desk.agents.roster.lead_to(session, cfg.lead_address),
+             *desk.agents.roster.notify_to(session, ticket.owner)]
     return [a for a in dict.fromkeys(found) if a and not answers.is_ours(desk, a)]
 
 
@@ -80,7 +80,7 @@ def _staff_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket, ph
         facts=[(name, ", ".join(value) if isinstance(value, tuple) else value)
                for name, value in ticket.facts.known()],
         text=(last.new_text or last.body_text).strip()[:4000] if last else "",
-        language=desk.agent_language,
+        language=desk.agents.language,
     )
     rendered = render_mail(
         desk.templates, "escalated_staff", context, sender=desk.sender,
@@ -112,7 +112,7 @@ def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
         to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
         references=tuple(ids[:-1]), auto_submitted="auto-generated",
         reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.plus_addressing else None)
+        if desk.threading.plus_addressing else None)
     answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket,
                     OutboxKind.ESCALATED, now, automatic=True)
 
@@ -144,7 +144,7 @@ def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
     session.flush()
     added = add_follow_up(session, desk, ticket, mail, Verdict("normal", "ticket page"),
                           inbound_id=row.id, how="web", now=now, planned=None,
-                          reopen_days=desk.reopen_days)
+                          reopen_days=desk.threading.reopen_days)
     assert added, "the reopen rule is checked above"
     return "added"
 

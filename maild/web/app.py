@@ -89,7 +89,8 @@ class Pages:
         another ticket's, or no such page. Says how to get a new link, leaks nothing."""
         name = {400: "broken", 413: "too_large", 429: "slow_down", 500: "broken"}.get(
             status, "no_link")
-        return self.page(name, "de", status, max_mb=f"{self.desk.limits.max_file_bytes / 1e6:g}")
+        limit = self.desk.reading.limits.max_file_bytes
+        return self.page(name, "de", status, max_mb=f"{limit / 1e6:g}")
 
     async def run(self, fn: Callable[[Session], Any]) -> Any:
         def work() -> Any:
@@ -124,27 +125,27 @@ class Pages:
         return self.page("ticket", shown.language, status, t=shown, token=token, added=added,
                          error=error, once=secrets.token_hex(16),
                          form=form_token(self.cfg.secret, token),
-                         max_mb=f"{self.desk.limits.max_file_bytes / 1e6:g}",
+                         max_mb=f"{self.desk.reading.limits.max_file_bytes / 1e6:g}",
                          open_now=self.desk.calendar.is_open(self.clock()))
 
     async def add(self, request: Request) -> Response:
         token = request.path_params["token"]
         form = await request.form(max_files=20, max_fields=20,
-                                  max_part_size=self.desk.limits.max_file_bytes + 1)
+                                  max_part_size=self.desk.reading.limits.max_file_bytes + 1)
         now = self.clock()
         text = str(form.get("text") or "").strip()
         uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)
                    and (f.filename or f.size)]
         parts = []
         for upload in uploads:
-            data = await upload.read(self.desk.limits.max_file_bytes + 1)
-            if len(data) > self.desk.limits.max_file_bytes:
+            data = await upload.read(self.desk.reading.limits.max_file_bytes + 1)
+            if len(data) > self.desk.reading.limits.max_file_bytes:
                 return self.refused(413)
             if data or upload.filename:
                 parts.append(Part(files.safe_filename(upload.filename or "file"),
                                   upload.content_type or "application/octet-stream", data,
                                   False, ""))
-        if sum(len(p.data) for p in parts) > self.desk.limits.max_mail_bytes:
+        if sum(len(p.data) for p in parts) > self.desk.reading.limits.max_mail_bytes:
             return self.refused(413)
         csrf_ok = form_token_valid(self.cfg.secret, token, str(form.get("form") or ""))
         once = str(form.get("once") or "")[:64] or secrets.token_hex(16)

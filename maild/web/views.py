@@ -82,7 +82,8 @@ def can_add(desk: Desk, ticket: Ticket, now: datetime) -> bool:
     if ticket.status not in DONE:
         return ticket.merged_into is None and ticket.status != TicketStatus.SPAM
     since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
-    return ticket.merged_into is None and (now - since) <= timedelta(days=desk.reopen_days)
+    reopen = timedelta(days=desk.threading.reopen_days)
+    return ticket.merged_into is None and (now - since) <= reopen
 
 
 def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
