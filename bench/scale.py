@@ -28,6 +28,7 @@ from sqlalchemy import Engine, Table, func, insert, select, text, update
 from maild import db, sla
 from maild.config import Settings
 from maild.daemon import build_desk
+from maild.mail.facts import Facts
 from maild.models import (
     Blob,
     Counter,
@@ -192,8 +193,8 @@ def _ticket(rows: dict[Table, list[dict[str, Any]]], take: Callable[[Table], int
     ) else None
     ticket_id = take(T)
     subject = f"{rng.choice(SUBJECTS)} {number}"
-    facts = {"device": "iPhone 14", "os": "iOS 18.1", "software_version": "4.2.1",
-             "error_message": "Verbindung fehlgeschlagen", "contact_name": name}
+    facts = Facts(device="iPhone 14", os="iOS 18.1", software_version="4.2.1",
+                  error_message="Verbindung fehlgeschlagen", contact_name=name)
     resolved_at = closed_at = waiting_since = None
     last = answered or opened
     if status in ("resolved", "closed"):
@@ -238,7 +239,7 @@ def _ticket(rows: dict[Table, list[dict[str, Any]]], take: Callable[[Table], int
     rows[TM].append({
         "id": take(TM), "ticket_id": ticket_id, "inbound_id": None, "direction": "out",
         "author": "service@example.com", "message_id": f"<maild.{number}.ack@example.com>",
-        "subject": f"[#{number}] {subject}", "body_text": ack, "new_text": ack, "facts": {},
+        "subject": f"[#{number}] {subject}", "body_text": ack, "new_text": ack, "facts": Facts(),
         "automatic": True, "created_at": opened, "kind": "ack", "internal": False})
     if breached is not None:
         rows[EV].append({"id": take(EV), "ticket_id": ticket_id, "at": breached,
@@ -258,7 +259,7 @@ def _ticket(rows: dict[Table, list[dict[str, Any]]], take: Callable[[Table], int
     rows[TM].append({
         "id": take(TM), "ticket_id": ticket_id, "inbound_id": agent_in, "direction": "in",
         "author": agent, "message_id": f"<a{number}@example.com>", "subject": f"Re: {subject}",
-        "body_text": answer, "new_text": answer, "facts": {}, "automatic": False,
+        "body_text": answer, "new_text": answer, "facts": Facts(), "automatic": False,
         "created_at": answered, "kind": "agent", "internal": False})
     rows[EV].append({"id": take(EV), "ticket_id": ticket_id, "at": answered, "actor": agent,
                      "kind": "first_response",

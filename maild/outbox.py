@@ -41,7 +41,8 @@ SENT_WAIT = 0.25  # seconds an accepted mail waits for its group, at most
 
 @dataclass(slots=True)
 class _Round:
-    """One `deliver_due` (or probe): did any connection succeed, or fail."""
+    """One claimed batch (or a probe): did any lane get through to the server (connect or
+    a mail accepted), did any connection fail."""
 
     connected: bool = False
     failed: bool = False
@@ -215,9 +216,11 @@ class Outbox:
         next batch is claimed when every lane is through this one: a conversation's mails
         leave in order (one the server puts off comes later, with its backoff).
 
-        The server counts as reached in a round when any lane connected; a lane whose
-        connection was refused puts its mails off, and the round fails only when no lane
-        connected (a relay that takes fewer connections than configured still gets mail).
+        The server counts as reached in a batch when any lane connected or had a mail
+        accepted; a lane whose connection was refused puts its mails off, and the batch
+        fails only when no lane got through. A relay that takes fewer connections than
+        configured still gets mail: the refused lanes are dropped for the rest of the
+        burst, so the next batches go over the connections it took.
 
         Accepted mails are recorded as sent in small groups (SENT_GROUP, or SENT_WAIT
         seconds): one commit per group instead of one per mail. A crash inside a group
@@ -225,11 +228,11 @@ class Outbox:
         lanes = [SmtpConnection(self.smtp) for _ in range(self.settings.connections)]
         loop = asyncio.get_running_loop()
         self._accepted, self._since = [], loop.time()
-        self._round = _Round()
         sent, looked = 0, False
         try:
             while claimed := await asyncio.to_thread(self.claim):
                 looked = True
+                self._round = _Round()
                 parts = lane_parts(claimed, len(lanes))
                 done = await asyncio.gather(
                     *(self._send_lane(smtp, part) for smtp, part in zip(lanes, parts, strict=True)
@@ -238,6 +241,8 @@ class Outbox:
                 sent += sum(n for n in done if isinstance(n, int))
                 await self._record_accepted()
                 self._settle([d for d in done if isinstance(d, BaseException)], len(lanes))
+                if self._round.failed:  # some refused, some got through: keep those
+                    lanes = [smtp for smtp in lanes if smtp.connected] or lanes[:1]
         finally:
             try:
                 await self._record_accepted()
@@ -297,7 +302,7 @@ class Outbox:
 
     def _settle(self, failures: list[BaseException], lanes: int) -> None:
         """After every lane of a batch: raise what went wrong. A bug first (the others
-        logged); a refused connection only when no lane connected in this round."""
+        logged); a refused connection only when no lane got through in this batch."""
         bugs = [f for f in failures if not isinstance(f, SmtpDeferred)]
         for extra in bugs[1:]:
             log.error("outbox lane failed too: %r", extra)
@@ -310,14 +315,14 @@ class Outbox:
                         len(failures), lanes, failures[0])
 
     async def _connect(self, smtp: SmtpConnection, waiting: list[Claimed]) -> None:
-        """Connect; the health state says "reached" once any connection of the round
-        succeeded, "failing" only while none has (whichever answers first)."""
+        """Connect; the health state says "reached" once any lane of the batch got
+        through, "failing" only while none has (whichever answers first)."""
         self._contact = self.clock()
         try:
             await smtp.connect()
         except SmtpDeferred as exc:
             if not self._round.failed:
-                self.runtime.count("smtp_failures")  # once per round
+                self.runtime.count("smtp_failures")  # once per batch
             if not self._round.connected:
                 self.runtime.smtp_failed(self.clock(), str(exc))
             self._round.failed = True
@@ -337,4 +342,5 @@ class Outbox:
             await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
             return 0
         self._accepted.append((mail, answer))
+        self._round.connected = True
         return 1

@@ -368,9 +368,10 @@ def test_a_relay_refusing_one_of_the_connections_still_gets_the_rest_and_shows_r
         tmp_path, factory, database_url, smtp, monkeypatch, refused_after):
     # A relay that takes two connections per client refuses the third: that lane's mails
     # are put off, the others go out, and /healthz says "reached" whichever connection
-    # answered first; the refusal is counted once.
+    # answered first; the refusal is counted once, and the next batch goes over the two
+    # connections the relay took (no new attempt to be refused again).
     desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port,
-                outbox={"connections": 3})
+                outbox={"connections": 3, "batch_size": 6})
     recipients = [f"anna{i}@kunde.example" for i in range(6)]  # in all three lanes
     for n in range(12):
         desk.enqueue(n, recipients[n % 6])
@@ -388,15 +389,54 @@ def test_a_relay_refusing_one_of_the_connections_still_gets_the_rest_and_shows_r
     runtime = health.Runtime(started_at=NOW)
     outbox = Outbox(factory, desk.settings.outbox, desk.settings.smtp, desk.clock, desk.store,
                     runtime=runtime)
-    refused = lane_parts(desk.outbox().claim(), 3)[1]  # the second connection's lane
+    refused = lane_parts(desk.outbox().claim(), 3)[1]  # the first batch's second lane
     desk.clock.now += timedelta(seconds=desk.settings.outbox.lease_seconds + 1)
-    assert len(refused) == 6
-    assert asyncio.run(outbox.deliver_due()) == 6
-    assert len(smtp.wait_for(6)) == 6
-    assert {m.recipients[0] for m in smtp.mails}.isdisjoint(
-        {m.recipients[0] for m in refused})
+    assert len(refused) == 3
+    assert asyncio.run(outbox.deliver_due()) == 9
+    assert len(smtp.wait_for(9)) == 9 and len(calls) == 3
+    assert not {str(m.message["Message-ID"]) for m in smtp.mails} & {
+        m.message_id for m in refused}
     assert runtime.smtp_error == "" and runtime.counts[("smtp_failures", "")] == 1
     with db.transaction(factory) as s:
         rows = s.scalars(select(OutboxMail)).all()
-        assert sorted(r.state for r in rows) == ["pending"] * 6 + ["sent"] * 6
-        assert all(r.attempts == 1 and r.leased_until is None for r in rows)
+        assert sorted(r.state for r in rows) == ["pending"] * 3 + ["sent"] * 9
+        assert {r.message_id for r in rows if r.state == "pending"} == {
+            m.message_id for m in refused}
+        assert all(r.leased_until is None for r in rows)
+
+
+def test_a_server_lost_in_the_middle_of_a_burst_shows_failing_and_stops_the_burst(
+        tmp_path, factory, database_url, smtp, monkeypatch):
+    # The first batch goes out, then the server is gone: the next batch's mails are put
+    # off, the burst ends with the error (backoff), /healthz says failing, and the mails
+    # not yet claimed keep their attempts.
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port,
+                outbox={"connections": 1, "batch_size": 3})
+    for n in range(12):
+        desk.enqueue(n, f"anna{n}@kunde.example")
+    real_connect, real_send, sends = SmtpConnection.connect, SmtpConnection.send, []
+
+    async def connect(self):
+        if sends:
+            raise SmtpDeferred("SMTP 127.0.0.1: connection refused")
+        await real_connect(self)
+
+    async def send(self, envelope_from, recipients, raw):
+        sends.append(recipients)
+        if len(sends) > 3:
+            await self.close()
+            raise SmtpDeferred("server closed the connection")
+        return await real_send(self, envelope_from, recipients, raw)
+
+    monkeypatch.setattr(SmtpConnection, "connect", connect)
+    monkeypatch.setattr(SmtpConnection, "send", send)
+    runtime = health.Runtime(started_at=NOW)
+    outbox = Outbox(factory, desk.settings.outbox, desk.settings.smtp, desk.clock, desk.store,
+                    runtime=runtime)
+    with pytest.raises(SmtpDeferred, match="connection refused"):
+        asyncio.run(outbox.deliver_due())
+    assert len(smtp.wait_for(3)) == 3
+    assert "connection refused" in runtime.smtp_error
+    with db.transaction(factory) as s:
+        attempts = sorted((r.state, r.attempts) for r in s.scalars(select(OutboxMail)))
+    assert attempts == [("pending", 0)] * 6 + [("pending", 1)] * 3 + [("sent", 1)] * 3

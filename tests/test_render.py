@@ -124,3 +124,19 @@ def test_a_template_is_given_its_own_context_type_only():
     with pytest.raises(TypeError, match="'ack' takes a Ack context, not a Relay"):
         render_mail(mail_environment(), "ack", context, sender=SENDER, to="a@kunde.example",
                     now=NOW)
+
+
+def test_an_override_is_checked_for_its_own_names_and_may_split_a_part_into_an_include(
+        tmp_path):
+    # An include sees its includer's loop variables: an ops override that moves a loop's
+    # body into a partial is fine; a name the mail lacks is refused before any mail.
+    from maild.errors import ConfigError
+    from maild.reload import check_templates
+    (tmp_path / "notify.de.txt.j2").write_text(
+        "{% set sep = '----' %}Ticket #{{ number }}\n"
+        "{% for name, value in facts %}{% include '_fact_row.j2' %}{% endfor %}\n")
+    (tmp_path / "_fact_row.j2").write_text("{{ sep }} {{ name }}: {{ value }}\n")
+    check_templates(mail_environment(str(tmp_path)))
+    (tmp_path / "notify.de.txt.j2").write_text("Ticket #{{ nummer }}\n")
+    with pytest.raises(ConfigError, match="notify.de.txt.j2 uses nummer"):
+        check_templates(mail_environment(str(tmp_path)))

@@ -68,7 +68,7 @@ class Facts:
         values: dict[str, Value] = {}
         for fact, value in (data or {}).items():
             if fact in LIST_FACTS and isinstance(value, list | tuple):
-                values[fact] = tuple(str(v) for v in value)
+                values[fact] = tuple(str(v) for v in value if str(v))
             elif fact in _FIELDS and fact not in LIST_FACTS and isinstance(value, str):
                 values[fact] = value
         return cls(**values)  # type: ignore[arg-type]
