@@ -23,6 +23,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import PG_ADMIN_URL, write_config  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
+import scale  # noqa: E402
 from bench import LIMITS, database, generate  # noqa: E402
 from maild import config as maild_config  # noqa: E402
 from maild import db  # noqa: E402
@@ -49,6 +51,10 @@ def main() -> int:
     parser.add_argument("--pg", default=PG_ADMIN_URL)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", type=int, default=0, metavar="N")
+    parser.add_argument("--prefill", type=int, default=0, metavar="N",
+                        help="N tickets (a fifth open) in the database first")
+    parser.add_argument("--slowest", type=int, default=0, metavar="N",
+                        help="print the N statements that took longest in all (SQL text)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     previous: list[str] = []
@@ -64,6 +70,9 @@ def main() -> int:
         settings = maild_config.load(path)
         engine = db.make_engine(settings.database.url)
         db.upgrade(engine)
+        if args.prefill:
+            scale.prefill(engine, settings, args.prefill, args.prefill // 5, NOW,
+                          progress=lambda _: None)
         factory = db.session_factory(engine)
         intake = Intake(factory, build_desk(settings, factory, NOW), "INBOX", 3, lambda: NOW)
         try:
@@ -83,10 +92,17 @@ def main() -> int:
                 return done
 
             statements = [0]
+            spent: dict[str, list[float]] = {}
 
             @event.listens_for(engine, "before_cursor_execute")
-            def count(*_: object) -> None:
+            def count(conn: Any, *_: object) -> None:
                 statements[0] += 1
+                conn.info["maild.bench.began"] = time.perf_counter()
+
+            @event.listens_for(engine, "after_cursor_execute")
+            def timed(conn: Any, _cursor: object, sql: str, *_: object) -> None:
+                took = time.perf_counter() - conn.info.pop("maild.bench.began", 0.0)
+                spent.setdefault(" ".join(sql.split())[:160], []).append(took)
 
             began, cpu_began = time.perf_counter(), time.process_time()
             if args.profile:
@@ -103,6 +119,8 @@ def main() -> int:
           f"{took:.2f} s, {took / args.mails * 1000:.2f} ms/mail "
           f"(CPU {cpu / args.mails * 1000:.2f} ms/mail in this process), "
           f"{statements[0] / args.mails:.2f} statements/mail")
+    for sql, times in sorted(spent.items(), key=lambda kv: -sum(kv[1]))[:args.slowest]:
+        print(f"{sum(times) * 1000:8.1f} ms {len(times):5d}×  {sql}")
     if args.profile:
         out = io.StringIO()
         order = os.environ.get("SORT", "cumulative")
