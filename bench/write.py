@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import scale  # noqa: E402
 from harness import PG_ADMIN_URL, write_config  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
-import scale  # noqa: E402
 from bench import LIMITS, database, generate  # noqa: E402
 from maild import config as maild_config  # noqa: E402
 from maild import db  # noqa: E402

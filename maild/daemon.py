@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
 READY_WAIT = 60.0  # the first look at the mailbox may take this long before READY=1 anyway
+FIRST_SWEEP_WAIT = 60.0  # the first SLA sweep waits for the inbox backlog this long at most
 STATUS_SECONDS = 15.0  # STATUS= is refreshed this often, and after mail was processed or sent
 
 
@@ -212,12 +213,16 @@ class Daemon:
             tasks.append(asyncio.create_task(web.serve(ops, ops_socket, self.should_exit),
                                              name="ops"))
             log.info("/healthz and /metrics on http://%s", s.http.metrics_listen)
-        # The sweeps over deadlines: the first at once (catching up after downtime).
+        # The sweeps over deadlines. The first catches up after downtime once the inbox's
+        # backlog is through (customers' acknowledgements before agents' warnings), at most
+        # FIRST_SWEEP_WAIT after start.
         sweeper = Sweeper(factory, desk, s.sla, self.clock, runtime=runtime,
                           keep_sent_days=s.outbox.keep_sent_days)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(self._sweep, "interval", args=[sweeper], id="sla-sweep",
-                          seconds=s.sla.sweep_seconds, next_run_time=datetime.now(UTC),
+                          seconds=s.sla.sweep_seconds,
+                          next_run_time=datetime.now(UTC) + timedelta(
+                              seconds=FIRST_SWEEP_WAIT),
                           max_instances=1, coalesce=True, misfire_grace_time=None)
         scheduler.start()
         log.info("maild running: mailbox %s, support address %s", s.imap.mailbox_id,
@@ -226,6 +231,7 @@ class Daemon:
         helpers: list[asyncio.Task[None]] = []
         try:
             await self._until_tried(watcher)
+            scheduler.modify_job("sla-sweep", next_run_time=datetime.now(UTC))
             if not self.should_exit.is_set():
                 self.notifier.ready(await self._status(factory))
                 helpers = [asyncio.create_task(self._reloads(parts, factory), name="reload"),

@@ -135,7 +135,7 @@ class Sweeper:
                 cache[key] = sla.add_business_days(cal, since, days)
             return now >= cache[key]
 
-        with db.transaction(self.factory) as session:
+        with db.read_only(self.factory) as session:
             rows = session.execute(select(Ticket.id, Ticket.waiting_since).where(
                 Ticket.status == TicketStatus.WAITING, Ticket.waiting_since.is_not(None),
                 Ticket.merged_into.is_(None)).order_by(Ticket.id)).all()

@@ -225,3 +225,31 @@ def test_the_daemon_sweeps_breaches_and_warnings_once_across_a_restart(
             True, False, True, True]
     finally:
         daemon.kill()
+
+
+def test_after_a_restart_the_backlogs_acknowledgements_are_queued_before_the_sweeps_mails(
+        tmp_path, dovecot, mailbox, smtp, database_url):
+    # Mail came in while maild was down, and a deadline passed: the customers waiting in
+    # the inbox get their acknowledgements first, then the catch-up sweep flags the breach.
+    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+                          password=mailbox.password, smtp_port=smtp.port,
+                          database_url=database_url, extra=SWEEPING)
+    daemon = Daemon(config, tmp_path / "maild.log").start()
+    try:
+        mailbox.append(CUSTOMER.encode())
+        smtp.wait_for(2)  # the acknowledgement and the notification
+        assert wait_until(lambda: outbox_settled(database_url))
+        daemon.kill()
+        overdue(database_url, 10001)
+        for n in range(30):
+            mailbox.append(CUSTOMER.replace("start@", f"later{n}@").replace(
+                "anna@kunde.example", f"kunde{n}@kunde.example").encode())
+        daemon.start()
+        assert wait_until(lambda: any(o.kind == "sla_breach"
+                                      for o in rows(database_url, OutboxMail)), timeout=60)
+        queued = rows(database_url, OutboxMail)
+        acks = [o.id for o in queued if o.kind == "ack"]
+        [breach] = [o.id for o in queued if o.kind == "sla_breach"]
+        assert len(acks) == 31 and max(acks) < breach
+    finally:
+        daemon.kill()
