@@ -230,8 +230,8 @@ class Daemon:
         parts = reload.Parts(intake, watcher, outbox, sweeper, scheduler, site)
         helpers: list[asyncio.Task[None]] = []
         try:
-            await self._until_tried(watcher)
-            scheduler.modify_job("sla-sweep", next_run_time=datetime.now(UTC))
+            if await self._until_tried(watcher) and not self.should_exit.is_set():
+                scheduler.modify_job("sla-sweep", next_run_time=datetime.now(UTC))
             if not self.should_exit.is_set():
                 self.notifier.ready(await self._status(factory))
                 helpers = [asyncio.create_task(self._reloads(parts, factory), name="reload"),
@@ -245,17 +245,18 @@ class Daemon:
         finally:
             intake.close()
 
-    async def _until_tried(self, watcher: Watcher) -> None:
+    async def _until_tried(self, watcher: Watcher) -> bool:
         """Until the mailbox was tried once (reached, failing, or another process watches
         it), at most READY_WAIT: systemd's start timeout must not kill a daemon whose
-        mailbox is down; STATUS= says so instead."""
+        mailbox is down; STATUS= says so instead. False when the wait ran out."""
         deadline = time.monotonic() + READY_WAIT
         while not (watcher.looked.is_set() or self.should_exit.is_set()):
             if time.monotonic() >= deadline:
                 log.warning("no answer from the mailbox within %.0fs; ready without it",
                             READY_WAIT)
-                return
+                return False
             await asyncio.sleep(0.05)
+        return True
 
     async def _status(self, factory: db.SessionFactory) -> str:
         """The STATUS= line: the backlog and what is failing."""

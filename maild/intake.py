@@ -145,13 +145,13 @@ class Intake:
         self.analyser = Analyser(_rules(desk), workers, desk.store, budget, analysis,
                                  self.flight)
         self.opened: set[tuple[int, int]] = set()  # attempt marks this process opened
-        self.policy = decide.Policy(decide.UnknownSender(desk.answering.unknown_sender),
-                                    desk.threading.reopen_days)
+        self.policy = _policy(desk)
 
     def use(self, desk: Desk, max_attempts: int, max_crashes: int) -> None:
-        """A reload: the mails processed from now on see `desk`; the parse workers get its
-        rules between two batches."""
+        """A reload: the mails processed from now on see `desk` (and `decide()` its
+        policy); the parse workers get its rules between two batches."""
         self.desk, self.max_attempts, self.max_crashes = desk, max_attempts, max_crashes
+        self.policy = _policy(desk)
         self.analyser.use(_rules(desk))
 
     def start(self) -> None:
@@ -400,9 +400,13 @@ class Intake:
         verdict = Verdict(d.kind, d.reason, verdict.reply)
         if d.route == decide.Route.FOLLOW_UP:
             assert match is not None
-            add_follow_up(session, self.desk, match.ticket, parsed, verdict, inbound_id=row.id,
-                          how=match.how, now=now, planned=p.planned,
-                          reopen_days=self.desk.threading.reopen_days, extracted=p.extracted)
+            if not add_follow_up(session, self.desk, match.ticket, parsed, verdict,
+                                 inbound_id=row.id, how=match.how, now=now, planned=p.planned,
+                                 reopen_days=self.policy.reopen_days, extracted=p.extracted):
+                # decide() and the ticket disagree on the reopen window: fail the mail
+                # (retried, then quarantined) rather than mark it done with no trace.
+                raise RuntimeError(f"ticket #{match.ticket.number} refused the follow-up "
+                                   "decide() chose")
             row.ticket_id = match.ticket.id
             if d.forged:
                 notify.forged_warning(session, self.desk, match.ticket, parsed, now)
@@ -548,6 +552,12 @@ def _may_open(p: Prepared) -> bool:
     """Whether the mail may open a ticket (a guess to reserve numbers by: `decide()` says)."""
     return not p.error and p.verdict is not None \
         and p.verdict.kind not in ("unparseable", "own", "bounce")
+
+
+def _policy(desk: Desk) -> decide.Policy:
+    """The desk's rules `decide()` reads."""
+    return decide.Policy(decide.UnknownSender(desk.answering.unknown_sender),
+                         desk.threading.reopen_days)
 
 
 def _rules(desk: Desk) -> Rules:

@@ -13,7 +13,7 @@ import logging
 import random
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Update, bindparam, func, or_, select, update
@@ -46,6 +46,7 @@ class _Round:
 
     connected: bool = False
     failed: bool = False
+    refused: list[SmtpConnection] = field(default_factory=list)  # lanes refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,7 @@ class Outbox:
                 await self._record_accepted()
                 self._settle([d for d in done if isinstance(d, BaseException)], len(lanes))
                 if self._round.failed:  # some refused, some got through: keep those
-                    lanes = [smtp for smtp in lanes if smtp.connected] or lanes[:1]
+                    lanes = [s for s in lanes if s not in self._round.refused] or lanes[:1]
         finally:
             try:
                 await self._record_accepted()
@@ -326,6 +327,7 @@ class Outbox:
             if not self._round.connected:
                 self.runtime.smtp_failed(self.clock(), str(exc))
             self._round.failed = True
+            self._round.refused.append(smtp)
             for mail in waiting:
                 await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
             raise
@@ -342,5 +344,7 @@ class Outbox:
             await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)
             return 0
         self._accepted.append((mail, answer))
-        self._round.connected = True
+        if not self._round.connected:  # over a connection kept from an earlier batch
+            self._round.connected = self.reached = True
+            self.runtime.smtp_ok(self.clock())
         return 1

@@ -440,3 +440,43 @@ def test_a_server_lost_in_the_middle_of_a_burst_shows_failing_and_stops_the_burs
     with db.transaction(factory) as s:
         attempts = sorted((r.state, r.attempts) for r in s.scalars(select(OutboxMail)))
     assert attempts == [("pending", 0)] * 6 + [("pending", 1)] * 3 + [("sent", 1)] * 3
+
+
+def test_health_says_reached_when_a_kept_connection_sends_after_another_was_refused(
+        tmp_path, factory, database_url, smtp, monkeypatch):
+    # Batch 1 goes over two connections; the relay then closes one. In batch 2 its
+    # reconnection is refused first, and only then does the kept connection's mail go
+    # through: at the end the server counts as reached, not failing.
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port,
+                outbox={"connections": 2, "batch_size": 4})
+    recipients = ["anna0@kunde.example", "anna2@kunde.example",  # lanes 1 and 0
+                  "anna1@kunde.example", "anna3@kunde.example"]
+    for n in range(8):
+        desk.enqueue(n, recipients[n % 4])
+    real_connect, real_send = SmtpConnection.connect, SmtpConnection.send
+    connected: list[SmtpConnection] = []
+    sends: list[SmtpConnection] = []
+
+    async def connect(self):
+        if self in connected:
+            raise SmtpDeferred("SMTP 127.0.0.1: 421 4.7.0 too many connections")
+        connected.append(self)
+        await real_connect(self)
+
+    async def send(self, envelope_from, recipients, raw):
+        if len(sends) >= 4:
+            await asyncio.sleep(0.3)  # batch 2: the kept connection answers late
+        answer = await real_send(self, envelope_from, recipients, raw)
+        sends.append(self)
+        if len(sends) <= 4 and sends.count(self) == 2 and self is connected[-1]:
+            await self.close()  # the relay closes the second connection after batch 1
+        return answer
+
+    monkeypatch.setattr(SmtpConnection, "connect", connect)
+    monkeypatch.setattr(SmtpConnection, "send", send)
+    runtime = health.Runtime(started_at=NOW)
+    outbox = Outbox(factory, desk.settings.outbox, desk.settings.smtp, desk.clock, desk.store,
+                    runtime=runtime)
+    assert asyncio.run(outbox.deliver_due()) == 6
+    assert runtime.smtp_error == "" and runtime.smtp_error_since is None
+    assert runtime.counts[("smtp_failures", "")] == 1

@@ -140,3 +140,8 @@ def test_an_override_is_checked_for_its_own_names_and_may_split_a_part_into_an_i
     (tmp_path / "notify.de.txt.j2").write_text("Ticket #{{ nummer }}\n")
     with pytest.raises(ConfigError, match="notify.de.txt.j2 uses nummer"):
         check_templates(mail_environment(str(tmp_path)))
+    (tmp_path / "notify.de.txt.j2").unlink()
+    # A shipped partial overridden with a name no mail including it has.
+    (tmp_path / "_reply_above.j2").write_text("{{ numbr }}\n")
+    with pytest.raises(ConfigError, match="uses numbr"):
+        check_templates(mail_environment(str(tmp_path)))

@@ -226,3 +226,20 @@ def test_header_helpers():
     assert thread.subject_tag(mail.subject) == 10001
     assert thread.plus_tokens(mail, "service@example.com") == [(10001, "abcdefgh")]
     assert thread.plus_tokens(mail, "other@example.com") == []
+
+
+def test_a_reload_that_shortens_the_reopen_window_applies_to_the_next_reply(
+        intake, factory, clock, tmp_path, database_url):
+    # Resolved 10 days ago: inside the default 14 days, outside the 7 a reload set. The
+    # reply opens a new ticket (the decision and the ticket agree on the new window).
+    intake.process(1, Fetched(1, FIRST.encode(), NOW))
+    with db.transaction(factory) as s:
+        t = s.scalars(select(Ticket)).one()
+        t.status, t.resolved_at = "resolved", NOW
+    clock.now = NOW + timedelta(days=10)
+    settings = offline_settings(database_url, tmp_path / "blobs", threading={"reopen_days": 7})
+    intake.use(build_desk(settings, factory, NOW), 3, 3)
+    late = intake.process(2, reply(2, "anna@kunde.example",
+                                   f"In-Reply-To: {ack_id(factory)}\r\n"))
+    assert late.action == "processed" and late.ticket_number == 10002
+    assert [t.status for t in tickets(factory)] == ["resolved", "new"]

@@ -244,13 +244,10 @@ class Digest(Context):
     timezone: str
 
 
-def names_read(env: Environment, name: str, seen: set[str] | None = None, *,
-               includes: bool = True) -> set[str]:
-    """The names template `name` (and with `includes` the templates it includes) reads
-    from its context: not those it sets, imports from another template, or the
-    environment's globals. An included template also sees the includer's own names (a
-    loop variable, a `set`), so what it reads is exact only for includes written for the
-    whole context, as the shipped ones are."""
+def names_read(env: Environment, name: str, seen: set[str] | None = None) -> set[str]:
+    """The names template `name` and the templates it includes read from the context:
+    not those it sets, imports from another template, or the environment's globals. An
+    included template also sees what its includer sets or loops over."""
     seen = set() if seen is None else seen
     if name in seen or env.loader is None:
         return set()
@@ -262,9 +259,10 @@ def names_read(env: Environment, name: str, seen: set[str] | None = None, *,
             used -= {n if isinstance(n, str) else n[1] for n in imported.names}
         elif isinstance(imported, nodes.Import):
             used.discard(imported.target)
-    for include in ast.find_all(nodes.Include) if includes else ():
+    declared = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    for include in ast.find_all(nodes.Include):
         if isinstance(include.template, nodes.Const):
-            used |= names_read(env, include.template.value, seen)
+            used |= names_read(env, include.template.value, seen) - declared
     return used - set(env.globals)
 
 
@@ -273,9 +271,9 @@ def unknown_names(env: Environment, file: str) -> set[str]:
     context does not have: a template an operator overrode with an older or mistyped
     name would fail on the mail it renders, so the daemon refuses it at start."""
     context = TEMPLATES.get(file.split(".")[0])
-    if context is None:  # a partial (`_….j2`) or a page: read with its includer's names
+    if context is None:  # a partial (`_….j2`, read with each mail that includes it)
         return set()
-    return names_read(env, file, includes=False) - set(field_names(context))
+    return names_read(env, file) - set(field_names(context))
 
 
 TEMPLATES: dict[str, type[Context]] = {
