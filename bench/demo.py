@@ -135,7 +135,9 @@ def story(box: Mailbox, smtp: SmtpCapture, config: Path) -> None:
     print("\n3. Answers sent at once (the SMTP capture):")
     for mail in list(smtp.mails):
         show_mail(mail, lines=3 if mail.recipients != ["team@example.com"] else 0)
-    notice = next(m for m in smtp.mails if m.recipients == ["team@example.com"])
+    # Several SMTP connections send at once: the notices arrive in any order.
+    notice = next(m for m in smtp.mails if m.recipients == ["team@example.com"]
+                  and "[#10001]" in str(m.message["Subject"]))
     print("\n4. Max (agent) answers the team's notification for #10001:")
     print("   #status in_progress / #assign me / Hallo Anna, wir haben den Fehler nachgestellt…")
     seen = len(smtp.mails)
