@@ -100,6 +100,7 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
             key_version=settings.security.agent_key_version),
     )
 
+
 class Daemon:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow,
                  notifier: sdnotify.Notifier | None = None) -> None:

@@ -42,11 +42,10 @@ SENT_WAIT = 0.25  # seconds an accepted mail waits for its group, at most
 @dataclass(slots=True)
 class _Round:
     """One claimed batch (or a probe): did any lane get through to the server (connect or
-    a mail accepted), did any connection fail."""
+    a mail accepted), which connections were refused."""
 
     connected: bool = False
-    failed: bool = False
-    refused: list[SmtpConnection] = field(default_factory=list)  # lanes refused
+    refused: list[SmtpConnection] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +241,7 @@ class Outbox:
                 sent += sum(n for n in done if isinstance(n, int))
                 await self._record_accepted()
                 self._settle([d for d in done if isinstance(d, BaseException)], len(lanes))
-                if self._round.failed:  # some refused, some got through: keep those
+                if self._round.refused:  # some refused, some got through: keep those
                     lanes = [s for s in lanes if s not in self._round.refused] or lanes[:1]
         finally:
             try:
@@ -322,11 +321,10 @@ class Outbox:
         try:
             await smtp.connect()
         except SmtpDeferred as exc:
-            if not self._round.failed:
+            if not self._round.refused:
                 self.runtime.count("smtp_failures")  # once per batch
             if not self._round.connected:
                 self.runtime.smtp_failed(self.clock(), str(exc))
-            self._round.failed = True
             self._round.refused.append(smtp)
             for mail in waiting:
                 await asyncio.to_thread(self.mark_failed_attempt, mail, str(exc), False)

@@ -166,6 +166,14 @@ close = 23:59:59
 """
 
 
+def sweeping_daemon(tmp_path, dovecot, mailbox, smtp, database_url) -> Daemon:
+    """A started daemon with agents, always open, sweeping every half second."""
+    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+                          password=mailbox.password, smtp_port=smtp.port,
+                          database_url=database_url, extra=SWEEPING)
+    return Daemon(config, tmp_path / "maild.log").start()
+
+
 def overdue(url: str, number: int) -> None:
     """Ticket `number`'s first response is long overdue, as if years had passed."""
     engine = db.make_engine(url)
@@ -181,10 +189,7 @@ def test_the_daemon_sweeps_breaches_and_warnings_once_across_a_restart(
         tmp_path, dovecot, mailbox, smtp, database_url):
     # Always open, so mails to people go out at once; the deadlines are moved in the
     # database, as time passing would move them.
-    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
-                          password=mailbox.password, smtp_port=smtp.port,
-                          database_url=database_url, extra=SWEEPING)
-    daemon = Daemon(config, tmp_path / "maild.log").start()
+    daemon = sweeping_daemon(tmp_path, dovecot, mailbox, smtp, database_url)
     try:
         for name in ("start@", "second@", "third@", "fourth@"):
             mailbox.append(CUSTOMER.replace("start@", name).encode())
@@ -231,10 +236,7 @@ def test_after_a_restart_the_backlogs_acknowledgements_are_queued_before_the_swe
         tmp_path, dovecot, mailbox, smtp, database_url):
     # Mail came in while maild was down, and a deadline passed: the customers waiting in
     # the inbox get their acknowledgements first, then the catch-up sweep flags the breach.
-    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
-                          password=mailbox.password, smtp_port=smtp.port,
-                          database_url=database_url, extra=SWEEPING)
-    daemon = Daemon(config, tmp_path / "maild.log").start()
+    daemon = sweeping_daemon(tmp_path, dovecot, mailbox, smtp, database_url)
     try:
         mailbox.append(CUSTOMER.encode())
         smtp.wait_for(2)  # the acknowledgement and the notification
