@@ -26,12 +26,14 @@ from maild import (
     __version__,
     accounts,
     agents,
+    auth,
     blobs,
     config,
     db,
     health,
     imap,
     logs,
+    oauth,
     purge,
     sla,
     sweeps,
@@ -147,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("path", help="the folder `maild backup` wrote")
     rs.add_argument("--force", action="store_true",
                     help="replace a database that already holds tickets or mails")
+    auth.add_parser(sub)
     op = sub.add_parser("outbox", help="look at outgoing mail")
     ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
         "list", help="list outgoing mails, newest first")
@@ -198,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
         "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
         "callbacks": cmd_callbacks_report, "backup": cmd_backup, "restore": cmd_restore,
+        "auth": auth.cmd_auth,
     }
     try:
         code = handlers[args.command](settings, args)
@@ -255,7 +259,14 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     except ConfigError as exc:  # no driver, a malformed URL: a config error, exit 2
         database = (False, f"database: {_safe_url(settings.database_url)}: {exc}")
         broken = True
-    results = [database, _check_imap(settings), _check_smtp(settings)]
+    with _login_tokens(settings) as tokens:
+        results = [database]
+        if tokens is not None:
+            results.append(_check_oauth(tokens))
+        elif "oauth2" in (settings.imap.auth, settings.smtp.auth):
+            results.append((False, "oauth2: the stored tokens cannot be read without the "
+                                   "database"))
+        results += [_check_imap(settings, tokens), _check_smtp(settings, tokens)]
     for ok, line in results:
         print(("ok    " if ok else "FAIL  ") + line)
     return 2 if broken else 0 if all(ok for ok, _ in results) else 1
@@ -282,10 +293,42 @@ def _check_database(settings: Settings) -> tuple[bool, str]:
     return True, f"database: {url} (schema {current})"
 
 
-def _check_imap(settings: Settings) -> tuple[bool, str]:
+@contextmanager
+def _login_tokens(settings: Settings) -> Iterator[oauth.Tokens | None]:
+    """The OAuth2 tokens of the config's logins (None: passwords only)."""
+    if settings.oauth2 is None or "oauth2" not in (settings.imap.auth, settings.smtp.auth):
+        yield None
+        return
+    try:
+        engine = db.make_engine(settings.database_url, must_exist=True)
+    except MaildError:
+        engine = None  # the database line says why; the logins then fail on their own
+    if engine is None:
+        yield None
+        return
+    try:
+        yield oauth.Tokens(settings.oauth2, db.session_factory(engine),
+                           oauth.account_of(settings))
+    finally:
+        engine.dispose()
+
+
+def _check_oauth(tokens: oauth.Tokens) -> tuple[bool, str]:
+    """A refresh at the authority: proves the grant and the client id and secret."""
+    s = tokens.settings
+    try:
+        bearer = tokens.bearer(fresh=True)
+    except MaildError as exc:
+        return False, f"oauth2: {exc}"
+    return True, (f"oauth2: {tokens.account} ({s.provider}, {tokens.flow} flow): token "
+                  f"refreshed, valid until {bearer.expires_at.isoformat(timespec='seconds')}")
+
+
+def _check_imap(settings: Settings, tokens: oauth.Tokens | None = None) -> tuple[bool, str]:
     s = settings.imap
     try:
-        count, missing = imap.probe(s, lambda box: (box.exists, box.missing_folders()))
+        count, missing = imap.probe(s, lambda box: (box.exists, box.missing_folders()),
+                                    tokens if s.auth == "oauth2" else None)
     except MaildError as exc:
         return False, f"imap: {exc}"
     later = f"; {', '.join(missing)} will be created at start" if missing else ""
@@ -293,11 +336,11 @@ def _check_imap(settings: Settings) -> tuple[bool, str]:
                   f"{count} mails{later}")
 
 
-def _check_smtp(settings: Settings) -> tuple[bool, str]:
+def _check_smtp(settings: Settings, tokens: oauth.Tokens | None = None) -> tuple[bool, str]:
     s = settings.smtp
 
     async def probe() -> None:
-        async with SmtpConnection(s):
+        async with SmtpConnection(s, tokens if s.auth == "oauth2" else None):
             pass
 
     try:
@@ -776,7 +819,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             "timeout": min(settings.imap.timeout, STATUS_TIMEOUT)}),
         "smtp": settings.smtp.model_copy(update={
             "timeout": min(settings.smtp.timeout, STATUS_TIMEOUT)})})
-    (imap_ok, imap_line, inbox), (smtp_ok, smtp_line) = _status_imap(quick), _check_smtp(quick)
+    with _login_tokens(settings) as tokens:
+        (imap_ok, imap_line, inbox) = _status_imap(quick, tokens)
+        smtp_ok, smtp_line = _check_smtp(quick, tokens)
     found, beat, db_error = _status_database(settings)
     runtime = health.runtime_of(beat) if beat else health.Runtime(started_at=now)
     report = health.assess(runtime, found, health.schema_head(), db_error, settings.health,
@@ -787,7 +832,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         last = f"last heartbeat {_ago(beat.beat_at, now)}" if beat else "no heartbeat ever"
         problems.append(f"no maild daemon watches mailbox {settings.imap.mailbox_id} "
                         f"({last})")
-    problems += report.problems
+    problems = list(dict.fromkeys([*problems, *report.problems]))
     body = {**report.body, "status": "ok" if not problems else "unhealthy",
             "problems": problems, "config": settings.source,
             "state_dir": str(settings.state_dir),
@@ -802,10 +847,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _status_imap(settings: Settings) -> tuple[bool, str, int | None]:
+def _status_imap(settings: Settings,
+                 tokens: oauth.Tokens | None = None) -> tuple[bool, str, int | None]:
     s = settings.imap
     try:
-        count = imap.probe(s, lambda box: box.exists)
+        count = imap.probe(s, lambda box: box.exists, tokens if s.auth == "oauth2" else None)
     except MaildError as exc:
         return False, f"imap: {exc}", None
     return True, f"imap: {s.username}@{s.host}:{s.port} ({s.tls}), folder {s.folder}", count

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -42,6 +43,7 @@ SECRET_KEYS = {
     ("smtp", "password"),
     ("database", "url"),
     ("security", "secret_key"),
+    ("oauth2", "client_secret"),
 }
 
 
@@ -66,6 +68,9 @@ class ImapSettings(_Section):
     max_fetch_mb: float = Field(default=50.0, gt=0)
     fetch_batch_mb: float = Field(default=100.0, gt=0)
     idle: bool = True
+    # "oauth2": log in with a token from [oauth2] (SASL OAUTHBEARER or XOAUTH2), the
+    # SASL user being `username`; "password": LOGIN with `password`.
+    auth: Literal["password", "oauth2"] = "password"
 
     @model_validator(mode="after")
     def _cleartext_only_to_loopback(self) -> ImapSettings:
@@ -85,10 +90,73 @@ class SmtpSettings(_Section):
     password: str = ""
     tls: TlsMode = "starttls"
     timeout: float = Field(default=30.0, gt=0)
+    # "password": AUTH with `password` when `username` is set (else none); "oauth2": a
+    # token from [oauth2] for `username` (default: [imap] username); "none": never AUTH.
+    auth: Literal["password", "oauth2", "none"] = "password"
 
     @model_validator(mode="after")
     def _cleartext_only_to_loopback(self) -> SmtpSettings:
         _tls_needs_loopback(self.tls, self.host)
+        return self
+
+
+OAuthFlow = Literal["device", "code", "client_credentials"]
+
+
+class OAuth2Settings(_Section):
+    """Where the tokens for `auth = "oauth2"` come from (docs/oauth2.md)."""
+
+    provider: Literal["microsoft", "google", "generic"] = "microsoft"
+    client_id: str = ""
+    client_secret: str = ""
+    tenant: str = "organizations"  # Microsoft: a tenant id or domain, or organizations
+    flow: OAuthFlow | None = None  # None: the provider's (device; code for Google)
+    scopes: tuple[str, ...] = ()  # (): the provider's for IMAP + SMTP
+    token_url: str = ""
+    device_authorization_url: str = ""
+    authorization_url: str = ""
+    redirect_port: int = Field(default=0, ge=0, le=65535)  # code flow; 0: a free port
+    timeout: float = Field(default=30.0, gt=0, le=300)
+    # Refresh this long before the access token expires (at most a quarter of its life).
+    refresh_ahead: float = Field(default=300.0, ge=0)
+
+    @field_validator("token_url", "device_authorization_url", "authorization_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme == "https" and parts.hostname:
+            return value
+        if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+            return value
+        raise ValueError("must be an https:// address (http:// only to a loopback host)")
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,100}", value):
+            raise ValueError("a tenant id (GUID), a domain, organizations or common")
+        return value
+
+    @property
+    def chosen_flow(self) -> OAuthFlow:
+        if self.flow is not None:
+            return self.flow
+        return "code" if self.provider == "google" else "device"
+
+    @model_validator(mode="after")
+    def _complete(self) -> OAuth2Settings:
+        if self.provider == "generic" and not self.token_url:
+            raise ValueError('provider = "generic" needs token_url')
+        if self.provider == "google" and self.chosen_flow != "code":
+            raise ValueError('Google allows the mail scope only with flow = "code"')
+        if (self.provider == "microsoft" and self.chosen_flow == "client_credentials"
+                and self.tenant in ("organizations", "common", "consumers")):
+            raise ValueError('flow = "client_credentials" needs the tenant id or domain '
+                             'in tenant')
+        if self.chosen_flow == "client_credentials" and not self.client_secret:
+            raise ValueError('flow = "client_credentials" needs client_secret')
         return self
 
 
@@ -530,7 +598,30 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
+    oauth2: OAuth2Settings | None = None
     source: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _smtp_user_for_oauth2(cls, data: Any) -> Any:
+        """With [smtp] auth = "oauth2" and no username, the SASL user is [imap]'s."""
+        if isinstance(data, dict):
+            smtp, imap = data.get("smtp"), data.get("imap")
+            if (isinstance(smtp, dict) and isinstance(imap, dict)
+                    and smtp.get("auth") == "oauth2" and not smtp.get("username")):
+                data = {**data, "smtp": {**smtp, "username": imap.get("username", "")}}
+        return data
+
+    @model_validator(mode="after")
+    def _oauth2_configured(self) -> Settings:
+        users = [name for name, auth in (("imap", self.imap.auth), ("smtp", self.smtp.auth))
+                 if auth == "oauth2"]
+        if users and self.oauth2 is None:
+            raise ValueError(f'[{users[0]}] auth = "oauth2" needs an [oauth2] section '
+                             "(provider, client_id: see docs/oauth2.md)")
+        if users and self.oauth2 is not None and not self.oauth2.client_id:
+            raise ValueError("[oauth2] client_id: missing (required for auth = \"oauth2\")")
+        return self
 
     @model_validator(mode="after")
     def _agents_are_not_us(self) -> Settings:

@@ -16,8 +16,22 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from maild import agents, blobs, config, db, health, logs, reload, sdnotify, sla, web
+from maild import (
+    agents,
+    blobs,
+    config,
+    db,
+    health,
+    logins,
+    logs,
+    oauth,
+    reload,
+    sdnotify,
+    sla,
+    web,
+)
 from maild.analyse import Budget
 from maild.config import Settings
 from maild.desk import AgentPolicy, Answering, Desk, Promise, Reading, Threading
@@ -25,6 +39,7 @@ from maild.errors import ConfigError, StorageUnavailable, Temporary
 from maild.intake import Intake
 from maild.mail import files
 from maild.mail.render import Sender, environment
+from maild.models import OAuthToken
 from maild.outbox import Outbox
 from maild.retry import Backoff
 from maild.sweeps import Sweeper
@@ -36,6 +51,18 @@ DRAIN_SECONDS = 10.0
 READY_WAIT = 60.0  # the first look at the mailbox may take this long before READY=1 anyway
 FIRST_SWEEP_WAIT = 60.0  # the first SLA sweep waits for the inbox backlog this long at most
 STATUS_SECONDS = 15.0  # STATUS= is refreshed this often, and after mail was processed or sent
+
+
+def login_tokens(s: Settings, factory: db.SessionFactory, clock: Callable[[], datetime],
+                 runtime: health.Runtime | None = None,
+                 on_refused: Callable[[Session, OAuthToken], None] | None = None,
+                 ) -> oauth.Tokens | None:
+    """The OAuth2 tokens IMAP and SMTP log in with (one store for both), if any."""
+    if s.oauth2 is None or "oauth2" not in (s.imap.auth, s.smtp.auth):
+        return None
+    return oauth.Tokens(s.oauth2, factory, oauth.account_of(s), clock,
+                        on_refused=on_refused,
+                        count=runtime.count if runtime is not None else None)
 
 
 def utcnow() -> datetime:
@@ -176,7 +203,9 @@ class Daemon:
         # Bound before anything starts: a taken address is a start-up error, not a surprise.
         web_socket = web.bind(s) if s.http.enabled else None
         ops_socket = web.bind(s, "metrics_listen") if s.http.metrics_listen else None
-        runtime = health.Runtime(started_at=self.clock())
+        runtime = self.runtime  # one: what STATUS=, /healthz and /metrics show
+        tokens = login_tokens(s, factory, self.clock, runtime,
+                              logins.lead_notice(desk, s))
         intake = Intake(factory, desk, s.imap.mailbox_id, s.intake.max_attempts, self.clock,
                         workers=s.intake.parse_workers,
                         budget=Budget(s.intake.parse_timeout, s.intake.parse_memory_mb),
@@ -195,9 +224,11 @@ class Daemon:
 
         lock = db.MailboxLock(engine, s.imap.mailbox_id)
         watcher = Watcher(s.imap, s.intake, intake, factory, self.stop, wake_outbox, self.clock,
-                          lock, runtime=runtime)
+                          lock, runtime=runtime,
+                          tokens=tokens if s.imap.auth == "oauth2" else None)
         outbox = Outbox(factory, s.outbox, s.smtp, self.clock, desk.store, runtime=runtime,
-                        probe_seconds=s.health.smtp_probe_seconds)
+                        probe_seconds=s.health.smtp_probe_seconds,
+                        tokens=tokens if s.smtp.auth == "oauth2" else None)
         tasks = [
             asyncio.create_task(watcher.run(), name="watcher"),
             asyncio.create_task(self._send_loop(outbox), name="outbox"),

@@ -5,11 +5,13 @@
     ├── Temporary              the world is unavailable; retry later, never quarantine
     │   ├── StorageUnavailable     the database or the blob store cannot be used now
     │   ├── ImapUnavailable        the IMAP server cannot be reached or dropped us
-    │   └── SmtpDeferred           the SMTP server is unreachable or answered 4xx
+    │   ├── SmtpDeferred           the SMTP server is unreachable or answered 4xx
+    │   └── OAuthUnavailable       the OAuth2 authority cannot be reached or is busy
     └── Permanent              retrying will not help
         ├── ImapRejected           the IMAP server refused us (login, TLS, folder)
         │   └── ImapLoginRefused       our user name or password was refused
-        └── SmtpRejected           the SMTP server answered 5xx for this mail
+        ├── SmtpRejected           the SMTP server answered 5xx for this mail
+        └── OAuthRefused           the OAuth2 grant or client was refused: log in again
 """
 
 
@@ -37,6 +39,10 @@ class SmtpDeferred(Temporary):
     """The SMTP server cannot be reached or deferred the mail (4xx)."""
 
 
+class OAuthUnavailable(Temporary):
+    """The OAuth2 authority cannot be reached, or answered 5xx or 429."""
+
+
 class Permanent(MaildError):
     """A failure that repeats on every retry."""
 
@@ -52,3 +58,12 @@ class ImapLoginRefused(ImapRejected):
 
 class SmtpRejected(Permanent):
     """The SMTP server rejected the mail (5xx)."""
+
+
+class OAuthRefused(Permanent):
+    """The OAuth2 authority refused the grant (`invalid_grant`: revoked, expired, password
+    changed) or the client; nothing mends it but `maild auth login` or the registration."""
+
+    def __init__(self, message: str, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error

@@ -27,10 +27,17 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maild import __version__, db
+from maild import __version__, db, oauth
 from maild.config import HealthSettings
 from maild.errors import MaildError
-from maild.models import Heartbeat, InboundMessage, OutboxMail, ParseAttempt, Ticket
+from maild.models import (
+    Heartbeat,
+    InboundMessage,
+    OAuthToken,
+    OutboxMail,
+    ParseAttempt,
+    Ticket,
+)
 from maild.vocab import InboundState, OutboxState
 
 # Seconds a processed mail spent in maild, from fetch to commit: the histogram's buckets.
@@ -146,6 +153,16 @@ class Tally:
     crashed: int  # mails that ended a parse worker (and are tried again or given up)
     tickets: dict[str, int]  # open tickets by status
     breached: int  # open tickets past their first-response promise
+    logins: tuple[Login, ...] = ()  # the stored OAuth2 grants
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """An OAuth2 grant as /healthz, /metrics and `maild status` see it (no token)."""
+
+    account: str
+    expires_at: datetime | None  # of the access token
+    refused: str  # the one line saying what happened and what to run, or ""
 
 
 @functools.cache
@@ -162,7 +179,15 @@ def tally(factory: db.SessionFactory) -> Tally:
         schema = MigrationContext.configure(session.connection()).get_current_revision()
         return Tally(schema or "", backlog_in(session), _outbox_failed(session),
                      _retrying(session), _crashed(session), _open_tickets(session),
-                     _breached(session))
+                     _breached(session), _logins(session, schema or ""))
+
+
+def _logins(session: Session, schema: str) -> tuple[Login, ...]:
+    if schema < "0015":  # before oauth_tokens (the schema problem is reported instead)
+        return ()
+    return tuple(Login(row.account, row.access_expires_at,
+                       oauth.refused_text(row) if row.invalid else "")
+                 for row in session.scalars(select(OAuthToken).order_by(OAuthToken.account)))
 
 
 def backlog_in(session: Session) -> Backlog:
@@ -278,6 +303,7 @@ def assess(runtime: Runtime, found: Tally | None, head: str, db_error: str,
             problems.insert(0, f"database schema is {found.schema or 'empty'}, "
                                f"this maild needs {head}: run `maild db upgrade`")
         body.update(_counts_part(found, now))
+        problems.extend(login.refused for login in found.logins if login.refused)
         oldest = found.backlog.oldest_pending
         if oldest is not None and now - oldest > timedelta(minutes=limits.outbox_oldest_minutes):
             problems.append(f"the oldest unsent mail waits since {_iso(oldest)} "

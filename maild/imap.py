@@ -24,6 +24,7 @@ from imapclient.exceptions import LoginError
 from maild.config import ImapSettings
 from maild.errors import ImapLoginRefused, ImapRejected, ImapUnavailable
 from maild.mail.fetched import Fetched, Omitted
+from maild.oauth import Bearer, Tokens
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,8 +53,11 @@ def _text(exc: BaseException) -> str:
 class ImapMailbox:
     """One connection to one watched folder."""
 
-    def __init__(self, settings: ImapSettings) -> None:
+    def __init__(self, settings: ImapSettings, tokens: Tokens | None = None) -> None:
         self.settings = settings
+        self.tokens = tokens  # for auth = "oauth2"
+        self.token_expires_at: datetime | None = None  # the login's token, if any
+        self.mechanism = "LOGIN"
         self.client: IMAPClient | None = None
         self.uidvalidity = 0
         self.uidnext = 0
@@ -77,7 +81,10 @@ class ImapMailbox:
                 client.starttls(ssl.create_default_context())
             client._imap.debug = 0  # imapclient formats debug output it never prints
             client.normalise_times = False
-            client.login(s.username, s.password)
+            if s.auth == "oauth2":
+                self._oauth_login(client)
+            else:
+                client.login(s.username, s.password)
             self.capabilities = frozenset(
                 c.decode().upper() if isinstance(c, bytes) else str(c).upper()
                 for c in client.capabilities()
@@ -85,6 +92,33 @@ class ImapMailbox:
         if create_folders:
             self.ensure_folders()
         self.select()
+
+    def _oauth_login(self, client: IMAPClient) -> None:
+        """SASL OAUTHBEARER where offered, else XOAUTH2; a refused token is refreshed
+        once and tried again (it may have been revoked or expired early)."""
+        if self.tokens is None:
+            raise ImapUnavailable(f"{self.where}: the OAuth2 tokens cannot be read (the "
+                                  "database is unavailable)")
+        offered = {_word(c).upper() for c in client.capabilities()}
+        bearer = self.tokens.bearer()
+        self.mechanism = "OAUTHBEARER" if "AUTH=OAUTHBEARER" in offered else "XOAUTH2"
+        try:
+            self._authenticate(client, bearer)
+        except LoginError as exc:
+            fresh = self.tokens.bearer(refused=bearer.token)
+            if fresh.token == bearer.token:
+                raise LoginError(f"{self.mechanism} token refused: {_text(exc)}") from exc
+            log.info("IMAP refused the OAuth2 token; logging in again with a fresh one")
+            bearer = fresh
+            self._authenticate(client, bearer)
+        self.token_expires_at = bearer.expires_at
+
+    def _authenticate(self, client: IMAPClient, bearer: Bearer) -> None:
+        user = self.settings.username
+        if self.mechanism == "OAUTHBEARER":
+            client.oauthbearer_login(user, bearer.token)
+        else:
+            client.oauth2_login(user, bearer.token)
 
     def missing_folders(self) -> list[str]:
         client = self._client()
@@ -351,9 +385,10 @@ def _aware(value: Any) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def probe(settings: ImapSettings, call: Callable[[ImapMailbox], T]) -> T:
+def probe(settings: ImapSettings, call: Callable[[ImapMailbox], T],
+          tokens: Tokens | None = None) -> T:
     """Connect, run `call`, close: for `maild check`."""
-    box = ImapMailbox(settings)
+    box = ImapMailbox(settings, tokens)
     try:
         box.connect(create_folders=False)  # a check changes nothing
         return call(box)

@@ -42,6 +42,9 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "sla_breaches": ("First-response promises missed.", ""),
     "mailbox_failures": ("Failed attempts to connect to or work with the mailbox.", ""),
     "smtp_failures": ("Failed connections to the SMTP server (sending or probing).", ""),
+    "oauth_refreshes": ("OAuth2 access-token refreshes by this process, by outcome (ok; "
+                        "failed: the authority unreachable or busy; refused: the grant "
+                        "refused, `maild auth login` needed).", "outcome"),
 }
 
 
@@ -119,6 +122,15 @@ class MaildCollector(Collector):
         yield tickets
         yield _gauge("maild_tickets_breached", "Open tickets past their first-response "
                      "promise.", found.breached)
+        expiry = GaugeMetricFamily(
+            "maild_oauth_token_expiry_seconds", "Seconds until the stored OAuth2 access token "
+            "expires (0: expired, refused or none; it is refreshed ahead of expiry).",
+            labels=["account"])
+        for login in found.logins:
+            left = (login.expires_at - self.clock()).total_seconds() if (
+                login.expires_at is not None and not login.refused) else 0.0
+            expiry.add_metric([login.account], max(0.0, left))
+        yield expiry
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

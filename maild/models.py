@@ -101,6 +101,34 @@ class Heartbeat(Base):
     smtp_error_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class OAuthToken(Base):
+    """The OAuth2 tokens of one account (the SASL user), shared by every process; the
+    refresh token is a secret as the password it replaces (never printed or logged).
+    `refreshing_until` is the lease of the one process refreshing now."""
+
+    __tablename__ = "oauth_tokens"
+    account: Mapped[str] = mapped_column(String(320), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    flow: Mapped[str] = mapped_column(String(30))
+    client_id: Mapped[str] = mapped_column(String(300), default="")
+    refresh_token: Mapped[str] = mapped_column(Text, default="")
+    access_token: Mapped[str] = mapped_column(Text, default="")
+    access_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    access_lifetime: Mapped[int] = mapped_column(Integer, default=0)  # seconds
+    logged_in_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the last `auth login`
+    refresh_token_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # its issue
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refreshes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # invalid: the authority refused the grant (invalid_grant …); nothing is tried until
+    # the next `maild auth login`. last_error: the last failure, kept after recovery.
+    invalid: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refreshing_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refreshing_by: Mapped[str] = mapped_column(String(100), default="")
+    lead_told_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # once per outage
+
+
 class Counter(Base):
     """Monotonic counters (ticket numbers); incremented under a row lock, never reused."""
 

@@ -24,6 +24,7 @@ from maild.blobs import BlobStore
 from maild.config import OutboxSettings, SmtpSettings
 from maild.errors import SmtpDeferred, SmtpRejected, StorageUnavailable
 from maild.models import OutboxMail
+from maild.oauth import Tokens
 from maild.smtp import SmtpConnection
 from maild.vocab import OutboxState
 
@@ -104,8 +105,10 @@ class Outbox:
         self, factory: db.SessionFactory, settings: OutboxSettings, smtp: SmtpSettings,
         clock: Callable[[], datetime], store: BlobStore,
         runtime: health.Runtime | None = None, probe_seconds: float = 0.0,
+        tokens: Tokens | None = None,
     ) -> None:
         self.factory = factory
+        self.tokens = tokens  # [smtp] auth = "oauth2"
         self.store = store
         self.settings = settings
         self.smtp = smtp
@@ -225,7 +228,7 @@ class Outbox:
         Accepted mails are recorded as sent in small groups (SENT_GROUP, or SENT_WAIT
         seconds): one commit per group instead of one per mail. A crash inside a group
         resends those mails with their Message-IDs: at least once, counted once."""
-        lanes = [SmtpConnection(self.smtp) for _ in range(self.settings.connections)]
+        lanes = [SmtpConnection(self.smtp, self.tokens) for _ in range(self.settings.connections)]
         loop = asyncio.get_running_loop()
         self._accepted, self._since = [], loop.time()
         sent, looked = 0, False
@@ -277,7 +280,7 @@ class Outbox:
         if not self.probe_seconds or (self._contact is not None and (
                 now - self._contact).total_seconds() < self.probe_seconds):
             return
-        failing, smtp = bool(self.runtime.smtp_error), SmtpConnection(self.smtp)
+        failing, smtp = bool(self.runtime.smtp_error), SmtpConnection(self.smtp, self.tokens)
         self._round = _Round()
         try:
             await self._connect(smtp, [])

@@ -3,13 +3,16 @@ translated here."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import ssl
 
 import aiosmtplib
 
 from maild.config import SmtpSettings
-from maild.errors import SmtpDeferred, SmtpRejected
+from maild.errors import OAuthRefused, OAuthUnavailable, SmtpDeferred, SmtpRejected
+from maild.oauth import Bearer, Tokens, sasl_oauthbearer, sasl_xoauth2
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +20,9 @@ log = logging.getLogger(__name__)
 class SmtpConnection:
     """`async with SmtpConnection(settings) as smtp: await smtp.send(...)`."""
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, tokens: Tokens | None = None) -> None:
         self.settings = settings
+        self.tokens = tokens  # for auth = "oauth2"
         self._client: aiosmtplib.SMTP | None = None
 
     async def __aenter__(self) -> SmtpConnection:
@@ -37,15 +41,53 @@ class SmtpConnection:
         )
         try:
             await client.connect()
-            if s.username:
+            if s.auth == "oauth2":
+                await self._oauth_login(client)
+            elif s.auth == "password" and s.username:
                 await client.login(s.username, s.password)
         except aiosmtplib.SMTPAuthenticationError as exc:
             await _quietly_close(client)
             raise SmtpDeferred(f"SMTP login as {s.username!r} refused: {exc.message}") from exc
+        except (OAuthRefused, OAuthUnavailable) as exc:  # the mail waits for a token
+            await _quietly_close(client)
+            raise SmtpDeferred(f"SMTP login as {s.username!r}: {exc}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             await _quietly_close(client)
             raise SmtpDeferred(f"SMTP {s.host}:{s.port} unavailable: {_describe(exc)}") from exc
         self._client = client
+
+    async def _oauth_login(self, client: aiosmtplib.SMTP) -> None:
+        """AUTH OAUTHBEARER where offered, else XOAUTH2; a refused token is refreshed
+        once and tried again."""
+        if self.tokens is None:
+            raise SmtpDeferred("SMTP: the OAuth2 tokens cannot be read (the database is "
+                               "unavailable)")
+        tokens = self.tokens
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()
+        bearer = await asyncio.to_thread(tokens.bearer)
+        try:
+            await self._authenticate(client, bearer)
+        except aiosmtplib.SMTPAuthenticationError:
+            fresh = await asyncio.to_thread(tokens.bearer, bearer.token)
+            if fresh.token == bearer.token:
+                raise
+            log.info("SMTP refused the OAuth2 token; logging in again with a fresh one")
+            await self._authenticate(client, fresh)
+
+    async def _authenticate(self, client: aiosmtplib.SMTP, bearer: Bearer) -> None:
+        s = self.settings
+        if "oauthbearer" in client.server_auth_methods:
+            mechanism, answer = b"OAUTHBEARER", sasl_oauthbearer(
+                s.username, bearer.token, s.host, s.port)
+        else:
+            mechanism, answer = b"XOAUTH2", sasl_xoauth2(s.username, bearer.token)
+        response = await client.execute_command(b"AUTH", mechanism, base64.b64encode(answer))
+        if response.code == 334:  # the error challenge (JSON): answer it to get the 535
+            response = await client.execute_command(
+                b"AQ==" if mechanism == b"OAUTHBEARER" else b"")
+        if response.code != 235:
+            raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)
 
     async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str:
         """Send one mail; returns the server's answer, raises SmtpDeferred or SmtpRejected."""

@@ -77,6 +77,7 @@ class OutboxKind(StrEnum):
     DIGEST = "digest"
     SLA_WARNING = "sla_warning"
     SLA_BREACH = "sla_breach"
+    LOGIN_LOST = "login_lost"  # the OAuth2 grant was refused, to the lead
 
 
 class EventKind(StrEnum):

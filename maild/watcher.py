@@ -15,14 +15,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
 
-from maild import db, health
+from maild import db, health, oauth
 from maild.analyse import Analysis
 from maild.config import ImapSettings, IntakeSettings
-from maild.errors import ImapLoginRefused, ImapRejected, ImapUnavailable, Temporary
+from maild.errors import (
+    ImapLoginRefused,
+    ImapRejected,
+    ImapUnavailable,
+    OAuthRefused,
+    Temporary,
+)
 from maild.imap import ImapMailbox
 from maild.intake import Intake, Outcome
 from maild.mail.fetched import Fetched
 from maild.models import MailboxState
+from maild.oauth import Tokens
 from maild.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 # delays each failure from an address that keeps failing (up to 15 s), and fail2ban-style
 # guards ban it; one try in 30 s shows a mended password soon enough.
 LOGIN_RETRY_SECONDS = 30.0
+# With the OAuth2 grant refused, the stored row is read this often (no request to the
+# authority): a new `maild auth login` is taken within seconds, without a restart.
+GRANT_RETRY_SECONDS = 3.0
 
 
 def batches(uids: list[int], sizes: dict[int, int], count: int,
@@ -57,8 +67,10 @@ class Watcher:
         factory: db.SessionFactory, stop: threading.Event,
         on_committed: Callable[[], None], clock: Callable[[], datetime],
         lock: db.MailboxLock | None = None, runtime: health.Runtime | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self.lock = lock
+        self.tokens = tokens  # [imap] auth = "oauth2"
         # What /healthz, /metrics and the heartbeat row read: fetches, failures, counts.
         self.runtime = runtime or health.Runtime(started_at=clock())
         self.runtime.standby = lock is not None  # until the lock is ours
@@ -80,9 +92,14 @@ class Watcher:
         delay = Backoff(1.0, 60.0)
         beating = asyncio.create_task(self._heartbeat(), name="heartbeat")
         while not self.stop.is_set():
-            box = ImapMailbox(self.imap)
+            box = ImapMailbox(self.imap, self.tokens)
             try:
                 await asyncio.to_thread(self._session, box)
+            except OAuthRefused as exc:  # waits for `maild auth login`; mail stays put
+                self._failed(str(exc))
+                self._report_outage(str(exc))
+                self.looked.set()
+                await asyncio.to_thread(self.stop.wait, GRANT_RETRY_SECONDS)
             except (ImapUnavailable, ImapRejected, Temporary) as exc:
                 self._failed(str(exc))  # at the first failure: /healthz counts from here
                 self._report_outage(str(exc))
@@ -179,10 +196,28 @@ class Watcher:
             # IDLE would wait only for newer changes: ask before waiting.
             if box.uids_after(seen):
                 continue
+            if self._token_left(box) <= 0:
+                # Servers drop a session whose token expired (Exchange does): a new one
+                # with a fresh token now, rather than a broken one later.
+                log.info("reconnecting to %s before the OAuth2 token expires", box.where)
+                return
             box.wait(self._wait_seconds(box), self.stop)
+
+    def _token_left(self, box: ImapMailbox) -> float:
+        """Seconds until the session's OAuth2 token is due for renewal (inf: no token)."""
+        if box.token_expires_at is None or self.tokens is None:
+            return float("inf")
+        left = (box.token_expires_at - self.clock()).total_seconds()
+        lifetime = self._lifetime(box)
+        return left - oauth.margin(lifetime, self.tokens.settings)
+
+    def _lifetime(self, box: ImapMailbox) -> int:
+        row = self.tokens.row() if self.tokens is not None else None
+        return row.access_lifetime if row is not None else 3600
 
     def _wait_seconds(self, box: ImapMailbox) -> float:
         limit = self.imap.idle_renew if box.idles else self.imap.poll_interval
+        limit = max(0.05, min(limit, self._token_left(box)))
         if self.retry_at:
             soonest = min(t for t, _ in self.retry_at.values()) - time.monotonic()
             limit = max(0.05, min(limit, soonest))

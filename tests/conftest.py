@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from authority import CLIENT_SECRET, Authority, dovecot_passdb  # noqa: E402
 from harness import (  # noqa: E402
     PG_ADMIN_URL,
     Dovecot,
@@ -42,12 +43,14 @@ def unavailable(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def running_dovecot() -> Iterator[Dovecot]:
+def running_dovecot(authority: Authority | None = None) -> Iterator[Dovecot]:
     """A private Dovecot, started (or the test failed under CI=true, skipped elsewhere)
-    and stopped and removed after."""
+    and stopped and removed after; with `authority`, it also takes OAuth2 logins."""
     # Not under pytest's tmp_path: Dovecot's unprivileged processes must reach the folder.
     base = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
-    server = Dovecot(base)
+    os.chmod(base, 0o755)
+    passdb = dovecot_passdb(authority, base / "oauth2.conf") if authority else None
+    server = Dovecot(base, oauth2=passdb)
     try:
         server.start()
     except (ServerUnavailable, OSError) as exc:
@@ -59,6 +62,23 @@ def running_dovecot() -> Iterator[Dovecot]:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def oauth_authority() -> Iterator[Authority]:
+    """The local OAuth2 authority (tests/authority.py) of the whole session."""
+    server = Authority(client_secret=CLIENT_SECRET).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot(oauth_authority: Authority) -> Iterator[Dovecot]:
+    """A Dovecot that checks XOAUTH2 and OAUTHBEARER logins with `oauth_authority`."""
+    with running_dovecot(oauth_authority) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ fresh databases, and a way to run `maild run` as a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import grp
 import json
@@ -62,6 +63,9 @@ class Dovecot:
     base: Path
     port: int = 0
     pool: list[tuple[str, str]] = field(default_factory=list)
+    # The args file of an oauth2 passdb (tests/authority.py): XOAUTH2 and OAUTHBEARER
+    # logins are then checked by token introspection.
+    oauth2: Path | None = None
 
     @property
     def passwd(self) -> Path:
@@ -121,7 +125,7 @@ listen = 127.0.0.1
 protocols = imap
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if self.oauth2 else ""}
 log_path = {b}/dovecot.log
 info_log_path = {b}/dovecot.log
 mail_location = maildir:{b}/mail/%u
@@ -147,12 +151,22 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN {self.passwd}
 }}
-userdb {{
+{self._oauth2_passdb()}userdb {{
   driver = static
   args = uid={users["uid"]} gid={users["gid"]} home={b}/mail/%u
 }}
 protocol imap {{
   mail_max_userip_connections = 100
+}}
+"""
+
+    def _oauth2_passdb(self) -> str:
+        if self.oauth2 is None:
+            return ""
+        return f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.oauth2}
 }}
 """
 
@@ -283,7 +297,8 @@ class SmtpCapture:
         deadline = time.monotonic() + 60.0
         while True:
             controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                    enable_SMTPUTF8=True, ready_timeout=30.0)
+                                    enable_SMTPUTF8=True, ready_timeout=30.0,
+                                    **self.options())
             try:
                 controller.start()
             except Exception:
@@ -295,6 +310,9 @@ class SmtpCapture:
                 continue
             self.controller = controller
             return self
+
+    def options(self) -> dict[str, Any]:
+        return {}
 
     def stop(self) -> None:
         if self.controller is not None:
@@ -337,9 +355,47 @@ class SmtpCapture:
         return found
 
 
+@dataclass
+class OAuthSmtpCapture(SmtpCapture):
+    """An SMTP capture that takes only AUTH XOAUTH2 with a live token of `authority`
+    for its user, and mail only after it."""
+
+    authority: Any = None
+    logins: list[str] = field(default_factory=list)  # the users logged in, in order
+    refused: int = 0  # logins refused
+
+    def options(self) -> dict[str, Any]:
+        return {"auth_require_tls": False, "auth_exclude_mechanism": ["LOGIN", "PLAIN"]}
+
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> Any:  # noqa: N802
+        from aiosmtpd.smtp import AuthResult
+
+        try:
+            fields = base64.b64decode(args[1]).decode().split("\x01")
+            user = fields[0].removeprefix("user=")
+            token = next(f for f in fields if f.startswith("auth=Bearer ")).split(" ", 1)[1]
+        except (IndexError, ValueError, StopIteration):
+            return AuthResult(success=False, handled=False)
+        if self.authority is None or self.authority.user_of(token) != user:
+            with self.lock:
+                self.refused += 1
+            return AuthResult(success=False, handled=False)
+        with self.lock:
+            self.logins.append(user)
+        return AuthResult(success=True, auth_data=user)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        if not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+
 def write_config(path: Path, *, imap_port: int, user: str, password: str, smtp_port: int,
                  database_url: str, extra: str = "", imap_extra: str = "",
-                 outbox_extra: str = "") -> Path:
+                 outbox_extra: str = "", smtp_extra: str = "") -> Path:
     # The web listener on a port of its own, unless the test configures [http] itself.
     http = "" if "[http]" in extra else f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
     # No daily digest unless the test configures [sla]: the daemons run on the real clock,
@@ -362,6 +418,7 @@ host = "127.0.0.1"
 port = {smtp_port}
 tls = "none"
 timeout = 10
+{smtp_extra}
 
 [database]
 url = "{database_url}"
@@ -568,7 +625,8 @@ def rows(url: str, model: Any, *where: Any) -> Any:
     engine = db.make_engine(url)
     try:
         with db.transaction(db.session_factory(engine)) as s:
-            return s.scalars(select(model).where(*where).order_by(model.id)).all()
+            order = getattr(model, "id", None) or next(iter(model.__table__.primary_key))
+            return s.scalars(select(model).where(*where).order_by(order)).all()
     finally:
         engine.dispose()
 

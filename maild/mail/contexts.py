@@ -244,6 +244,16 @@ class Digest(Context):
     timezone: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoginLost(Context):
+    """To the lead: the OAuth2 grant was refused, mail waits until `maild auth login`."""
+
+    account: str
+    error: str
+    since: datetime
+    timezone: str
+
+
 def names_read(env: Environment, name: str, seen: set[str] | None = None) -> set[str]:
     """The names template `name` and the templates it includes read from the context:
     not those it sets, imports from another template, or the environment's globals. An
@@ -280,5 +290,5 @@ TEMPLATES: dict[str, type[Context]] = {
     "reject": Reject, "ack": Ack, "relay": Relay, "autoclose": CustomerNotice,
     "reminder": Reminder, "status": Status, "escalated": Escalated, "notify": Notify,
     "agent_notice": AgentNotice, "sla_breach": SlaMail, "sla_warning": SlaMail,
-    "escalated_staff": EscalatedStaff, "digest": Digest,
+    "escalated_staff": EscalatedStaff, "digest": Digest, "login_lost": LoginLost,
 }

@@ -1,0 +1,468 @@
+"""OAuth2 logins (issue 21): the token store against the local authority (tests/authority.py),
+`maild auth`, and the daemon logging in to a Dovecot whose oauth2 passdb asks the authority
+and to an SMTP server that checks the token, on both databases."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from authority import CLIENT_ID, CLIENT_SECRET, Authority
+from harness import (
+    Daemon,
+    Mailbox,
+    OAuthSmtpCapture,
+    free_port,
+    healthz,
+    maild,
+    rows,
+    wait_for_port,
+    wait_until,
+    write_config,
+)
+
+from maild import config, db, oauth
+from maild.errors import ConfigError, OAuthRefused, OAuthUnavailable
+from maild.imap import ImapMailbox
+from maild.models import OAuthToken, OutboxMail, Ticket
+
+
+def oauth_section(authority: Authority, flow: str = "device", secret: str = CLIENT_SECRET,
+                  extra: str = "") -> str:
+    return f"""
+[oauth2]
+provider = "generic"
+client_id = "{CLIENT_ID}"
+client_secret = "{secret}"
+flow = "{flow}"
+scopes = ["mail"]
+token_url = "{authority.url}/token"
+device_authorization_url = "{authority.url}/devicecode"
+authorization_url = "{authority.url}/authorize"
+timeout = 5
+{extra}
+"""
+
+
+def settings_for(authority: Authority, url: str, **kw: str) -> oauth.OAuth2Settings:
+    return oauth.OAuth2Settings(
+        provider="generic", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+        token_url=f"{authority.url}/token",
+        device_authorization_url=f"{authority.url}/devicecode",
+        authorization_url=f"{authority.url}/authorize", timeout=5, **kw)
+
+
+@pytest.fixture
+def upgraded(database_url: str) -> db.SessionFactory:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    return db.session_factory(engine)
+
+
+@pytest.fixture
+def authority(oauth_authority: Authority) -> Authority:
+    authority = oauth_authority
+    authority.lifetime, authority.failing, authority.user = 3600, 0, "service@example.test"
+    authority.refreshes, authority.reused = 0, []
+    return authority
+
+
+def logged_in(authority: Authority, factory: db.SessionFactory, account: str,
+              **kw: object) -> oauth.Tokens:
+    tokens = oauth.Tokens(settings_for(authority, ""), factory, account, **kw)  # type: ignore[arg-type]
+    granted = authority.grant()
+    tokens.log_in(oauth.Grant(granted["access_token"], granted["refresh_token"],
+                              granted["expires_in"]))
+    return tokens
+
+
+# -- config ---------------------------------------------------------------------------------
+
+def base(**sections: dict[str, object]) -> dict[str, object]:
+    raw: dict[str, object] = {"imap": {"host": "127.0.0.1", "username": "service@x.example",
+                                       "auth": "oauth2"},
+                              "smtp": {"host": "127.0.0.1", "auth": "oauth2"},
+                              "support": {"address": "service@example.com"}}
+    raw.update(sections)
+    return raw
+
+
+def test_config_presets_defaults_and_refusals(tmp_path):
+    ms = config.from_mapping(base(oauth2={"client_id": "abc"}), "t.toml", {})
+    ep = oauth.endpoints(ms.oauth2)
+    assert ep.flow == "device"
+    assert ep.token_url == "https://login.microsoftonline.com/organizations/oauth2/v2.0/token"
+    assert "offline_access" in ep.scopes and any("IMAP.AccessAsUser.All" in s for s in ep.scopes)
+    assert ms.smtp.username == "service@x.example"  # the SASL user defaults to IMAP's
+    google = config.from_mapping(base(oauth2={"provider": "google", "client_id": "g"}),
+                                 "t.toml", {})
+    gep = oauth.endpoints(google.oauth2)
+    assert gep.flow == "code" and gep.scopes == ("https://mail.google.com/",)
+    app = config.from_mapping(base(oauth2={"client_id": "a", "flow": "client_credentials",
+                                           "tenant": "contoso.onmicrosoft.com",
+                                           "client_secret": "s"}), "t.toml", {})
+    assert oauth.endpoints(app.oauth2).scopes == ("https://outlook.office365.com/.default",)
+    # the secret from the environment, like every other secret
+    env = config.from_mapping(base(oauth2={"client_id": "a"}), "t.toml",
+                              {"MAILD_OAUTH2_CLIENT_SECRET": "from-env"})
+    assert env.oauth2.client_secret == "from-env"
+    for raw, words in [
+        (base(), "needs an [oauth2] section"),
+        (base(oauth2={"client_id": "a", "token_url": "http://login.example/token"}),
+         "must be an https:// address"),
+        (base(oauth2={"provider": "google", "client_id": "g", "flow": "device"}),
+         'only with flow = "code"'),
+        (base(oauth2={"client_id": "a", "flow": "client_credentials", "client_secret": "s"}),
+         "needs the tenant id"),
+        (base(oauth2={"client_id": "a", "client_secret": "hunter2-secret", "tenant": "x y"}),
+         "a tenant id"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            config.from_mapping(raw, "t.toml", {})
+        assert words in str(err.value)
+        assert "hunter2" not in str(err.value)
+
+
+# -- the token store ------------------------------------------------------------------------
+
+def test_tokens_refresh_ahead_rotate_and_use_each_refresh_token_once(authority, upgraded):
+    authority.lifetime = 8  # due at once: a quarter of 8 s is 2 s … so refresh after ~6 s
+    tokens = logged_in(authority, upgraded, "service@example.test")
+    first = tokens.bearer()
+    assert authority.user_of(first.token) == "service@example.test"
+    assert tokens.bearer().token == first.token  # not due yet: no request
+    assert authority.refreshes == 0
+    seen = {first.token}
+    for _ in range(3):
+        assert wait_until(lambda: tokens.bearer().token not in seen, timeout=12)
+        seen.add(tokens.bearer().token)
+    assert authority.refreshes == 3 and authority.reused == []
+    row = tokens.row()
+    assert row.refreshes == 3 and row.refresh_token in authority.refresh  # the live one
+    assert row.access_token == tokens.bearer().token and not row.invalid
+
+
+def test_a_refused_token_is_refreshed_once_even_before_expiry(authority, upgraded):
+    tokens = logged_in(authority, upgraded, "service@example.test")
+    first = tokens.bearer()
+    fresh = tokens.bearer(refused=first.token)
+    assert fresh.token != first.token and authority.refreshes == 1
+    # refused again at once: no second refresh within the minute (no hammering)
+    assert tokens.bearer(refused=fresh.token).token == fresh.token
+    assert authority.refreshes == 1
+
+
+def test_two_processes_refresh_once_not_twice(authority, upgraded, database_url):
+    # Two maild processes (each its own engine and Tokens) find the token due at once.
+    logged_in(authority, upgraded, "service@example.test")
+    with db.transaction(upgraded) as session:  # make it due
+        row = session.get(OAuthToken, "service@example.test")
+        row.access_expires_at = datetime.now(UTC)
+    script = f"""
+import sys, time
+from datetime import datetime
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from maild import db, oauth
+start = float(sys.argv[1])
+engine = db.make_engine({database_url!r})
+s = oauth.OAuth2Settings(provider="generic", client_id={CLIENT_ID!r},
+    client_secret={CLIENT_SECRET!r}, token_url={authority.url + "/token"!r}, timeout=5)
+tokens = oauth.Tokens(s, db.session_factory(engine), "service@example.test")
+time.sleep(max(0, start - time.time()))
+print(tokens.bearer().token)
+"""
+    start = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", script, start], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert authority.refreshes == 1, outs
+    assert outs[0][0] == outs[1][0]  # both use the one new token
+    assert authority.reused == []
+
+
+def test_outage_keeps_the_valid_token_and_backs_off(authority, upgraded):
+    tokens = logged_in(authority, upgraded, "service@example.test")
+    current = tokens.bearer()
+    authority.failing = 100
+    # refused by the server: a refresh is tried, fails (503), the still valid token is used
+    with pytest.raises(OAuthUnavailable):
+        tokens.bearer(refused=current.token)
+    asked = 100 - authority.failing
+    assert asked == 1
+    assert tokens.bearer().token == current.token  # not due: no request during the backoff
+    assert 100 - authority.failing == 1
+    assert "503" in tokens.row().last_error and not tokens.row().invalid
+    authority.failing = 0
+
+
+def test_invalid_grant_stops_asking_tells_the_lead_once_and_a_login_resumes(
+        authority, upgraded):
+    told: list[str] = []
+    tokens = logged_in(authority, upgraded, "service@example.test",
+                       on_refused=lambda session, row: told.append(row.last_error))
+    current = tokens.bearer()
+    authority.revoke()
+    with pytest.raises(OAuthRefused) as err:
+        tokens.bearer(refused=current.token)
+    text = str(err.value)
+    assert "invalid_grant" in text and "run `maild auth login`" in text
+    assert told == ["invalid_grant: AADSTS70000: The provided grant is invalid or has been "
+                    "revoked."]
+    asked = authority.refreshes
+    for _ in range(3):  # no request to the authority while the grant is refused
+        with pytest.raises(OAuthRefused):
+            tokens.bearer()
+    assert authority.refreshes == asked and len(told) == 1
+    row = tokens.row()
+    assert row.invalid and row.access_token == "" and row.refresh_token  # kept, unused
+    granted = authority.grant()
+    tokens.log_in(oauth.Grant(granted["access_token"], granted["refresh_token"], 3600))
+    assert tokens.bearer().token == granted["access_token"]
+    assert not tokens.row().invalid
+
+
+# -- IMAP and SMTP logins -----------------------------------------------------------------
+
+def test_imap_logs_in_with_oauthbearer_and_a_revoked_token_is_refused(
+        authority, oauth_dovecot, upgraded):
+    user, _ = oauth_dovecot.add_user()
+    authority.user = user
+    tokens = logged_in(authority, upgraded, user)
+    imap = config.ImapSettings(host="127.0.0.1", port=oauth_dovecot.port, username=user,
+                               tls="none", auth="oauth2")
+    box = ImapMailbox(imap, tokens)
+    box.connect()
+    assert box.mechanism == "OAUTHBEARER" and box.token_expires_at is not None
+    box.close()
+    authority.revoke()
+    box = ImapMailbox(imap, tokens)
+    with pytest.raises(OAuthRefused):
+        box.connect()
+    box.close()
+
+
+# -- `maild auth` and `maild check` -----------------------------------------------------------
+
+@pytest.fixture
+def oauth_config(tmp_path, authority, oauth_dovecot, database_url, upgraded):
+    user, _ = oauth_dovecot.add_user()
+    authority.user = user
+    smtp = OAuthSmtpCapture(authority=authority).start()
+    web = free_port()
+    path = write_config(
+        tmp_path / "maild.toml", imap_port=oauth_dovecot.port, user=user, password="",
+        smtp_port=smtp.port, database_url=database_url, imap_extra='auth = "oauth2"',
+        smtp_extra='auth = "oauth2"',
+        extra=f'[http]\nlisten = "127.0.0.1:{web}"\n[health]\nmailbox_failing_seconds = 0\n'
+              + oauth_section(authority))
+    yield path, user, smtp, web
+    smtp.stop()
+
+
+def device_login(path: Path, authority: Authority) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "maild", "--config", str(path), "auth",
+                             "login"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        found = re.search(r"enter the code (\w+)", line)
+        if found:
+            assert authority.approve(found.group(1))
+            break
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, err)
+
+
+def test_auth_login_device_flow_status_and_logout(oauth_config, authority, database_url):
+    path, user, _, _ = oauth_config
+    result = device_login(path, authority)
+    assert result.returncode == 0, result
+    assert f"open {authority.url}/device" in result.stdout and "logged in" in result.stdout
+    [row] = rows(database_url, OAuthToken)
+    assert row.account == user and row.flow == "device" and row.refresh_token
+    status = maild("auth", "status", "--json", config=path)
+    assert status.returncode == 0, status
+    body = json.loads(status.stdout)
+    assert body["account"] == user and body["flow"] == "device" and body["refresh_token"]
+    assert body["access_token_expires_in"] > 3000 and body["last_error"] == ""
+    for shown in (status.stdout, result.stdout, result.stderr,
+                  maild("auth", "status", config=path).stdout):
+        assert row.refresh_token not in shown and row.access_token not in shown
+    check = maild("check", config=path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert re.search(r"ok +oauth2: .*token refreshed", check.stdout)
+    assert re.search(r"ok +imap: ", check.stdout) and re.search(r"ok +smtp: ", check.stdout)
+    out = maild("auth", "logout", config=path)
+    assert out.returncode == 0 and rows(database_url, OAuthToken) == []
+    after = maild("auth", "status", config=path)
+    assert after.returncode == 1 and "run `maild auth login`" in after.stdout
+
+
+def test_check_names_a_wrong_client_secret_in_one_line(oauth_config, authority, tmp_path):
+    path, _, _, _ = oauth_config
+    assert device_login(path, authority).returncode == 0
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(path.read_text().replace(CLIENT_SECRET, "not-the-secret"))
+    check = maild("check", config=wrong)
+    assert check.returncode == 1
+    [line] = [x for x in check.stdout.splitlines() if x.startswith("FAIL  oauth2")]
+    assert "invalid_client" in line and "AADSTS7000215" in line and "client_secret" in line
+    assert "not-the-secret" not in check.stdout + check.stderr
+    # the grant itself was not spoiled by a wrong config
+    assert maild("auth", "status", config=path).returncode == 0
+
+
+@pytest.mark.parametrize("paste", [False, True], ids=["redirect", "pasted"])
+def test_auth_login_code_flow_with_pkce(tmp_path, authority, oauth_dovecot, upgraded,
+                                        database_url, paste):
+    path = write_config(
+        tmp_path / "maild.toml", imap_port=oauth_dovecot.port, user="u@example.test",
+        password="", smtp_port=free_port(), database_url=database_url,
+        imap_extra='auth = "oauth2"', extra=oauth_section(authority, flow="code"))
+    args = ["auth", "login", *(["--no-listen"] if paste else [])]
+    proc = subprocess.Popen([sys.executable, "-m", "maild", "--config", str(path), *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    for line in proc.stdout:
+        if line.startswith("  http"):
+            url = line.strip()
+            break
+    assert "code_challenge_method=S256" in url and "code_challenge=" in url
+    if paste:  # the browser ends on a page that does not load: its address is pasted
+        request = urllib.request.Request(url)
+        opener = urllib.request.build_opener(NoRedirect)
+        answer = opener.open(request)
+        proc.stdin.write(answer.headers["Location"] + "\n")
+        proc.stdin.flush()
+    else:  # the browser follows the redirect to the loopback port maild listens on
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert b"you may close this window" in page.read()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    [row] = rows(database_url, OAuthToken)
+    assert row.flow == "code" and row.refresh_token
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kw: object) -> None:
+        return None
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]
+        return fp
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+def customer(n: int) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"Kunde {n} <kunde{n}@kunde.example>"
+    msg["To"] = "service@example.com"
+    msg["Subject"] = f"Frage {n}"
+    msg["Message-ID"] = f"<oauth-{n}-{time.time_ns()}@kunde.example>"
+    msg["Date"] = email.utils.formatdate()
+    msg.set_content(f"Hallo, Frage Nummer {n}.\n")
+    return msg
+
+
+@pytest.mark.slow
+def test_mail_flows_over_three_token_lifetimes_without_a_failed_login(
+        oauth_config, authority, database_url, tmp_path, oauth_dovecot):
+    path, user, smtp, _ = oauth_config
+    authority.lifetime = 20
+    assert device_login(path, authority).returncode == 0
+    daemon = Daemon(path, tmp_path / "maild.log").start()
+    box = Mailbox(oauth_dovecot.port, user, "")
+    box.client = lambda: _oauth_client(oauth_dovecot.port, user, authority)  # type: ignore[method-assign]
+    try:
+        assert daemon.watching(60), daemon.output()
+        sent = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 65:  # more than three lifetimes of 20 s
+            box.append(customer(sent))
+            sent += 1
+            smtp.wait_for(sent, timeout=30)
+            time.sleep(4)
+        assert len(smtp.mails) == sent and sent >= 12
+        assert wait_until(lambda: box.count("INBOX") == 0, timeout=30)
+        assert box.count("Processed") == sent
+        assert len(rows(database_url, Ticket)) == sent
+        [row] = rows(database_url, OAuthToken)
+        assert row.refreshes >= 3, row.refreshes
+        assert authority.reused == [] and smtp.refused == 0  # every refresh token once
+        log = daemon.output()
+        assert "refused" not in log and "AUTHENTICATIONFAILED" not in log, log
+        assert "before the OAuth2 token expires" in log  # IDLE renewed with a fresh token
+    finally:
+        daemon.stop()
+
+
+def _oauth_client(port: int, user: str, authority: Authority):  # type: ignore[no-untyped-def]
+    from imapclient import IMAPClient
+    client = IMAPClient("127.0.0.1", port=port, ssl=False, timeout=10)
+    client.oauth2_login(user, authority.grant()["access_token"])
+    return client
+
+
+@pytest.mark.slow
+def test_revoked_grant_turns_healthz_503_loses_nothing_and_a_new_login_resumes(
+        tmp_path, authority, oauth_dovecot, database_url, upgraded, smtp):
+    # IMAP by OAuth2, SMTP without login (so the lead can be told); the grant is revoked.
+    user, _ = oauth_dovecot.add_user()
+    authority.user = user
+    web = free_port()
+    path = write_config(
+        tmp_path / "maild.toml", imap_port=oauth_dovecot.port, user=user, password="",
+        smtp_port=smtp.port, database_url=database_url, imap_extra='auth = "oauth2"',
+        extra=f'[http]\nlisten = "127.0.0.1:{web}"\n[health]\nmailbox_failing_seconds = 0\n'
+              '[sla]\ndigest = false\nlead_address = "lead@example.com"\n'
+              + oauth_section(authority))
+    authority.lifetime = 12
+    assert device_login(path, authority).returncode == 0
+    box = Mailbox(oauth_dovecot.port, user, "")
+    box.client = lambda: _oauth_client(oauth_dovecot.port, user, authority)  # type: ignore[method-assign]
+    daemon = Daemon(path, tmp_path / "maild.log").start()
+    try:
+        wait_for_port(web, 30)
+        box.append(customer(1))
+        smtp.wait_for(1, timeout=30)
+        assert healthz(web)[0] == 200
+        authority.revoke()
+        revoked = time.monotonic()
+        assert wait_until(lambda: healthz(web)[0] == 503, timeout=60), daemon.output()
+        assert time.monotonic() - revoked < 60
+        status, body = healthz(web)
+        assert any("refused by the authority" in p and "maild auth login" in p
+                   for p in body["problems"]), body
+        box.append(customer(2))  # waits in the INBOX, nothing lost
+        [_, lead] = smtp.wait_for(2, timeout=30)
+        assert lead.recipients == ["lead@example.com"]
+        assert user in lead.message["Subject"]
+        assert "maild auth login" in lead.message.get_body(("plain",)).get_content()
+        status = maild("status", config=path)
+        assert status.returncode == 1
+        assert re.search(r"problem +OAuth2 login for .* refused by the authority "
+                         r"\(invalid_grant.*\): run `maild auth login`", status.stdout), (
+            status.stdout)
+        time.sleep(3)
+        assert box.count("INBOX") == 1 and len(smtp.mails) == 2  # the lead once only
+        assert device_login(path, authority).returncode == 0  # no restart
+        smtp.wait_for(3, timeout=30)
+        assert wait_until(lambda: box.count("INBOX") == 0, timeout=30)
+        assert wait_until(lambda: healthz(web)[0] == 200, timeout=30), healthz(web)
+        assert len(smtp.mails) == 3
+        assert [m.kind for m in rows(database_url, OutboxMail)].count("login_lost") == 1
+    finally:
+        daemon.stop()
