@@ -29,6 +29,7 @@ from maild.web.app import page_environment
 RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
     "imap": None,  # the connection, the watched folder and the mailbox's identity
     "smtp": None,
+    "oauth2": None,  # the token store is made at start
     "database": None,
     "paths": ("state_dir", "blob_dir"),
     "http": ("listen", "enabled"),
@@ -42,6 +43,9 @@ def restart_only(old: Settings, new: Settings) -> list[str]:
     changed: list[str] = []
     for section, keys in RESTART_ONLY.items():
         before, after = getattr(old, section), getattr(new, section)
+        if before is None or after is None:  # an optional section added or removed
+            changed += [f"[{section}]"] if before != after else []
+            continue
         names = keys if keys is not None else tuple(type(before).model_fields)
         changed += [f"[{section}] {key}" for key in names
                     if getattr(before, key) != getattr(after, key)]

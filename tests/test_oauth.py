@@ -251,6 +251,46 @@ def test_imap_logs_in_with_oauthbearer_and_a_revoked_token_is_refused(
     box.close()
 
 
+def test_a_token_the_servers_refuse_is_refreshed_once_and_the_login_retried(
+        authority, oauth_dovecot, upgraded):
+    # The stored access token has not expired, but the servers no longer take it (revoked
+    # early, say): IMAP and SMTP each refresh once and log in with the new one.
+    import asyncio
+
+    from maild.smtp import SmtpConnection
+
+    user, _ = oauth_dovecot.add_user()
+    authority.user = user
+    tokens = logged_in(authority, upgraded, user)
+    stale = tokens.bearer().token
+    with authority.lock:
+        authority.access.clear()  # access tokens die, the refresh token lives
+    imap = config.ImapSettings(host="127.0.0.1", port=oauth_dovecot.port, username=user,
+                               tls="none", auth="oauth2")
+    box = ImapMailbox(imap, tokens)
+    box.connect()
+    box.close()
+    assert authority.refreshes == 1 and tokens.bearer().token != stale
+    smtp = OAuthSmtpCapture(authority=authority).start()
+    try:
+        with authority.lock:
+            authority.access.clear()
+        settings = config.SmtpSettings(host="127.0.0.1", port=smtp.port, tls="none",
+                                       auth="oauth2", username=user)
+        tokens._forced_at = -1e9  # the minute since IMAP's forced refresh has "passed"
+
+        async def send() -> None:
+            async with SmtpConnection(settings, tokens) as conn:
+                await conn.send("service@example.com", ["kunde@kunde.example"],
+                                customer(1).as_bytes())
+
+        asyncio.run(send())
+        assert len(smtp.mails) == 1 and smtp.refused == 1 and smtp.logins == [user]
+        assert authority.refreshes == 2 and authority.reused == []
+    finally:
+        smtp.stop()
+
+
 # -- `maild auth` and `maild check` -----------------------------------------------------------
 
 @pytest.fixture
@@ -466,3 +506,28 @@ def test_revoked_grant_turns_healthz_503_loses_nothing_and_a_new_login_resumes(
         assert [m.kind for m in rows(database_url, OutboxMail)].count("login_lost") == 1
     finally:
         daemon.stop()
+
+
+def test_metrics_show_the_token_expiry_and_the_refreshes(authority, upgraded):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from maild import health, metrics
+
+    runtime = health.Runtime(started_at=datetime.now(UTC))
+    tokens = logged_in(authority, upgraded, "service@example.test", count=runtime.count)
+    tokens.bearer(fresh=True)
+    text = metrics.exposition(metrics.registry(runtime, upgraded,
+                                               lambda: datetime.now(UTC))).decode()
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in text_string_to_metric_families(text) for s in family.samples}
+    expiry = found[("maild_oauth_token_expiry_seconds",
+                    (("account", "service@example.test"),))]
+    assert 3500 < expiry <= 3600
+    assert found[("maild_oauth_refreshes_total", (("outcome", "ok"),))] == 1
+    authority.revoke()
+    with pytest.raises(OAuthRefused):
+        tokens.bearer(fresh=True)
+    text = metrics.exposition(metrics.registry(runtime, upgraded,
+                                               lambda: datetime.now(UTC))).decode()
+    assert 'maild_oauth_token_expiry_seconds{account="service@example.test"} 0.0' in text
+    assert 'maild_oauth_refreshes_total{outcome="refused"} 1.0' in text
