@@ -31,6 +31,28 @@ from maild.config import OAuth2Settings, Settings
 from maild.errors import ConfigError, OAuthRefused, OAuthUnavailable
 from maild.models import OAuthToken
 
+CONFIG_HELP = """configuration:
+  [imap] auth = "oauth2"        log in to IMAP with a token ([imap] username: the SASL user,
+                                for a shared mailbox its address)
+  [smtp] auth = "oauth2"        likewise for SMTP ([smtp] username, default [imap]'s);
+                                "password" (default) or "none" otherwise
+  [oauth2]
+  provider = "microsoft"        "microsoft" | "google" | "generic"
+  client_id = "…"               the app registration's client id (required)
+  client_secret = ""            a secret (client_secret_file, MAILD_OAUTH2_CLIENT_SECRET,
+                                systemd credential oauth2_client_secret); none for a public
+                                client
+  tenant = "organizations"      Microsoft: tenant id or domain (client_credentials needs it)
+  flow = "device"               "device" | "code" | "client_credentials" (default: device;
+                                code for Google)
+  scopes = []                   default: the provider's for IMAP + SMTP
+  token_url, device_authorization_url, authorization_url
+                                for "generic" or to override a preset (https, or http to
+                                loopback only)
+  redirect_port = 0             code flow: the loopback port to listen on (0: a free one)
+  timeout = 30.0                seconds per request to the authority
+  refresh_ahead = 300.0         refresh this long before expiry (at most 1/4 of the lifetime)
+"""
 LOGIN_WAIT = 600.0  # the code flow waits this long for the browser or a pasted address
 
 
@@ -38,7 +60,8 @@ def add_parser(sub: Any) -> None:
     ap = sub.add_parser(
         "auth", help="OAuth2 logins for IMAP and SMTP (Microsoft 365, Google, …)",
         description="Log in once with `maild auth login`; maild keeps the tokens fresh. "
-                    "See docs/oauth2.md for the provider's side.")
+                    "See docs/oauth2.md for the provider's side.",
+        epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     asub = ap.add_subparsers(dest="auth_command", required=True)
     al = asub.add_parser(
         "login", help="sign in (device flow: a code to enter; code flow: an address to "
