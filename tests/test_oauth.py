@@ -531,3 +531,15 @@ def test_metrics_show_the_token_expiry_and_the_refreshes(authority, upgraded):
                                                lambda: datetime.now(UTC))).decode()
     assert 'maild_oauth_token_expiry_seconds{account="service@example.test"} 0.0' in text
     assert 'maild_oauth_refreshes_total{outcome="refused"} 1.0' in text
+
+
+def test_every_oauth2_key_is_documented_in_auth_help_and_the_readme():
+    shown = subprocess.run([sys.executable, "-m", "maild", "auth", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    part = readme[readme.index("**Microsoft 365 and Google Workspace (OAuth2).**"):]
+    part = part[:part.index("\n\n")]
+    for key in config.OAuth2Settings.model_fields:
+        assert key in shown, key
+        assert re.search(rf"`{key}[` ]", part), key
+    assert '[imap] auth = "oauth2"' in shown and '[smtp] auth = "oauth2"' in shown
