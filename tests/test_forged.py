@@ -103,6 +103,70 @@ def test_authentication_results_below_a_foreign_relay_or_without_alignment_prove
     assert desk.ticket().priority == "low"
 
 
+# Six common MX set-ups: what each writes for a forged mail (unsigned, From an agent's
+# domain, sent straight to our MX) and for the agent's genuine mail. Below the forged
+# mail's genuine headers sits the sender's own, naming our MX: it must never count.
+RECEIVED = "Received: from pc.evil.example by {mx}; Thu, 26 Nov 2026 10:00:00 +0000\r\n"
+FORGED = ("Authentication-Results: {mx}; dkim=pass header.d=example.com; "
+          "dmarc=pass header.from=example.com\r\n")
+MX_SETUPS = {
+    "rspamd": ("mx.example.com", [
+        "mx.example.com; dkim=none; spf=softfail smtp.mailfrom=example.com; "
+        "dmarc=fail (p=reject) header.from=example.com"], [
+        "mx.example.com; dkim=pass header.d=example.com header.s=s1; spf=pass "
+        "smtp.mailfrom=example.com; dmarc=pass (p=reject) header.from=example.com"]),
+    "opendkim+opendmarc, p=reject": ("mx.example.com", [
+        "mx.example.com; dmarc=fail (p=reject dis=reject) header.from=example.com"], [
+        "mx.example.com; dmarc=pass (p=reject dis=none) header.from=example.com",
+        "mx.example.com; dkim=pass (2048-bit key) header.d=example.com "
+        "header.i=@example.com"]),
+    "opendkim+opendmarc, no policy": ("mx.example.com", [
+        "mx.example.com; dmarc=none (p=none dis=none) header.from=example.com"], [
+        "mx.example.com; dmarc=pass (p=none dis=none) header.from=example.com",
+        "mx.example.com; dkim=pass header.d=example.com"]),
+    "opendkim, AlwaysAddARHeader": ("mx.example.com", [
+        "mx.example.com; dkim=none (no signatures found)"], [
+        "mx.example.com; dkim=pass (1024-bit key) header.d=example.com"]),
+    "opendmarc alone, no policy": ("mx.example.com", [
+        "mx.example.com; dmarc=none header.from=example.com"], [
+        "mx.example.com; dmarc=pass header.from=example.com"]),
+    "google workspace": ("mx.google.com", [
+        "mx.google.com; spf=softfail (google.com: domain of max@example.com does not "
+        "designate 203.0.113.9 as permitted sender) smtp.mailfrom=max@example.com; "
+        "dmarc=none (p=NONE sp=NONE dis=NONE) header.from=example.com"], [
+        "mx.google.com; dkim=pass header.i=@example.com header.s=s1 header.b=abc; spf=pass "
+        "smtp.mailfrom=max@example.com; dmarc=pass (p=REJECT sp=REJECT dis=NONE) "
+        "header.from=example.com"]),
+}
+
+
+@pytest.mark.parametrize("setup", list(MX_SETUPS))
+def test_six_mx_setups_a_forged_agent_gains_nothing_the_real_one_is_proven(
+        tmp_path, factory, database_url, clock, setup):
+    mx, forged_mail, genuine_mail = MX_SETUPS[setup]
+    desk = Desk(make_intake(tmp_path, factory, database_url, clock,
+                            agents={"trusted_authserv_ids": [mx]}), factory)
+    desk.feed(FIRST)
+
+    def headers(written: list[str], forged: bool) -> str:
+        return (RECEIVED.format(mx=mx) + "".join(f"Authentication-Results: {h}\r\n"
+                                                 for h in written)
+                + (FORGED.format(mx=mx) if forged else ""))
+
+    # the attacker: close the ticket, copy themselves in, mail the customer
+    desk.mail("Max Agent <max@example.com>",
+              "#status closed\n#cc add evil@evil.example\nHallo Anna, erledigt.",
+              headers=headers(forged_mail, forged=True))
+    ticket = desk.ticket()
+    assert ticket.status == "new" and not desk.outbox("relay"), setup
+    assert "evil@evil.example" not in str(ticket.participants)
+    assert len(desk.outbox("warning")) == 1
+    # the agent, through the same MX: proven
+    desk.mail("Max Agent <max@example.com>", "#priority low",
+              headers=headers(genuine_mail, forged=False))
+    assert desk.ticket().priority == "low", setup
+
+
 def test_trusted_results_rule():
     ids = ["mx.example.com"]
     trace = [("received", "from mx.example.com by imap.example.com with LMTP"),

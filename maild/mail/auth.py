@@ -11,18 +11,24 @@ everything the sender or the sender's relays wrote. The rule (RFC 8601 §5):
    host under one of them, e.g. `mx.example.com` under the id `example.com`). Our border
    MX's own Received line (`from` the sender's host `by` our MX) does not end it: milters
    such as OpenDKIM insert their header just below it.
-3. Within the trusted part, only headers whose authserv-id is trusted count, and for each
-   method the topmost header with a verdict for it decides: a `dmarc=fail` of our MX
-   above a `dmarc=pass` further down means fail, whoever wrote the second. (Within that
-   one header every result counts: a mail may carry several DKIM signatures.)
+3. Within the trusted part, only headers whose authserv-id is trusted count, and of
+   those only the topmost header of each authserv-id: what our MX wrote last. Every
+   header below it with the same id may be the sender's (a sender who connects straight
+   to our MX writes theirs just below our MX's genuine one). A method the topmost header
+   does not name is no proof, whatever a header further down says of it; a
+   `dmarc=fail` in it means forged, whatever a DKIM signature says; `dmarc=none` (no
+   policy) proves nothing. (Within that one header every result counts: a mail may carry
+   several DKIM signatures.)
 4. A pass proves the From address only when it names it: `dmarc=pass` with
    `header.from` equal to the From domain, `dkim=pass` with `header.d` equal to the From
    domain or a parent of it. A pass that names nothing is no proof.
 
-A sender who connects straight to our MX has no relay of their own whose Received line
-could end the trusted part; their forged header then sits just below our MX's genuine
-ones and loses by rule 3 for every method our MX evaluates. Have the MX evaluate DKIM and
-DMARC (or remove incoming headers that carry its authserv-id, as RFC 8601 asks).
+So the MX must write a header for every mail, signed or not, with DKIM or DMARC in the
+topmost one (rspamd and Google do; OpenDKIM needs `AlwaysAddARHeader yes`, and with
+OpenDMARC beside it, OpenDMARC must run after OpenDKIM so its header is on top), or
+remove incoming headers that carry its authserv-id, as RFC 8601 asks. An MX that writes
+nothing for an unsigned mail leaves the sender's forged header on top: with such an MX,
+set no `trusted_authserv_ids`.
 """
 
 from __future__ import annotations
@@ -91,28 +97,26 @@ def sender_proven(headers: Iterable[str], trusted: Iterable[str], from_addr: str
     domain = from_addr.rpartition("@")[2].lower()
     if not trusted_ids or not domain:
         return ""
-    first: dict[str, int] = {}  # method -> the header that decides it
     proofs: dict[str, str] = {}
-    dmarc_failed = False
-    for index, value in enumerate(headers):
+    seen: set[str] = set()
+    for value in headers:
         server, found = results(value)
-        if server not in trusted_ids:
-            continue
+        if server not in trusted_ids or server in seen:
+            continue  # only the topmost header of each of our servers (rule 3)
+        seen.add(server)
         for method, result, props in found:
-            if method not in METHODS or first.setdefault(method, index) != index:
-                continue
-            dmarc_failed = dmarc_failed or (method, result) == ("dmarc", "fail")
-            proofs[method] = (proofs.get(method)
-                              or _verdict(method, result, props, domain, server))
-    if dmarc_failed:  # our MX judged the From forged, whatever a DKIM signature says
-        return ""
+            if (method, result) == ("dmarc", "fail"):
+                return ""  # our MX judged the From forged, whatever a signature says
+            if method in METHODS and method not in proofs:
+                proof = _verdict(method, result, props, domain, server)
+                if proof:
+                    proofs[method] = proof
     return proofs.get("dmarc") or proofs.get("dkim") or ""
 
 
 def _verdict(method: str, result: str, props: dict[str, str], domain: str,
              server: str) -> str:
-    """What one result says about `domain`: a proof, or '' (it decides the method either
-    way: a result that proves nothing is not outvoted by a pass further down)."""
+    """What one result says about `domain`: a proof, or ''."""
     if result != "pass":
         return ""
     if method == "dmarc" and props.get("header.from") == domain:
