@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from maild import db
 from maild.mail.facts import Facts
 from maild.mail.parse import plausible_address
-from maild.models import Company, CompanyDomain, Contact, ContactAddress
+from maild.models import Company, CompanyDomain, Contact, ContactAddress, Ticket
 
 COLUMNS = ("email", "name", "phone", "language", "timezone", "company", "customer_number",
            "tier", "aliases", "domains")
@@ -259,3 +259,14 @@ def listing(session: Session) -> list[dict[str, Any]]:
         if co else "", "tier": co.tier if co else "",
         "domains": domains.get(co.id, []) if co else [],
     } for c, co in rows]
+
+
+def belongs(session: Session, ticket: Ticket, address: str) -> bool:
+    """`address` is on `ticket`: its customer (any of the contact's addresses) or a
+    participant. Anyone else is a stranger to it, whatever they quote or reference."""
+    if address == ticket.customer_address or address in ticket.participants:
+        return True
+    if ticket.contact_id is None:
+        return False
+    account = lookup(session, address)
+    return account is not None and account.contact_id == ticket.contact_id

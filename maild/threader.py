@@ -16,7 +16,8 @@ from maild.mail import thread
 from maild.mail.parse import InboundMail
 from maild.models import Ticket, TicketMessage
 
-How = Literal["reference", "reply-address", "agent-address", "tag", "tag-foreign"]
+How = Literal["reference", "reference-foreign", "reply-address", "agent-address", "tag",
+              "tag-foreign"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,9 @@ class Match:
 
     @property
     def attach(self) -> bool:
-        """False when only a stranger's tag points at the ticket: a new ticket refers to it."""
-        return self.how != "tag-foreign"
+        """False for a stranger's mail (by a tag or a Message-ID, not on the ticket): a new
+        ticket refers to it."""
+        return self.how not in ("tag-foreign", "reference-foreign")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +118,13 @@ def _find(session: Session, desk: Desk, mail: InboundMail, now: datetime,
         message = _latest(session, ids, known)
         if message is not None:
             ticket = known.by_id.get(message.ticket_id) if known else None
-            return Match(ticket or session.get_one(Ticket, message.ticket_id), "reference",
-                         message)
+            ticket = ticket or session.get_one(Ticket, message.ticket_id)
+            # A Message-ID is no secret (the customer's first mail is quoted around): the
+            # reply of someone not on the ticket is a stranger's, as with a tag.
+            if (desk.threading.stranger_tag == "attach" or agent
+                    or accounts.belongs(session, ticket, mail.from_addr)):
+                return Match(ticket, "reference", message)
+            return Match(ticket, "reference-foreign", message)
     for number, token in thread.plus_tokens(mail, desk.sender.address):
         how: How | None = ("reply-address"
                            if links.reply_token_valid(desk.secret, number, token)
@@ -132,7 +139,7 @@ def _find(session: Session, desk: Desk, mail: InboundMail, now: datetime,
     if ticket is None:
         return None
     if (desk.threading.stranger_tag == "attach" or agent
-            or _belongs(session, ticket, mail.from_addr)):
+            or accounts.belongs(session, ticket, mail.from_addr)):
         return Match(ticket, "tag")
     return Match(ticket, "tag-foreign")
 
@@ -161,13 +168,3 @@ def agent_token_holder(desk: Desk, number: int, token: str, sender: str,
                links.ALL_AGENTS]
     return links.agent_token_holder(desk.agent_key, number, token, holders, now,
                                     desk.agents.token_days)
-
-
-def _belongs(session: Session, ticket: Ticket, address: str) -> bool:
-    """The ticket's customer (any of the contact's addresses) or a participant."""
-    if address == ticket.customer_address or address in ticket.participants:
-        return True
-    if ticket.contact_id is None:
-        return False
-    account = accounts.lookup(session, address)
-    return account is not None and account.contact_id == ticket.contact_id

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from maild import answers, blobs, db, decide, history, notify, sla
-from maild.accounts import Account, has_accounts
+from maild.accounts import Account, belongs, has_accounts
 from maild.desk import Desk
 from maild.mail import body, facts, files, language, thread, triage
 from maild.mail.classify import Verdict
@@ -143,8 +143,9 @@ def add_follow_up(
     copied: list[str] = []
     refused: list[str] = []
     status: list[str] = []
-    if person:
+    if person and belongs(session, ticket, mail.from_addr):  # never a stranger's facts
         ticket.facts = ticket.facts.merge(found)
+    if person:
         if not ticket.automatic:
             ticket.missing = ticket.facts.missing(desk.reading.required_facts)
         new = [a for a in participants_of(mail, desk.sender.address, ticket.customer_address)

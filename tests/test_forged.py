@@ -185,6 +185,34 @@ def test_trusted_results_rule():
                                    "dkim=pass header.d=example.com"], ids, "max@example.com")
 
 
+@pytest.mark.parametrize("mode", ["new_ticket", "attach"])
+def test_a_strangers_reply_by_message_id_is_not_the_customers(
+        tmp_path, factory, database_url, clock, mode):
+    # Eve knows the customer's first Message-ID (it is quoted around) and replies to it:
+    # she is no one on the ticket. By default her mail opens a ticket of its own that
+    # names #10001; with stranger_tag = "attach" it is recorded on #10001, but never as
+    # facts: the call-back page must not offer Eve's number.
+    desk = Desk(make_intake(tmp_path, factory, database_url, clock,
+                            threading={"stranger_tag": mode}), factory)
+    desk.feed(FIRST)
+    desk.feed("From: Eve <eve@evil.example>\r\nTo: service@example.com\r\n"
+              "Subject: Re: App stuerzt ab\r\nMessage-ID: <eve1@evil.example>\r\n"
+              "In-Reply-To: <first@kunde.example>\r\nReferences: <first@kunde.example>\r\n"
+              "\r\nRuf mich bitte an. Telefon: 0170 6660666\r\n")
+    ticket = desk.ticket()
+    assert ticket.facts.phone == "" and ticket.customer_address == "anna@kunde.example"
+    if mode == "new_ticket":
+        theirs = desk.ticket(10002)
+        assert theirs.customer_address == "eve@evil.example"
+        assert [m.recipients for m in desk.outbox("ack")] == [["anna@kunde.example"],
+                                                              ["eve@evil.example"]]
+    # Anna herself replying by the same Message-ID is still the customer
+    desk.feed("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
+              "Subject: Re: App stuerzt ab\r\nMessage-ID: <anna2@kunde.example>\r\n"
+              "In-Reply-To: <first@kunde.example>\r\n\r\nTelefon: 0171 1112223\r\n")
+    assert desk.ticket().facts.phone == "0171 1112223"
+
+
 # -- Who joins a ticket -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("route", ["tag", "in-reply-to"])
