@@ -4,6 +4,7 @@ per-address limit, and putting a rendered mail into the outbox and on the ticket
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
@@ -16,7 +17,7 @@ from maild import blobs, db, links, sla, suppression, vocab
 from maild.desk import Desk
 from maild.mail import auth, contexts, files, language, thread
 from maild.mail.facts import Facts
-from maild.mail.parse import InboundMail, plausible_address
+from maild.mail.parse import InboundMail, person, plausible_address
 from maild.mail.render import LOCALES, Rendered, render_mail
 from maild.mail.subject import strip_prefixes
 from maild.models import OutboxMail, Ticket, TicketMessage
@@ -30,26 +31,32 @@ def short_subject(subject: str, limit: int) -> str:
     return subject if len(subject) <= limit else subject[:limit - 1].rstrip() + "…"
 
 
-def over_limit(session: Session, desk: Desk, address: str, now: datetime) -> bool:
+def over_limit(session: Session, desk: Desk, address: str, now: datetime,
+               known: bool = False) -> bool:
     """True when `address` had its share of automatic answers in the last hour, or all
-    addresses together had theirs (a flood of forged senders ends there too)."""
+    addresses together had theirs (a flood of forged senders ends there too). `known`:
+    a known account or a follow-up of an open ticket, which may also spend the share of
+    the global limit kept from strangers (`answers_reserved_share`)."""
     counted: dict[str, int] | None = session.info.get(_COUNTED)
-    if counted is not None and address.lower() in counted:
-        recent = counted[address.lower()]  # read with the batch, plus what it queued since
+    key = person(address)  # the person, not the spelling: anna+1@, anna+2@ … are one
+    if counted is not None and key in counted:
+        recent = counted[key]  # read with the batch, plus what it queued since
     else:
         recent = int(session.scalar(select(func.count()).select_from(OutboxMail).where(
-            OutboxMail.recipient == address.lower(), OutboxMail.kind.in_(vocab.ANSWERS),
+            OutboxMail.recipient == key, OutboxMail.kind.in_(vocab.ANSWERS),
             OutboxMail.created_at > now - timedelta(hours=1))) or 0)
     if recent >= desk.answering.per_address_per_hour:
         return True
-    return desk.answering.gate.full(session, desk.answering.per_hour, now)
+    a = desk.answering
+    limit = a.per_hour if known else int(a.per_hour * (1 - a.reserved_share))
+    return bool(a.per_hour) and desk.answering.gate.full(session, max(1, limit), now)
 
 
 def count_answers(session: Session, addresses: Iterable[str], now: datetime) -> None:
     """Read the answers each of `addresses` got in the last hour, in one query (the intake
     does, for the senders of a batch); `enqueue` adds every answer queued in this session
     after, so `over_limit` counts the batch's own answers too."""
-    wanted = sorted({a.lower() for a in addresses if a})
+    wanted = sorted({person(a) for a in addresses if a})
     counted: dict[str, int] = session.info.setdefault(_COUNTED, {})
     counted.update(dict.fromkeys(wanted, 0))
     for chunk in db.chunks(wanted):
@@ -66,13 +73,25 @@ def count_answers(session: Session, addresses: Iterable[str], now: datetime) -> 
 _COUNTED = "maild.answers.counted"
 
 
+def no_links(text: str) -> str:
+    """`text` with every address and link (scheme://…, www.…, a bare domain) replaced by
+    "[…]": word by word, so linear in the text's length."""
+    return " ".join("[…]" if _LINKISH.fullmatch(word[:300]) or "@" in word else word
+                    for word in text.split())
+
+
+_LINKISH = re.compile(r"(?i)\W*(?:[a-z][a-z0-9+.-]*:/\S*|www\.\S*|(?:[\w-]+\.)+[a-z]{2,63}"
+                      r"(?:[/:?#]\S*)?)\W*")
+
+
 def reject_unknown(session: Session, desk: Desk, mail: InboundMail, now: datetime) -> None:
     """No ticket for an unknown sender: a polite answer explains how to reach support
     (`decide()` has checked the answer limits)."""
     lang = language.guess(f"{mail.subject}\n{mail.text}", desk.default_language)
-    context = contexts.Reject(
-        name=mail.from_name[:100],
-        subject=short_subject(strip_prefixes(mail.subject), desk.answering.subject_max_chars),
+    context = contexts.Reject(  # to an unknown sender: no payload (see `acknowledge`)
+        name="",
+        subject=no_links(short_subject(strip_prefixes(mail.subject),
+                                       desk.answering.subject_max_chars)),
         support_address=desk.sender.address, support_name=desk.sender.name, language=lang)
     rendered = render_mail(desk.templates, "reject", context, sender=desk.sender,
                            to=mail.from_addr, now=now, in_reply_to=mail.message_id,
@@ -92,8 +111,10 @@ def acknowledge(
     links_out = customer_links(desk, ticket, now)
     context = contexts.Ack(
         number=ticket.number,
-        name=mail.from_name[:100],
-        subject=ticket.subject,
+        # To a sender we do not know (maybe a forged From) none of their words but the cut
+        # subject, without the addresses and links in it: backscatter carries no payload.
+        name=mail.from_name[:100] if known else "",
+        subject=ticket.subject if known else no_links(ticket.subject),
         received=ticket.opened_at,
         due=ticket.first_response_due,
         hours=format_decimal(hours, "#,##0.##", locale=LOCALES.get(ticket.language, "en")),
@@ -168,7 +189,7 @@ def enqueue(
     reachable = suppression.deliverable(session, [r for r in recipients if r not in ours])
     out = OutboxMail(
         message_id=mail.message_id, ticket=ticket, kind=kind,
-        recipient=recipients[0].lower() if recipients else "",
+        recipient=person(recipients[0]) if recipients else "",  # for the answer limits
         envelope_from=suppression.verp_address(desk.sender.address, mail.message_id)
         if desk.verp else desk.sender.address,
         recipients=reachable or recipients,

@@ -41,6 +41,7 @@ from maild import (
 )
 from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred, StorageUnavailable
+from maild.mail.parse import person
 from maild.models import AddressFlag, Heartbeat, InboundMessage, OutboxMail
 from maild.smtp import SmtpConnection
 from maild.vocab import InboundState, TicketStatus
@@ -728,6 +729,7 @@ def cmd_addresses(settings: Settings, args: argparse.Namespace) -> int:
         if args.addresses_command == "clear":
             row = session.get(AddressFlag, args.address)
             if row is None or (row.bouncing_since is None and row.blocked_at is None):
+                row = session.get(AddressFlag, person(args.address))  # blocks: by person
                 print(f"maild: {args.address} is neither bouncing nor blocked",
                       file=sys.stderr)
                 return 1

@@ -405,6 +405,9 @@ class AttachmentSettings(_Section):
 class LimitsSettings(_Section):
     answers_per_address_per_hour: int = Field(default=5, ge=0)
     answers_per_hour: int = Field(default=5000, ge=0)
+    # The share of answers_per_hour kept for known accounts and follow-ups of open
+    # tickets: a flood of unknown senders spends only the rest.
+    answers_reserved_share: float = Field(default=0.2, ge=0, le=0.9)
     subject_max_chars: int = Field(default=200, ge=20)
     notify_text_max_kb: float = Field(default=20.0, gt=0)
 

@@ -111,6 +111,7 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
             unknown_sender=settings.accounts.unknown_sender,
             per_address_per_hour=settings.limits.answers_per_address_per_hour,
             per_hour=settings.limits.answers_per_hour,
+            reserved_share=settings.limits.answers_reserved_share,
             subject_max_chars=settings.limits.subject_max_chars),
         agents=AgentPolicy(
             roster=agents.roster_from(settings.agents.members, settings.agents.team_address),

@@ -72,6 +72,7 @@ class Answering:
     unknown_sender: str = "accept"
     per_address_per_hour: int = 5
     per_hour: int = 5000  # all automatic answers together (0: no limit)
+    reserved_share: float = 0.2  # of per_hour, for known accounts and follow-ups
     gate: AnswerGate = field(default_factory=AnswerGate)
     subject_max_chars: int = 200
 

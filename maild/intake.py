@@ -441,8 +441,8 @@ class Intake:
             return None, "", None, None, Known(ours=_ours(session, parsed.message_id))
         ours = _ours(session, parsed.message_id)
         flag = suppression.flag(session, parsed.from_addr) if verdict.answer else None
-        blocked_by = flag.blocked_by if flag is not None and flag.blocked_at is not None \
-            else None
+        block = suppression.blocked(session, parsed.from_addr) if verdict.answer else None
+        blocked_by = block.blocked_by if block is not None else None
         person = decide.answerable(verdict, blocked_by)
         agent = self.desk.agents.roster.get(session, parsed.from_addr) if person else None
         # Rows of the batch's earlier mails are still pending: written first (autoflush)
@@ -452,7 +452,9 @@ class Intake:
             proven, match = work.find_and_prove(session, self.desk, parsed, agent, now,
                                                 batch.preread if apart else None)
         account = self._account(session, batch, parsed)
-        limited = person and answers.over_limit(session, self.desk, parsed.from_addr, now)
+        known = account is not None or (match is not None and match.attach)
+        limited = person and answers.over_limit(session, self.desk, parsed.from_addr, now,
+                                                known)
         return agent, proven, match, account, Known(
             ours=ours, blocked_by=blocked_by, bouncing=flag is not None and blocked_by is None,
             agent=agent is not None, proven=proven, matched=match is not None,

@@ -353,6 +353,8 @@ class OutboxMail(Base):
     message_id: Mapped[str] = mapped_column(String(500), unique=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     kind: Mapped[str] = mapped_column(String(40))
+    # The first recipient's person (mail.parse.person: no +tag, Gmail's dots), counted
+    # by the answer limits.
     recipient: Mapped[str] = mapped_column(String(320), default="")
     envelope_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)

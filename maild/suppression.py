@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maild import db
+from maild.mail.parse import person
 from maild.models import AddressFlag
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def preload(session: Session, addresses: Iterable[str]) -> None:
     batch): later `flag()` and `deliverable()` calls in this session ask the database
     only about other addresses. Every write of a flag goes through this module, which
     keeps the record true."""
-    wanted = {a.lower() for a in addresses if a}
+    wanted = {a.lower() for a in addresses if a} | {person(a) for a in addresses if a}
     found: set[str] = set()
     for chunk in db.chunks(sorted(wanted)):
         found.update(row.address for row in session.scalars(
@@ -55,6 +56,16 @@ def flag(session: Session, address: str) -> AddressFlag | None:
     if not address or address.lower() in session.info.get(_NONE, ()):
         return None
     return session.get(AddressFlag, address.lower())
+
+
+def blocked(session: Session, address: str) -> AddressFlag | None:
+    """The block on `address`'s person (any spelling of it: `anna+x@` is `anna@`), or on
+    the address itself (blocks made before blocks were kept by person)."""
+    for key in dict.fromkeys((person(address), address.lower())):
+        row = flag(session, key)
+        if row is not None and row.blocked_at is not None:
+            return row
+    return None
 
 
 def _new_flag(session: Session, address: str, now: datetime) -> AddressFlag:
@@ -82,6 +93,8 @@ def wrote_again(session: Session, address: str, now: datetime) -> bool:
 
 
 def block(session: Session, address: str, by: str, now: datetime) -> None:
+    """Block the person behind `address` (every spelling of it)."""
+    address = person(address)
     row = flag(session, address) or _new_flag(session, address, now)
     row.blocked_at, row.blocked_by, row.updated_at = now, by, now
 

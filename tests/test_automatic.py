@@ -205,14 +205,46 @@ def test_our_own_mail_coming_back_is_recognised_by_its_message_id(desk):
     assert len(desk.outbox("ack")) == 1 and len(desk.tickets()) == 1
 
 
-def test_the_global_answer_limit_ends_a_flood(tmp_path, factory, database_url):
-    desk = Desk(tmp_path, factory, database_url, limits={"answers_per_hour": 3})
-    for n in range(5):
+def test_the_global_answer_limit_ends_a_flood_and_keeps_a_share_for_follow_ups(
+        tmp_path, factory, database_url):
+    # Ten answers an hour, a fifth of them kept for known accounts and follow-ups: a
+    # flood of strangers gets eight, the customer answering her open ticket still one.
+    desk = Desk(tmp_path, factory, database_url, limits={"answers_per_hour": 10})
+    desk.feed(CUSTOMER.format(n="first"))
+    for n in range(12):
         desk.feed(CUSTOMER.format(n=f"f{n}").replace("anna@", f"robot{n}@"))
-    assert len(desk.tickets()) == 5 and len(desk.outbox("ack")) == 3
+    assert len(desk.tickets()) == 13 and len(desk.outbox("ack")) == 8
+    desk.feed(CUSTOMER.format(n="f-late").replace("anna@", "robot-late@"))
+    assert len(desk.outbox("ack")) == 8  # strangers' share spent
+    desk.feed("From: Anna Berger <anna@kunde.example>\r\nTo: service@example.com\r\n"
+              "Subject: Re: [#10001] Export bricht ab\r\nMessage-ID: <f-up@kunde.example>\r\n"
+              "In-Reply-To: <first@kunde.example>\r\n\r\nNoch etwas.\r\n")
+    assert desk.tickets()[0].status in ("new", "in_progress")
     desk.now += timedelta(hours=1, minutes=1)
     desk.feed(CUSTOMER.format(n="later").replace("anna@", "late@"))
-    assert len(desk.outbox("ack")) == 4
+    assert len(desk.outbox("ack")) == 9
+
+
+def test_answer_limits_and_blocks_hold_on_the_person_not_the_spelling(
+        tmp_path, factory, database_url):
+    # 30 mails from victim+N@ (a forged flood at one person): the per-address limit (5)
+    # counts them as one; Gmail's dots and domains too. A block of anna@ holds anna+x@.
+    desk = Desk(tmp_path, factory, database_url)
+    for n in range(30):
+        desk.feed(CUSTOMER.format(n=f"v{n}").replace("anna@kunde.example",
+                                                     f"victim+{n}@kunde.example"))
+    assert len(desk.outbox("ack")) == 5
+    for n, spelling in enumerate(["Jo.Do@gmail.com", "jodo+a@googlemail.com",
+                                  "j.o.d.o@gmail.com", "JODO@gmail.com", "jo.do+x@gmail.com",
+                                  "jodo@gmail.com", "j.odo@googlemail.com"]):
+        desk.feed(CUSTOMER.format(n=f"g{n}").replace("anna@kunde.example", spelling))
+    gmail = [m for m in desk.outbox("ack") if "kunde.example" not in m.recipients[0]]
+    assert len(gmail) == 5
+    with db.transaction(factory) as session:
+        suppression.block(session, "Anna+spam@kunde.example", "max@example.com", desk.now)
+    again = desk.feed(CUSTOMER.format(n="b1").replace("anna@", "anna+other@"))
+    assert again.reason == "spam"
+    assert desk.flag("anna@kunde.example").blocked_by == "max@example.com"
 
 
 def test_the_answer_limit_per_address_counts_the_answers_of_its_own_batch(

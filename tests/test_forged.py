@@ -432,6 +432,21 @@ def test_a_huge_subject_and_text_are_capped_and_an_unknown_senders_file_names_no
     assert "[… gekürzt, der ganze Text: maild tickets show 10001]" in notice
 
 
+def test_an_acknowledgement_to_an_unknown_sender_carries_no_payload(desk):
+    # Backscatter: a forged From makes us mail the victim. Our answer repeats none of the
+    # sender's words beyond the cut subject, and no address or link from it.
+    desk.feed('From: "Gewinn! Jetzt bei cheap-pills.example kaufen" <victim@kunde.example>'
+              "\r\nTo: service@example.com\r\nSubject: Ihr Gewinn wartet: "
+              "https://evil.example/win www.evil.example win@evil.example evil.example/x\r\n"
+              "Message-ID: <bs1@kunde.example>\r\n\r\nKlick hier: https://evil.example\r\n")
+    [ack] = desk.outbox("ack")
+    whole = message(ack).as_string()
+    for payload in ("evil.example", "cheap-pills", "Gewinn!", "Klick"):
+        assert payload not in whole, payload
+    assert "Ihr Gewinn wartet: […]" in str(message(ack)["Subject"])
+    assert "Hallo," in text_of(ack)
+
+
 # -- End to end: the attacker's share at the SMTP capture --------------------------------------
 
 E2E_AGENTS = """

@@ -304,6 +304,24 @@ def plausible_address(addr: str) -> bool:
     return _ADDRESS.fullmatch(addr) is not None
 
 
+# Providers that ignore the dots of the local part (and whose two domains are one).
+DOTLESS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def person(addr: str) -> str:
+    """The mailbox behind `addr`: lower case, without a +tag, and for Gmail without the
+    dots and with one domain, so `Anna.B+x@googlemail.com` is `annab@gmail.com`. What
+    answer limits count and blocks hold on (bounces stay per address: a provider that
+    drops plus addresses may bounce `anna+x@` and deliver `anna@`)."""
+    local, at, domain = addr.strip().lower().rpartition("@")
+    if not at or not local:
+        return addr.strip().lower()
+    base = local.split("+", 1)[0] or local
+    if domain in DOTLESS:
+        base, domain = base.replace(".", "") or base, DOTLESS[domain]
+    return f"{base}@{domain}"
+
+
 def _first_address(value: str) -> tuple[str, str]:
     pairs = [(n, a) for n, a in email.utils.getaddresses([value]) if plausible_address(a)]
     if not pairs:
