@@ -42,7 +42,7 @@ def open_ticket(
                                  desk.reading.tier_priority.get(account.tier, "")
                                  if account else "")
     hours = desk.promise.for_ticket(level, account.tier if account else "")
-    copied, refused = first_participants(desk, mail, account is not None)
+    copied, refused = first_participants(desk, mail)
     ticket = Ticket(
         number=db.next_number(session, "ticket"),
         status=TicketStatus.SPAM if verdict.kind == "spam" else TicketStatus.NEW,
@@ -170,18 +170,17 @@ def add_follow_up(
     return True
 
 
-def first_participants(desk: Desk, mail: InboundMail,
-                       known: bool) -> tuple[list[str], list[str]]:
+def first_participants(desk: Desk, mail: InboundMail) -> tuple[list[str], list[str]]:
     """(copied, refused) of a new ticket's Cc: when a trusted server vouches for the From,
     everyone; else colleagues at the sender's own domain (a forged From cannot bring in an
-    outsider that way) — unless that domain is a freemail provider's and the sender is not
-    in the account book (strangers share gmail.com, not a company). The refused are shown
-    to agents, who may add them with #cc."""
+    outsider that way) — unless that domain is a freemail provider's (strangers share
+    gmail.com, not a company; that the From is in the account book proves nothing, it is
+    as easily forged). The refused are shown to agents, who may add them with #cc."""
     people = participants_of(mail, desk.sender.address, mail.from_addr)
     if not people or answers.from_proven(desk, mail):
         return people, []
     domain = mail.from_addr.rpartition("@")[2]
-    company = bool(domain) and (known or not freemail(domain))
+    company = bool(domain) and not freemail(domain)
     same = [a for a in people if company and a.rpartition("@")[2] == domain]
     return same, [a for a in people if a not in same]
 

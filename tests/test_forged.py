@@ -13,7 +13,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from harness import Clock, Daemon, Feeder, message, rows, text_of, wait_until, write_config
+from harness import (
+    Clock,
+    Daemon,
+    Feeder,
+    cli_config,
+    maild,
+    message,
+    rows,
+    text_of,
+    wait_until,
+    write_config,
+)
 
 from maild import db, links
 from maild.daemon import build_desk
@@ -255,6 +266,20 @@ def test_a_new_tickets_cc_joins_only_from_the_senders_domain_unless_proven(desk)
     desk.mail("mallory@gmail.com", "Billig Uhren!", subject="Angebot",
               headers="Cc: victim1@gmail.com, victim2@gmail.com\r\n")
     assert desk.ticket(10003).participants == []
+
+
+def test_a_forged_from_of_a_known_contact_copies_no_stranger(desk, tmp_path, database_url):
+    # Anna writes from Gmail and is in the account book; anyone can write her From. Her
+    # being known proves nothing: a stranger at gmail.com in Cc does not join.
+    cfg = cli_config(tmp_path / "cli.toml", database_url)
+    (tmp_path / "contacts.csv").write_text("email,name,company\nanna.b@gmail.com,Anna,Kunde\n")
+    assert maild("accounts", "import", str(tmp_path / "contacts.csv"),
+                 config=cfg).returncode == 0
+    desk.mail("Anna <anna.b@gmail.com>", "Bitte an meinen Kollegen.", subject="Frage",
+              headers="Cc: eve.stranger@gmail.com\r\n")
+    ticket = desk.ticket()
+    assert ticket.participants == [] and ticket.customer_address == "anna.b@gmail.com"
+    assert not [o for o in desk.outbox() if "eve.stranger@gmail.com" in o.recipients]
 
 
 def test_an_agent_copies_someone_with_cc_and_takes_them_off_again(desk):
