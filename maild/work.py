@@ -103,7 +103,10 @@ def agent_mail(
         message_id=mail.message_id, subject=mail.subject, body_text=mail.text,
         new_text=parsed.text, facts=Facts(), automatic=False, created_at=now,
         kind=MessageKind.REJECTED if errors else MessageKind.NOTE if internal
-        else MessageKind.AGENT, internal=internal,
+        else MessageKind.AGENT,
+        # Only an answer relayed to the customer is theirs to see (with its files): a
+        # commands-only mail is not, nor are the files it carried.
+        internal=internal or not parsed.text,
     )
     session.add(message)
     shown = store_attachments(session, desk, message, planned if planned is not None

@@ -25,6 +25,7 @@ from harness import (
     wait_until,
     write_config,
 )
+from sqlalchemy import select
 
 from maild import db, links
 from maild.daemon import build_desk
@@ -470,6 +471,38 @@ def test_an_acknowledgement_to_an_unknown_sender_carries_no_payload(desk):
         assert payload not in whole, payload
     assert "Ihr Gewinn wartet: […]" in str(message(ack)["Subject"])
     assert "Hallo," in text_of(ack)
+
+
+def test_a_commands_only_mails_file_stays_internal_beside_a_relayed_answer(desk, factory):
+    # Max answers Anna with a file; in the same batch Lea's commands-only mail carries an
+    # internal file. Only Max's file is the customer's to see and download.
+    from maild.mail.fetched import Fetched
+    from maild.models import Attachment
+    from maild.web import views
+
+    desk.feed(FIRST)
+
+    def agent_mail(sender: str, text: str, filename: str, n: int) -> bytes:
+        return (f"From: {sender}\r\nTo: service@example.com\r\n"
+                f"Subject: Re: [#10001] App stuerzt ab\r\nMessage-ID: <f{n}@example.com>\r\n"
+                + GOOD_DKIM + "MIME-Version: 1.0\r\n"
+                'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+                f"--B\r\nContent-Type: text/plain\r\n\r\n{text}\r\n"
+                "--B\r\nContent-Type: application/pdf\r\n"
+                f'Content-Disposition: attachment; filename="{filename}"\r\n\r\n'
+                f"%PDF-1.4 {filename}\r\n--B--\r\n").encode()
+
+    desk.intake.process_batch(1, [
+        Fetched(90, agent_mail("max@example.com", "Hallo Anna, hier die Anleitung.",
+                               "anleitung.pdf", 1), NOW),
+        Fetched(91, agent_mail("lea@example.com", "#priority high", "intern-geheim.pdf", 2),
+                NOW)])
+    assert desk.ticket().priority == "high" and len(desk.outbox("relay")) == 1
+    with db.transaction(factory) as session:
+        ticket = session.scalars(select(Ticket)).one()
+        found = {a.filename: views.attachment_of(session, ticket, a.id) is not None
+                 for a in session.scalars(select(Attachment))}
+    assert found == {"anleitung.pdf": True, "intern-geheim.pdf": False}
 
 
 # -- End to end: the attacker's share at the SMTP capture --------------------------------------
