@@ -115,7 +115,7 @@ def login(tokens: oauth.Tokens, out: IO[str], answers: IO[str], listen: bool = T
         else:
             grant = _code(tokens.authority, s, say, answers, listen)
     except (OAuthRefused, OAuthUnavailable) as exc:
-        say(f"login failed: {exc}")
+        say(f"login failed: {_printable(str(exc), 1000)}")
         return 1
     if grant is None:
         return 1
@@ -141,9 +141,10 @@ def _printer(out: IO[str]) -> Callable[[str], None]:
 def _device(authority: oauth.Authority, say: Callable[[str], None],
             sleep: Callable[[float], None]) -> oauth.Grant | None:
     code = authority.device_code()
-    say(f"On any device, open {code.verification_uri} and enter the code {code.user_code}")
+    say(f"On any device, open {_printable(code.verification_uri)} and enter the code "
+        f"{_printable(code.user_code, 40)}")
     if code.verification_uri_complete:
-        say(f"(or open {code.verification_uri_complete})")
+        say(f"(or open {_printable(code.verification_uri_complete)})")
     say(f"waiting for the approval (the code expires in {code.expires_in // 60} min) ...")
     interval, deadline = code.interval, time.monotonic() + code.expires_in
     unreachable = False
@@ -156,22 +157,26 @@ def _device(authority: oauth.Authority, say: Callable[[str], None],
                 interval += 5  # RFC 8628 3.5
         except OAuthUnavailable as exc:  # keep polling: the code is still good
             if not unreachable:
-                say(f"still waiting ({exc})")
+                say(f"still waiting ({_printable(str(exc))})")
                 unreachable = True
     say("the code expired before it was approved: run `maild auth login` again")
     return None
 
 
 class _Redirect(http.server.BaseHTTPRequestHandler):
-    """Takes the browser's redirect on the loopback port (one request that carries a
-    code or an error; anything else gets 404)."""
+    """Takes the browser's redirect on the loopback port: the one request that carries
+    this login's state (with a code or an error); anything else gets 404, and a silent
+    connection is dropped after a few seconds."""
 
     got: list[str]
     arrived: threading.Event
+    state: str
+    timeout = 5.0
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
         query = parse_qs(urlsplit(self.path).query)
-        if "code" not in query and "error" not in query:
+        if query.get("state", [""])[0] != self.state or self.arrived.is_set() or (
+                "code" not in query and "error" not in query):
             self.send_error(404)
             return
         self.got.append(f"http://{self.headers.get('Host', '127.0.0.1')}{self.path}")
@@ -192,20 +197,23 @@ def _code(authority: oauth.Authority, s: OAuth2Settings, say: Callable[[str], No
           answers: IO[str], listen: bool) -> oauth.Grant | None:
     got: list[str] = []
     arrived = threading.Event()
-    handler = type("Redirect", (_Redirect,), {"got": got, "arrived": arrived})
     server = None
     port = s.redirect_port
     if listen:
         try:
-            server = http.server.HTTPServer(("127.0.0.1", port), handler)
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Redirect)
         except OSError as exc:
             say(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}): paste the address")
         else:
+            server.daemon_threads = True
             port = server.server_address[1]
-            threading.Thread(target=server.serve_forever, daemon=True).start()
     host = "localhost" if s.provider == "microsoft" else "127.0.0.1"
     redirect_uri = f"http://{host}:{port}/" if port else f"http://{host}/"
     url, state, verifier = authority.authorization(redirect_uri)
+    if server is not None:
+        server.RequestHandlerClass = type("Redirect", (_Redirect,), {
+            "got": got, "arrived": arrived, "state": state})
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         say("Open this address in a browser and sign in:")
         say(f"  {url}")
@@ -215,25 +223,37 @@ def _code(authority: oauth.Authority, s: OAuth2Settings, say: Callable[[str], No
         pasted = _wait(answers, arrived, LOGIN_WAIT)
         address = got[0] if got else pasted
     finally:
-        if server is not None:
+        if server is not None:  # bounded: a silent connection times out in 5 s
             server.shutdown()
             server.server_close()
     if not address:
         say("no answer within 10 minutes: run `maild auth login` again")
         return None
-    query = parse_qs(urlsplit(address.strip()).query)
-    if "error" in query:
-        say(f"login refused: {query['error'][0]}: "
-            f"{query.get('error_description', [''])[0][:300]}")
+    parts = urlsplit(address.strip())
+    mine = urlsplit(redirect_uri)
+    if parts.fragment or (parts.scheme, parts.hostname, parts.port) != (
+            mine.scheme, mine.hostname, mine.port):
+        say(f"that is not the address the browser ended on (it starts with {redirect_uri} "
+            "and holds no #): run `maild auth login` again")
         return None
-    if "code" not in query:
-        say("that address holds no code=…: paste the whole address the browser ended on")
-        return None
+    query = parse_qs(parts.query)
     if query.get("state", [""])[0] != state:
         say("that address belongs to another login attempt (state differs): run "
             "`maild auth login` again")
         return None
-    return authority.exchange(address.strip(), redirect_uri, state, verifier)
+    if "error" in query:
+        say(f"login refused: {_printable(query['error'][0])}: "
+            f"{_printable(query.get('error_description', [''])[0])}")
+        return None
+    if "code" not in query:
+        say("that address holds no code=…: paste the whole address the browser ended on")
+        return None
+    return authority.exchange(query["code"][0], redirect_uri, verifier)
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """`text` without control characters (a terminal must not take orders from it)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def _wait(answers: IO[str], arrived: threading.Event, seconds: float) -> str:

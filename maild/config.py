@@ -125,6 +125,9 @@ class OAuth2Settings(_Section):
     def _https(cls, value: str) -> str:
         if not value:
             return value
+        if any(c in value for c in "\\@") or any(not c.isprintable() or c.isspace()
+                                                  for c in value):
+            raise ValueError("an address without @, \\, spaces or control characters")
         parts = urlsplit(value)
         if parts.scheme == "https" and parts.hostname:
             return value
@@ -617,6 +620,11 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _oauth2_configured(self) -> Settings:
+        for name, section in (("imap", self.imap), ("smtp", self.smtp)):
+            if section.auth == "oauth2" and any(
+                    not c.isprintable() or c.isspace() or c == "," for c in section.username):
+                raise ValueError(f"[{name}] username: no spaces, commas or control "
+                                 "characters (it goes into the SASL string)")
         users = [name for name, auth in (("imap", self.imap.auth), ("smtp", self.smtp.auth))
                  if auth == "oauth2"]
         if users and self.oauth2 is None:

@@ -190,7 +190,8 @@ def secrets_of(settings: Settings) -> list[str]:
     """The configured secrets: the IMAP and SMTP passwords, the database password and the
     signing key (one generated and kept in the database is never logged either)."""
     found = [settings.imap.password, settings.smtp.password, settings.security.secret_key,
-             *settings.security.old_secret_keys]
+             *settings.security.old_secret_keys,
+             settings.oauth2.client_secret if settings.oauth2 else ""]
     try:
         found.append(make_url(settings.database_url).password or "")
     except Exception:  # a malformed URL: `maild check` says so; mask it whole

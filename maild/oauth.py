@@ -7,22 +7,27 @@ try again) and `OAuthRefused` (the grant or the client was refused: a person mus
 usually `maild auth login`).
 
 One process refreshes at a time: it claims the row with a conditional UPDATE (a lease in
-`refreshing_until`, a row lock on PostgreSQL while it is taken), asks the authority
-outside any transaction, and commits the new tokens (a rotated refresh token with them)
-before the new access token is handed to anyone. The others wait for the lease and read
-what it left.
+`refreshing_until`, committed at once: no transaction stays open while the authority is
+asked), asks the authority, and commits the new tokens (a rotated refresh token with
+them) before the new access token is handed to anyone; that commit is a compare-and-swap
+on the refresh token it sent, so a login made meanwhile wins. The others wait for the
+lease and read what it left. A grant whose commit fails (the database away) is kept in
+memory and stored first thing on the next call; the one window left is a crash between
+the authority's answer and the commit (with an authority that spends a refresh token on
+use, that login is then lost and `maild auth login` is needed).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from maild import db
 from maild.config import OAuth2Settings, OAuthFlow, Settings
-from maild.errors import OAuthRefused, OAuthUnavailable
+from maild.errors import OAuthRefused, OAuthUnavailable, StorageUnavailable
 from maild.models import OAuthToken
 
 log = logging.getLogger(__name__)
@@ -63,11 +68,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "scopes": (), "app_scopes": (), "authorize_params": {}},
 }
 
-# The authority's answers that no retry mends: a person has to log in again or fix the
-# registration. Everything else (5xx, 429, temporarily_unavailable, network) is retried.
-REFUSALS = {"invalid_grant", "invalid_client", "unauthorized_client", "invalid_scope",
-            "unsupported_grant_type", "invalid_request", "access_denied", "expired_token",
-            "interaction_required", "consent_required"}
+# The authority's answers that no retry mends. Of the grant (a person must log in again:
+# revoked, expired, MFA or consent asked, scopes changed) and of the client (the
+# registration or the config must be fixed). Everything else (5xx, 429,
+# temporarily_unavailable, network) is retried.
+GRANT_REFUSALS = {"invalid_grant", "interaction_required", "consent_required",
+                  "access_denied", "expired_token", "invalid_scope"}
+REFUSALS = GRANT_REFUSALS | {"invalid_client", "unauthorized_client",
+                             "unsupported_grant_type", "invalid_request"}
+# An access token as RFC 6750 allows it (b64token): nothing that could leave the SASL
+# string's fields.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,20000}=*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # The longest an answer of the authority is kept in an error text (it may be hostile).
 MAX_ERROR = 500
 # A login refused with a token fresh from the authority is not refreshed again sooner.
@@ -121,7 +133,7 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class DeviceCode:
-    device_code: str
+    device_code: str = field(repr=False)
     user_code: str
     verification_uri: str
     verification_uri_complete: str
@@ -137,13 +149,18 @@ class Pending(Exception):
         self.slow_down = slow_down
 
 
-def describe(exc: BaseException) -> str:
-    """The authority's word in one capped line."""
+def describe(exc: BaseException, sent: tuple[str, ...] = ()) -> str:
+    """The authority's word in one capped line, without control characters and without
+    anything we sent it (an authority may echo the request: the refresh token, the
+    client secret)."""
     if isinstance(exc, AuthlibBaseError):
         text = f"{exc.error}: {exc.description}" if exc.description else str(exc.error)
     else:
         text = str(exc) or type(exc).__name__
-    text = " ".join(text.split())
+    for secret in sent:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = " ".join(_CONTROL.sub(" ", text).split())
     return text if len(text) <= MAX_ERROR else text[:MAX_ERROR - 1] + "…"
 
 
@@ -154,6 +171,12 @@ class Authority:
         self.settings = settings
         self.endpoints = endpoints(settings)
 
+    @property
+    def request_cap(self) -> float:
+        """The longest one request may take: connecting and reading (`timeout` each) and
+        a margin (requests bounds each read, not the whole answer)."""
+        return 4 * self.settings.timeout
+
     def _session(self, **kwargs: Any) -> OAuth2Session:
         s = self.settings
         method = "client_secret_post" if s.client_secret else "none"
@@ -161,14 +184,16 @@ class Authority:
                              token_endpoint_auth_method=method,
                              scope=" ".join(self.endpoints.scopes), **kwargs)
 
-    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+    def _call(self, what: str, call: Callable[[], Any], sent: tuple[str, ...] = ()) -> Any:
+        sent = (*sent, self.settings.client_secret)
         try:
             return call()
         except AuthlibBaseError as exc:
             if exc.error in REFUSALS:
-                raise OAuthRefused(f"{what} refused by the authority ({describe(exc)})",
-                                   error=str(exc.error)) from exc
-            raise OAuthUnavailable(f"{what}: the authority answered {describe(exc)}") from exc
+                raise OAuthRefused(f"{what} refused by the authority "
+                                   f"({describe(exc, sent)})", error=str(exc.error)) from exc
+            raise OAuthUnavailable(f"{what}: the authority answered "
+                                   f"{describe(exc, sent)}") from exc
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if 400 <= status < 500 and status not in (408, 429):
@@ -177,12 +202,15 @@ class Authority:
             raise OAuthUnavailable(f"{what}: the authority answered HTTP {status}") from exc
         except (requests.RequestException, ValueError, OSError) as exc:
             raise OAuthUnavailable(f"{what}: the authority cannot be reached: "
-                                   f"{describe(exc)}") from exc
+                                   f"{describe(exc, sent)}") from exc
 
     def _grant(self, token: Any, refresh_token: str = "") -> Grant:
         access = str(token.get("access_token") or "")
         if not access:
             raise OAuthUnavailable("the authority's answer holds no access_token")
+        if not _TOKEN.fullmatch(access):
+            raise OAuthUnavailable("the authority's access token holds characters a bearer "
+                                   "token may not (RFC 6750)")
         try:
             expires_in = int(token.get("expires_in") or 3600)
         except (TypeError, ValueError):
@@ -194,7 +222,7 @@ class Authority:
         session = self._session()
         token = self._call("token refresh", lambda: session.refresh_token(
             self.endpoints.token_url, refresh_token=refresh_token,
-            timeout=self.settings.timeout))
+            timeout=self.settings.timeout), sent=(refresh_token,))
         return self._grant(token, refresh_token)
 
     def client_credentials(self) -> Grant:
@@ -249,7 +277,7 @@ class Authority:
                     raise Pending(exc.error == "slow_down") from exc
                 raise
 
-        token = self._call("device login", fetch)
+        token = self._call("device login", fetch, sent=(code.device_code,))
         return self._grant(token)
 
     def authorization(self, redirect_uri: str) -> tuple[str, str, str]:
@@ -265,13 +293,14 @@ class Authority:
             url, code_verifier=verifier, **self.endpoints.authorize_params)
         return str(address), str(state), verifier
 
-    def exchange(self, response_url: str, redirect_uri: str, state: str,
-                 verifier: str) -> Grant:
-        """The code flow's last step: the address the browser ended on → tokens."""
-        session = self._session(redirect_uri=redirect_uri, state=state)
+    def exchange(self, code: str, redirect_uri: str, verifier: str) -> Grant:
+        """The code flow's last step: the code the browser brought back → tokens (PKCE:
+        only with the verifier of the address we printed)."""
+        session = self._session(redirect_uri=redirect_uri)
         token = self._call("code login", lambda: session.fetch_token(
-            self.endpoints.token_url, authorization_response=response_url,
-            code_verifier=verifier, timeout=self.settings.timeout))
+            self.endpoints.token_url, grant_type="authorization_code", code=code,
+            redirect_uri=redirect_uri, code_verifier=verifier,
+            timeout=self.settings.timeout), sent=(code, verifier))
         return self._grant(token)
 
 
@@ -314,12 +343,22 @@ class Tokens:
         self._lock = threading.Lock()  # one refresher per process
         self._retry_at = 0.0  # monotonic: after a temporary failure, not before this
         self._failures = 0
+        self._last_failure = ""
         self._forced_at = -FORCED_REFRESH_GAP
-        self.me = _me()
+        self._lease = ""  # the id of the refresh lease this process holds
+        # A grant the authority gave whose commit failed (the database was away): kept
+        # until it is stored, as (the refresh token it replaces, the grant). A rotated
+        # refresh token is never thrown away while this process lives.
+        self._unsaved: tuple[str, Grant] | None = None
 
     @property
     def flow(self) -> OAuthFlow:
         return self.authority.endpoints.flow
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a refresh lease holds: well beyond one request's cap."""
+        return max(60.0, 2 * self.authority.request_cap + 10)
 
     def row(self) -> OAuthToken | None:
         with db.read_only(self.factory) as session:
@@ -333,16 +372,23 @@ class Tokens:
         refreshed even if it has not expired (once a minute at most); `fresh`: refreshed
         now in any case (`maild check` proves the client's registration so)."""
         with self._lock:
-            deadline = time.monotonic() + self.settings.timeout + 15
+            if self._unsaved is not None:
+                self._save_unsaved()
+            deadline = time.monotonic() + self.lease_seconds + 5
             while True:
                 row = self.row()
                 now = self.clock()
                 if row is None and self.flow == "client_credentials":
-                    self.log_in(None)  # app-only: no person to ask, nothing to wait for
+                    self._app_login()  # app-only: no person to ask, nothing to wait for
                     continue
                 if row is None or (not row.refresh_token and row.flow != "client_credentials"):
                     raise OAuthRefused(f"no OAuth2 login stored for {self.account}: "
                                        "run `maild auth login`", error="no_login")
+                if row.client_id and row.client_id != self.settings.client_id:
+                    raise OAuthRefused(
+                        f"the stored OAuth2 login of {self.account} was made with client "
+                        f"{row.client_id}, [oauth2] client_id is {self.settings.client_id}: "
+                        "run `maild auth login` (or restore the client id)", error="client")
                 if row.invalid:
                     if row.lead_told_at is None:
                         self._tell()
@@ -352,13 +398,12 @@ class Tokens:
                     time.monotonic() - self._forced_at >= FORCED_REFRESH_GAP)
                 if current is not None and not forced and not _due(row, now, self.settings):
                     return current
-                if time.monotonic() < self._retry_at:
+                if time.monotonic() < self._retry_at and not fresh:
                     if current is not None:  # still good: use it while the authority rests
                         return current
                     raise OAuthUnavailable(f"OAuth2 token refresh for {self.account} "
-                                           f"failing: {row.last_error}")
-                lease = self._claim(row, now)
-                if lease:
+                                           f"failing: {self._last_failure or row.last_error}")
+                if self._claim(row, now):
                     break
                 if time.monotonic() > deadline:  # another process holds it, stuck
                     if current is not None:
@@ -368,60 +413,109 @@ class Tokens:
                 time.sleep(0.2)
             if forced:
                 self._forced_at = time.monotonic()
-            return self._refresh(row)
+            try:
+                return self._refresh(row)
+            except OAuthUnavailable:
+                if current is not None and not forced:
+                    return current  # the authority is away: the stored token still works
+                raise
 
     def _claim(self, row: OAuthToken, now: datetime) -> bool:
         """Take the refresh lease if nobody holds it and nobody refreshed since `row`."""
-        until = now + timedelta(seconds=self.settings.timeout + 10)
+        lease = f"{_me()}:{secrets.token_hex(6)}"
+        until = now + timedelta(seconds=self.lease_seconds)
         with db.transaction(self.factory) as session:
             done = session.execute(
                 update(OAuthToken)
                 .where(OAuthToken.account == self.account,
                        OAuthToken.access_token == row.access_token,
+                       OAuthToken.refresh_token == row.refresh_token,
                        OAuthToken.invalid.is_(False),
                        or_(OAuthToken.refreshing_until.is_(None),
                            OAuthToken.refreshing_until < now))
-                .values(refreshing_until=until, refreshing_by=self.me))
-            return bool(getattr(done, "rowcount", 0))
+                .values(refreshing_until=until, refreshing_by=lease))
+            claimed = bool(getattr(done, "rowcount", 0))
+        self._lease = lease if claimed else ""
+        return claimed
 
     def _refresh(self, row: OAuthToken) -> Bearer:
+        sent = row.refresh_token
         try:
             if row.flow == "client_credentials":
                 grant = self.authority.client_credentials()
             else:
-                grant = self.authority.refresh(row.refresh_token)
+                grant = self.authority.refresh(sent)
         except OAuthUnavailable as exc:
             self._failed(exc)
             raise
         except OAuthRefused as exc:
-            if exc.error != "invalid_grant":  # the client, not the grant: fix the config
+            if exc.error not in GRANT_REFUSALS:  # the client, not the grant: the config
                 self._failed(exc, CLIENT_REFUSED_PAUSE)
                 raise OAuthRefused(
                     f"OAuth2 client {self.settings.client_id!r} refused by the authority "
                     f"({_authority_words(exc)}): check [oauth2] client_id, client_secret, "
                     "tenant and scopes", error=exc.error) from exc
-            self._refused(exc)
+            if not self._refused(exc, sent):  # meanwhile refreshed or logged in again
+                raise OAuthUnavailable(f"OAuth2 token for {self.account}: refreshed "
+                                       "elsewhere meanwhile; trying again") from exc
             raise OAuthRefused(refused_text(self._must_row()), error=exc.error) from exc
+        self._unsaved = (sent, grant)
+        return self._save_unsaved()
+
+    def _save_unsaved(self) -> Bearer:
+        """Commit the grant the authority gave (a rotated refresh token with it) before
+        anyone uses its access token; kept in memory while the database is away."""
+        assert self._unsaved is not None
+        sent, grant = self._unsaved
         now = self.clock()
-        with db.transaction(self.factory) as session:
-            mine = session.get(OAuthToken, self.account, with_for_update=True)
-            if mine is None or mine.refreshing_by != self.me:
-                raise OAuthUnavailable(f"OAuth2 token for {self.account}: the refresh "
-                                       "lease was lost (logged out or taken over)")
-            if grant.refresh_token and grant.refresh_token != mine.refresh_token:
-                mine.refresh_token, mine.refresh_token_at = grant.refresh_token, now
-            mine.access_token = grant.access_token
-            mine.access_expires_at = now + timedelta(seconds=grant.expires_in)
-            mine.access_lifetime = grant.expires_in
-            mine.refreshed_at, mine.refreshes = now, mine.refreshes + 1
-            mine.refreshing_until, mine.refreshing_by = None, ""
-            expires = mine.access_expires_at
+        for attempt in range(5):
+            try:
+                with db.transaction(self.factory) as session:
+                    mine = session.get(OAuthToken, self.account, with_for_update=True)
+                    if mine is None or mine.refresh_token != sent:
+                        # logged out, or logged in anew meanwhile: theirs is newer
+                        self._unsaved = None
+                        raise OAuthUnavailable(f"OAuth2 token for {self.account}: the "
+                                               "login changed meanwhile; using the new one")
+                    if grant.refresh_token:
+                        mine.refresh_token = grant.refresh_token
+                        if grant.refresh_token != sent:
+                            mine.refresh_token_at = now
+                    mine.access_token = grant.access_token
+                    mine.access_expires_at = now + timedelta(seconds=grant.expires_in)
+                    mine.access_lifetime = grant.expires_in
+                    mine.refreshed_at, mine.refreshes = now, mine.refreshes + 1
+                    mine.invalid = False  # a racing refresh of the spent token said so
+                    if mine.refreshing_by == self._lease:
+                        mine.refreshing_until, mine.refreshing_by = None, ""
+                    expires = mine.access_expires_at
+                break
+            except StorageUnavailable:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
         # committed: only now is the new access token used
-        self._failures, self._retry_at = 0, 0.0
+        self._unsaved = None
+        self._failures, self._retry_at, self._last_failure = 0, 0.0, ""
         self.count("oauth_refreshes", "ok")
         log.info("OAuth2 access token for %s refreshed; valid until %s", self.account,
                  expires.isoformat(timespec="seconds"))
         return Bearer(grant.access_token, expires)
+
+    def _app_login(self) -> None:
+        """The first token of the client-credentials flow, under the same backoff as a
+        refresh (a refused client is not asked again at once)."""
+        if time.monotonic() < self._retry_at:
+            raise OAuthUnavailable(f"OAuth2 client credentials for {self.account} failing: "
+                                   f"{self._last_failure}")
+        try:
+            self.log_in(None)
+        except OAuthRefused as exc:
+            self._failed(exc, CLIENT_REFUSED_PAUSE)
+            raise
+        except OAuthUnavailable as exc:
+            self._failed(exc)
+            raise
 
     def _must_row(self) -> OAuthToken:
         row = self.row()
@@ -433,30 +527,36 @@ class Tokens:
     def _failed(self, exc: OAuthUnavailable | OAuthRefused, pause: float = 0.0) -> None:
         self._failures += 1
         self._retry_at = time.monotonic() + max(pause, min(60.0, 2.0 ** (self._failures - 1)))
+        self._last_failure = str(exc)[:MAX_ERROR * 2]
         self.count("oauth_refreshes", "failed" if pause == 0 else "refused")
         now = self.clock()
         with db.transaction(self.factory) as session:
             row = session.get(OAuthToken, self.account, with_for_update=True)
-            if row is not None and row.refreshing_by == self.me:
-                row.refreshing_until, row.refreshing_by = None, ""
-                row.last_error, row.last_error_at = str(exc)[:MAX_ERROR * 2], now
+            if row is not None:
+                if self._lease and row.refreshing_by == self._lease:
+                    row.refreshing_until, row.refreshing_by = None, ""
+                row.last_error, row.last_error_at = self._last_failure, now
         if self._failures == 1:
             log.warning("OAuth2 token refresh for %s failed, retrying with backoff: %s",
                         self.account, exc)
 
-    def _refused(self, exc: OAuthRefused) -> None:
-        self.count("oauth_refreshes", "refused")
+    def _refused(self, exc: OAuthRefused, sent: str) -> bool:
+        """Mark the grant refused, if the refresh token refused is still the stored one
+        (else another process refreshed, or someone logged in, meanwhile: False)."""
         now = self.clock()
         with db.transaction(self.factory) as session:
             row = session.get(OAuthToken, self.account, with_for_update=True)
-            if row is None or row.refreshing_by != self.me:
-                return
-            row.refreshing_until, row.refreshing_by = None, ""
+            if row is None or row.refresh_token != sent or row.invalid:
+                return row is not None and row.invalid
+            if self._lease and row.refreshing_by == self._lease:
+                row.refreshing_until, row.refreshing_by = None, ""
             row.invalid, row.access_token, row.access_expires_at = True, "", None
             row.last_error, row.last_error_at = _authority_words(exc), now
             text = refused_text(row)
+        self.count("oauth_refreshes", "refused")
         log.error("%s", text)
         self._tell()
+        return True
 
     def _tell(self) -> None:
         """Tell the lead of a refused grant, once per outage (whichever process first)."""
@@ -494,7 +594,8 @@ class Tokens:
             row.refreshing_until, row.refreshing_by = None, ""
             if row.last_error_at is None:
                 row.last_error = ""
-        self._failures, self._retry_at = 0, 0.0
+        self._failures, self._retry_at, self._last_failure = 0, 0.0, ""
+        self._unsaved = None
 
     def forget(self) -> bool:
         with db.transaction(self.factory) as session:

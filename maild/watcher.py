@@ -71,6 +71,7 @@ class Watcher:
     ) -> None:
         self.lock = lock
         self.tokens = tokens  # [imap] auth = "oauth2"
+        self._lifetime_of: tuple[datetime | None, int] = (None, 3600)
         # What /healthz, /metrics and the heartbeat row read: fetches, failures, counts.
         self.runtime = runtime or health.Runtime(started_at=clock())
         self.runtime.standby = lock is not None  # until the lock is ours
@@ -186,6 +187,9 @@ class Watcher:
         log.info("watching %s folder=%s uidvalidity=%s", box.where, self.imap.folder,
                  box.uidvalidity)
         seen = 0
+        # A token already due at login (the authority away, the stored one still valid):
+        # this session lives until the server ends it, rather than reconnecting at once.
+        renew = self._token_left(box) > 0
         while not self.stop.is_set():
             seen = max(seen, self._drain(box, start_uid))
             self.looked.set()
@@ -196,12 +200,12 @@ class Watcher:
             # IDLE would wait only for newer changes: ask before waiting.
             if box.uids_after(seen):
                 continue
-            if self._token_left(box) <= 0:
+            if renew and self._token_left(box) <= 0:
                 # Servers drop a session whose token expired (Exchange does): a new one
                 # with a fresh token now, rather than a broken one later.
                 log.info("reconnecting to %s before the OAuth2 token expires", box.where)
                 return
-            box.wait(self._wait_seconds(box), self.stop)
+            box.wait(self._wait_seconds(box, renew), self.stop)
 
     def _token_left(self, box: ImapMailbox) -> float:
         """Seconds until the session's OAuth2 token is due for renewal (inf: no token)."""
@@ -212,12 +216,17 @@ class Watcher:
         return left - oauth.margin(lifetime, self.tokens.settings)
 
     def _lifetime(self, box: ImapMailbox) -> int:
-        row = self.tokens.row() if self.tokens is not None else None
-        return row.access_lifetime if row is not None else 3600
+        """The lifetime of the session's token (read once per token)."""
+        key = box.token_expires_at
+        if self._lifetime_of[0] != key:
+            row = self.tokens.row() if self.tokens is not None else None
+            self._lifetime_of = (key, row.access_lifetime if row is not None else 3600)
+        return self._lifetime_of[1]
 
-    def _wait_seconds(self, box: ImapMailbox) -> float:
+    def _wait_seconds(self, box: ImapMailbox, renew: bool = True) -> float:
         limit = self.imap.idle_renew if box.idles else self.imap.poll_interval
-        limit = max(0.05, min(limit, self._token_left(box)))
+        if renew:
+            limit = max(0.05, min(limit, self._token_left(box)))
         if self.retry_at:
             soonest = min(t for t, _ in self.retry_at.values()) - time.monotonic()
             limit = max(0.05, min(limit, soonest))

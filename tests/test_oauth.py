@@ -9,7 +9,10 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -543,3 +546,156 @@ def test_every_oauth2_key_is_documented_in_auth_help_and_the_readme():
         assert key in shown, key
         assert re.search(rf"`{key}[` ]", part), key
     assert '[imap] auth = "oauth2"' in shown and '[smtp] auth = "oauth2"' in shown
+
+
+# -- what the review found (a slow refresh, an echoing authority, the loopback listener) -----
+
+def test_a_racing_refresh_of_the_spent_token_spoils_no_grant(authority, upgraded):
+    # Process A refreshes (rt0 → rt1) but commits late; meanwhile B, its lease expired,
+    # sends the spent rt0 and gets invalid_grant. The grant must survive with rt1.
+    a = logged_in(authority, upgraded, "service@example.test")
+    b = oauth.Tokens(settings_for(authority, ""), upgraded, "service@example.test")
+    rt0 = a.row().refresh_token
+    grant = a.authority.refresh(rt0)  # A's answer, not yet committed
+    with pytest.raises(OAuthRefused):
+        b.bearer(fresh=True)  # B: rt0 is spent: invalid_grant, the row marked refused
+    a._unsaved = (rt0, grant)
+    assert a.bearer().token == grant.access_token  # A's commit heals it
+    row = a.row()
+    assert not row.invalid and row.refresh_token == grant.refresh_token
+    assert b.bearer().token == grant.access_token
+
+
+def test_a_grant_is_kept_while_the_database_is_away_and_stored_first(authority, upgraded,
+                                                                     monkeypatch):
+    tokens = logged_in(authority, upgraded, "service@example.test")
+    rt0 = tokens.row().refresh_token
+    real = db.transaction
+    calls = {"n": 0}
+
+    def flaky(factory):  # every write fails for a while
+        calls["n"] += 1
+        raise oauth.StorageUnavailable("database is away")
+
+    monkeypatch.setattr(oauth.time, "sleep", lambda s: None)
+    grant = tokens.authority.refresh(rt0)
+    tokens._unsaved = (rt0, grant)
+    monkeypatch.setattr(oauth.db, "transaction", flaky)
+    with pytest.raises(oauth.StorageUnavailable):
+        tokens._save_unsaved()
+    assert tokens._unsaved is not None  # kept, not thrown away
+    monkeypatch.setattr(oauth.db, "transaction", real)
+    assert tokens.bearer().token == grant.access_token
+    assert tokens.row().refresh_token == grant.refresh_token and authority.reused == []
+
+
+def test_an_echoing_authority_shows_no_secret(authority, upgraded):
+    tokens = logged_in(authority, upgraded, "service@example.test")
+    rt0 = tokens.row().refresh_token
+
+    def echo(path, form, basic):
+        return 400, {"error": "invalid_grant",
+                     "error_description": f"bad {form.get('refresh_token')} for "
+                                          f"{form.get('client_secret')}\x1b[2J"}
+
+    original = authority.post
+    authority.post = echo  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OAuthRefused) as err:
+            tokens.bearer(fresh=True)
+    finally:
+        authority.post = original  # type: ignore[method-assign]
+    for text in (str(err.value), tokens.row().last_error):
+        assert rt0 not in text and CLIENT_SECRET not in text and "\x1b" not in text
+        assert "***" in text
+
+
+def test_an_authority_outage_keeps_the_imap_login_with_the_stored_token(authority, upgraded):
+    tokens = logged_in(authority, upgraded, "service@example.test")
+    with db.transaction(upgraded) as session:  # due for refresh, still valid for minutes
+        row = session.get(OAuthToken, "service@example.test")
+        row.access_lifetime = 600
+        row.access_expires_at = datetime.now(UTC) + oauth.timedelta(seconds=100)
+    stored = tokens.row().access_token
+    authority.failing = 100
+    assert tokens.bearer().token == stored  # the refresh failed, the valid token serves
+    assert tokens.bearer().token == stored
+    assert 100 - authority.failing == 1  # and the authority was asked once (backoff)
+    authority.failing = 0
+
+
+def test_client_credentials_refused_is_not_asked_again_at_once(authority, upgraded):
+    s = settings_for(authority, "", flow="client_credentials")
+    tokens = oauth.Tokens(s.model_copy(update={"client_secret": "wrong-secret-xx"}),
+                          upgraded, "service@example.test")
+    asked = []
+    original = authority.post
+    authority.post = lambda *a: (asked.append(1), original(*a))[1]  # type: ignore[method-assign]
+    try:
+        for _ in range(5):
+            with pytest.raises((OAuthRefused, OAuthUnavailable)):
+                tokens.bearer()
+    finally:
+        authority.post = original  # type: ignore[method-assign]
+    assert len(asked) == 1
+
+
+@pytest.mark.parametrize("url", [
+    "http://192.0.2.2:8080\\@localhost/token", "http://evil.example@127.0.0.1/token",
+    "http://127.0.0.1.evil.example/token", "http://localhost.evil/token",
+    "https://login.example/to ken", "http://[::ffff:127.0.0.1]/token"])
+def test_token_urls_that_only_look_loopback_are_refused(url):
+    with pytest.raises(ConfigError):
+        config.from_mapping(base(oauth2={"client_id": "a", "provider": "generic",
+                                         "token_url": url}), "t.toml", {})
+
+
+def test_the_code_flow_listener_takes_only_its_own_state_and_no_fragment(
+        tmp_path, authority, upgraded, database_url):
+    import io
+    import socket as socket_
+
+    from maild import auth
+
+    tokens = oauth.Tokens(settings_for(authority, "", flow="code"), upgraded, "u@example.test")
+    out = io.StringIO()
+    answers = io.StringIO()
+    done: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: done.setdefault(
+        "rc", auth.login(tokens, out, answers, listen=True)))
+    thread.start()
+    assert wait_until(lambda: "  http" in out.getvalue(), timeout=10)
+    url = next(x.strip() for x in out.getvalue().splitlines() if x.startswith("  http"))
+    redirect = re.search(r"redirect_uri=([^&]+)", url).group(1)
+    port = int(urllib.parse.unquote(redirect).rsplit(":", 1)[1].strip("/"))
+    idle = socket_.create_connection(("127.0.0.1", port))  # a silent connection
+    stranger = urllib.request.urlopen  # another local process ends nothing:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        stranger(f"http://127.0.0.1:{port}/?error=access_denied&state=not-ours", timeout=5)
+    assert err.value.code == 404
+    with urllib.request.urlopen(url, timeout=10) as page:  # the real browser's way
+        assert b"you may close this window" in page.read()
+    thread.join(30)
+    idle.close()
+    assert done.get("rc") == 0, out.getvalue()
+    assert tokens.row().flow == "code"
+
+
+def test_a_pasted_address_with_a_fragment_or_another_host_is_refused(authority, upgraded):
+    import io
+
+    from maild import auth
+
+    tokens = oauth.Tokens(settings_for(authority, "", flow="code"), upgraded, "u@example.test")
+    for pasted in ("http://127.0.0.1/?code=x&state={state}#access_token=AT&refresh_token=RT",
+                   "http://evil.example/?code=x&state={state}"):
+        out = io.StringIO()
+
+        class Answers(io.StringIO):
+            def readline(self, *args: object) -> str:
+                state = re.search(r"state=([^&\s]+)", out.getvalue()).group(1)
+                return pasted.format(state=state) + "\n"
+
+        assert auth.login(tokens, out, Answers(), listen=False) == 1
+        assert "not the address the browser ended on" in out.getvalue()
+    assert tokens.row() is None  # nothing stored, the authority never asked
