@@ -692,10 +692,14 @@ def test_a_pasted_address_with_a_fragment_or_another_host_is_refused(authority, 
         out = io.StringIO()
 
         class Answers(io.StringIO):
-            def readline(self, *args: object) -> str:
-                state = re.search(r"state=([^&\s]+)", out.getvalue()).group(1)
-                return pasted.format(state=state) + "\n"
+            def __init__(self, out: io.StringIO, pasted: str) -> None:
+                super().__init__()
+                self.out, self.pasted = out, pasted
 
-        assert auth.login(tokens, out, Answers(), listen=False) == 1
+            def readline(self, *args: object) -> str:
+                state = re.search(r"state=([^&\s]+)", self.out.getvalue()).group(1)
+                return self.pasted.format(state=state) + "\n"
+
+        assert auth.login(tokens, out, Answers(out, pasted), listen=False) == 1
         assert "not the address the browser ended on" in out.getvalue()
     assert tokens.row() is None  # nothing stored, the authority never asked
