@@ -10,9 +10,9 @@ runs in a thread with the daemon's session factory, one transaction per request.
 from maild.web.access import WebConfig, link_holds
 from maild.web.actions import billable, callback_report, revoke_links
 from maild.web.app import Site, bind, make_app, serve
-from maild.web.guard import TokenBuckets, client_address, loggable_path
+from maild.web.guard import TokenBuckets, client_address, link_key, loggable_path, rate_key
 from maild.web.ops import make_ops_app
 
 __all__ = ["Site", "TokenBuckets", "WebConfig", "billable", "bind", "callback_report",
-           "client_address", "link_holds", "loggable_path", "make_app", "make_ops_app",
-           "revoke_links", "serve"]
+           "client_address", "link_holds", "link_key", "loggable_path", "make_app",
+           "make_ops_app", "rate_key", "revoke_links", "serve"]

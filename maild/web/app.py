@@ -87,8 +87,8 @@ class Pages:
     def refused(self, status: int) -> HTMLResponse:
         """The one page for a link that does not open anything: forged, expired, revoked,
         another ticket's, or no such page. Says how to get a new link, leaks nothing."""
-        name = {400: "broken", 413: "too_large", 429: "slow_down", 500: "broken"}.get(
-            status, "no_link")
+        name = {400: "broken", 413: "too_large", 414: "broken", 429: "slow_down",
+                500: "broken"}.get(status, "no_link")
         limit = self.desk.reading.limits.max_file_bytes
         return self.page(name, "de", status, max_mb=f"{limit / 1e6:g}")
 
@@ -277,7 +277,7 @@ def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
         Route("/escalate/{token}", pages.escalate, methods=["POST"]),
         Route("/static/web.css", pages.stylesheet, methods=["GET"]),
     ], exception_handlers={status: _handler(pages, 404 if status == 405 else status)
-                           for status in (400, 404, 405, 413, 429, 500)})
+                           for status in (400, 404, 405, 413, 414, 429, 500)})
     return Site(app, pages)
 
 
