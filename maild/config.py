@@ -515,6 +515,14 @@ class HttpSettings(_Section):
     trusted_proxies: tuple[str, ...] = ()
     # Requests per minute per client address and per link (token bucket).
     rate_per_minute: int = Field(default=60, ge=1)
+    # Connections at once on each listener, in all (never more than the open-files limit
+    # minus a reserve for mail and the database) and per client (IPv6: per /64; not for
+    # trusted_proxies); past them a connection is closed when it is accepted.
+    max_connections: int = Field(default=512, ge=1)
+    max_connections_per_client: int = Field(default=32, ge=1)
+    # Seconds a request's headers, then its whole body, may take to arrive.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=60.0, gt=0)
     # /healthz and /metrics on an address of their own (then not on `listen`); "" = beside
     # the pages on `listen`. Served even when enabled = false.
     metrics_listen: str = ""

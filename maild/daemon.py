@@ -202,6 +202,7 @@ class Daemon:
         self.runtime = health.Runtime(started_at=self.clock())
         desk = await asyncio.to_thread(build_desk, s, factory, self.clock())
         # Bound before anything starts: a taken address is a start-up error, not a surprise.
+        nofile = web.raise_nofile()  # the listeners' connections stay below it (a reserve)
         web_socket = web.bind(s) if s.http.enabled else None
         ops_socket = web.bind(s, "metrics_listen") if s.http.metrics_listen else None
         runtime = self.runtime  # one: what STATUS=, /healthz and /metrics show
@@ -238,12 +239,14 @@ class Daemon:
         if web_socket is not None:  # the ticket pages and the escalation link
             site = web.make_app(desk, factory, s, self.clock, wake_outbox, runtime=runtime)
             site.pages.env = pages_env
-            tasks.append(asyncio.create_task(web.serve(site, web_socket, self.should_exit),
+            tasks.append(asyncio.create_task(web.serve(site, web_socket, self.should_exit,
+                                                       web.gate(s, nofile)),
                                              name="web"))
             log.info("web pages on http://%s (links: %s)", s.http.listen, s.support.public_url)
         if ops_socket is not None:  # /healthz and /metrics on an address of their own
             ops = web.make_ops_app(runtime, factory, s.health, self.clock)
-            tasks.append(asyncio.create_task(web.serve(ops, ops_socket, self.should_exit),
+            tasks.append(asyncio.create_task(web.serve(ops, ops_socket, self.should_exit,
+                                                       web.gate(s, nofile, ops=True)),
                                              name="ops"))
             log.info("/healthz and /metrics on http://%s", s.http.metrics_listen)
         # The sweeps over deadlines. The first catches up after downtime once the inbox's

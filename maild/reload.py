@@ -32,7 +32,8 @@ RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
     "oauth2": None,  # the token store is made at start
     "database": None,
     "paths": ("state_dir", "blob_dir"),
-    "http": ("listen", "enabled"),
+    "http": ("listen", "enabled", "max_connections", "max_connections_per_client",
+             "header_timeout", "body_timeout"),  # the listeners' gates are made at start
     "intake": ("parse_workers", "parse_timeout", "parse_memory_mb"),  # the workers
 }
 

@@ -10,6 +10,7 @@ import grp
 import json
 import os
 import pwd
+import resource
 import secrets
 import shutil
 import signal
@@ -459,12 +460,19 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.watched = 0
 
-    def start(self) -> Daemon:
+    def start(self, nofile: int | None = None) -> Daemon:
+        """Start it; with `nofile`, under that open-files limit (soft and hard, as a unit
+        without LimitNOFILE= and no way to raise it)."""
         self.watched = self.output().count("watching")  # (the log is kept across starts)
         fh = self.log.open("ab")
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.process = subprocess.Popen(
             [sys.executable, "-m", "maild", "--config", str(self.config), "run"],
-            stdout=fh, stderr=fh)
+            stdout=fh, stderr=fh, preexec_fn=limit if nofile is not None else None)
         fh.close()
         return self
 

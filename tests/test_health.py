@@ -48,8 +48,10 @@ class Desk:
         self.runtime = health.Runtime(started_at=NOW - timedelta(minutes=5))
         self.runtime.fetched(NOW - timedelta(seconds=10), 0)
         self.runtime.smtp_ok(NOW - timedelta(seconds=20))
-        self.client = TestClient(web.make_app(self.desk, factory, self.settings, self.clock,
-                                              runtime=self.runtime))
+        self.app = web.make_app(self.desk, factory, self.settings, self.clock,
+                                runtime=self.runtime)
+        # monitoring on this host: a loopback peer, no proxy's headers
+        self.client = TestClient(self.app, client=("127.0.0.1", 50000))
 
     def healthz(self) -> tuple[int, dict[str, object]]:
         answer = self.client.get("/healthz")
@@ -149,6 +151,38 @@ def test_an_unreachable_database_is_unhealthy():
     assert not report.healthy
     assert report.problems[0].startswith("database unreachable: database unavailable")
     assert report.body["database"]["reachable"] is False and "outbox" not in report.body
+
+
+def test_beside_the_pages_only_a_local_request_sees_the_details(tmp_path, factory,
+                                                                database_url):
+    # From elsewhere, or through a reverse proxy on this host (it adds X-Forwarded-For or
+    # Forwarded): the bare status with 200/503 and no /metrics; from this host, everything.
+    site = Desk(tmp_path, factory, database_url, health={"smtp_failing_seconds": 0})
+    outside = TestClient(site.app, client=("203.0.113.9", 40000))
+    assert outside.get("/healthz").json() == {"status": "ok"}
+    assert outside.get("/metrics").status_code == 404
+    for header in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"},
+                   {"X-Real-IP": "203.0.113.9"}):
+        answer = site.client.get("/healthz", headers=header)
+        assert answer.json() == {"status": "ok"}, header
+        assert site.client.get("/metrics", headers=header).status_code == 404
+    site.runtime.smtp_failed(NOW, "SMTP 10.1.2.3:25 unavailable: Connection refused")
+    answer = outside.get("/healthz")
+    assert (answer.status_code, answer.json()) == (503, {"status": "unhealthy"})
+    status, body = site.healthz()
+    assert status == 503 and "10.1.2.3" in body["problems"][0] and "version" in body
+    assert "maild_" in site.client.get("/metrics").text
+
+
+def test_metrics_listen_shows_everything_to_whoever_reaches_it(tmp_path, factory,
+                                                               database_url):
+    # `[http] metrics_listen` is the operator's own address: no local check there.
+    site = Desk(tmp_path, factory, database_url)
+    app = web.make_ops_app(site.runtime, factory, site.settings.health, site.clock)
+    client = TestClient(app, client=("203.0.113.9", 40000))
+    body = client.get("/healthz", headers={"X-Forwarded-For": "198.51.100.1"}).json()
+    assert body["status"] == "ok" and "database" in body
+    assert client.get("/metrics").status_code == 200
 
 
 def test_pages_stay_as_they_were_without_a_runtime(tmp_path, factory, database_url):

@@ -137,8 +137,8 @@ def test_each_app_has_its_own_registry(tmp_path, factory, database_url):
     one.count("mails_fetched", n=3)
     one.count("mails_processed", "normal", 2)
     one.observe(0.3)
-    clients = [TestClient(web.make_app(desk, factory, settings, Clock(NOW), runtime=r))
-               for r in (one, two)]
+    clients = [TestClient(web.make_app(desk, factory, settings, Clock(NOW), runtime=r),
+                          client=("127.0.0.1", 50000)) for r in (one, two)]
     first, second = (samples(c.get("/metrics").text) for c in clients)
     assert first[("maild_mails_fetched_total", ())] == 3
     assert first[("maild_mails_processed_total", (("kind", "normal"),))] == 2

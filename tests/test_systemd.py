@@ -41,3 +41,10 @@ def test_unit_verifies_clean(tmp_path):
     problems = [line for line in (done.stdout + done.stderr).splitlines()
                 if "maild.service" in line]
     assert done.returncode == 0 and not problems, done.stdout + done.stderr
+
+
+def test_unit_raises_the_open_files_limit():
+    # The default soft limit (1,024) is what a flood of connections ran into; maild keeps
+    # its listener below the limit it is given, so it is given plenty.
+    found = re.search(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), re.MULTILINE)
+    assert found and int(found.group(1)) >= 4096

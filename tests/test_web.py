@@ -592,18 +592,76 @@ def test_ops_can_override_the_pages_wording(tmp_path, factory, database_url, clo
     assert site.client.get(site.links()["t"]).status_code == 200
 
 
-def test_token_buckets_refill_and_forget_idle_keys():
-    # A key refills at the rate per minute; idle keys are forgotten past 10,000 keys.
+def test_token_buckets_refill_and_stay_within_their_size():
+    # A key refills at the rate per minute; past `size` keys the least recently seen goes.
     now = [0.0]
-    buckets = web.TokenBuckets(2, clock=lambda: now[0])
+    buckets = web.TokenBuckets(2, clock=lambda: now[0], size=100)
     assert [buckets.allow("a") for _ in range(3)] == [True, True, False]
     now[0] = 30.0  # half a minute: one request back
     assert [buckets.allow("a") for _ in range(2)] == [True, False]
-    for n in range(10_001):
+    for n in range(10_000):
         buckets.allow(f"k{n}")
-    now[0] = 200.0
-    buckets.allow("b")
-    assert len(buckets.buckets) == 1
+    assert len(buckets.buckets) == 100 and "a" not in buckets.buckets
+    assert list(buckets.buckets)[-1] == "k9999"
+
+
+def test_ipv6_clients_are_limited_by_their_64():
+    # Every address of one /64 is one client; IPv4 (also IPv4-mapped) by its address.
+    assert web.rate_key("2001:db8:1:2:aaaa::1") == web.rate_key("2001:db8:1:2:ffff::9") \
+        == "2001:db8:1:2::/64"
+    assert web.rate_key("2001:db8:1:3::1") != web.rate_key("2001:db8:1:2::1")
+    assert web.rate_key("::ffff:203.0.113.5") == web.rate_key("203.0.113.5") == "203.0.113.5"
+    assert web.rate_key("not-an-address" * 100) == ("not-an-address" * 100)[:64]
+
+
+def proxied(site: Site) -> TestClient:
+    """A client whose requests come from a trusted proxy at 127.0.0.1."""
+    return TestClient(site.app, follow_redirects=False, client=("127.0.0.1", 40000))
+
+
+def test_one_ipv6_network_gets_429_whatever_address_it_uses(tmp_path, factory,
+                                                           database_url, clock):
+    # Through the proxy, a new address of the same /64 per request: still one budget.
+    site = Site(tmp_path, factory, database_url, clock,
+                http={"rate_per_minute": 5, "trusted_proxies": ["127.0.0.1"]})
+    client = proxied(site)
+    codes = [client.get("/t/forged", headers={"X-Forwarded-For": f"2001:db8:7:7:{n:x}::1"})
+             .status_code for n in range(7)]
+    assert codes == [404] * 5 + [429] * 2
+    assert client.get("/t/forged", headers={"X-Forwarded-For": "2001:db8:7:8::1"}
+                      ).status_code == 429  # the link's bucket (all forged links) is empty
+    assert list(site.app.per_client.buckets) == ["2001:db8:7:7::/64", "2001:db8:7:8::/64"]
+
+
+def test_links_are_limited_by_ticket_not_by_token_string(tmp_path, factory, database_url,
+                                                         clock):
+    # Fresh tokens of one ticket, or ever-new forged strings: one bucket each, not one per
+    # string, and the limiter keeps short keys, never the token.
+    site = Site(tmp_path, factory, database_url, clock,
+                http={"rate_per_minute": 5, "trusted_proxies": ["127.0.0.1"]})
+    client = proxied(site)
+    secret, address = site.app.cfg.secret, "anna@kunde.example"
+    tokens = [links.customer_token(secret, "ticket", 10001, address, 0,
+                                   NOW - timedelta(seconds=n)) for n in range(7)]
+    codes = [client.get(f"/t/{t}", headers={"X-Forwarded-For": f"198.51.100.{n}"})
+             .status_code for n, t in enumerate(tokens)]
+    assert codes[5:] == [429, 429] and set(codes[:5]) <= {200, 404}
+    codes = [client.get(f"/t/forged{n}", headers={"X-Forwarded-For": f"192.0.2.{n}"})
+             .status_code for n in range(7)]
+    assert codes == [404] * 5 + [429] * 2
+    assert set(site.app.per_link.buckets) == {"t:10001", "t:forged"}
+
+
+def test_over_long_paths_get_414_before_anything_is_kept(site, caplog):
+    # A 60 KB "token" is refused at once: no bucket, no log line of its length.
+    caplog.set_level("INFO", logger="maild.web")
+    long = "/t/" + "A" * 60_000
+    answer = site.client.get(long)
+    assert answer.status_code == 414 and "A" * 200 not in answer.text
+    assert site.client.get("/t/x?" + "q=1&" * 1000).status_code == 414
+    assert not site.app.per_client.buckets and not site.app.per_link.buckets
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("maild")]
+    assert lines and all(len(line) < 400 for line in lines)
 
 
 def test_an_english_ticket_gets_english_pages(tmp_path, factory, database_url, clock):

@@ -9,10 +9,11 @@ runs in a thread with the daemon's session factory, one transaction per request.
 
 from maild.web.access import WebConfig, link_holds
 from maild.web.actions import billable, callback_report, revoke_links
-from maild.web.app import Site, bind, make_app, serve
-from maild.web.guard import TokenBuckets, client_address, loggable_path
+from maild.web.app import Site, bind, gate, make_app, serve
+from maild.web.conns import Gate, raise_nofile
+from maild.web.guard import TokenBuckets, client_address, link_key, loggable_path, rate_key
 from maild.web.ops import make_ops_app
 
-__all__ = ["Site", "TokenBuckets", "WebConfig", "billable", "bind", "callback_report",
-           "client_address", "link_holds", "loggable_path", "make_app", "make_ops_app",
-           "revoke_links", "serve"]
+__all__ = ["Gate", "Site", "TokenBuckets", "WebConfig", "billable", "bind", "callback_report",
+           "client_address", "gate", "link_holds", "link_key", "loggable_path", "make_app",
+           "make_ops_app", "raise_nofile", "rate_key", "revoke_links", "serve"]

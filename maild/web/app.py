@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 import socket
@@ -42,6 +43,7 @@ from maild.web.access import (
     web_config,
 )
 from maild.web.actions import add_information, escalate
+from maild.web.conns import Gate, gated_protocol, listener_cap
 from maild.web.guard import ASGIApp, Guard
 from maild.web.ops import ops_routes
 from maild.web.views import Shown, attachment_of, can_escalate, show
@@ -87,8 +89,8 @@ class Pages:
     def refused(self, status: int) -> HTMLResponse:
         """The one page for a link that does not open anything: forged, expired, revoked,
         another ticket's, or no such page. Says how to get a new link, leaks nothing."""
-        name = {400: "broken", 413: "too_large", 429: "slow_down", 500: "broken"}.get(
-            status, "no_link")
+        name = {400: "broken", 413: "too_large", 414: "broken", 429: "slow_down",
+                500: "broken"}.get(status, "no_link")
         limit = self.desk.reading.limits.max_file_bytes
         return self.page(name, "de", status, max_mb=f"{limit / 1e6:g}")
 
@@ -277,7 +279,7 @@ def make_app(desk: Desk, factory: db.SessionFactory, settings: Settings,
         Route("/escalate/{token}", pages.escalate, methods=["POST"]),
         Route("/static/web.css", pages.stylesheet, methods=["GET"]),
     ], exception_handlers={status: _handler(pages, 404 if status == 405 else status)
-                           for status in (400, 404, 405, 413, 429, 500)})
+                           for status in (400, 404, 405, 413, 414, 429, 500)})
     return Site(app, pages)
 
 
@@ -333,11 +335,33 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(app: ASGIApp, sock: socket.socket, should_exit: asyncio.Event) -> None:
-    """Serve `app` on `sock` in this event loop until `should_exit` is set."""
+ACCEPT_BURST = 32  # listen queue, and sockets accepted at once (see serve)
+OPS_CONNECTIONS = 64  # `metrics_listen` is for monitoring: a few connections at once
+
+
+def gate(settings: Settings, nofile: int, *, ops: bool = False) -> Gate:
+    """The connection limits of one listener, from `[http]` and the open-files limit: the
+    pages' listener leaves room for the ops listener's few, both stay out of the reserve."""
+    http = settings.http
+    total = (min(OPS_CONNECTIONS, http.max_connections) if ops
+             else listener_cap(http.max_connections, nofile - OPS_CONNECTIONS))
+    return Gate(total, http.max_connections_per_client,
+                http.header_timeout, http.body_timeout,
+                tuple(ipaddress.ip_network(p, strict=False) for p in http.trusted_proxies))
+
+
+async def serve(app: ASGIApp, sock: socket.socket, should_exit: asyncio.Event,
+                limits: Gate | None = None) -> None:
+    """Serve `app` on `sock` in this event loop until `should_exit` is set, behind
+    `limits` (connections at once, header and body deadlines)."""
+    protocol: Any = gated_protocol(limits) if limits is not None else "h11"
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                            http=protocol,
                             server_header=False, date_header=True, proxy_headers=False,
-                            timeout_graceful_shutdown=5, h11_max_incomplete_event_size=65536)
+                            timeout_graceful_shutdown=5, h11_max_incomplete_event_size=65536,
+                            # asyncio accepts up to `backlog` sockets per wake-up before
+                            # any is refused: keep that burst well inside the reserve
+                            backlog=ACCEPT_BURST)
     server = _Server(config)
 
     async def stop_when_asked() -> None:

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from maild import links
 from maild.errors import MaildError, StorageUnavailable
 from maild.web.access import WebConfig
 
@@ -36,7 +38,13 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-_TOKEN_PATH = re.compile(r"^/(t|escalate)/[^/]+")
+_TOKEN_PATH = re.compile(r"^/(t|escalate)/([^/]+)")
+# A link is ~100 characters; no page of ours needs more. Longer targets get 414 before
+# the limiter or the log keep anything of them.
+MAX_TARGET = 2048
+# Keys the limiter remembers at most (per limiter); past this the least recently seen key
+# is forgotten. ~200 bytes a key: about 4 MB for both limiters.
+MAX_KEYS = 10_000
 
 
 def client_address(peer: str, forwarded_for: str,
@@ -58,6 +66,27 @@ def client_address(peer: str, forwarded_for: str,
     return peer
 
 
+def rate_key(client: str) -> str:
+    """The key a client is limited by: an IPv6 address by its /64 (one customer's network
+    holds a whole /64), an IPv4-mapped address as IPv4, anything else as given."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def link_key(kind: str, token: str, keys: tuple[str, ...]) -> str:
+    """The key a link is limited by: its ticket (every link of a ticket shares one bucket),
+    or one bucket per kind for all links that are not ours."""
+    claim = links.read_customer_token(keys, "ticket" if kind == "t" else "escalate", token)
+    return f"{kind}:{claim.number}" if claim else f"{kind}:forged"
+
+
 def loggable_path(path: str) -> str:
     """The path with the link token replaced, so logs never hold a working link."""
     return _TOKEN_PATH.sub(lambda m: f"/{m.group(1)}/…", path)
@@ -65,26 +94,24 @@ def loggable_path(path: str) -> str:
 
 @dataclass(slots=True)
 class TokenBuckets:
-    """In-memory token buckets: `rate` requests per minute per key, bursts up to `rate`."""
+    """In-memory token buckets: `rate` requests per minute per key, bursts up to `rate`.
+    At most `size` keys: a new key past that evicts the least recently seen one (a
+    forgotten key starts full again, so eviction only ever errs towards allowing)."""
 
     rate: int
     clock: Callable[[], float] = time.monotonic
-    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
-    swept: float = 0.0
+    size: int = MAX_KEYS
+    buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
 
     def allow(self, key: str) -> bool:
         now = self.clock()
-        tokens, last = self.buckets.get(key, (float(self.rate), now))
+        tokens, last = self.buckets.pop(key, (float(self.rate), now))
         tokens = min(float(self.rate), tokens + (now - last) * self.rate / 60.0)
-        if len(self.buckets) > 10_000 and now - self.swept > 60:
-            # A full bucket is as good as none: forget keys idle for a minute or more.
-            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < 60}
-            self.swept = now
-        if tokens < 1.0:
-            self.buckets[key] = (tokens, now)
-            return False
-        self.buckets[key] = (tokens - 1.0, now)
-        return True
+        while len(self.buckets) >= self.size:
+            self.buckets.popitem(last=False)
+        allowed = tokens >= 1.0
+        self.buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
 
 class Refused(HTTPException):
@@ -117,6 +144,10 @@ class Guard:
         client = client_address(peer, headers.get("x-forwarded-for", ""),
                                 self.cfg.trusted_proxies)
         path = str(scope.get("path", ""))
+        too_long = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) \
+            > MAX_TARGET or len(path) > MAX_TARGET
+        if too_long:
+            path = path[:100]
         status = {"code": 0}
 
         async def guarded_send(message: Message) -> None:
@@ -134,8 +165,11 @@ class Guard:
 
         link = _TOKEN_PATH.match(path)
         try:
-            if not self.per_client.allow(client) or (
-                    link is not None and not self.per_link.allow(link.group(0))):
+            if too_long:
+                raise Refused(414)
+            if not self.per_client.allow(rate_key(client)) or (
+                    link is not None and not self.per_link.allow(
+                        link_key(link.group(1), link.group(2), self.cfg.keys))):
                 raise Refused(429)
             length = headers.get("content-length", "")
             if length and (not length.isdigit()
