@@ -16,6 +16,8 @@ from typing import Any
 
 from inscriptis import get_text
 
+from maild.mail import structure
+
 # A Message-ID we copy into our headers and logs: `<…>` of printable ASCII without spaces,
 # at most a header line (998) long; anything else is treated as absent.
 MAX_MSGID = 998
@@ -69,6 +71,9 @@ class InboundMail:
     encrypted: bool = False  # S/MIME or PGP/MIME encrypted (or opaque-signed): unreadable
     # Received and Authentication-Results headers in order, top first: (lower name, value).
     trace: tuple[tuple[str, str], ...] = ()
+    # MIME parts not read: the mail had more than structure.MAX_PARTS parts or nested
+    # deeper than MAX_DEPTH; they are in the raw mail only.
+    parts_left_out: int = 0
 
 
 class _ParsedOnce(HeaderRegistry):
@@ -105,8 +110,11 @@ def mail_policy() -> policy.EmailPolicy[EmailMessage]:
 
 
 def parse(raw: bytes) -> InboundMail:
-    """Parse `raw` with the stdlib (policy.default) and pull out what maild needs."""
-    msg = email.message_from_bytes(raw, policy=mail_policy())
+    """Parse `raw` with the stdlib (policy.default) and pull out what maild needs; of a
+    mail with too many or too deeply nested parts, the part before the cap."""
+    shape = structure.scan(raw)
+    msg = email.message_from_bytes(raw[:shape.cut] if shape.cut else raw,
+                                   policy=mail_policy())
     assert isinstance(msg, EmailMessage)
     headers = _headers(msg)
     from_name, from_addr, address_from = _sender(headers)
@@ -143,6 +151,7 @@ def parse(raw: bytes) -> InboundMail:
         encrypted=_encrypted(msg),
         trace=tuple((k.lower(), _unfold(str(v))[:2000]) for k, v in msg.raw_items()
                     if k.lower() in _TRACE),
+        parts_left_out=shape.parts_left_out,
     )
 
 

@@ -1,0 +1,113 @@
+"""MIME bombs (issue 22): a mail of many parts or deeply nested ones is read up to the caps
+of `maild.mail.structure`, opens its ticket and is told what was not taken; none holds
+the parse worker for long (figures: `bench/mimebombs.py`, `bench/fuzz.py`)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from harness import customer_mail, offline_settings, raw_of, rows
+
+from maild.analyse import Budget
+from maild.daemon import build_desk
+from maild.intake import Intake
+from maild.mail import structure
+from maild.mail.fetched import Fetched
+from maild.mail.parse import parse
+from maild.models import InboundMessage, OutboxMail, Ticket
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS.parent / "bench"))
+import mimebombs  # noqa: E402  (the three shapes of the issue)
+
+NOW = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+BOMBS = {
+    "attachments": mimebombs.attachments(50_000),
+    "texts": mimebombs.texts(200_000),
+    "nested": mimebombs.nested(3_000),
+}
+
+
+def test_an_ordinary_multipart_mail_is_counted_and_not_cut():
+    # A text part, an HTML alternative and an attachment: three parts, two levels, no cut.
+    raw = (b"From: a@kunde.example\r\nContent-Type: multipart/mixed; boundary=\"out\"\r\n\r\n"
+           b"--out\r\nContent-Type: multipart/alternative;\r\n boundary=in\r\n\r\n"
+           b"--in\r\nContent-Type: text/plain\r\n\r\nHallo\r\n"
+           b"--in\r\nContent-Type: text/html\r\n\r\n<p>Hallo</p>\r\n--in--\r\n"
+           b"--out\r\nContent-Type: application/pdf\r\n\r\nx\r\n--out--\r\n")
+    assert structure.scan(raw) == structure.Shape(parts=4, depth=2)
+
+
+def test_delimiter_lines_of_undeclared_boundaries_and_signatures_are_no_parts():
+    # "-- " signatures and "--x" lines in a text mail without a declared boundary.
+    raw = b"From: a@kunde.example\r\n\r\nHallo\r\n-- \r\nAnna\r\n" + b"--x\r\n" * 5000
+    assert structure.scan(raw).parts == 0 and not structure.scan(raw).cut
+
+
+@pytest.mark.parametrize(("name", "parts", "depth"), [
+    ("attachments", structure.MAX_PARTS, 1),
+    ("texts", structure.MAX_PARTS, 1),
+    ("nested", structure.MAX_DEPTH, structure.MAX_DEPTH),
+])
+def test_a_bomb_is_cut_at_the_first_part_over_a_cap(name, parts, depth):
+    # The pass stops following the structure where the first cap is passed; the parts
+    # after it are counted, not read.
+    shape = structure.scan(BOMBS[name])
+    assert (shape.parts, shape.depth) == (parts, depth)
+    assert BOMBS[name][shape.cut:].startswith(b"--")
+    assert shape.parts_left_out > 0
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_a_bomb_parses_to_its_text_with_what_was_left_out(name):
+    # No RecursionError, the customer's words are read, at most MAX_PARTS files.
+    mail = parse(BOMBS[name])
+    assert mail.from_addr == "anna@kunde.example"
+    assert mail.text.strip() in {"Hallo, anbei die Belege.", "Zeile 0", "Hallo tief drinnen",
+                                 ""}
+    assert mail.parts_left_out == structure.scan(BOMBS[name]).parts_left_out
+    assert len(mail.attachments) <= structure.MAX_PARTS
+
+
+def test_a_mail_at_the_caps_is_read_whole():
+    # Exactly MAX_PARTS parts and MAX_DEPTH levels: nothing left out.
+    assert parse(mimebombs.texts(structure.MAX_PARTS - 1)).parts_left_out == 0
+    assert parse(mimebombs.nested(structure.MAX_DEPTH - 1)).parts_left_out == 0
+
+
+@pytest.fixture
+def intake(tmp_path, factory, database_url):
+    # The daemon's intake with a real parse worker; a 5 s budget (the goal is 1 s, the
+    # margin is for a busy test machine: bench/mimebombs.py prints the figures).
+    desk = build_desk(offline_settings(database_url, tmp_path / "blobs"), factory, NOW)
+    made = Intake(factory, desk, "INBOX", 3, lambda: NOW, workers=1,
+                  budget=Budget(5.0, 1024))
+    made.start()
+    yield made
+    made.close()
+
+
+def test_the_three_bombs_open_tickets_in_the_worker_and_the_customer_is_told(
+        intake, database_url):
+    # The bombs and a plain mail in one batch through the worker: every one becomes a
+    # ticket within the budget (none quarantined) and each bomb's acknowledgement says
+    # how many parts were not taken.
+    batch = [Fetched(i, raw.replace(b"anna@", f"{name}@".encode(), 1), NOW)
+             for i, (name, raw) in enumerate(BOMBS.items(), start=1)]
+    batch.append(Fetched(4, customer_mail(4), NOW))
+    outcomes = intake.process_batch(7, batch)
+    assert [o.action for o in outcomes] == ["processed"] * 4, [o.reason for o in outcomes]
+    assert all(r.state == "processed" and r.ticket_id for r in rows(database_url, InboundMessage))
+    assert len(rows(database_url, Ticket)) == 4
+    acks = [message_from_bytes(raw_of(o, intake.desk.store), policy=policy.default)
+            for o in rows(database_url, OutboxMail)]
+    texts = {str(a["To"]): " ".join(a.get_body(("plain",)).get_content().split())
+             for a in acks}
+    assert len(texts) == 4 and "weitere Teile" not in texts["kunde4@firma4.example"]
+    for name in BOMBS:
+        left = structure.scan(BOMBS[name]).parts_left_out
+        assert f"{left} weitere Teile nicht" in texts[f"{name}@kunde.example"], name
