@@ -44,7 +44,15 @@ def nested(depth: int = 3_000, mid: str = "bomb-nested") -> bytes:
             + closing).encode()
 
 
-SHAPES = {"attachments": attachments, "texts": texts, "nested": nested}
+def forwarded(depth: int = 3_000, mid: str = "bomb-forwarded") -> bytes:
+    """`depth` attached mails (message/rfc822) nested in each other, no boundary at all."""
+    return (HEAD.format(subject="Weitergeleitet", mid=mid)
+            + "Content-Type: message/rfc822\r\n\r\nFrom: b@kunde.example\r\n" * depth
+            + "\r\nHallo ganz innen\r\n").encode()
+
+
+SHAPES = {"attachments": attachments, "texts": texts, "nested": nested,
+          "forwarded": forwarded}
 
 if __name__ == "__main__":
     import sys

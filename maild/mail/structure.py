@@ -14,13 +14,16 @@ import re
 from dataclasses import dataclass
 
 MAX_PARTS = 1_000  # MIME parts parsed per mail (delimiter lines of declared boundaries)
-MAX_DEPTH = 20  # multiparts nested in each other
-# A delimiter line (`--boundary`, `--boundary--`), or a boundary parameter. Each branch
-# is bounded in length, and a delimiter line is tried only where a line starts.
-_EVENT = re.compile(
-    rb'^--(?P<line>[^\r\n]{1,80}?)[ \t]*\r?$'
-    rb'|boundary[ \t]*=[ \t]*(?:"(?P<quoted>[^"\r\n]{1,80})"|(?P<token>[^\s;"]{1,80}))',
-    re.IGNORECASE | re.MULTILINE)
+MAX_DEPTH = 20  # multiparts and attached mails (message/*) nested in each other
+# Delimiter lines (`--boundary`, `--boundary--`; case counts) are found in the mail, the
+# boundary parameters and the headers saying message/* (the stdlib parses such a part as
+# a mail of its own, recursively) in its lower-case copy. Each pattern starts with a
+# literal (the engine skips ahead to it) and is bounded in length.
+_DELIMITER = re.compile(rb"\n--([^\r\n]{1,80}?)[ \t]*\r?$", re.MULTILINE)
+_BOUNDARY = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,80})"|([^\s;"]{1,80}))')
+_MESSAGE = re.compile(rb"\ncontent-type:\s{0,80}message/")
+_LINE, _DECLARED, _MESSAGE_PART = 0, 1, 2
+Event = tuple[int, int, bytes]  # (offset, kind, boundary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,40 +32,80 @@ class Shape:
 
     parts: int  # parts before the cut (all of them when there is none)
     depth: int  # the deepest nesting before the cut
-    cut: int = 0  # the offset of the first delimiter line over a cap (0: none)
+    cut: int = 0  # the offset of the first line over a cap (0: none)
     parts_left_out: int = 0  # parts from the cut on
+
+
+class _Walk:
+    """The open multiparts (their boundaries, outermost first) and the attached mails
+    open inside them (each as the number of multiparts open where it began)."""
+
+    def __init__(self) -> None:
+        self.declared: set[bytes] = set()  # every boundary declared
+        self.stack: list[bytes] = []
+        self.messages: list[int] = []
+
+    @property
+    def depth(self) -> int:
+        return len(self.stack) + len(self.messages)
+
+    def delimiter(self, line: bytes) -> bool:
+        """Follow one delimiter line: whether it starts a part."""
+        closing = line.endswith(b"--") and line[:-2] in self.stack
+        name = line[:-2] if closing else line
+        if name in self.stack:  # a part of an open multipart ends (and what it held)
+            level = self.stack.index(name)
+            self.messages = [m for m in self.messages if m <= level]
+            del self.stack[level if closing else level + 1:]
+            return not closing
+        if name in self.declared:  # the first part of a new multipart
+            self.stack.append(name)
+            return True
+        return False
+
+
+def events(raw: bytes) -> list[Event]:
+    """The mail's delimiter lines, boundary parameters and message/* headers, in order."""
+    lower = raw.lower()  # (the same offsets: ASCII letters only)
+    found: list[Event] = [(m.start() + 1, _LINE, m.group(1)) for m in _DELIMITER.finditer(raw)]
+    for m in _BOUNDARY.finditer(lower):
+        group = 1 if m.start(1) >= 0 else 2
+        found.append((m.start(), _DECLARED, raw[m.start(group):m.end(group)]))
+    found.extend((m.start() + 1, _MESSAGE_PART, b"") for m in _MESSAGE.finditer(lower))
+    del lower
+    found.sort()
+    return found
 
 
 def scan(raw: bytes, max_parts: int = MAX_PARTS, max_depth: int = MAX_DEPTH) -> Shape:
     """The shape of `raw`'s MIME structure, in time linear in its size (the nesting
     followed is at most `max_depth` + 1 deep; after the cut, parts are only counted)."""
-    declared: set[bytes] = set()  # every boundary declared
-    stack: list[bytes] = []  # open multiparts, outermost first
-    parts = depth = cut = left = 0
-    for found in _EVENT.finditer(raw):
-        line = found.group("line")
-        if line is None:
-            declared.add(found.group("quoted") or found.group("token"))
-        elif cut:
-            left += line in declared
-        elif _opens_part(line, stack, declared):
-            if parts == max_parts or len(stack) > max_depth:
-                cut, left = found.start(), 1
-            else:
-                parts += 1
-                depth = max(depth, len(stack))
-    return Shape(parts, depth, cut, left)
+    walk = _Walk()
+    parts = depth = 0
+    found = events(raw)
+    for number, (offset, kind, name) in enumerate(found):
+        if kind == _DECLARED:
+            walk.declared.add(name)
+            continue
+        if kind == _MESSAGE_PART:
+            walk.messages.append(len(walk.stack))
+        elif not walk.delimiter(name):
+            continue
+        if parts == max_parts or walk.depth > max_depth:
+            return Shape(parts, depth, offset, 1 + _left(found[number + 1:], walk))
+        parts += kind == _LINE
+        depth = max(depth, walk.depth)
+    return Shape(parts, depth)
 
 
-def _opens_part(line: bytes, stack: list[bytes], declared: set[bytes]) -> bool:
-    """Follow one delimiter line: whether it starts a part (`stack` updated)."""
-    if line.endswith(b"--") and line[:-2] in stack:  # a close delimiter
-        del stack[stack.index(line[:-2]):]
-        return False
-    if line in stack:  # the next part of an open multipart (inner ones end)
-        del stack[stack.index(line) + 1:]
-        return True
-    if line in declared:  # the first part of a new multipart
-        stack.append(line)
-        return True
-    return False
+def _left(found: list[Event], walk: _Walk) -> int:
+    """Parts after the cut: delimiter lines of declared boundaries, attached mails."""
+    left = 0
+    for _, kind, name in found:
+        if kind == _MESSAGE_PART:
+            left += 1
+        elif kind == _DECLARED:
+            walk.declared.add(name)
+        elif not name.endswith(b"--") or name[:-2] not in walk.declared:
+            left += name in walk.declared
+    return left
