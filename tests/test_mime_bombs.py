@@ -125,3 +125,44 @@ def test_the_three_bombs_open_tickets_in_the_worker_and_the_customer_is_told(
     for name in BOMBS:
         left = structure.scan(BOMBS[name]).parts_left_out
         assert f"{left} weitere Teile nicht" in texts[f"{name}@kunde.example"], name
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_a_bomb_shaped_as_a_bounce_is_read_within_the_caps_too(name):
+    # The bounce reader parses the mail again (compat32): the same caps apply to it.
+    from maild.analyse import Rules, analyse
+    from maild.mail.files import Limits
+    raw = BOMBS[name].replace(b"From: Anna Berger <anna@kunde.example>",
+                              b"From: Mail Delivery System <MAILER-DAEMON@mx.example>", 1)
+    raw = raw.replace(b"Subject: ", b"Subject: Undelivered Mail Returned to Sender ", 1)
+    rules = Rules("service@example.com", "example.com", None, Limits(10_000_000, 25_000_000))
+    result = analyse(raw, rules)
+    assert result.error == "" and result.verdict is not None
+    assert result.verdict.kind == "bounce"
+
+
+def test_the_bounce_reader_reads_no_part_after_the_cut():
+    # A delivery-status part as the 1,001st part is not read: what it says is only in the
+    # raw mail (unread, it marks no address as bouncing).
+    from maild.mail import dsn
+    report = (b"--t\r\nContent-Type: message/delivery-status\r\n\r\n"
+              b"Reporting-MTA: dns; mx.example\r\n\r\nFinal-Recipient: rfc822; x@kunde.example\r\n"
+              b"Action: failed\r\nStatus: 5.1.1\r\n\r\n--t--\r\n")
+    def bounce(parts: int) -> bytes:
+        return mimebombs.texts(parts).replace(b"--t--\r\n", report).replace(
+            b"From: Anna Berger <anna@kunde.example>", b"From: MAILER-DAEMON@mx.example", 1)
+    assert [f.recipient for f in dsn.read(bounce(structure.MAX_PARTS - 1)).failures] == [
+        "x@kunde.example"]
+    assert dsn.read(bounce(structure.MAX_PARTS)).failures == ()
+
+
+def test_a_charset_name_with_a_nul_is_no_parser_bug():
+    # `bytes.decode("utf-8\x00")` raises ValueError, not LookupError.
+    from maild.analyse import Rules, analyse
+    from maild.mail.files import Limits
+    raw = (b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\n"
+           b"Content-Type: multipart/report; report-type=delivery-status; boundary=r\r\n\r\n"
+           b"--r\r\nContent-Type: text/plain; charset=\"utf-8\x00\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nSGFsbG8=\r\n--r--\r\n")
+    rules = Rules("service@example.com", "example.com", None, Limits(10_000_000, 25_000_000))
+    assert analyse(raw, rules).error == ""

@@ -113,8 +113,7 @@ def parse(raw: bytes) -> InboundMail:
     """Parse `raw` with the stdlib (policy.default) and pull out what maild needs; of a
     mail with too many or too deeply nested parts, the part before the cap."""
     shape = structure.scan(raw)
-    msg = email.message_from_bytes(raw[:shape.cut] if shape.cut else raw,
-                                   policy=mail_policy())
+    msg = email.message_from_bytes(structure.capped(raw, shape), policy=mail_policy())
     assert isinstance(msg, EmailMessage)
     headers = _headers(msg)
     from_name, from_addr, address_from = _sender(headers)
@@ -303,7 +302,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
             continue
         try:
             return data.decode(name)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # (a name with a NUL is a ValueError)
             continue
     return data.decode("latin-1")
 

@@ -64,6 +64,12 @@ class _Walk:
         return False
 
 
+def capped(raw: bytes, shape: Shape | None = None) -> bytes:
+    """What of `raw` any parser of ours reads: all of it, or the part before the cut."""
+    shape = shape or scan(raw)
+    return raw[:shape.cut] if shape.cut else raw
+
+
 def events(raw: bytes) -> list[Event]:
     """The mail's delimiter lines, boundary parameters and message/* headers, in order."""
     lower = raw.lower()  # (the same offsets: ASCII letters only)
@@ -91,7 +97,7 @@ def scan(raw: bytes, max_parts: int = MAX_PARTS, max_depth: int = MAX_DEPTH) -> 
             walk.messages.append(len(walk.stack))
         elif not walk.delimiter(name):
             continue
-        if parts == max_parts or walk.depth > max_depth:
+        if (kind == _LINE and parts == max_parts) or walk.depth > max_depth:
             return Shape(parts, depth, offset, 1 + _left(found[number + 1:], walk))
         parts += kind == _LINE
         depth = max(depth, walk.depth)
