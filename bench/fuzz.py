@@ -134,8 +134,13 @@ SHAPES = [nesting, part_counts, header_sizes, encodings, charsets, html, garbage
 
 
 def generate(seed: int, n: int) -> bytes:
+    """Mail `n` of the run `seed`; one in five as a bounce (the bounce reader parses too)."""
     rng = random.Random(seed * 1_000_003 + n)
-    return rng.choice(SHAPES)(rng, n)
+    raw = rng.choice(SHAPES)(rng, n)
+    if rng.random() < 0.2 and raw.startswith(b"From: "):
+        raw = b"From: Mail Delivery System <MAILER-DAEMON@mx.example>\r\nX-Was-" + raw
+        raw = raw.replace(b"\r\nSubject: ", b"\r\nSubject: Undelivered Mail ", 1)
+    return raw
 
 
 def _status(pid: int) -> dict[str, int]:
