@@ -34,6 +34,11 @@ EXPECTED = {
     "noreply_order": (None, True),
     "newsletter_no_list_headers": (None, True),
     "press_mailing": (None, True),
+    # issue 22: a name and a bare address; only an encoded name in From and the address in
+    # a Reply-To written in ISO-2022-JP; a multipart/alternative without its boundary.
+    "from_name_then_address": ("anna.berger@kunde-m.example", False),
+    "from_encoded_name_reply_to_iso2022jp": ("yamada@kunde-n.example", False),
+    "alternative_boundary_never_appears": ("jan.klein@kunde-o.example", False),
 }
 # Words of each readable mail's text that must reach the ticket.
 TEXT = {
@@ -43,6 +48,8 @@ TEXT = {
     "html_deeply_nested": "keine Umsaetze",
     "smime_signed": "Zertifikat abgelaufen",
     "from_no_brackets": "bricht bei 80 %",
+    "alternative_boundary_never_appears": "nur noch offline",
+    "from_encoded_name_reply_to_iso2022jp": "ログインできません",
 }
 
 
@@ -108,7 +115,7 @@ def test_a_reply_to_in_raw_iso_2022_jp_gives_its_address_and_name():
 
 def test_real_world_mails_become_tickets_answered_at_the_right_address(
         config: Path, tmp_path: Path, mailbox, smtp, database_url):
-    # All sixteen classes arrive; every one is a ticket, none is quarantined, answers go to
+    # All nineteen classes arrive; every one is a ticket, none is quarantined, answers go to
     # the address each mail gives, and robots and newsletters get none.
     daemon = Daemon(config, tmp_path / "maild.log").start()
     try:
@@ -140,3 +147,4 @@ def test_real_world_mails_become_tickets_answered_at_the_right_address(
         assert "verschlüsselt" in text and "nicht lesen" in text
     plain = by_recipient["lea.braun@kunde-e.example"].get_body(("plain",)).get_content()
     assert "verschlüsselt" not in plain
+
