@@ -128,6 +128,7 @@ def acknowledge(
         attachment_count=sum(1 for f in shown if f.store),
         not_stored=[(f.filename if known else "", f.size, f.note)
                     for f in shown if not f.store],
+        parts_left_out=mail.parts_left_out,
         ticket_url=links_out.ticket_url,
         escalation_url=links_out.escalation_url,
         missing=list(ticket.missing),

@@ -34,6 +34,11 @@ EXPECTED = {
     "noreply_order": (None, True),
     "newsletter_no_list_headers": (None, True),
     "press_mailing": (None, True),
+    # issue 22: a name and a bare address; only an encoded name in From and the address in
+    # a Reply-To written in ISO-2022-JP; a multipart/alternative without its boundary.
+    "from_name_then_address": ("anna.berger@kunde-m.example", False),
+    "from_encoded_name_reply_to_iso2022jp": ("yamada@kunde-n.example", False),
+    "alternative_boundary_never_appears": ("jan.klein@kunde-o.example", False),
 }
 # Words of each readable mail's text that must reach the ticket.
 TEXT = {
@@ -43,6 +48,8 @@ TEXT = {
     "html_deeply_nested": "keine Umsaetze",
     "smime_signed": "Zertifikat abgelaufen",
     "from_no_brackets": "bricht bei 80 %",
+    "alternative_boundary_never_appears": "nur noch offline",
+    "from_encoded_name_reply_to_iso2022jp": "ログインできません",
 }
 
 
@@ -68,9 +75,47 @@ def test_a_from_without_brackets_and_without_reply_to_is_still_answered():
     assert classify(mail, US).answer
 
 
+def _headers(value: bytes) -> bytes:
+    return value + b"To: service@example.com\r\nSubject: x\r\nMessage-ID: <h@x>\r\n\r\nHallo\r\n"
+
+
+# An address written inside an encoded word (RFC 2047 forbids one there) names nobody:
+# decoded, it would make us mail whoever the sender typed in.
+STRANGER = [
+    b"From: =?utf-8?q?victim=40stranger.example?=\r\n",
+    b"From: =?utf-8?q?victim@stranger.example?=\r\n",
+    b"From: =?utf-8?b?dmljdGltQHN0cmFuZ2VyLmV4YW1wbGU=?= anna@kunde.example\r\n",
+    b"From: =?utf-8?q?victim=40stranger.example?= <anna@kunde.example>\r\n",
+    b"From: =?ISO-2022-JP?B?GyRCOzNFRBsoQg==?=\r\n"
+    b"Reply-To: =?utf-8?q?victim=40stranger.example?=\r\n",
+]
+
+
+@pytest.mark.parametrize("head", STRANGER)
+def test_an_address_inside_an_encoded_word_is_never_answered(head):
+    mail = parse(_headers(head))
+    assert "stranger" not in mail.from_addr and "stranger" not in mail.reply_to
+    assert mail.from_addr in {"", "anna@kunde.example"}
+
+
+def test_an_encoded_word_in_cc_copies_nobody():
+    mail = parse(_headers(b"From: anna@kunde.example\r\n"
+                          b"Cc: =?utf-8?q?victim=40stranger.example?=, b@kunde.example\r\n"))
+    assert mail.cc == ("b@kunde.example",)
+
+
+def test_a_reply_to_in_raw_iso_2022_jp_gives_its_address_and_name():
+    # Old Japanese mailers write the display name as JIS bytes, not as an encoded word;
+    # its escape `ESC ( B` must not open a comment that swallows the address.
+    mail = parse(_headers(b"From: =?ISO-2022-JP?B?GyRCOzNFRBsoQg==?=\r\n"
+                          b"Reply-To: \x1b$B;3ED\x1b(B <yamada@kunde.example>\r\n"))
+    assert (mail.from_addr, mail.address_from, mail.from_name) == (
+        "yamada@kunde.example", "Reply-To", "山田")
+
+
 def test_real_world_mails_become_tickets_answered_at_the_right_address(
         config: Path, tmp_path: Path, mailbox, smtp, database_url):
-    # All sixteen classes arrive; every one is a ticket, none is quarantined, answers go to
+    # All nineteen classes arrive; every one is a ticket, none is quarantined, answers go to
     # the address each mail gives, and robots and newsletters get none.
     daemon = Daemon(config, tmp_path / "maild.log").start()
     try:
@@ -102,3 +147,4 @@ def test_real_world_mails_become_tickets_answered_at_the_right_address(
         assert "verschlüsselt" in text and "nicht lesen" in text
     plain = by_recipient["lea.braun@kunde-e.example"].get_body(("plain",)).get_content()
     assert "verschlüsselt" not in plain
+

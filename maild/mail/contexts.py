@@ -68,6 +68,7 @@ class Ack(Context):
     attachments: Sequence[str]  # the names of stored files (to a known sender only)
     attachment_count: int
     not_stored: Sequence[tuple[str, int, str]]  # (name or "", size, why)
+    parts_left_out: int = 0  # MIME parts over the caps, not read (parse.InboundMail)
     ticket_url: str
     escalation_url: str
     missing: Sequence[str]  # facts still missing

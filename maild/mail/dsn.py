@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 
+from maild.mail import structure
 from maild.mail.bounded import bounded
 
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -52,7 +53,8 @@ class Report:
 def read(raw: bytes, own_domain: str = "") -> Report:
     """The report in the bounce `raw`; `own_domain` helps pick our Message-IDs from text."""
     try:
-        msg = email.message_from_bytes(raw, policy=policy.compat32)
+        # (within the part caps, as parse reads it: a bounce may be a MIME bomb too)
+        msg = email.message_from_bytes(structure.capped(raw), policy=policy.compat32)
     except Exception:
         return Report()
     failures: list[Failure] = []
@@ -106,7 +108,7 @@ def _text(part: Message) -> str:
         charset = part.get_content_charset() or "utf-8"
         try:
             return payload.decode(charset, "replace")
-        except LookupError:
+        except (LookupError, ValueError):  # (a name with a NUL is a ValueError)
             return payload.decode("utf-8", "replace")
     raw = part.get_payload()
     return raw if isinstance(raw, str) else ""

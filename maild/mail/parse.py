@@ -16,6 +16,8 @@ from typing import Any
 
 from inscriptis import get_text
 
+from maild.mail import structure
+
 # A Message-ID we copy into our headers and logs: `<…>` of printable ASCII without spaces,
 # at most a header line (998) long; anything else is treated as absent.
 MAX_MSGID = 998
@@ -69,6 +71,9 @@ class InboundMail:
     encrypted: bool = False  # S/MIME or PGP/MIME encrypted (or opaque-signed): unreadable
     # Received and Authentication-Results headers in order, top first: (lower name, value).
     trace: tuple[tuple[str, str], ...] = ()
+    # MIME parts not read: the mail had more than structure.MAX_PARTS parts or nested
+    # deeper than MAX_DEPTH; they are in the raw mail only.
+    parts_left_out: int = 0
 
 
 class _ParsedOnce(HeaderRegistry):
@@ -105,11 +110,14 @@ def mail_policy() -> policy.EmailPolicy[EmailMessage]:
 
 
 def parse(raw: bytes) -> InboundMail:
-    """Parse `raw` with the stdlib (policy.default) and pull out what maild needs."""
-    msg = email.message_from_bytes(raw, policy=mail_policy())
+    """Parse `raw` with the stdlib (policy.default) and pull out what maild needs; of a
+    mail with too many or too deeply nested parts, the part before the cap."""
+    shape = structure.scan(raw)
+    msg = email.message_from_bytes(structure.capped(raw, shape), policy=mail_policy())
     assert isinstance(msg, EmailMessage)
     headers = _headers(msg)
-    from_name, from_addr, address_from = _sender(headers)
+    named = _address_headers(msg)
+    from_name, from_addr, address_from = _sender(headers, named)
     text_part, html_part = _body_parts(msg)
     html = _text_of(html_part) if html_part is not None else ""
     text = _text_of(text_part) if text_part is not None else ""
@@ -123,9 +131,9 @@ def parse(raw: bytes) -> InboundMail:
         subject=_printable(" ".join(headers.get("subject", "").split())),
         from_addr=from_addr,
         from_name=_no_nul(from_name),
-        to=_addresses(headers.get("to", "")),
-        cc=_addresses(headers.get("cc", "")),
-        reply_to=_first_address(headers.get("reply-to", ""))[1],
+        to=_addresses(named.get("to", "")),
+        cc=_addresses(named.get("cc", "")),
+        reply_to=_first_address(named.get("reply-to", ""))[1],
         date=_date(headers.get("date", "")),
         in_reply_to=_one_msgid(headers.get("in-reply-to", "")),
         references=tuple(_MSGID.findall(headers.get("references", "")))[-MAX_REFERENCES:],
@@ -143,24 +151,54 @@ def parse(raw: bytes) -> InboundMail:
         encrypted=_encrypted(msg),
         trace=tuple((k.lower(), _unfold(str(v))[:2000]) for k, v in msg.raw_items()
                     if k.lower() in _TRACE),
+        parts_left_out=shape.parts_left_out,
     )
 
 
-def _sender(headers: dict[str, str]) -> tuple[str, str, str]:
+def _sender(headers: dict[str, str], named: dict[str, str]) -> tuple[str, str, str]:
     """(name, address, header it came from): From, else Reply-To, else Sender, else the
-    address in a From without brackets (`Name name@host`)."""
-    from_header = headers.get("from", "")
-    name, addr = _first_address(from_header)
+    address in a From without brackets (`Name name@host`). The address is one the mail
+    names (`named`: outside encoded words), the name is read from the decoded header."""
+    decoded, from_header = headers.get("from", ""), named.get("from", "")
+    addr = _first_address(from_header)[1]
     if addr:
-        return name, addr, "From"
+        name, same = _first_address(decoded)
+        return (name if same == addr else _without(_display_name(decoded), addr)), addr, "From"
     loose = _loose_address(from_header)
-    display = _display_name(from_header).replace(loose, "").strip(" <>\"'") if loose else \
-        _display_name(from_header)
+    display = _without(_display_name(decoded), loose) if loose else _display_name(decoded)
     for header_name in ("Reply-To", "Sender"):
-        addr = _first_address(headers.get(header_name.lower(), ""))[1]
+        addr = _first_address(named.get(header_name.lower(), ""))[1]
         if addr:
             return display, addr, header_name
     return (display, loose, "From") if loose else (display, "", "")
+
+
+def _without(name: str, addr: str) -> str:
+    return " ".join(name.replace(addr, " ").split()).strip(" <>\"'")
+
+
+# What of an address header may name an address: not an encoded word (RFC 2047 allows
+# none in an address, and decoded it names whoever the sender typed in), not a run of
+# ISO-2022-JP (JIS) bytes, whose escape `ESC ( B` would open a comment. Each becomes an
+# empty quoted string (a display name), in linear time.
+_ENCODED_WORD = re.compile(r"=\?[^?\s]{1,75}+\?[bBqQ]\?[^?\s]{0,998}+\?=")
+_JIS_RUN = re.compile(r"\x1b\$[@B][^\x1b]{0,998}+(?:\x1b\([BJ]|$)")
+
+
+def _address_headers(msg: Message) -> dict[str, str]:
+    """The first From, Reply-To, Sender, To and Cc as written, without encoded words and
+    JIS runs: the addresses the mail names."""
+    found: dict[str, str] = {}
+    for name, raw in msg.raw_items():
+        key = name.lower()
+        if key in _ADDRESS_HEADERS and key not in found:
+            value = _unfold(_capped(key, str(raw)))
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            found[key] = _JIS_RUN.sub('""', _ENCODED_WORD.sub('""', value))
+    return found
+
+
+_ADDRESS_HEADERS = frozenset({"from", "reply-to", "sender", "to", "cc"})
 
 
 def _display_name(value: str) -> str:
@@ -272,6 +310,11 @@ def header(msg: Message, name: str) -> str:
 
 
 def _lenient_decode(raw: str) -> str:
+    if "\x1b$" in raw:  # ISO-2022-JP (JIS) written raw, as old Japanese mailers do
+        try:
+            raw = raw.encode("ascii").decode("iso-2022-jp")
+        except (UnicodeError, ValueError):
+            pass
     if "=?" not in raw:
         return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
@@ -294,7 +337,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
             continue
         try:
             return data.decode(name)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # (a name with a NUL is a ValueError)
             continue
     return data.decode("latin-1")
 
