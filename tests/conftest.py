@@ -1,5 +1,8 @@
 """Fixtures: a private Dovecot, an SMTP capture and both databases (SQLite and PostgreSQL).
 
+A test meets Dovecot unless it parametrises `imap_server` indirectly with the name of
+another server's fixture: `plain_dovecot` (no MOVE, UIDPLUS, IDLE, CONDSTORE).
+
 With CI=true a server that cannot start fails the tests loudly; elsewhere it skips them
 with the reason.
 """
@@ -14,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -33,6 +37,8 @@ from harness import (  # noqa: E402
 from maild import db  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# What a plain IMAP4rev1 server offers after login (plain_dovecot: imap_capability).
+PLAIN_IMAP = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE"
 
 
 def unavailable(reason: str) -> None:
@@ -42,12 +48,12 @@ def unavailable(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def running_dovecot() -> Iterator[Dovecot]:
+def running_dovecot(capabilities: str = "") -> Iterator[Dovecot]:
     """A private Dovecot, started (or the test failed under CI=true, skipped elsewhere)
     and stopped and removed after."""
     # Not under pytest's tmp_path: Dovecot's unprivileged processes must reach the folder.
     base = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
-    server = Dovecot(base)
+    server = Dovecot(base, capabilities=capabilities)
     try:
         server.start()
     except (ServerUnavailable, OSError) as exc:
@@ -67,10 +73,26 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def plain_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot that advertises only IMAP4rev1 LITERAL+ SASL-IR ID ENABLE: a server without
+    MOVE (maild copies, flags \\Deleted and expunges), UIDPLUS and IDLE (maild polls)."""
+    with running_dovecot(PLAIN_IMAP) as server:
+        yield server
+
+
 @pytest.fixture
-def mailbox(dovecot: Dovecot) -> Mailbox:
-    user, password = dovecot.add_user()
-    return Mailbox(dovecot.port, user, password)
+def imap_server(request: pytest.FixtureRequest) -> Any:
+    """The IMAP server of a test: the session's Dovecot, or the fixture named by an indirect
+    parametrisation, e.g. `@pytest.mark.parametrize("imap_server", ["dovecot",
+    "plain_dovecot"], indirect=True)`."""
+    return request.getfixturevalue(getattr(request, "param", "dovecot"))
+
+
+@pytest.fixture
+def mailbox(imap_server: Any) -> Mailbox:
+    user, password = imap_server.add_user()
+    return Mailbox(imap_server.port, user, password)
 
 
 @pytest.fixture
@@ -134,8 +156,11 @@ def factory(database_url: str) -> Iterator[db.SessionFactory]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, dovecot: Dovecot, mailbox: Mailbox, smtp: SmtpCapture,
+def config(tmp_path: Path, imap_server: Any, mailbox: Mailbox, smtp: SmtpCapture,
            database_url: str) -> Path:
-    return write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+    # A server without IDLE is polled: every second here, not every minute.
+    polled = imap_server.capabilities and "IDLE" not in imap_server.capabilities.split()
+    return write_config(tmp_path / "maild.toml", imap_port=mailbox.port, user=mailbox.user,
                         password=mailbox.password, smtp_port=smtp.port,
-                        database_url=database_url)
+                        database_url=database_url,
+                        imap_extra="poll_interval = 1\n" if polled else "")
