@@ -115,6 +115,11 @@ class ImapMailbox:
         """Whether we wait with IDLE (the server offers it and config allows it)."""
         return self.settings.idle and "IDLE" in self.capabilities
 
+    @property
+    def moves(self) -> bool:
+        """Whether the server moves mail in one step (MOVE); else COPY, \\Deleted, EXPUNGE."""
+        return "MOVE" in self.capabilities
+
     def _client(self) -> IMAPClient:
         if self.client is None:
             raise ImapUnavailable(f"{self.where}: not connected")
@@ -201,7 +206,7 @@ class ImapMailbox:
             return
         client = self._client()
         with _translated(f"{self.where} move to {folder!r}"):
-            if "MOVE" in self.capabilities:
+            if self.moves:
                 client.move(list(uids), folder)
                 return
             client.copy(list(uids), folder)

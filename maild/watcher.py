@@ -166,8 +166,10 @@ class Watcher:
             log.warning("IMAP without TLS to %s: use tls = \"none\" only on loopback", box.where)
             self.warned_plain = True
         start_uid = self._start_uid(box)
-        log.info("watching %s folder=%s uidvalidity=%s", box.where, self.imap.folder,
-                 box.uidvalidity)
+        log.info("watching %s folder=%s uidvalidity=%s wait=%s move=%s", box.where,
+                 self.imap.folder, box.uidvalidity,
+                 "IDLE" if box.idles else f"poll every {self.imap.poll_interval:g}s",
+                 "MOVE" if box.moves else "COPY+EXPUNGE")
         seen = 0
         while not self.stop.is_set():
             seen = max(seen, self._drain(box, start_uid))
