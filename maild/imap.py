@@ -136,6 +136,14 @@ class ImapMailbox:
             found = self._client().search(["UID", f"{uid + 1}:*", "UNDELETED"])
         return sorted(u for u in (int(x) for x in found) if u > uid)  # n:* includes the last
 
+    def half_moved(self) -> list[int]:
+        """UIDs flagged \\Deleted in the watched folder of a server without MOVE: mails of a
+        move that may have stopped after its COPY (or the flag), before the EXPUNGE."""
+        if self.moves:
+            return []
+        with _translated(self.where):
+            return sorted(int(u) for u in self._client().search(["DELETED"]))
+
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of `uids` (those still there), to fetch in bounded batches."""
         if not uids:
@@ -200,8 +208,10 @@ class ImapMailbox:
         return Fetched(uid=uid, raw=raw, internaldate=_aware(item.get(b"INTERNALDATE")),
                        omitted=tuple(omitted))
 
-    def move(self, uids: Sequence[int], folder: str) -> None:
-        """Move `uids` to `folder`: MOVE, else COPY + \\Deleted + UID EXPUNGE."""
+    def move(self, uids: Sequence[int], folder: str, again: bool = False) -> None:
+        """Move `uids` to `folder`: MOVE, else COPY + \\Deleted + UID EXPUNGE (EXPUNGE
+        without UIDPLUS). `again`: an earlier move of these may have stopped half-way
+        (a server without MOVE): those `folder` holds already are not copied twice."""
         if not uids:
             return
         client = self._client()
@@ -209,12 +219,35 @@ class ImapMailbox:
             if self.moves:
                 client.move(list(uids), folder)
                 return
-            client.copy(list(uids), folder)
+            copied = self._copied(uids, folder) if again else set()
+            if copies := [u for u in uids if u not in copied]:
+                client.copy(copies, folder)
             client.add_flags(list(uids), [b"\\Deleted"], silent=True)
             if "UIDPLUS" in self.capabilities:
                 client.uid_expunge(list(uids))
             else:
                 client.expunge()
+
+    def _copied(self, uids: Sequence[int], folder: str) -> set[int]:
+        """Those of `uids` (in the watched folder) that `folder` holds a copy of: a mail of
+        the same size and the same header block among its newest 50 of that size."""
+        client = self._client()
+        ours = client.fetch(list(uids), ["RFC822.SIZE", "BODY.PEEK[HEADER]"])
+        client.select_folder(folder, readonly=True)
+        found = set()
+        for uid, item in ours.items():
+            size = int(item.get(b"RFC822.SIZE", 0))
+            same_size = sorted(int(u) for u in client.search(
+                ["LARGER", str(max(size - 1, 0)), "SMALLER", str(size + 1)]))[-50:]
+            theirs = client.fetch(same_size, ["BODY.PEEK[HEADER]"]) if same_size else {}
+            if any(t.get(b"BODY[HEADER]") == item.get(b"BODY[HEADER]") for t in theirs.values()):
+                found.add(int(uid))
+        before = self.uidvalidity
+        self.select()
+        if self.uidvalidity != before:  # the UIDs in hand name other mails now
+            raise ImapUnavailable(f"{self.where}: UIDVALIDITY of {self.settings.folder!r} "
+                                  "changed during a move")
+        return found
 
     def take_back(self, folder: str, message_id: str | None, raw: bytes,
                   to: str | None = None) -> str:

@@ -215,9 +215,12 @@ class Watcher:
         uids = [u for u in box.uids() if u >= start_uid]
         self.runtime.fetched(self.clock(), len(uids))  # a complete look at the folder
         due = [u for u in uids if self.retry_at.get((box.uidvalidity, u), (0.0, 0))[0] <= now]
-        known = self.intake.known(box.uidvalidity, due)
+        # Mails finished with but still here: the move after the commit did not happen or
+        # stopped half-way (a server without MOVE: copied, maybe flagged \Deleted).
+        half = [u for u in box.half_moved() if u >= start_uid]
+        known = self.intake.known(box.uidvalidity, due + half)
         self._move(box, [Outcome(u, "processed" if s == "processed" else "quarantine")
-                         for u, s in known.items()])
+                         for u, s in known.items()], again=True)
         fresh = [u for u in due if u not in known]
         # A pipeline: batch k+1 is fetched and analysed (parsed in the worker pool) while
         # batch k is committed and moved.
@@ -260,7 +263,7 @@ class Watcher:
             else:
                 self.runtime.count("mails_retried")
 
-    def _move(self, box: ImapMailbox, outcomes: list[Outcome]) -> None:
+    def _move(self, box: ImapMailbox, outcomes: list[Outcome], again: bool = False) -> None:
         done = [o.uid for o in outcomes if o.action == "processed"]
         bad = [o for o in outcomes if o.action == "quarantine"]
         for o in bad:
@@ -271,8 +274,8 @@ class Watcher:
                 self._schedule_retry(box.uidvalidity, o)
             else:
                 self.retry_at.pop((box.uidvalidity, o.uid), None)
-        box.move(done, self.imap.processed_folder)
-        box.move([o.uid for o in bad], self.imap.quarantine_folder)
+        box.move(done, self.imap.processed_folder, again)
+        box.move([o.uid for o in bad], self.imap.quarantine_folder, again)
 
     def _schedule_retry(self, uidvalidity: int, outcome: Outcome) -> None:
         _, tries = self.retry_at.get((uidvalidity, outcome.uid), (0.0, 0))

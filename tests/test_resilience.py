@@ -45,6 +45,7 @@ def _parse_workers() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("imap_server", ["dovecot", "plain_dovecot"], indirect=True)
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(
         config, tmp_path, mailbox, smtp, database_url):
     # 200 mails arrive while the daemon is killed with SIGKILL at random moments and
