@@ -28,13 +28,26 @@ from maild.mail.fetched import Fetched, Omitted
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A refused LOGIN that means "not now", not "wrong password": RFC 5530's codes for a
+# server that is unavailable, busy or at a limit; Exchange Online's answer while it cannot
+# reach the mailbox's backend (also sent as NO or BAD to a command after the login);
+# Gmail's limit of sessions per account.
+_NOT_NOW = re.compile(r"\[(?:UNAVAILABLE|INUSE|LIMIT|SERVERBUG)\]"
+                      r"|User is authenticated but not connected"
+                      r"|Too many simultaneous connections", re.IGNORECASE)
+
 
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except LoginError as exc:
+        # imapclient makes a LoginError of anything LOGIN meets, a BYE or a cut link too.
+        if isinstance(exc.__context__, imaplib.IMAP4.abort) or _NOT_NOW.search(_text(exc)):
+            raise ImapUnavailable(f"{what}: {_text(exc)}") from exc
         raise ImapLoginRefused(f"{what}: login refused: {_text(exc)}") from exc
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # the link was cut, not refused
+        raise ImapUnavailable(f"{what}: {_text(exc)}") from exc
     except ssl.SSLError as exc:
         raise ImapRejected(f"{what}: TLS failed: {_text(exc)}") from exc
     except (imaplib.IMAP4.abort, OSError, EOFError) as exc:

@@ -71,13 +71,18 @@ class Watcher:
         self.clock = clock
         self.retry_at: dict[tuple[int, int], tuple[float, int]] = {}
         self.outage = ""
+        # Between reconnects; from its first step again once a session has drained the
+        # folder (a server that drops us now and then, as Exchange Online does, is not a
+        # server that keeps failing).
+        self.backoff = Backoff(1.0, 60.0)
         self.warned_plain = False
         # Set at the first look at the folder, the first failure or when standing by:
         # the daemon is ready for systemd (READY=1) once the mailbox was tried.
         self.looked = threading.Event()
 
     async def run(self) -> None:
-        delay = Backoff(1.0, 60.0)
+        delay = self.backoff
+        bugs = Backoff(1.0, 60.0)  # never reset: a bug met in every session is not hammered
         beating = asyncio.create_task(self._heartbeat(), name="heartbeat")
         while not self.stop.is_set():
             box = ImapMailbox(self.imap)
@@ -87,6 +92,9 @@ class Watcher:
                 self._failed(str(exc))  # at the first failure: /healthz counts from here
                 self._report_outage(str(exc))
                 self.looked.set()
+                # Logged out before the wait: a session the server answered "not now" (and
+                # still counts against the account's limit) is not held through it.
+                await asyncio.to_thread(box.close)
                 wait = delay.next()
                 if isinstance(exc, ImapLoginRefused):  # not faster: servers penalise it
                     wait = max(wait, LOGIN_RETRY_SECONDS)
@@ -95,7 +103,7 @@ class Watcher:
                 self._failed(f"{type(exc).__name__}: {exc}")
                 log.exception("mailbox round failed; reconnecting with backoff")
                 self.looked.set()
-                await asyncio.to_thread(self.stop.wait, delay.next())
+                await asyncio.to_thread(self.stop.wait, bugs.next())
             else:
                 delay.reset()
             finally:
@@ -174,6 +182,7 @@ class Watcher:
         while not self.stop.is_set():
             seen = max(seen, self._drain(box, start_uid))
             self.looked.set()
+            self.backoff.reset()
             if self.outage:
                 log.info("mail intake running again after: %s", self.outage)
                 self.outage = ""
