@@ -1,7 +1,8 @@
 """Fixtures: a private Dovecot, an SMTP capture and both databases (SQLite and PostgreSQL).
 
 A test meets Dovecot unless it parametrises `imap_server` indirectly with the name of
-another server's fixture: `plain_dovecot` (no MOVE, UIDPLUS, IDLE, CONDSTORE).
+another server's fixture: `plain_dovecot` (no MOVE, UIDPLUS, IDLE, CONDSTORE) or `cyrus`
+(Cyrus IMAP 3.6).
 
 With CI=true a server that cannot start fails the tests loudly; elsewhere it skips them
 with the reason.
@@ -25,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from cyrus import Cyrus  # noqa: E402
 from harness import (  # noqa: E402
     PG_ADMIN_URL,
     Dovecot,
@@ -79,6 +81,25 @@ def plain_dovecot() -> Iterator[Dovecot]:
     MOVE (maild copies, flags \\Deleted and expunges), UIDPLUS and IDLE (maild polls)."""
     with running_dovecot(PLAIN_IMAP) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def cyrus() -> Iterator[Cyrus]:
+    """A private Cyrus IMAP (scripts/ensure-cyrus unpacks it), or the test failed under
+    CI=true, skipped elsewhere."""
+    base = Path(tempfile.mkdtemp(prefix="maild-cyrus-"))
+    server = Cyrus(base)
+    try:
+        server.start()
+    except (ServerUnavailable, OSError) as exc:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        unavailable(f"cannot start Cyrus IMAP: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

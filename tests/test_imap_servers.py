@@ -1,5 +1,5 @@
-"""IMAP servers that are not Dovecot as it comes: one without MOVE, UIDPLUS and IDLE.
-`maild run` against it, the SMTP capture, both databases."""
+"""IMAP servers that are not Dovecot as it comes: one without MOVE, UIDPLUS and IDLE, and
+Cyrus IMAP. `maild run` against each, the SMTP capture, both databases."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from harness import Daemon, outbox_settled, rows, wait_until
 
-from maild.models import Ticket
+from maild.models import InboundMessage, Ticket
 
 DATA = Path(__file__).parent / "data"
-# Broken mails every server here stores.
+# Broken mails every server here stores (Cyrus refuses NUL bytes and a first line that is
+# no header at APPEND already).
 BROKEN = [
     b"X-Mailer: nothing else\r\n",
     b"From: y@example.org\r\nSubject: broken\r\nContent-Type: multipart/mixed; "
@@ -63,3 +64,33 @@ def test_without_move_and_idle_maild_polls_and_copies(
     assert any(c.startswith('UID COPY') and c.endswith(' "QUARANTINE"') for c in sent), sent
     assert any(c.startswith("UID STORE") and "+FLAGS.SILENT (\\DELETED)" in c for c in sent)
     assert "EXPUNGE" in sent
+
+
+@pytest.mark.parametrize("imap_server", ["cyrus"], indirect=True)
+def test_cyrus_mail_becomes_a_ticket_and_broken_mail_is_quarantined(
+        daemon, mailbox, smtp, database_url):
+    # Against Cyrus IMAP: broken mails go to Quarantine with a reason, the customer's mail
+    # behind them becomes a ticket, is answered once and ends in Processed.
+    daemon.start()
+    for raw in BROKEN:
+        mailbox.append(raw)
+    mailbox.append((DATA / "customer_de.eml").read_bytes())
+    [ack] = smtp.wait_for(1)
+    msg = ack.message
+    assert ack.recipients == ["anna.berger@kunde-gmbh.de"]
+    assert msg["Subject"] == "[#10001] Dein Support-Ticket: Auftragsliste lädt nicht mehr"
+    assert msg["In-Reply-To"] == "<20261126101500.4711@kunde-gmbh.de>"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert wait_until(lambda: (mailbox.count("INBOX"), mailbox.count("Processed"),
+                               mailbox.count("Quarantine")) == (0, 1, 2))
+    [processed] = mailbox.messages("Processed")
+    assert b"Message-ID: <20261126101500.4711@kunde-gmbh.de>" in processed
+    assert wait_until(lambda: outbox_settled(database_url))
+    assert len(smtp.mails) == 1
+    [ticket] = rows(database_url, Ticket)
+    assert (ticket.number, ticket.customer_address) == (10001, "anna.berger@kunde-gmbh.de")
+    reasons = sorted(r.reason for r in rows(database_url, InboundMessage,
+                                            InboundMessage.state == "quarantined"))
+    assert len(reasons) == 2
+    assert any("header-only" in r for r in reasons) and any("broken MIME" in r for r in reasons)
+    assert "wait=IDLE move=MOVE" in daemon.output()
