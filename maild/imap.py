@@ -296,15 +296,23 @@ class ImapMailbox:
             return
         client = self._client()
         deadline = time.monotonic() + seconds
+        bye: Any = None
         with _translated(f"{self.where} IDLE"):
             client.idle()
             try:
                 while not stop.is_set() and time.monotonic() < deadline:
                     responses = client.idle_check(timeout=min(0.5, seconds))
-                    if any(_is_change(r) for r in responses):
+                    # imapclient passes a BYE on as a response and then takes the closed
+                    # link for a quiet one: without this we would wait deaf till the renewal.
+                    bye = next((r for r in responses if _is_bye(r)), None)
+                    if bye is not None or any(_is_change(r) for r in responses):
                         break
             finally:
-                client.idle_done()
+                if bye is None:
+                    client.idle_done()
+            if bye is not None:
+                said = " ".join(_word(w) for w in bye[1:])
+                raise ImapUnavailable(f"{self.where} IDLE: the server said BYE {said}".rstrip())
             client.noop()  # proves the connection is alive after a quiet IDLE
 
     def close(self) -> None:
@@ -389,6 +397,10 @@ def _rebuild(header: bytes, texts: list[tuple[Any, bytes]], size: int,
                 f"Content-Transfer-Encoding: {encoding}".encode(), b"", body]
     out += [b"--" + boundary + b"--", b""]
     return b"\r\n".join(out)
+
+
+def _is_bye(response: Any) -> bool:
+    return isinstance(response, tuple) and bool(response) and response[0] == b"BYE"
 
 
 def _is_change(response: Any) -> bool:

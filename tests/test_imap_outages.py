@@ -78,8 +78,8 @@ def test_a_tls_link_cut_by_the_server_is_an_outage(cut):
 def test_throttling_and_byes_cost_no_mail_and_warn_once_per_outage(
         tmp_path, proxy, mailbox, smtp, database_url):
     # Exchange-like: three logins refused as unavailable and a SELECT answered "not
-    # connected" (one outage), a BYE in the middle of a fetch, a BYE out of the blue.
-    # Each mail: one ticket, one acknowledgement, in Processed.
+    # connected" (one outage), a BYE in the middle of a fetch, a BYE out of the blue
+    # while maild waits with IDLE. Each mail: one ticket, one acknowledgement, in Processed.
     proxy.add(Answer("LOGIN", "NO [UNAVAILABLE] Server Unavailable. 15", times=3))
     proxy.add(Answer("SELECT", "BAD User is authenticated but not connected."))
     config = write_config(tmp_path / "maild.toml", imap_port=proxy.port, user=mailbox.user,
@@ -100,7 +100,8 @@ def test_throttling_and_byes_cost_no_mail_and_warn_once_per_outage(
         mailbox.append(customer_mail(2))
         smtp.wait_for(2, timeout=60)
         assert wait_until(lambda: daemon.output().count(again) == 2), daemon.output()
-        proxy.bye()
+        assert wait_until(idling)
+        proxy.bye()  # (noticed at once, not at the IDLE renewal 30 s later)
         assert wait_until(lambda: daemon.output().count(again) == 3), daemon.output()
         assert wait_until(idling)
         mailbox.append(customer_mail(3))
