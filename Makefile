@@ -1,7 +1,7 @@
 # maild: `make demo` shows it working, `make test` runs the whole suite (as CI does),
 # `make test-quick` all but the tests marked slow.
 # They bootstrap what they need: a virtualenv in .venv and, when missing, Dovecot (and
-# for `make test` Chromium and systemd-analyze).
+# for the tests Cyrus IMAP, for `make test` also Chromium and systemd-analyze).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick bench lint dovecot browser-tools clean
+.PHONY: demo test test-quick bench lint dovecot cyrus browser-tools clean
 
 $(STAMP): pyproject.toml
 	scripts/make-venv $(VENV) $(PYTHON)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 dovecot:
 	@scripts/ensure-dovecot
 
+# Debian's Cyrus IMAP unpacked beside Dovecot (its package would remove Dovecot's).
+cyrus:
+	@scripts/ensure-cyrus
+
 # Debian's Chromium (the real-browser test) and systemd-analyze (the unit's checks).
 browser-tools:
 	@scripts/ensure-chromium
@@ -28,10 +32,10 @@ browser-tools:
 demo: $(STAMP) dovecot
 	$(PY) bench/demo.py
 
-test: $(STAMP) dovecot browser-tools
+test: $(STAMP) dovecot cyrus browser-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-quick: $(STAMP) dovecot
+test-quick: $(STAMP) dovecot cyrus
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Throughput, latency and memory on SQLite, PostgreSQL (127.0.0.1:5432, skipped when it

@@ -77,6 +77,12 @@ class ImapSettings(_Section):
         _tls_needs_loopback(self.tls, self.host)
         return self
 
+    @field_validator("folder", "processed_folder", "quarantine_folder")
+    @classmethod
+    def _not_gmails_own(cls, value: str) -> str:
+        _not_a_gmail_folder(value)
+        return value
+
     @property
     def mailbox_id(self) -> str:
         """Names this watched folder in the database: several accounts may have an INBOX."""
@@ -490,6 +496,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+# Gmail's own folders: "[Gmail]/All Mail", "[Gmail]/Spam", "[Gmail]/Trash", ... ("[Google
+# Mail]/..." in accounts opened in Germany or the UK). Moving mail to one of them archives,
+# junks or deletes it; watching one (All Mail) would take in every mail of the account.
+GMAIL_OWN = ("[gmail]", "[google mail]")
+
+
+def _not_a_gmail_folder(folder: str) -> None:
+    top = folder.split("/", 1)[0].strip().lower()
+    if top in GMAIL_OWN:
+        raise ValueError(
+            "a folder of Gmail's own ([Gmail]/..., [Google Mail]/...): maild never watches "
+            "or moves mail there; use INBOX or a label of your own, e.g. \"Processed\"")
 
 
 def _tls_needs_loopback(tls: str, host: str) -> None:

@@ -29,13 +29,26 @@ from maild.oauth import Bearer, Tokens
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A refused LOGIN that means "not now", not "wrong password": RFC 5530's codes for a
+# server that is unavailable, busy or at a limit; Exchange Online's answer while it cannot
+# reach the mailbox's backend (also sent as NO or BAD to a command after the login);
+# Gmail's limit of sessions per account.
+_NOT_NOW = re.compile(r"\[(?:UNAVAILABLE|INUSE|LIMIT|SERVERBUG)\]"
+                      r"|User is authenticated but not connected"
+                      r"|Too many simultaneous connections", re.IGNORECASE)
+
 
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except LoginError as exc:
+        # imapclient makes a LoginError of anything LOGIN meets, a BYE or a cut link too.
+        if isinstance(exc.__context__, imaplib.IMAP4.abort) or _NOT_NOW.search(_text(exc)):
+            raise ImapUnavailable(f"{what}: {_text(exc)}") from exc
         raise ImapLoginRefused(f"{what}: login refused: {_text(exc)}") from exc
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # the link was cut, not refused
+        raise ImapUnavailable(f"{what}: {_text(exc)}") from exc
     except ssl.SSLError as exc:
         raise ImapRejected(f"{what}: TLS failed: {_text(exc)}") from exc
     except (imaplib.IMAP4.abort, OSError, EOFError) as exc:
@@ -149,6 +162,11 @@ class ImapMailbox:
         """Whether we wait with IDLE (the server offers it and config allows it)."""
         return self.settings.idle and "IDLE" in self.capabilities
 
+    @property
+    def moves(self) -> bool:
+        """Whether the server moves mail in one step (MOVE); else COPY, \\Deleted, EXPUNGE."""
+        return "MOVE" in self.capabilities
+
     def _client(self) -> IMAPClient:
         if self.client is None:
             raise ImapUnavailable(f"{self.where}: not connected")
@@ -164,6 +182,14 @@ class ImapMailbox:
         with _translated(self.where):
             found = self._client().search(["UID", f"{uid + 1}:*", "UNDELETED"])
         return sorted(u for u in (int(x) for x in found) if u > uid)  # n:* includes the last
+
+    def half_moved(self) -> list[int]:
+        """UIDs flagged \\Deleted in the watched folder of a server without MOVE: mails of a
+        move that may have stopped after its COPY (or the flag), before the EXPUNGE."""
+        if self.moves:
+            return []
+        with _translated(self.where):
+            return sorted(int(u) for u in self._client().search(["DELETED"]))
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of `uids` (those still there), to fetch in bounded batches."""
@@ -229,21 +255,46 @@ class ImapMailbox:
         return Fetched(uid=uid, raw=raw, internaldate=_aware(item.get(b"INTERNALDATE")),
                        omitted=tuple(omitted))
 
-    def move(self, uids: Sequence[int], folder: str) -> None:
-        """Move `uids` to `folder`: MOVE, else COPY + \\Deleted + UID EXPUNGE."""
+    def move(self, uids: Sequence[int], folder: str, again: bool = False) -> None:
+        """Move `uids` to `folder`: MOVE, else COPY + \\Deleted + UID EXPUNGE (EXPUNGE
+        without UIDPLUS). `again`: an earlier move of these may have stopped half-way
+        (a server without MOVE): those `folder` holds already are not copied twice."""
         if not uids:
             return
         client = self._client()
         with _translated(f"{self.where} move to {folder!r}"):
-            if "MOVE" in self.capabilities:
+            if self.moves:
                 client.move(list(uids), folder)
                 return
-            client.copy(list(uids), folder)
+            copied = self._copied(uids, folder) if again else set()
+            if copies := [u for u in uids if u not in copied]:
+                client.copy(copies, folder)
             client.add_flags(list(uids), [b"\\Deleted"], silent=True)
             if "UIDPLUS" in self.capabilities:
                 client.uid_expunge(list(uids))
             else:
                 client.expunge()
+
+    def _copied(self, uids: Sequence[int], folder: str) -> set[int]:
+        """Those of `uids` (in the watched folder) that `folder` holds a copy of: a mail of
+        the same size and the same header block among its newest 50 of that size."""
+        client = self._client()
+        ours = client.fetch(list(uids), ["RFC822.SIZE", "BODY.PEEK[HEADER]"])
+        client.select_folder(folder, readonly=True)
+        found = set()
+        for uid, item in ours.items():
+            size = int(item.get(b"RFC822.SIZE", 0))
+            same_size = sorted(int(u) for u in client.search(
+                ["LARGER", str(max(size - 1, 0)), "SMALLER", str(size + 1)]))[-50:]
+            theirs = client.fetch(same_size, ["BODY.PEEK[HEADER]"]) if same_size else {}
+            if any(t.get(b"BODY[HEADER]") == item.get(b"BODY[HEADER]") for t in theirs.values()):
+                found.add(int(uid))
+        before = self.uidvalidity
+        self.select()
+        if self.uidvalidity != before:  # the UIDs in hand name other mails now
+            raise ImapUnavailable(f"{self.where}: UIDVALIDITY of {self.settings.folder!r} "
+                                  "changed during a move")
+        return found
 
     def take_back(self, folder: str, message_id: str | None, raw: bytes,
                   to: str | None = None) -> str:
@@ -279,15 +330,23 @@ class ImapMailbox:
             return
         client = self._client()
         deadline = time.monotonic() + seconds
+        bye: Any = None
         with _translated(f"{self.where} IDLE"):
             client.idle()
             try:
                 while not stop.is_set() and time.monotonic() < deadline:
                     responses = client.idle_check(timeout=min(0.5, seconds))
-                    if any(_is_change(r) for r in responses):
+                    # imapclient passes a BYE on as a response and then takes the closed
+                    # link for a quiet one: without this we would wait deaf till the renewal.
+                    bye = next((r for r in responses if _is_bye(r)), None)
+                    if bye is not None or any(_is_change(r) for r in responses):
                         break
             finally:
-                client.idle_done()
+                if bye is None:
+                    client.idle_done()
+            if bye is not None:
+                said = " ".join(_word(w) for w in bye[1:])
+                raise ImapUnavailable(f"{self.where} IDLE: the server said BYE {said}".rstrip())
             client.noop()  # proves the connection is alive after a quiet IDLE
 
     def close(self) -> None:
@@ -372,6 +431,10 @@ def _rebuild(header: bytes, texts: list[tuple[Any, bytes]], size: int,
                 f"Content-Transfer-Encoding: {encoding}".encode(), b"", body]
     out += [b"--" + boundary + b"--", b""]
     return b"\r\n".join(out)
+
+
+def _is_bye(response: Any) -> bool:
+    return isinstance(response, tuple) and bool(response) and response[0] == b"BYE"
 
 
 def _is_change(response: Any) -> bool:

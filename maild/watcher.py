@@ -84,13 +84,18 @@ class Watcher:
         self.clock = clock
         self.retry_at: dict[tuple[int, int], tuple[float, int]] = {}
         self.outage = ""
+        # Between reconnects; from its first step again once a session has drained the
+        # folder (a server that drops us now and then, as Exchange Online does, is not a
+        # server that keeps failing).
+        self.backoff = Backoff(1.0, 60.0)
         self.warned_plain = False
         # Set at the first look at the folder, the first failure or when standing by:
         # the daemon is ready for systemd (READY=1) once the mailbox was tried.
         self.looked = threading.Event()
 
     async def run(self) -> None:
-        delay = Backoff(1.0, 60.0)
+        delay = self.backoff
+        bugs = Backoff(1.0, 60.0)  # never reset: a bug met in every session is not hammered
         beating = asyncio.create_task(self._heartbeat(), name="heartbeat")
         while not self.stop.is_set():
             box = ImapMailbox(self.imap, self.tokens)
@@ -105,6 +110,9 @@ class Watcher:
                 self._failed(str(exc))  # at the first failure: /healthz counts from here
                 self._report_outage(str(exc))
                 self.looked.set()
+                # Logged out before the wait: a session the server answered "not now" (and
+                # still counts against the account's limit) is not held through it.
+                await asyncio.to_thread(box.close)
                 wait = delay.next()
                 if isinstance(exc, ImapLoginRefused):  # not faster: servers penalise it
                     wait = max(wait, LOGIN_RETRY_SECONDS)
@@ -113,7 +121,7 @@ class Watcher:
                 self._failed(f"{type(exc).__name__}: {exc}")
                 log.exception("mailbox round failed; reconnecting with backoff")
                 self.looked.set()
-                await asyncio.to_thread(self.stop.wait, delay.next())
+                await asyncio.to_thread(self.stop.wait, bugs.next())
             else:
                 delay.reset()
             finally:
@@ -184,8 +192,10 @@ class Watcher:
             log.warning("IMAP without TLS to %s: use tls = \"none\" only on loopback", box.where)
             self.warned_plain = True
         start_uid = self._start_uid(box)
-        log.info("watching %s folder=%s uidvalidity=%s", box.where, self.imap.folder,
-                 box.uidvalidity)
+        log.info("watching %s folder=%s uidvalidity=%s wait=%s move=%s", box.where,
+                 self.imap.folder, box.uidvalidity,
+                 "IDLE" if box.idles else f"poll every {self.imap.poll_interval:g}s",
+                 "MOVE" if box.moves else "COPY+EXPUNGE")
         seen = 0
         # A token already due at login (the authority away, the stored one still valid):
         # this session lives until the server ends it, rather than reconnecting at once.
@@ -193,6 +203,7 @@ class Watcher:
         while not self.stop.is_set():
             seen = max(seen, self._drain(box, start_uid))
             self.looked.set()
+            self.backoff.reset()
             if self.outage:
                 log.info("mail intake running again after: %s", self.outage)
                 self.outage = ""
@@ -257,9 +268,12 @@ class Watcher:
         uids = [u for u in box.uids() if u >= start_uid]
         self.runtime.fetched(self.clock(), len(uids))  # a complete look at the folder
         due = [u for u in uids if self.retry_at.get((box.uidvalidity, u), (0.0, 0))[0] <= now]
-        known = self.intake.known(box.uidvalidity, due)
+        # Mails finished with but still here: the move after the commit did not happen or
+        # stopped half-way (a server without MOVE: copied, maybe flagged \Deleted).
+        half = [u for u in box.half_moved() if u >= start_uid]
+        known = self.intake.known(box.uidvalidity, due + half)
         self._move(box, [Outcome(u, "processed" if s == "processed" else "quarantine")
-                         for u, s in known.items()])
+                         for u, s in known.items()], again=True)
         fresh = [u for u in due if u not in known]
         # A pipeline: batch k+1 is fetched and analysed (parsed in the worker pool) while
         # batch k is committed and moved.
@@ -302,7 +316,7 @@ class Watcher:
             else:
                 self.runtime.count("mails_retried")
 
-    def _move(self, box: ImapMailbox, outcomes: list[Outcome]) -> None:
+    def _move(self, box: ImapMailbox, outcomes: list[Outcome], again: bool = False) -> None:
         done = [o.uid for o in outcomes if o.action == "processed"]
         bad = [o for o in outcomes if o.action == "quarantine"]
         for o in bad:
@@ -313,8 +327,8 @@ class Watcher:
                 self._schedule_retry(box.uidvalidity, o)
             else:
                 self.retry_at.pop((box.uidvalidity, o.uid), None)
-        box.move(done, self.imap.processed_folder)
-        box.move([o.uid for o in bad], self.imap.quarantine_folder)
+        box.move(done, self.imap.processed_folder, again)
+        box.move([o.uid for o in bad], self.imap.quarantine_folder, again)
 
     def _schedule_retry(self, uidvalidity: int, outcome: Outcome) -> None:
         _, tries = self.retry_at.get((uidvalidity, outcome.uid), (0.0, 0))

@@ -1,5 +1,9 @@
 """Fixtures: a private Dovecot, an SMTP capture and both databases (SQLite and PostgreSQL).
 
+A test meets Dovecot unless it parametrises `imap_server` indirectly with the name of
+another server's fixture: `plain_dovecot` (no MOVE, UIDPLUS, IDLE, CONDSTORE) or `cyrus`
+(Cyrus IMAP 3.6).
+
 With CI=true a server that cannot start fails the tests loudly; elsewhere it skips them
 with the reason.
 """
@@ -14,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -22,6 +27,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).parent))
 
 from authority import CLIENT_SECRET, Authority, dovecot_passdb  # noqa: E402
+from cyrus import Cyrus  # noqa: E402
 from harness import (  # noqa: E402
     PG_ADMIN_URL,
     Dovecot,
@@ -34,6 +40,8 @@ from harness import (  # noqa: E402
 from maild import db  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# What a plain IMAP4rev1 server offers after login (plain_dovecot: imap_capability).
+PLAIN_IMAP = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE"
 
 
 def unavailable(reason: str) -> None:
@@ -43,14 +51,15 @@ def unavailable(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def running_dovecot(authority: Authority | None = None) -> Iterator[Dovecot]:
+def running_dovecot(capabilities: str = "",
+                    authority: Authority | None = None) -> Iterator[Dovecot]:
     """A private Dovecot, started (or the test failed under CI=true, skipped elsewhere)
     and stopped and removed after; with `authority`, it also takes OAuth2 logins."""
     # Not under pytest's tmp_path: Dovecot's unprivileged processes must reach the folder.
     base = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
     os.chmod(base, 0o755)
     passdb = dovecot_passdb(authority, base / "oauth2.conf") if authority else None
-    server = Dovecot(base, oauth2=passdb)
+    server = Dovecot(base, capabilities=capabilities, oauth2=passdb)
     try:
         server.start()
     except (ServerUnavailable, OSError) as exc:
@@ -77,7 +86,7 @@ def oauth_authority() -> Iterator[Authority]:
 @pytest.fixture(scope="session")
 def oauth_dovecot(oauth_authority: Authority) -> Iterator[Dovecot]:
     """A Dovecot that checks XOAUTH2 and OAUTHBEARER logins with `oauth_authority`."""
-    with running_dovecot(oauth_authority) as server:
+    with running_dovecot(authority=oauth_authority) as server:
         yield server
 
 
@@ -87,10 +96,45 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def plain_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot that advertises only IMAP4rev1 LITERAL+ SASL-IR ID ENABLE: a server without
+    MOVE (maild copies, flags \\Deleted and expunges), UIDPLUS and IDLE (maild polls)."""
+    with running_dovecot(PLAIN_IMAP) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cyrus() -> Iterator[Cyrus]:
+    """A private Cyrus IMAP (scripts/ensure-cyrus unpacks it), or the test failed under
+    CI=true, skipped elsewhere."""
+    base = Path(tempfile.mkdtemp(prefix="maild-cyrus-"))
+    server = Cyrus(base)
+    try:
+        server.start()
+    except (ServerUnavailable, OSError) as exc:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        unavailable(f"cannot start Cyrus IMAP: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
-def mailbox(dovecot: Dovecot) -> Mailbox:
-    user, password = dovecot.add_user()
-    return Mailbox(dovecot.port, user, password)
+def imap_server(request: pytest.FixtureRequest) -> Any:
+    """The IMAP server of a test: the session's Dovecot, or the fixture named by an indirect
+    parametrisation, e.g. `@pytest.mark.parametrize("imap_server", ["dovecot",
+    "plain_dovecot"], indirect=True)`."""
+    return request.getfixturevalue(getattr(request, "param", "dovecot"))
+
+
+@pytest.fixture
+def mailbox(imap_server: Any) -> Mailbox:
+    user, password = imap_server.add_user()
+    return Mailbox(imap_server.port, user, password)
 
 
 @pytest.fixture
@@ -154,8 +198,11 @@ def factory(database_url: str) -> Iterator[db.SessionFactory]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, dovecot: Dovecot, mailbox: Mailbox, smtp: SmtpCapture,
+def config(tmp_path: Path, imap_server: Any, mailbox: Mailbox, smtp: SmtpCapture,
            database_url: str) -> Path:
-    return write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+    # A server without IDLE is polled: every second here, not every minute.
+    polled = imap_server.capabilities and "IDLE" not in imap_server.capabilities.split()
+    return write_config(tmp_path / "maild.toml", imap_port=mailbox.port, user=mailbox.user,
                         password=mailbox.password, smtp_port=smtp.port,
-                        database_url=database_url)
+                        database_url=database_url,
+                        imap_extra="poll_interval = 1\n" if polled else "")

@@ -67,6 +67,9 @@ class Dovecot:
     # The args file of an oauth2 passdb (tests/authority.py): XOAUTH2 and OAUTHBEARER
     # logins are then checked by token introspection.
     oauth2: Path | None = None
+    # What it advertises after login instead of its own list (e.g. "IMAP4rev1 LITERAL+
+    # SASL-IR ID ENABLE": a server without MOVE, UIDPLUS, IDLE, CONDSTORE).
+    capabilities: str = ""
 
     @property
     def passwd(self) -> Path:
@@ -158,6 +161,8 @@ passdb {{
 }}
 protocol imap {{
   mail_max_userip_connections = 100
+  rawlog_dir = {b}/rawlog/%u
+{f"  imap_capability = {self.capabilities}" if self.capabilities else ""}
 }}
 """
 
@@ -174,6 +179,18 @@ protocol imap {{
     def add_user(self) -> tuple[str, str]:
         """A user of its own (with an empty mailbox) for one test."""
         return self.pool.pop()
+
+    def record(self, user: str) -> Path:
+        """From now on, what `user`'s IMAP connections say both ways goes to files in the
+        folder returned (Dovecot's rawlog: `*.in` the client's commands, `*.out` the
+        server's answers; it writes them only where the folder exists)."""
+        folder = self.base / "rawlog" / user
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            for path in (folder.parent, folder):
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        return folder
 
     def stop(self) -> None:
         pid_file = self.base / "run" / "master.pid"

@@ -80,7 +80,10 @@ class _Box:
         self.log.append(f"fetch {uids[0]}")
         return [Fetched(u, b"x", datetime.now(UTC)) for u in uids]
 
-    def move(self, uids: list[int], folder: str) -> None:
+    def half_moved(self) -> list[int]:
+        return []
+
+    def move(self, uids: list[int], folder: str, again: bool = False) -> None:
         pass
 
 

@@ -219,6 +219,32 @@ def test_cleartext_is_refused_for_a_host_that_is_not_loopback(tmp_path, section)
             config.load(write(tmp_path, body.replace(host, f'host = "{remote}"')), environ={})
 
 
+@pytest.mark.parametrize("key, folder", [
+    ("processed_folder", "[Gmail]/All Mail"),
+    ("quarantine_folder", "[Gmail]/Spam"),
+    ("processed_folder", "[Google Mail]/Trash"),
+    ("folder", "[Gmail]/All Mail"),
+    ("quarantine_folder", "[gmail]"),
+])
+def test_gmails_own_folders_are_refused(tmp_path, key, folder):
+    # On Gmail, folders are labels and [Gmail]/... are Gmail's own: moving mail there
+    # archives, junks or deletes it. The config says so before maild touches anything.
+    body = MINIMAL.replace('tls = "ssl"', f'tls = "ssl"\n{key} = "{folder}"')
+    with pytest.raises(ConfigError) as err:
+        config.load(write(tmp_path, body), environ={})
+    assert str(err.value) == (
+        f"{tmp_path / 'maild.toml'}: [imap] {key}: a folder of Gmail's own ([Gmail]/..., "
+        "[Google Mail]/...): maild never watches or moves mail there; use INBOX or a label "
+        f"of your own, e.g. \"Processed\" (got {folder!r})")
+
+
+def test_labels_of_ones_own_are_taken_on_gmail(tmp_path):
+    body = MINIMAL.replace('tls = "ssl"', 'tls = "ssl"\nprocessed_folder = "Support/Done"\n'
+                           'quarantine_folder = "Gmail stuff"')
+    s = config.load(write(tmp_path, body), environ={})
+    assert (s.imap.processed_folder, s.imap.quarantine_folder) == ("Support/Done", "Gmail stuff")
+
+
 def test_check_never_prints_the_database_password(tmp_path):
     # A database that refuses us or a URL that cannot be parsed: `maild check` says so in
     # one line without the password.

@@ -1,4 +1,5 @@
-"""End to end: `maild run` as a subprocess against Dovecot, the SMTP capture, both databases."""
+"""End to end: `maild run` as a subprocess against Dovecot, the SMTP capture, both databases;
+its core also against a Dovecot without MOVE, UIDPLUS and IDLE (`plain_dovecot`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def daemon(config: Path, tmp_path: Path):
     d.kill()
 
 
+@pytest.mark.parametrize("imap_server", ["dovecot", "plain_dovecot"], indirect=True)
 def test_new_mail_gets_one_acknowledgement_and_is_moved(daemon, mailbox, smtp, database_url):
     # A customer writes while maild runs: one answer with tag and threading, a ticket row,
     # the mail in Processed.
@@ -78,6 +80,7 @@ def test_automatic_mail_and_bounces_get_no_answer(daemon, mailbox, smtp, databas
     assert len(bounce) == 1 and bounce[0].ticket_id is None
 
 
+@pytest.mark.parametrize("imap_server", ["dovecot", "plain_dovecot"], indirect=True)
 def test_garbage_is_quarantined_and_the_next_mail_still_processed(
         daemon, mailbox, smtp, database_url):
     garbage = [
@@ -130,11 +133,12 @@ def test_smtp_5xx_marks_the_answer_failed_with_the_reason(daemon, mailbox, smtp,
     assert "550 5.1.1 mailbox unavailable" in out.last_error
 
 
-def test_dovecot_restart_mid_run(daemon, dovecot, mailbox, smtp):
+@pytest.mark.parametrize("imap_server", ["dovecot", "plain_dovecot"], indirect=True)
+def test_imap_server_restart_mid_run(daemon, imap_server, mailbox, smtp):
     daemon.start()
     mailbox.append((DATA / "customer_de.eml").read_bytes())
     smtp.wait_for(1)
-    dovecot.restart()
+    imap_server.restart()
     mailbox.append((DATA / "customer_en.eml").read_bytes())
     smtp.wait_for(2, timeout=30)
     assert wait_until(lambda: mailbox.count("Processed") == 2)
