@@ -306,6 +306,10 @@ def test_added_information_needs_the_form_token(site):
     before = site.counts()
     answer = site.client.post(site.links()["t"], data={"text": "spam"})
     assert answer.status_code == 400 and site.counts() == before
+    # a token that is not even ASCII is refused the same way (no 500, no traceback)
+    for link in (site.links()["t"], site.links()["escalate"]):
+        answer = site.client.post(link, data={"text": "x", "phone": "0170 1", "form": "ü"})
+        assert answer.status_code == 400 and site.counts() == before
 
 
 def test_page_never_shows_internal_notes(site):
@@ -739,3 +743,17 @@ def post_twice_at_once(site, path: str, data: dict[str, str]) -> list[int]:
     for t in threads:
         t.join(30)
     return results
+
+
+def test_a_link_minted_from_a_page_keeps_the_expiry_of_the_link_it_came_from(site, clock):
+    # Opening the page a day before the link expires shows links of the same age: a link
+    # opened once within its lifetime still expires (every view used to mint fresh ones).
+    first = site.links()["t"]
+    clock.now = NOW + timedelta(days=179)
+    page = site.client.get(first)
+    assert page.status_code == 200
+    minted = {u for u in re.findall(r'/(?:t|escalate)/[A-Za-z0-9_.\-]+', page.text)}
+    assert minted
+    clock.now = NOW + timedelta(days=181)
+    for link in [first, *minted]:
+        assert site.client.get(link).status_code == 404, link

@@ -69,7 +69,9 @@ def form_token(secret: str, link_token: str) -> str:
 
 
 def form_token_valid(secret: str, link_token: str, given: str) -> bool:
-    return hmac.compare_digest(form_token(secret, link_token), given)
+    """Bytes compared (a str with non-ASCII characters would raise in compare_digest)."""
+    return hmac.compare_digest(form_token(secret, link_token).encode(),
+                               given.encode("utf-8", "surrogatepass"))
 
 
 def clean_phone(text: str) -> str | None:

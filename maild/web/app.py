@@ -107,6 +107,12 @@ class Pages:
         holds = link_holds(claim, ticket, self.clock(), self.cfg.link_days, self.cfg.keys)
         return ticket if holds else None
 
+    def minted(self, kind: str, token: str, now: datetime) -> datetime:
+        """When the link a page was opened by was issued: the links the page mints carry
+        that time, so a link opened once still expires when it would have."""
+        claim = links.read_customer_token(self.cfg.keys, kind, token)
+        return claim.issued if claim is not None and claim.issued is not None else now
+
     # the ticket page
 
     async def ticket_page(self, request: Request) -> Response:
@@ -115,7 +121,8 @@ class Pages:
 
         def read(session: Session) -> Shown | None:
             ticket = self.ticket_of(session, "ticket", token)
-            return show(session, self.desk, self.cfg, ticket, now) if ticket else None
+            return show(session, self.desk, self.cfg, ticket, now,
+                            self.minted("ticket", token, now)) if ticket else None
 
         shown = await self.run(read)
         if shown is None:
@@ -157,11 +164,14 @@ class Pages:
             if ticket is None:
                 return None, ""
             if not csrf_ok:
-                return show(session, self.desk, self.cfg, ticket, now), "form"
+                return show(session, self.desk, self.cfg, ticket, now,
+                                self.minted("ticket", token, now)), "form"
             if not text and not parts:
-                return show(session, self.desk, self.cfg, ticket, now), "empty"
+                return show(session, self.desk, self.cfg, ticket, now,
+                                self.minted("ticket", token, now)), "empty"
             done = add_information(session, self.desk, ticket, text, tuple(parts), now, once)
-            return show(session, self.desk, self.cfg, ticket, now), (
+            return show(session, self.desk, self.cfg, ticket, now,
+                            self.minted("ticket", token, now)), (
                 "closed" if done == "closed" else "")
 
         try:
@@ -206,7 +216,8 @@ class Pages:
 
         def read(session: Session) -> Shown | None:
             ticket = self.ticket_of(session, "escalate", token)
-            return show(session, self.desk, self.cfg, ticket, now) if ticket else None
+            return show(session, self.desk, self.cfg, ticket, now,
+                            self.minted("escalate", token, now)) if ticket else None
 
         shown = await self.run(read)
         if shown is None:
@@ -237,11 +248,14 @@ class Pages:
                 return None, ""
             if ticket.escalated_at is None and can_escalate(ticket):
                 if not csrf_ok:
-                    return show(session, self.desk, self.cfg, ticket, now), "form"
+                    return show(session, self.desk, self.cfg, ticket, now,
+                                    self.minted("escalate", token, now)), "form"
                 if phone is None:
-                    return show(session, self.desk, self.cfg, ticket, now), "phone"
+                    return show(session, self.desk, self.cfg, ticket, now,
+                                    self.minted("escalate", token, now)), "phone"
                 escalate(session, self.desk, self.cfg, ticket.id, phone, now)
-            return show(session, self.desk, self.cfg, ticket, now), ""
+            return show(session, self.desk, self.cfg, ticket, now,
+                            self.minted("escalate", token, now)), ""
 
         shown, error = await self.run(write)
         if shown is None:

@@ -87,7 +87,9 @@ def can_add(desk: Desk, ticket: Ticket, now: datetime) -> bool:
 
 
 def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
-         now: datetime) -> Shown:
+         now: datetime, minted: datetime | None = None) -> Shown:
+    """The ticket as its page shows it; the links on it are dated `minted` (the issue
+    time of the link the page was opened by: a page view never extends a link's life)."""
     messages = _visible_messages(session, ticket)
     by_message = {mid: [{"id": a.id, "filename": a.filename, "size": a.size} for a in found]
                   for mid, found in _shown_files(session, ticket, messages).items()}
@@ -96,7 +98,8 @@ def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
                 else m.author,
                 "subject": m.subject, "text": (m.body_text or m.new_text).strip(),
                 "files": by_message.get(m.id, [])} for m in messages]
-    args = (cfg.secret, ticket.number, ticket.customer_address, ticket.link_version, now)
+    args = (cfg.secret, ticket.number, ticket.customer_address, ticket.link_version,
+            minted or now)
     return Shown(
         number=ticket.number, subject=ticket.subject, status=ticket.status,
         priority=ticket.priority, language=ticket.language if ticket.language in ("de", "en")
