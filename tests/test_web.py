@@ -39,7 +39,7 @@ from harness import (
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
-from maild import cli, config, db, links, web
+from maild import cli, config, db, health, links, web
 from maild.daemon import build_desk
 from maild.errors import ConfigError
 from maild.intake import Intake
@@ -348,6 +348,21 @@ def test_too_many_requests_get_a_429_page(tmp_path, factory, database_url, clock
     codes = [site.client.get("/t/forged").status_code for _ in range(7)]
     assert codes[:5] == [404] * 5 and codes[5:] == [429, 429]
     assert "Zu viele Anfragen" in site.client.get("/t/forged").text
+
+
+def test_monitoring_on_this_host_is_never_rate_limited(tmp_path, factory, database_url,
+                                                       clock):
+    # /healthz polled from this host (a probe every tenth of a second) always answers, and
+    # spends no client's budget; through a proxy it is limited as every other path.
+    site = Site(tmp_path, factory, database_url, clock, http={"rate_per_minute": 5})
+    site.app = web.make_app(site.desk, factory, site.settings, clock,
+                            runtime=health.Runtime(started_at=NOW))
+    local = TestClient(site.app, follow_redirects=False, client=("127.0.0.1", 40000))
+    assert {local.get("/healthz").status_code for _ in range(20)} <= {200, 503}
+    assert [local.get("/t/forged").status_code for _ in range(6)] == [404] * 5 + [429]
+    proxied = [local.get("/healthz", headers={"X-Forwarded-For": "192.0.2.1"}).status_code
+               for _ in range(7)]
+    assert proxied[-1] == 429
 
 
 def test_closed_ticket_page_offers_to_reopen_or_write_again(site, clock):

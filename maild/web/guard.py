@@ -66,6 +66,20 @@ def client_address(peer: str, forwarded_for: str,
     return peer
 
 
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+OPS_PATHS = ("/healthz", "/metrics")
+
+
+def is_local(peer: str, headers: dict[str, str]) -> bool:
+    """Whether a request comes straight from this host: a loopback peer and none of the
+    headers a reverse proxy adds (a proxy on the same host is a loopback peer too)."""
+    try:
+        loopback = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return loopback.is_loopback and not any(h in headers for h in PROXY_HEADERS)
+
+
 def rate_key(client: str) -> str:
     """The key a client is limited by: an IPv6 address by its /64 (one customer's network
     holds a whole /64), an IPv4-mapped address as IPv4, anything else as given."""
@@ -167,7 +181,8 @@ class Guard:
         try:
             if too_long:
                 raise Refused(414)
-            if not self.per_client.allow(rate_key(client)) or (
+            monitoring = path in OPS_PATHS and is_local(peer, headers)  # never limited
+            if (not monitoring and not self.per_client.allow(rate_key(client))) or (
                     link is not None and not self.per_link.allow(
                         link_key(link.group(1), link.group(2), self.cfg.keys))):
                 raise Refused(429)
@@ -187,7 +202,7 @@ class Guard:
             if not status["code"]:
                 await self.refuse(500)(scope, receive, guarded_send)
         finally:  # monitoring's frequent polls of /healthz and /metrics: debug only
-            log.log(logging.DEBUG if path in ("/healthz", "/metrics") else logging.INFO,
+            log.log(logging.DEBUG if path in OPS_PATHS else logging.INFO,
                     "web %s %s %s %.0fms client=%s", scope.get("method"),
                     loggable_path(path), status["code"] or "-",
                     (time.monotonic() - started) * 1000, client)

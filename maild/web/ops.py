@@ -10,7 +10,6 @@ status from /healthz and a 404 from /metrics.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,19 +22,14 @@ from starlette.routing import Route
 
 from maild import db, health, metrics
 from maild.config import HealthSettings
+from maild.web.guard import OPS_PATHS, is_local
 
-PATHS = ("/healthz", "/metrics")
-PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+PATHS = OPS_PATHS
 
 
 def local(request: Request) -> bool:
-    """Whether a request comes straight from this host: a loopback peer and none of the
-    headers a reverse proxy adds (a proxy on the same host is a loopback peer too)."""
-    try:
-        loopback = ipaddress.ip_address(request.client.host if request.client else "")
-    except ValueError:
-        return False
-    return loopback.is_loopback and not any(h in request.headers for h in PROXY_HEADERS)
+    """Whether a request comes straight from this host (see `guard.is_local`)."""
+    return is_local(request.client.host if request.client else "", dict(request.headers))
 
 
 @dataclass(slots=True)
