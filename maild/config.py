@@ -535,6 +535,13 @@ class HttpSettings(_Section):
     trusted_proxies: tuple[str, ...] = ()
     # Requests per minute per client address and per link (token bucket).
     rate_per_minute: int = Field(default=60, ge=1)
+    # What a ticket's page may take in (its form's text and files, in MB): in any hour,
+    # and in all. Past them the page asks for mail instead; nothing is stored.
+    upload_mb_per_hour: float = Field(default=100.0, gt=0)
+    upload_mb_per_ticket: float = Field(default=500.0, gt=0)
+    # Additions on a page notify agents once per burst: the notice waits this long and
+    # takes in every addition meanwhile (0: one notice per addition, at once).
+    notify_hold_seconds: float = Field(default=120.0, ge=0, le=3600)
     # Connections at once on each listener, in all (never more than the open-files limit
     # minus a reserve for mail and the database) and per client (IPv6: per /64; not for
     # trusted_proxies); past them a connection is closed when it is accepted.

@@ -17,8 +17,8 @@ from maild.desk import Desk
 from maild.mail import contexts, files
 from maild.mail.parse import InboundMail
 from maild.mail.render import File, render_mail
-from maild.models import OutboxMail, Ticket, TicketMessage
-from maild.vocab import OutboxKind
+from maild.models import Attachment, InboundMessage, OutboxMail, Ticket, TicketMessage
+from maild.vocab import WEB_MAILBOX, OutboxKind, OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ Notice = Literal["confirm", "rejected", "forged"]
 def ticket_notice(
     session: Session, desk: Desk, ticket: Ticket, message: TicketMessage,
     shown: Sequence[files.Planned], event: Literal["new", "follow_up"], now: datetime,
-    *, warning: str = "", cc_not_added: Sequence[str] = (),
+    *, warning: str = "", cc_not_added: Sequence[str] = (), text: str | None = None,
+    not_before: datetime | None = None,
 ) -> None:
     """Tell the owner (or the team, or every agent) about a new ticket or a customer's
     follow-up: the new text (at most `notify_text_max_bytes` of it), facts and what is
@@ -43,7 +44,7 @@ def ticket_notice(
         if f.store and f.size <= budget:
             attached.append(File(f.filename, f.content_type, f.data))
             budget -= f.size
-    text = message.new_text or message.body_text
+    text = message.new_text or message.body_text if text is None else text
     context = contexts.Notify(
         number=ticket.number, event=event, subject=ticket.subject,
         customer_name=ticket.customer_name, author=message.author, verified=ticket.verified,
@@ -59,7 +60,71 @@ def ticket_notice(
         support_address=desk.sender.address, language=desk.agents.language,
     )
     _send(session, desk, ticket, "notify", to, context, now,
-          in_reply_to=_last_notice(session, ticket), files=attached)
+          in_reply_to=_last_notice(session, ticket), files=attached, not_before=not_before)
+
+
+def addition_notice(
+    session: Session, desk: Desk, ticket: Ticket, message: TicketMessage,
+    shown: Sequence[files.Planned], now: datetime, hold: float,
+) -> None:
+    """A customer's addition on the ticket page, told to agents once per burst: the
+    notice waits `hold` seconds, and an addition meanwhile replaces it with one that
+    carries the whole burst (every text and file of it). Nothing is lost and a form
+    sent sixty times a minute makes one mail every `hold` seconds, not sixty."""
+    if hold <= 0:
+        ticket_notice(session, desk, ticket, message, shown, "follow_up", now)
+        return
+    # A held notice: only these wait with no attempt made (mail notices go at once).
+    held = session.scalars(select(OutboxMail).where(
+        OutboxMail.ticket_id == ticket.id, OutboxMail.kind == OutboxKind.NOTIFY,
+        OutboxMail.state == OutboxState.PENDING, OutboxMail.attempts == 0,
+        OutboxMail.leased_until.is_(None), OutboxMail.next_attempt_at > now)
+        .order_by(OutboxMail.id).limit(1).with_for_update()).first()
+    if held is None:
+        ticket_notice(session, desk, ticket, message, shown, "follow_up", now,
+                      not_before=now + timedelta(seconds=hold))
+        return
+    record = session.scalars(select(TicketMessage).where(
+        TicketMessage.message_id == held.message_id)).first()
+    since = held.next_attempt_at - timedelta(seconds=hold)  # the burst's first addition
+    held.state = OutboxState.SUPPRESSED
+    held.last_error = "not sent: replaced by the notice of a later addition (one per burst)"
+    if record is not None:
+        session.delete(record)  # never sent: not on the ticket's record
+    session.flush()
+    earlier = _additions_since(session, desk, ticket, since, message)
+    texts = [m.new_text or m.body_text for m, _ in earlier]
+    texts.append(message.new_text or message.body_text)
+    ticket_notice(session, desk, ticket, message,
+                  [f for _, fs in earlier for f in fs] + list(shown), "follow_up", now,
+                  text="\n\n-----\n\n".join(t for t in texts if t),
+                  not_before=held.next_attempt_at)
+
+
+def _additions_since(
+    session: Session, desk: Desk, ticket: Ticket, since: datetime, but: TicketMessage,
+) -> list[tuple[TicketMessage, list[files.Planned]]]:
+    """The ticket page's additions to `ticket` from `since` on (not `but`), each with
+    its listed files (their bytes read only where a notice could attach them)."""
+    rows = session.scalars(select(TicketMessage).join(
+        InboundMessage, InboundMessage.id == TicketMessage.inbound_id).where(
+        TicketMessage.ticket_id == ticket.id, TicketMessage.created_at >= since,
+        TicketMessage.id != but.id, InboundMessage.mailbox == WEB_MAILBOX)
+        .order_by(TicketMessage.id)).all()
+    found = []
+    for row in rows:
+        shown = []
+        for a in session.scalars(select(Attachment).where(
+                Attachment.ticket_message_id == row.id, Attachment.listed)
+                .order_by(Attachment.id)):
+            small = a.blob_sha256 is not None and a.size <= desk.agents.notify_files_max_bytes
+            shown.append(files.Planned(
+                a.filename, a.content_type, a.declared_type,
+                desk.store.get(a.blob_sha256) if small and a.blob_sha256 else b"",
+                a.blob_sha256 or "", a.size, a.inline, a.blob_sha256 is not None and small,
+                a.note))
+        found.append((row, shown))
+    return found
 
 
 def capped(text: str, limit: int) -> str:
@@ -154,7 +219,7 @@ def _send(
     session: Session, desk: Desk, ticket: Ticket, template: str, to: list[str],
     context: contexts.Context, now: datetime, *, in_reply_to: str | None,
     references: tuple[str, ...] = (), files: Sequence[File] = (),
-    kind: OutboxKind | None = None,
+    kind: OutboxKind | None = None, not_before: datetime | None = None,
 ) -> OutboxMail:
     rendered = render_mail(
         desk.templates, template, context, sender=desk.sender,
@@ -163,4 +228,4 @@ def _send(
         reply_to=agent_reply_to(desk, ticket.number, to, now),
     )
     return answers.enqueue(session, desk, rendered, to, ticket, kind or OutboxKind(template),
-                           now, automatic=True, internal=True)
+                           now, automatic=True, internal=True, not_before=not_before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -120,10 +121,12 @@ def add_follow_up(
     session: Session, desk: Desk, ticket: Ticket, mail: InboundMail, verdict: Verdict,
     *, inbound_id: int, how: str, now: datetime, planned: list[files.Planned] | None,
     reopen_days: float, extracted: Extracted | None = None,
+    tell: Callable[[TicketMessage, list[files.Planned]], None] | None = None,
 ) -> bool:
     """Add a customer's further mail to `ticket`; False when it is too old to reopen
     (the caller then opens a new ticket that references it). Automatic mail (an
-    out-of-office reply) is recorded but changes nothing."""
+    out-of-office reply) is recorded but changes nothing. Agents are told by
+    `notify.ticket_notice`, or by `tell` (the ticket page's: once per burst)."""
     person = verdict.kind == "normal"
     if not decide.may_join(verdict.kind, ticket.status, done_at(ticket), reopen_days, now):
         return False
@@ -164,7 +167,9 @@ def add_follow_up(
     history.record(session, ticket, now, mail.from_addr, kind(
         inbound_id, how, verdict.kind, copied=copied, cc_not_added=refused, status=status,
         reopened=bool(status) and status[0] != TicketStatus.WAITING))
-    if person:
+    if person and tell is not None:
+        tell(message, shown)
+    elif person:
         notify.ticket_notice(session, desk, ticket, message, shown, "follow_up", now,
                              cc_not_added=refused)
     return True

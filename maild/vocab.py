@@ -41,6 +41,10 @@ class InboundState(StrEnum):
     RELEASED = "released"  # done with by hand (`maild quarantine release`)
 
 
+# The `mailbox` of what came in through a ticket's page (an `inbound` row of its own).
+WEB_MAILBOX = "web"
+
+
 class OutboxState(StrEnum):
     PENDING = "pending"
     SENT = "sent"

@@ -583,6 +583,75 @@ def test_a_chunked_body_past_the_limit_is_refused_too(tmp_path, factory, databas
     assert site.counts() == before
 
 
+def _add(site: Site, path: str, text: str, data: bytes = b"") -> int:
+    files = {"files": ("scan.bin", data, "application/octet-stream")} if data else None
+    return site.client.post(path, data={**site.hidden(path), "text": text},
+                            files=files).status_code
+
+
+def test_a_ticket_page_takes_in_at_most_its_quota_per_hour_and_in_all(
+        tmp_path, factory, database_url, clock):
+    # 40 KB an hour, 100 KB in all: the second 30 KB file is refused with a page that
+    # asks for mail, nothing of it stored and no one told; an hour later the page takes
+    # files again, until the ticket's whole quota is used.
+    site = Site(tmp_path, factory, database_url, clock,
+                http={"upload_mb_per_hour": 0.04, "upload_mb_per_ticket": 0.1})
+    path = site.links()["t"]
+    assert _add(site, path, "Scan 1", b"1" * 30_000) == 303
+    before = site.counts()
+    refused = site.client.post(path, data={**site.hidden(path), "text": "Scan 2"},
+                               files={"files": ("scan.bin", b"2" * 30_000, "image/png")})
+    assert refused.status_code == 429
+    assert "per E-Mail an service@example.com" in refused.text
+    assert site.counts() == before
+    for hour in (1, 2):
+        clock.now = NOW + timedelta(hours=hour, minutes=1)
+        assert _add(site, path, f"Scan {hour + 2}", b"3" * 30_000) == 303
+    clock.now = NOW + timedelta(hours=3, minutes=2)
+    assert _add(site, path, "Scan 5", b"5" * 30_000) == 429  # 120 KB > 100 KB in all
+    with db.transaction(site.factory) as s:
+        stored = s.scalars(select(Attachment.size).join(TicketMessage).where(
+            TicketMessage.kind == "customer", Attachment.filename == "scan.bin")).all()
+    assert stored == [30_000] * 3
+
+
+def test_a_burst_of_additions_makes_one_notice_with_all_of_them(site, clock):
+    # Five additions within two minutes: one notice, sent two minutes after the first,
+    # carrying all five texts and the file; the next addition after it starts a new one.
+    path = site.links()["t"]
+    before = {o.id for o in site.outbox("notify")}
+    recorded = site.counts()[2]
+    for n in range(5):
+        clock.now = NOW + timedelta(seconds=20 * n)
+        assert _add(site, path, f"Nachtrag {n}", b"PNG%d" % n if n == 2 else b"") == 303
+    notices = [o for o in site.outbox("notify") if o.id not in before]
+    waiting = [o for o in notices if o.state == "pending"]
+    assert [o.state for o in notices].count("suppressed") == 4 and len(waiting) == 1
+    [held] = waiting
+    assert held.next_attempt_at == NOW + timedelta(seconds=120)
+    mail = email.message_from_bytes(held.raw, policy=policy.default)
+    text = mail.get_body(("plain",)).get_content()
+    assert all(f"Nachtrag {n}" in text for n in range(5)), text
+    assert [a.get_filename() for a in mail.iter_attachments()] == ["scan.bin"]
+    assert [a.get_content() for a in mail.iter_attachments()] == [b"PNG2"]
+    assert site.counts()[2] == recorded + 5 + 1  # on the record: one notice, not five
+    clock.now = NOW + timedelta(seconds=121)
+    assert _add(site, path, "Nachtrag 5") == 303
+    later = [o for o in site.outbox("notify") if o.id not in before and o.state == "pending"]
+    assert len(later) == 2 and "Nachtrag 4" not in later[-1].raw.decode()
+
+
+def test_with_no_hold_every_addition_is_told_at_once(tmp_path, factory, database_url, clock):
+    # notify_hold_seconds = 0: one notice per addition, due at once.
+    site = Site(tmp_path, factory, database_url, clock, http={"notify_hold_seconds": 0})
+    path = site.links()["t"]
+    before = len(site.outbox("notify"))
+    for n in range(3):
+        assert _add(site, path, f"Nachtrag {n}") == 303
+    new = site.outbox("notify")[before:]
+    assert [(o.state, o.next_attempt_at) for o in new] == [("pending", NOW)] * 3
+
+
 def test_the_same_form_sent_twice_adds_once(site):
     # A double click (two concurrent POSTs) and a later reload-and-resend of one filled
     # form: one message, one notification.

@@ -29,6 +29,9 @@ class WebConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     rate_per_minute: int = 60
     max_body_bytes: int = 50_000_000
+    upload_bytes_per_hour: int = 100_000_000  # per ticket
+    upload_bytes_per_ticket: int = 500_000_000
+    notify_hold_seconds: float = 120.0
 
     @property
     def secret(self) -> str:
@@ -45,6 +48,9 @@ def web_config(settings: Settings, desk: Desk) -> WebConfig:
                               for p in settings.http.trusted_proxies),
         rate_per_minute=settings.http.rate_per_minute,
         max_body_bytes=desk.reading.limits.max_mail_bytes + _FORM_OVERHEAD,
+        upload_bytes_per_hour=int(settings.http.upload_mb_per_hour * 1_000_000),
+        upload_bytes_per_ticket=int(settings.http.upload_mb_per_ticket * 1_000_000),
+        notify_hold_seconds=settings.http.notify_hold_seconds,
     )
 
 

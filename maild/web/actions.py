@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from maild import answers, db, history, links, notify, sla
@@ -20,7 +20,7 @@ from maild.mail.parse import InboundMail, Part
 from maild.mail.render import render_mail
 from maild.models import Company, InboundMessage, Ticket, TicketMessage
 from maild.tickets import add_follow_up
-from maild.vocab import InboundState, MessageKind, OutboxKind, Priority
+from maild.vocab import WEB_MAILBOX, InboundState, MessageKind, OutboxKind, Priority
 from maild.web.access import WebConfig
 from maild.web.views import can_add
 from maild.work import customer_thread
@@ -117,26 +117,31 @@ def _customer_mail(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
                     OutboxKind.ESCALATED, now, automatic=True)
 
 
-def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
-                    parts: tuple[Part, ...], now: datetime, once: str) -> str:
+def add_information(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
+                    text: str, parts: tuple[Part, ...], now: datetime, once: str) -> str:
     """The form's text and files, exactly as if the customer had replied by mail (facts
-    merged, what is missing updated, the owner told, a closed ticket reopened): "added";
-    "again" when this form (its `once` value) was sent before (a double click, a reload);
-    "closed" when the ticket was closed too long ago to reopen."""
+    merged, what is missing updated, the owner told once per burst, a closed ticket
+    reopened): "added"; "again" when this form (its `once` value) was sent before (a
+    double click, a reload); "closed" when the ticket was closed too long ago to reopen;
+    "quota" when the page took in its hour's or its ticket's share already."""
     key = hashlib.sha256(f"maild.web.{ticket.id}.{once}".encode()).hexdigest()
     if session.scalar(select(InboundMessage.id).where(InboundMessage.dedupe_key == key)):
         return "again"
     if not can_add(desk, ticket, now):
         return "closed"
+    size = len(text.encode()) + sum(len(p.data) for p in parts)
+    if not within_quota(session, cfg, ticket, size, now):
+        log.warning("ticket page over its upload quota ticket=%s size=%d", ticket.number,
+                    size)
+        return "quota"
     mail = InboundMail(
         message_id=None, subject=f"[#{ticket.number}] {ticket.subject}",
         from_addr=ticket.customer_address, from_name=ticket.customer_name, to=(), cc=(),
         reply_to="", date=now, in_reply_to=None, references=(), headers={},
         content_type="text/plain", text=text, html="", attachments=parts,
         header_count=0, has_body_separator=True, defects=())
-    size = len(text.encode()) + sum(len(p.data) for p in parts)
     row = InboundMessage(  # the record of every way information came in
-        mailbox="web", uidvalidity=0, uid=0, dedupe_key=key,
+        mailbox=WEB_MAILBOX, uidvalidity=0, uid=0, dedupe_key=key,
         message_id=None, raw_sha256=None, size=size, internaldate=now, received_at=now,
         state=InboundState.PROCESSED, kind="normal", reason="ticket page", attempts=1, error="",
         ticket_id=ticket.id, finished_at=now)
@@ -144,9 +149,27 @@ def add_information(session: Session, desk: Desk, ticket: Ticket, text: str,
     session.flush()
     added = add_follow_up(session, desk, ticket, mail, Verdict("normal", "ticket page"),
                           inbound_id=row.id, how="web", now=now, planned=None,
-                          reopen_days=desk.threading.reopen_days)
+                          reopen_days=desk.threading.reopen_days,
+                          tell=lambda message, shown: notify.addition_notice(
+                              session, desk, ticket, message, shown, now,
+                              cfg.notify_hold_seconds))
     assert added, "the reopen rule is checked above"
     return "added"
+
+
+def within_quota(session: Session, cfg: WebConfig, ticket: Ticket, size: int,
+                 now: datetime) -> bool:
+    """Whether the ticket's page may take `size` more bytes: what it took in the last
+    hour and in all (its `inbound` rows) stays within `[http] upload_mb_per_hour` and
+    `upload_mb_per_ticket`."""
+    def taken(since: datetime | None) -> int:
+        query = select(func.coalesce(func.sum(InboundMessage.size), 0)).where(
+            InboundMessage.ticket_id == ticket.id, InboundMessage.mailbox == WEB_MAILBOX)
+        if since is not None:
+            query = query.where(InboundMessage.received_at > since)
+        return int(session.scalar(query) or 0)
+    return (taken(now - timedelta(hours=1)) + size <= cfg.upload_bytes_per_hour
+            and taken(None) + size <= cfg.upload_bytes_per_ticket)
 
 
 def billable(cause: str) -> str:

@@ -169,10 +169,11 @@ class Pages:
             if not text and not parts:
                 return show(session, self.desk, self.cfg, ticket, now,
                                 self.minted("ticket", token, now)), "empty"
-            done = add_information(session, self.desk, ticket, text, tuple(parts), now, once)
+            done = add_information(session, self.desk, self.cfg, ticket, text,
+                                   tuple(parts), now, once)
             return show(session, self.desk, self.cfg, ticket, now,
                             self.minted("ticket", token, now)), (
-                "closed" if done == "closed" else "")
+                done if done in ("closed", "quota") else "")
 
         try:
             shown, error = await self.run(write)
@@ -181,7 +182,8 @@ class Pages:
         if shown is None:
             return self.refused(404)
         if error:
-            return self.ticket_response(shown, token, error=error, status=400)
+            return self.ticket_response(shown, token, error=error,
+                                        status=429 if error == "quota" else 400)
         self.wake()
         return RedirectResponse(f"{request.url.path}?added=1", status_code=303)
 
