@@ -3,7 +3,13 @@ bouncing on a permanent failure, the agent told. Never a ticket, never answered.
 
 Anybody can send a report that looks like a bounce. It counts only when it names a mail
 we sent (its VERP envelope address or our Message-ID) and, as failed, a recipient of that
-very mail: a report that names someone else marks nobody.
+very mail: a report that names someone else marks nobody. And it marks that recipient only
+when no one else could have written it: a Message-ID (and the VERP token made from it) is
+known to everyone who got a mail of the thread, so a Cc'd participant could forge a report
+naming the customer. A permanent failure of R marks R when R is the only one who received
+the ticket's mails for customers, or when a trusted server of ours vouches (DKIM/DMARC)
+that the report comes from R's domain or from ours (the receiving side, or our relay);
+otherwise it is recorded and the agents are told, and nobody is marked.
 
 An address marked bouncing gets no mail of any kind until it writes to us again or ops
 clear it (`maild addresses clear`): see maild/suppression.py.
@@ -17,7 +23,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import history, logs, notify, vocab
+from maild import answers, history, logs, notify, vocab
 from maild.desk import Desk
 from maild.mail import dsn, thread
 from maild.mail.facts import Facts
@@ -41,6 +47,28 @@ def _verp_outbox(session: Session, mail: InboundMail, support: str) -> OutboxMai
                 if found is not None:
                     return found
     return None
+
+
+def written_by_its_side(session: Session, desk: Desk, out: OutboxMail, mail: InboundMail,
+                        recipient: str) -> bool:
+    """Whether a report of `recipient`'s failure can only come from its side: nobody but
+    `recipient` got the ticket's mails for customers (so nobody else knows their
+    Message-IDs), or a trusted server of ours proves the report's From at the recipient's
+    domain or at ours. Mails to agents: agents are ours, their reports count."""
+    if out.kind in vocab.TO_AGENTS:
+        return True
+    others = {r.lower() for r in out.recipients} - {recipient}
+    if not others and out.ticket_id is not None:
+        for recipients in session.scalars(select(OutboxMail.recipients).where(
+                OutboxMail.ticket_id == out.ticket_id,
+                OutboxMail.kind.not_in(vocab.TO_AGENTS))):
+            others |= {r.lower() for r in recipients} - {recipient}
+    if not others:
+        return True
+    domain = mail.from_addr.rpartition("@")[2].lower()
+    sides = (recipient.rpartition("@")[2], desk.sender.address.rpartition("@")[2].lower())
+    return (any(domain == side or domain.endswith("." + side) for side in sides)
+            and answers.from_proven(desk, mail))
 
 
 def record(
@@ -67,13 +95,18 @@ def record(
         log.warning("%s", summary)
         return None, summary
     permanent = [f for f in failures if f.permanent]
+    unproven = [f.recipient for f in permanent
+                if not written_by_its_side(session, desk, out, mail, f.recipient)]
+    permanent = [f for f in permanent if f.recipient not in unproven]
     for f in permanent:
         mark_bouncing(session, f.recipient, f.status, f.diagnostic, now)
     out.last_error = "; ".join(f"bounced {f.recipient} {f.status}".strip() for f in failures)
     ticket = session.get(Ticket, out.ticket_id) if out.ticket_id else None
     summary = (f"bounce of {out.message_id}: "
                + ", ".join(f"{f.recipient} {f.status or f.action}" for f in failures)
-               + (" (permanent: address marked bouncing)" if permanent else " (temporary)"))
+               + (" (permanent: address marked bouncing)" if permanent else
+                  " (not marked: others on the ticket could have written it)" if unproven
+                  else " (temporary)"))
     if ticket is not None:
         session.add(TicketMessage(
             ticket_id=ticket.id, inbound_id=inbound_id, direction="in",
@@ -88,7 +121,10 @@ def record(
         if out.kind not in vocab.TO_AGENTS:  # agents need not hear of their own bounces twice
             notify.bounce_notice(session, desk, ticket, [
                 f"{f.recipient}: {f.status or f.action} {f.diagnostic}".strip()
-                for f in failures], bool(permanent), now)
+                for f in failures] + [
+                f"{r}: not marked as bouncing, the report may come from another person on "
+                "the ticket (remove the address with #cc remove, or ask the customer)"
+                for r in unproven], bool(permanent), now)
     if ticket is not None:
         logs.bind(ticket=f"#{ticket.number}")
     log.info("%s", summary)

@@ -436,6 +436,37 @@ def test_a_forged_bounce_marks_no_customer_and_their_mail_is_still_sent(desk):
     assert relay.state == "pending" and relay.recipients == ["anna@kunde.example"]
 
 
+def test_a_participant_cannot_forge_the_customers_bounce_her_own_side_can(desk):
+    # Bob, Cc'd by an agent, knows every Message-ID of the ticket: his reports that Anna's
+    # mail failed (the relay they both got, or her own acknowledgement) mark nobody, the
+    # agents are told, and the next answer still reaches her. A report that our MX proves
+    # comes from her domain marks her.
+    desk.feed(FIRST)
+    notice = desk.outbox("notify")[0].message_id
+    desk.mail("Max Agent <max@example.com>", "#cc bob@partner.example\nHallo Anna, wir schauen.",
+              headers=GOOD_DKIM + f"In-Reply-To: {notice}\r\n")
+    [relay] = desk.outbox("relay")
+    assert {"anna@kunde.example", "bob@partner.example"} <= set(relay.recipients)
+    ack = desk.outbox("ack")[0].message_id
+    desk.feed(dsn_mail(relay.message_id, "anna@kunde.example"))
+    desk.feed(dsn_mail(ack, "anna@kunde.example").replace("bounce.1", "bounce.2"))
+    with db.transaction(desk.factory) as s:
+        assert s.get(AddressFlag, "anna@kunde.example") is None
+    told = [m.raw.decode() for m in desk.outbox("bounce_notice")]
+    assert len(told) == 2 and all("not marked as bouncing" in t for t in told)
+    desk.mail("Max Agent <max@example.com>", "Noch etwas, Anna.",
+              headers=GOOD_DKIM + f"In-Reply-To: {notice}\r\n")
+    assert all(r.state == "pending" and "anna@kunde.example" in r.recipients
+               for r in desk.outbox("relay"))
+    genuine = ("Authentication-Results: mx.example.com; dkim=pass header.d=kunde.example\r\n"
+               + dsn_mail(ack, "anna@kunde.example").replace("bounce.1", "bounce.3")
+               .replace("MAILER-DAEMON@mx.evil.example", "MAILER-DAEMON@mx.kunde.example"))
+    desk.feed(genuine)
+    with db.transaction(desk.factory) as s:
+        flag = s.get(AddressFlag, "anna@kunde.example")
+        assert flag is not None and flag.bouncing_since is not None
+
+
 # -- Amplification ----------------------------------------------------------------------------
 
 def test_a_huge_subject_and_text_are_capped_and_an_unknown_senders_file_names_not_echoed(desk):
