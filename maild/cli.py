@@ -1,5 +1,6 @@
 """The `maild` command line: run, check, db upgrade, tickets list. Exit codes: 0 ok,
-1 a check or operation failed, 2 bad usage or configuration."""
+1 a check or operation failed, 2 bad usage or configuration, 141 the reader of the output
+went away (a closed pipe, as `| head -1`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -187,7 +189,23 @@ def _month(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a month (YYYY-MM): {text!r}") from None
 
 
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports of a tool whose reader went away
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that stopped early (`| head -1`) ends it quietly."""
+    try:
+        code = _command(argv)
+        sys.stdout.flush()  # here, while a closed pipe can still be caught
+    except BrokenPipeError:
+        # What is left in the buffer would fail again at exit: stdout goes nowhere now.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+    return code
+
+
+def _command(argv: Sequence[str] | None) -> int:
+    """Parse the arguments, load the config and run the command's handler."""
     args = parser().parse_args(argv)
     try:
         settings = config.load(args.config)

@@ -6,6 +6,7 @@ imapclient's and imaplib's exceptions are translated here into `ImapUnavailable`
 
 from __future__ import annotations
 
+import ast
 import imaplib
 import logging
 import re
@@ -57,10 +58,25 @@ def _translated(what: str) -> Iterator[None]:
         raise ImapUnavailable(f"{what}: {_text(exc)}") from exc
 
 
+# A bytes literal inside a message: imapclient makes its errors of str(imaplib's), so the
+# server's answer arrives as "b'[AUTHENTICATIONFAILED] Authentication failed.'".
+_BYTES_REPR = re.compile(r"""\bb(['"])((?:\\.|(?!\1).)*)\1""")
+
+
 def _text(exc: BaseException) -> str:
+    """An imaplib or imapclient error as the server's words: text, never Python bytes."""
     if exc.args and isinstance(exc.args[0], bytes):
         return exc.args[0].decode("utf-8", "replace")
-    return str(exc) or type(exc).__name__
+    return _BYTES_REPR.sub(_unbytes, str(exc)) or type(exc).__name__
+
+
+def _unbytes(found: re.Match[str]) -> str:
+    """The text of one bytes literal (left as it is when it is none after all)."""
+    try:
+        value = ast.literal_eval(found.group(0))
+    except (ValueError, SyntaxError):
+        return found.group(0)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else found.group(0)
 
 
 class ImapMailbox:

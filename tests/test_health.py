@@ -6,6 +6,7 @@ Dovecot of its own (stopped and started) and the SMTP capture for the outages.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -259,5 +260,11 @@ def test_a_wrong_imap_password_turns_healthz_503_and_status_names_it(
         assert "UNHEALTHY" in out.stdout
         assert "FAIL  imap:" in out.stdout and "login refused" in out.stdout
         assert "not-the-password" not in out.stdout + out.stderr
+        # The server's words as text, never as Python bytes (b'[AUTHENTICATIONFAILED] …').
+        checked = maild("check", config=config)
+        assert "FAIL  imap:" in checked.stdout and "AUTHENTICATIONFAILED" in checked.stdout
+        assert "AUTHENTICATIONFAILED" in out.stdout and "AUTHENTICATIONFAILED" in json.dumps(body)
+        for shown in (json.dumps(body), out.stdout, checked.stdout, daemon.output()):
+            assert "b'" not in shown and 'b"' not in shown, shown
     finally:
         daemon.kill()

@@ -149,6 +149,23 @@ def test_ready_comes_while_the_mailbox_refuses_us(notify, tmp_path, dovecot, smt
         d.kill()
 
 
+def test_status_line_says_smtp_is_failing(notify, tmp_path, dovecot, mailbox, database_url):
+    # Nothing listens on the SMTP port: the answer to a customer waits, and `systemctl
+    # status` says why (the outbox's failure is seen by the one Runtime STATUS= reads).
+    from harness import free_port, write_config
+    config = write_config(tmp_path / "maild.toml", imap_port=dovecot.port, user=mailbox.user,
+                          password=mailbox.password, smtp_port=free_port(),
+                          database_url=database_url)
+    mailbox.append((DATA / "customer_de.eml").read_bytes())
+    d = Daemon(config, tmp_path / "maild.log").start()
+    try:
+        assert wait_until(lambda: any(line.startswith("STATUS=") and "SMTP failing:" in line
+                                      for line in notify.lines()), 40), notify.messages()
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
 def receive_all(sock: socket.socket) -> list[bytes]:
     found = []
     while True:

@@ -1,0 +1,53 @@
+"""The command line at its edges: a reader that stops early (`| head -1`) and a database
+whose schema is behind this maild."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from harness import cli_config
+
+from maild import db
+from maild.models import InboundMessage
+
+QUARANTINED = 2000  # well over a pipe's 64 KiB of output
+
+
+@pytest.fixture
+def crowded(tmp_path: Path, database_url: str) -> Path:
+    """A config whose database holds QUARANTINED quarantined mails."""
+    engine = db.make_engine(database_url)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            s.add_all(InboundMessage(
+                mailbox="u@127.0.0.1/INBOX", uidvalidity=1, uid=n, dedupe_key=f"k{n:060}",
+                message_id=f"<m{n}@firma.example>", size=1000, received_at=datetime.now(UTC),
+                state="quarantined", reason=f"processing failed 3 times: mail {n}",
+                attempts=3) for n in range(QUARANTINED))
+    finally:
+        engine.dispose()
+    return cli_config(tmp_path / "maild.toml", database_url, tmp_path / "blobs")
+
+
+def read_once(config: Path, *args: str) -> tuple[bytes, int, str]:
+    """Run a command, read the first chunk of its output and close the pipe (what
+    `| head -1` does): the first bytes, the exit code and what it wrote to stderr."""
+    process = subprocess.Popen([sys.executable, "-m", "maild", "--config", str(config), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.read(100)
+    process.stdout.close()
+    error = process.stderr.read().decode()
+    return first, process.wait(timeout=60), error
+
+
+@pytest.mark.parametrize("args", [("quarantine", "list", "--json"), ("quarantine", "list")])
+def test_a_closed_pipe_ends_a_command_quietly(crowded, args):
+    first, code, error = read_once(crowded, *args)
+    assert first  # it did write
+    assert error == "", error  # no BrokenPipeError traceback, no "Exception ignored"
+    assert code == 141  # 128 + SIGPIPE, as a shell reports a tool ended by the closed pipe
