@@ -37,6 +37,7 @@ from maild import (
     logs,
     oauth,
     purge,
+    reload,
     sla,
     sweeps,
     views,
@@ -224,8 +225,8 @@ def _command(argv: Sequence[str] | None) -> int:
     }
     try:
         code = handlers[args.command](settings, args)
-    except ConfigError as exc:
-        print(f"maild: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one line each (the templates' problems are several)
+        print(f"maild: {exc}".replace("\n", "\nmaild: "), file=sys.stderr)
         code = 2
     except MaildError as exc:
         print(f"maild: {exc}", file=sys.stderr)
@@ -272,6 +273,12 @@ def _without_secrets(text: str, settings: Settings) -> str:
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     print(f"ok    config: {settings.source}")
+    templates = reload.settings_problems(settings)
+    for line in templates:
+        print(f"FAIL  {line}")
+    if not templates:
+        where = settings.paths.templates_dir
+        print("ok    templates: compiled" + (f", {where} first" if where else ""))
     try:
         database = _check_database(settings)
         broken = False
@@ -288,7 +295,7 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
         results += [_check_imap(settings, tokens), _check_smtp(settings, tokens)]
     for ok, line in results:
         print(("ok    " if ok else "FAIL  ") + line)
-    return 2 if broken else 0 if all(ok for ok, _ in results) else 1
+    return 2 if broken or templates else 0 if all(ok for ok, _ in results) else 1
 
 
 def _check_database(settings: Settings) -> tuple[bool, str]:

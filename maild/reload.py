@@ -9,17 +9,18 @@ backoff, log level — takes effect with a new `Desk` that `Parts.use` hands to 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from jinja2 import Environment, TemplateSyntaxError
+from jinja2 import Environment, TemplateError, TemplateNotFound, TemplateSyntaxError, nodes
 
 from maild import web
 from maild.config import Settings
 from maild.desk import Desk
 from maild.errors import ConfigError
 from maild.intake import Intake
-from maild.mail import contexts
+from maild.mail import contexts, render
 from maild.outbox import Outbox
 from maild.sweeps import Sweeper
 from maild.watcher import Watcher
@@ -66,21 +67,79 @@ def effective(old: Settings, new: Settings) -> Settings:
     return new.model_copy(update=update)
 
 
-def check_templates(*envs: Environment) -> None:
-    """Compile every template of `envs` (an ops folder's first): a syntax error is a
-    ConfigError naming the file and line, so a broken template never reaches a mail."""
-    for env in envs:
-        for name in env.list_templates(extensions=["j2"]):
-            try:
-                env.get_template(name)
-            except TemplateSyntaxError as exc:
-                raise ConfigError(f"template {exc.filename or name}, line {exc.lineno}: "
-                                  f"{exc.message}") from None
-            unknown = contexts.unknown_names(env, name)
-            if unknown:
-                fields = ", ".join(contexts.field_names(contexts.TEMPLATES[name.split(".")[0]]))
-                raise ConfigError(f"template {name} uses {', '.join(sorted(unknown))}, which "
-                                  f"its mails do not have (it has: {fields})")
+def check_templates(mails: Environment, pages: Environment | None = None,
+                    folder: str = "") -> None:
+    """Compile every template of the mails and the pages (an ops folder's first) with what
+    it includes: each problem is a line of one ConfigError, so a broken template never
+    reaches a mail."""
+    problems = template_problems(mails, pages, folder=folder)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def template_problems(mails: Environment, pages: Environment | None = None,
+                      folder: str = "") -> list[str]:
+    """One line per problem of the templates: a syntax error (file and line), an include,
+    import or extends of a template that does not exist, a name its mails do not have; and
+    an ops folder (`[paths] templates_dir`) that is not there."""
+    problems: list[str] = []
+    if folder and not Path(folder).is_dir():
+        problems.append(f"[paths] templates_dir {folder}: no such folder")
+    for name in mails.list_templates(extensions=["j2"]):
+        if not name.startswith("web/"):  # the pages' folder, below
+            problems += _problems_of(mails, name)
+    if pages is not None:
+        for name in pages.list_templates(extensions=["j2"]):
+            problems += _problems_of(pages, name)
+    return problems
+
+
+VERBS = {nodes.Include: "includes", nodes.Import: "imports", nodes.FromImport: "imports",
+         nodes.Extends: "extends"}
+
+
+def _problems_of(env: Environment, name: str) -> list[str]:
+    try:
+        template = env.get_template(name)
+        source = env.loader.get_source(env, name)[0] if env.loader else ""
+        ast = env.parse(source)
+    except TemplateSyntaxError as exc:
+        return [f"template {exc.filename or name}, line {exc.lineno}: {exc.message}"]
+    missing = []
+    for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        target = getattr(node, "template", None)  # a name in a variable is not checked
+        if (isinstance(target, nodes.Const) and not getattr(node, "ignore_missing", False)
+                and not _exists(env, target.value)):
+            missing.append(f"template {template.filename or name}, line {node.lineno}: "
+                           f"{VERBS[type(node)]} {target.value}, which does not exist")
+    if missing:  # the names below cannot be read through a file that is not there
+        return missing
+    try:
+        unknown = contexts.unknown_names(env, name)
+    except TemplateError as exc:  # an include of an include that does not parse
+        return [f"template {name}: {exc}"]
+    if not unknown:
+        return []
+    fields = ", ".join(contexts.field_names(contexts.TEMPLATES[name.split(".")[0]]))
+    return [f"template {name} uses {', '.join(sorted(unknown))}, which its mails do not "
+            f"have (it has: {fields})"]
+
+
+def _exists(env: Environment, name: object) -> bool:
+    try:
+        env.get_template(str(name))
+    except TemplateNotFound:
+        return False
+    except TemplateError:
+        return True  # it is there; its own line says what is wrong with it
+    return True
+
+
+def settings_problems(settings: Settings) -> list[str]:
+    """`template_problems` of the templates `settings` name (for `maild check`)."""
+    folder = settings.paths.templates_dir
+    return template_problems(render.environment(folder), page_environment(folder),
+                             folder=folder)
 
 
 def compiled(desk: Desk, settings: Settings) -> Environment:
@@ -88,7 +147,7 @@ def compiled(desk: Desk, settings: Settings) -> Environment:
     is a config error, and the running daemon never reads the folder again (they stay
     cached, auto_reload off) — only a reload does."""
     pages_env = page_environment(settings.paths.templates_dir)
-    check_templates(desk.templates, pages_env)
+    check_templates(desk.templates, pages_env, folder=settings.paths.templates_dir)
     return pages_env
 
 

@@ -104,12 +104,17 @@ def test_invalid_config_or_template_is_refused_and_the_old_one_kept(
     reload(daemon, notify)
     config.write_text(good)
     ack = templates / "ack.de.txt.j2"
-    ack.write_text(ack.read_text() + "{% if %}\n")  # a syntax error
+    text = ack.read_text()
+    ack.write_text(text + "{% if %}\n")  # a syntax error
+    reload(daemon, notify)
+    ack.write_text(text + '{% include "_gruss.de.j2" %}\n')  # a file that is not there
     reload(daemon, notify)
     log = daemon.output()
     assert "not valid TOML" in log and "unknown time zone 'Mars/Olympus'" in log
     assert "ack.de.txt.j2, line" in log
-    assert log.count("the running config is kept") == 3
+    assert "includes _gruss.de.j2, which does not exist" in log
+    assert log.count("the running config is kept") == 4
+    assert "Traceback" not in log
     assert "s3cret" not in log
     mailbox.append(customer(1))
     [mail] = smtp.wait_for(1)
@@ -197,6 +202,45 @@ def test_a_template_reading_a_name_its_mails_lack_stops_the_start(config, templa
     assert done.returncode == 2
     assert "template ack.de.txt.j2 uses nummer, which its mails do not have" in done.stderr
     assert "escalation_url" in done.stderr  # what it may use
+
+
+def test_an_include_of_a_missing_file_stops_the_start_as_a_config_error(config, templates):
+    # It compiles on its own; only the mail that renders it would fail (with a traceback):
+    # the start refuses it, naming the file, the line and what is missing.
+    (templates / "ack.de.txt.j2").write_text('Hallo\n\n{% include "_gruss.de.j2" %}\n')
+    done = maild("run", config=config)
+    assert done.returncode == 2
+    assert ("ack.de.txt.j2, line 3: includes _gruss.de.j2, which does not exist"
+            in done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+def test_check_compiles_every_template_and_names_each_problem_in_a_line(config, templates):
+    # What would stop `maild run` stops `maild check` first: a syntax error, an include of
+    # a missing file and a name the mail lacks, one line each, exit 2 (a config error).
+    (templates / "ack.de.txt.j2").write_text("Hallo {{ name \n")
+    (templates / "reject.de.txt.j2").write_text('{% include "_fehlt.j2" %}\n')
+    (templates / "relay.de.txt.j2").write_text("{{ nummer }}\n")
+    done = maild("check", config=config)
+    assert done.returncode == 2, done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL  template")]
+    assert len(failed) == 3, done.stdout
+    assert any("ack.de.txt.j2, line 1" in line for line in failed)
+    assert any("includes _fehlt.j2, which does not exist" in line for line in failed)
+    assert any("relay.de.txt.j2 uses nummer" in line for line in failed)
+    assert "Traceback" not in done.stderr
+
+
+def test_check_passes_good_templates_and_refuses_a_templates_dir_that_is_not_there(
+        config, templates, tmp_path):
+    done = maild("check", config=config)
+    assert f"ok    templates: compiled, {templates} first" in done.stdout
+    config.write_text(config.read_text().replace(str(templates), str(tmp_path / "tlp")))
+    for command in ("check", "run"):
+        done = maild(command, config=config)
+        assert done.returncode == 2
+        assert f"[paths] templates_dir {tmp_path / 'tlp'}: no such folder" in (
+            done.stdout + done.stderr)
 
 
 def test_restart_only_keys_are_named_and_kept_as_they_run(tmp_path):
