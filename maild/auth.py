@@ -80,7 +80,7 @@ def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
     if settings.oauth2 is None or "oauth2" not in (settings.imap.auth, settings.smtp.auth):
         raise ConfigError(f'{settings.source}: no login uses OAuth2: set [imap] auth = '
                           '"oauth2" (or [smtp]) and an [oauth2] section (docs/oauth2.md)')
-    engine = db.make_engine(settings.database_url, must_exist=True)
+    engine = db.open_existing(settings.database_url)
     try:
         factory = db.session_factory(engine)
         tokens = oauth.Tokens(settings.oauth2, factory, oauth.account_of(settings))

@@ -313,9 +313,9 @@ def _check_database(settings: Settings) -> tuple[bool, str]:
         return False, f"database: {url}: {detail}".splitlines()[0]
     finally:
         engine.dispose()
-    if current != head:
-        return False, f"database: {url}: schema {current or 'empty'}, needs {head}: " \
-                      "run `maild db upgrade`"
+    problem = db.schema_problem(current, head)
+    if problem:
+        return False, f"database: {url}: {problem}"
     return True, f"database: {url} (schema {current})"
 
 
@@ -379,8 +379,9 @@ def _check_smtp(settings: Settings, tokens: oauth.Tokens | None = None) -> tuple
 
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
-    """A transaction on the existing database (never creates one: `db upgrade` does)."""
-    engine = db.make_engine(settings.database_url, must_exist=True)
+    """A transaction on the existing database at this maild's schema (never creates one:
+    `db upgrade` does)."""
+    engine = db.open_existing(settings.database_url)
     try:
         with db.transaction(db.session_factory(engine)) as session:
             yield session
@@ -583,7 +584,7 @@ def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool) -> int:
-    engine = db.make_engine(settings.database_url, must_exist=True)
+    engine = db.open_existing(settings.database_url)
     try:
         factory = db.session_factory(engine)
         with factory() as session:

@@ -185,11 +185,9 @@ class Daemon:
         delay = Backoff(1.0, 30.0)
         while not self.should_exit.is_set():
             try:
-                current, head = await asyncio.to_thread(db.schema_status, engine)
-                if current != head:
-                    raise ConfigError(
-                        f"database schema is at {current or 'nothing'}, this maild needs {head}: "
-                        "run `maild db upgrade`")
+                problem = db.schema_problem(*await asyncio.to_thread(db.schema_status, engine))
+                if problem:
+                    raise ConfigError(problem)
                 return db.session_factory(engine)
             except StorageUnavailable as exc:
                 log.warning("%s; retrying", exc)

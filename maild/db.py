@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.blobs import private_dir
-from maild.errors import ConfigError, StorageUnavailable
+from maild.errors import ConfigError, SchemaMismatch, StorageUnavailable
 from maild.models import AppSecret, Counter, Ticket
 
 log = logging.getLogger(__name__)
@@ -391,6 +391,35 @@ def upgrade(engine: Engine) -> None:
         if is_unavailable(exc):
             raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc
         raise
+
+
+def schema_problem(current: str | None, head: str) -> str:
+    """What is wrong with a database at schema `current` for this maild (at `head`), and
+    what to do, in one sentence; "" when nothing is. Every command says it the same way."""
+    if current == head:
+        return ""
+    if not current:
+        return "the database has no schema yet: run `maild db upgrade`"
+    if current < head:  # revisions are numbered 0001, 0002, …
+        return (f"the database's schema is {current}, this maild needs {head}: run "
+                "`maild db upgrade` (a backup first: `maild backup`)")
+    return (f"the database's schema is {current}, newer than this maild knows ({head}): "
+            "run the maild that upgraded it, or restore the backup taken before")
+
+
+def open_existing(url: str) -> Engine:
+    """An engine for an existing database at the schema this maild needs, for a command
+    that reads or changes it; SchemaMismatch says what to run instead of "no such table"."""
+    engine = make_engine(url, must_exist=True)
+    try:
+        problem = schema_problem(*schema_status(engine))
+    except BaseException:
+        engine.dispose()
+        raise
+    if problem:
+        engine.dispose()
+        raise SchemaMismatch(problem)
+    return engine
 
 
 def schema_status(engine: Engine) -> tuple[str | None, str]:

@@ -23,6 +23,10 @@ class ConfigError(MaildError):
     """The configuration cannot be used; the message names file, key and problem."""
 
 
+class SchemaMismatch(MaildError):
+    """The database is not at the schema this maild needs; the message says what to run."""
+
+
 class Temporary(MaildError):
     """A failure of the environment, not of the mail: try again later."""
 

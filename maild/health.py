@@ -177,14 +177,14 @@ def tally(factory: db.SessionFactory) -> Tally:
     """Count it all in one read transaction (raises StorageUnavailable when down)."""
     with db.transaction(factory) as session:
         schema = MigrationContext.configure(session.connection()).get_current_revision()
+        if schema != schema_head():  # the tables may lack what the counts read
+            return Tally(schema or "", Backlog(0, None, 0), 0, 0, 0, {}, 0)
         return Tally(schema or "", backlog_in(session), _outbox_failed(session),
                      _retrying(session), _crashed(session), _open_tickets(session),
-                     _breached(session), _logins(session, schema or ""))
+                     _breached(session), _logins(session))
 
 
-def _logins(session: Session, schema: str) -> tuple[Login, ...]:
-    if schema < "0015":  # before oauth_tokens (the schema problem is reported instead)
-        return ()
+def _logins(session: Session) -> tuple[Login, ...]:
     return tuple(Login(row.account, row.access_expires_at,
                        oauth.refused_text(row) if row.invalid else "")
                  for row in session.scalars(select(OAuthToken).order_by(OAuthToken.account)))
@@ -299,10 +299,11 @@ def assess(runtime: Runtime, found: Tally | None, head: str, db_error: str,
     if found is None:
         problems.insert(0, f"database unreachable: {db_error}")
     else:
-        if found.schema != head:
-            problems.insert(0, f"database schema is {found.schema or 'empty'}, "
-                               f"this maild needs {head}: run `maild db upgrade`")
-        body.update(_counts_part(found, now))
+        problem = db.schema_problem(found.schema or None, head)
+        if problem:  # nothing was counted (the tables are not those of this maild)
+            problems.insert(0, problem)
+        else:
+            body.update(_counts_part(found, now))
         problems.extend(login.refused for login in found.logins if login.refused)
         oldest = found.backlog.oldest_pending
         if oldest is not None and now - oldest > timedelta(minutes=limits.outbox_oldest_minutes):

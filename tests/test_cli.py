@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from harness import cli_config
 
 from maild import db
@@ -51,3 +52,32 @@ def test_a_closed_pipe_ends_a_command_quietly(crowded, args):
     assert first  # it did write
     assert error == "", error  # no BrokenPipeError traceback, no "Exception ignored"
     assert code == 141  # 128 + SIGPIPE, as a shell reports a tool ended by the closed pipe
+
+
+@pytest.fixture
+def old_schema(tmp_path: Path, database_url: str) -> Path:
+    """A config whose database is one schema behind (0013: before the outbox's stored
+    bytes and the OAuth2 tokens), as after installing a new maild without `db upgrade`."""
+    engine = db.make_engine(database_url)
+    try:
+        command.downgrade(db._alembic_config(engine), "0013")
+    finally:
+        engine.dispose()
+    return cli_config(tmp_path / "maild.toml", database_url, tmp_path / "blobs")
+
+
+@pytest.mark.parametrize("args", [
+    ("status",), ("status", "--json"), ("tickets", "list"), ("tickets", "show", "10001"),
+    ("quarantine", "list"), ("outbox", "list"), ("accounts", "list"), ("agents", "list"),
+    ("addresses", "list"), ("sla", "report"), ("callbacks", "report")])
+def test_an_old_schema_is_named_by_every_command_with_what_to_run(old_schema, args):
+    # Not "database unreachable … no such table" or "no such column": the database is
+    # there and answers, it only needs `maild db upgrade`.
+    done = subprocess.run([sys.executable, "-m", "maild", "--config", str(old_schema), *args],
+                          capture_output=True, text=True, timeout=60)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert "the database's schema is 0013, this maild needs 0015: run `maild db upgrade`" \
+        in said, said
+    for wrong in ("no such", "does not exist", "unreachable", "Traceback", "UndefinedColumn"):
+        assert wrong not in said, said

@@ -173,7 +173,8 @@ def test_first_start_can_leave_existing_mail_alone(config, tmp_path, mailbox, sm
 def test_check_reports_each_problem_in_one_line(config, mailbox, smtp):
     ok = maild("check", config=config)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert [line.split()[0] for line in ok.stdout.splitlines()] == ["ok"] * 4
+    # config, templates, database, imap, smtp
+    assert [line.split()[0] for line in ok.stdout.splitlines()] == ["ok"] * 5
     assert "Processed, Quarantine will be created at start" in ok.stdout
     with mailbox.client() as client:  # a check changes nothing
         assert not client.folder_exists("Processed")
