@@ -143,6 +143,7 @@ class Daemon:
         self.reload_asked = asyncio.Event()
         self.status_due = asyncio.Event()
         self.runtime: health.Runtime | None = None  # made in _main
+        self.sweep_outage = ""  # warned once per outage, like intake and sending
 
     def request_exit(self, signum: int = 0) -> None:
         """Signal handler: the first signal drains, a second one forces."""
@@ -350,11 +351,18 @@ class Daemon:
         try:
             counts = await asyncio.to_thread(sweeper.run)
         except Temporary as exc:
-            log.warning("sweep skipped: %s", exc)
+            if not self.sweep_outage:
+                log.warning("sweep skipped: %s", exc)
+            else:
+                log.debug("sweep skipped again: %s", exc)
+            self.sweep_outage = str(exc)
             return
         except Exception:  # a bug must not stop the scheduler
             log.exception("sweep failed")
             return
+        if self.sweep_outage:
+            log.info("sweeping again after: %s", self.sweep_outage)
+            self.sweep_outage = ""
         if counts.any():
             self.wakeup.set()
 

@@ -555,7 +555,11 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
-            with self.lock:
+            with self.lock:  # a cut may have come while connecting: it drops this link too
+                if not self.up:
+                    client.close()
+                    upstream.close()
+                    continue
                 self.links += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -572,8 +576,8 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        self.up = False
         with self.lock:
+            self.up = False
             links, self.links = self.links, []
         for s in links:
             with contextlib.suppress(OSError):
