@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick bench lint dovecot cyrus browser-tools clean
+.PHONY: demo test test-quick bench lint dist dovecot cyrus browser-tools clean
 
 $(STAMP): pyproject.toml
 	scripts/make-venv $(VENV) $(PYTHON)
@@ -48,6 +48,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# The wheel the README installs (dist/maild-VERSION-py3-none-any.whl), with migrations,
+# templates, docs and the systemd files inside.
+dist: $(STAMP)
+	rm -rf build
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	@ls dist/maild-*.whl
 
 clean:
 	rm -rf $(VENV) .demo .bench build dist *.egg-info

@@ -60,7 +60,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (default: $MAILD_CONFIG)")
     p.add_argument("--version", action="version", version=f"maild {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the daemon in the foreground")
+    rp = sub.add_parser("run", help="run the daemon in the foreground")
+    rp.add_argument("--upgrade", action="store_true",
+                    help="first migrate an older database schema (as `db upgrade`; the "
+                    "systemd unit runs this, so a config error ends the start with exit 2)")
     sub.add_parser("check", help="check the config and reach IMAP, SMTP and the database")
     stp = sub.add_parser("status", help="is mail flowing? IMAP, SMTP, the daemon's last "
                          "fetch, backlog, tickets; exit 1 when unhealthy")
@@ -236,10 +239,10 @@ def _command(argv: Sequence[str] | None) -> int:
     return code
 
 
-def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from maild.daemon import Daemon
 
-    return asyncio.run(Daemon(settings).run())
+    return asyncio.run(Daemon(settings, upgrade=args.upgrade).run())
 
 
 def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:

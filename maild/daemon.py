@@ -131,8 +131,9 @@ def build_desk(settings: Settings, factory: db.SessionFactory, now: datetime) ->
 
 class Daemon:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow,
-                 notifier: sdnotify.Notifier | None = None) -> None:
+                 notifier: sdnotify.Notifier | None = None, *, upgrade: bool = False) -> None:
         self.settings = settings
+        self.upgrade = upgrade  # `run --upgrade`: migrate an older schema before starting
         self.clock = clock
         self.stop = threading.Event()
         self.should_exit = asyncio.Event()
@@ -186,7 +187,14 @@ class Daemon:
         delay = Backoff(1.0, 30.0)
         while not self.should_exit.is_set():
             try:
-                problem = db.schema_problem(*await asyncio.to_thread(db.schema_status, engine))
+                current, head = await asyncio.to_thread(db.schema_status, engine)
+                if self.upgrade and current != head and (not current or current < head):
+                    log.info("migrating the database's schema from %s to %s",
+                             current or "nothing", head)
+                    self.notifier.status(f"migrating the database to schema {head}")
+                    await asyncio.to_thread(db.upgrade, engine)
+                    current, head = await asyncio.to_thread(db.schema_status, engine)
+                problem = db.schema_problem(current, head)
                 if problem:
                     raise ConfigError(problem)
                 return db.session_factory(engine)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -268,8 +269,8 @@ def read_only(factory: SessionFactory) -> Iterator[Session]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    said = str(getattr(exc, "orig", None) or exc)
+    return said.strip().splitlines()[0][:300] if said.strip() else type(exc).__name__
 
 
 def next_number(session: Session, name: str) -> int:
@@ -383,10 +384,24 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+UPGRADE_LOCK = 0x6D61696C64  # "maild": one migration at a time on a shared PostgreSQL
+
+
 def upgrade(engine: Engine) -> None:
-    """Migrate the database to the newest schema (idempotent)."""
+    """Migrate the database to the newest schema (idempotent). On PostgreSQL several
+    processes may start at once (`maild run --upgrade` in each unit): an advisory lock
+    lets one migrate while the others wait, then find the schema at head."""
     try:
-        command.upgrade(_alembic_config(engine), "head")
+        if engine.dialect.name != "postgresql":
+            command.upgrade(_alembic_config(engine), "head")
+            return
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
+            try:
+                command.upgrade(_alembic_config(engine), "head")
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
+                lock.commit()
     except sa_exc.SQLAlchemyError as exc:
         if is_unavailable(exc):
             raise StorageUnavailable(f"database unavailable: {_short(exc)}") from exc

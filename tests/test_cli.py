@@ -3,8 +3,10 @@ whose schema is behind this maild."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,3 +83,41 @@ def test_an_old_schema_is_named_by_every_command_with_what_to_run(old_schema, ar
         in said, said
     for wrong in ("no such", "does not exist", "unreachable", "Traceback", "UndefinedColumn"):
         assert wrong not in said, said
+
+
+def test_run_with_upgrade_migrates_an_old_schema_then_starts(old_schema, database_url):
+    # What the unit's ExecStart does: no ExecStartPre (whose exit 2 systemd would retry).
+    with old_schema.open("a") as f:
+        f.write("[http]\nenabled = false\n")
+    daemon = subprocess.Popen([sys.executable, "-m", "maild", "--config", str(old_schema),
+                               "run", "--upgrade"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    engine = db.make_engine(database_url)
+    try:
+        deadline = time.monotonic() + 60
+        while db.schema_problem(*db.schema_status(engine)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert db.schema_problem(*db.schema_status(engine)) == ""
+    finally:
+        engine.dispose()
+        daemon.send_signal(signal.SIGTERM)
+        out, _ = daemon.communicate(timeout=60)
+    assert "migrating the database's schema from 0013 to 0015" in out, out
+    assert daemon.returncode == 0, out
+    assert "Traceback" not in out, out
+
+
+def test_run_without_upgrade_refuses_an_old_schema_as_a_config_error(old_schema):
+    done = subprocess.run([sys.executable, "-m", "maild", "--config", str(old_schema), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr  # not restarted by systemd
+    assert "this maild needs 0015: run `maild db upgrade`" in done.stderr, done.stderr
+
+
+def test_run_with_upgrade_ends_a_bad_config_with_exit_2(tmp_path):
+    config = tmp_path / "maild.toml"
+    config.write_text('[imap]\nhost = "127.0.0.1"\n[support]\naddress = "not an address"\n')
+    done = subprocess.run([sys.executable, "-m", "maild", "--config", str(config), "run",
+                           "--upgrade"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("maild: "), done.stderr

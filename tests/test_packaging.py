@@ -1,5 +1,6 @@
 """The wheel carries migrations and templates, so a plain `pip install` can upgrade and run."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -37,3 +38,14 @@ def test_wheel_ships_migrations_and_templates(tmp_path):
                    "maild/web/app.py"]:
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "migrations/", "templates/")) for n in names)
+    # Beside the venv: the docs the unit's Documentation= names, and what the README's
+    # install steps copy (an install from the wheel alone needs no checkout).
+    data = {n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n}
+    for needed in ["share/doc/maild/README.md", "share/doc/maild/docs/operations.md",
+                   "share/doc/maild/config.example.toml", "share/maild/systemd/maild.service",
+                   "share/maild/systemd/maild.sysusers.conf",
+                   "share/maild/systemd/maild.tmpfiles.conf"]:
+        assert needed in data, needed
+    unit = (ROOT / "systemd" / "maild.service").read_text()
+    for link in re.findall(r"file:///opt/maild/venv/(\S+)", unit):
+        assert link in data, link

@@ -48,3 +48,18 @@ def test_unit_raises_the_open_files_limit():
     # its listener below the limit it is given, so it is given plenty.
     found = re.search(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), re.MULTILINE)
     assert found and int(found.group(1)) >= 4096
+
+
+def test_a_config_error_ends_the_start_for_good():
+    # systemd honours RestartPreventExitStatus= only for the main process: an
+    # ExecStartPre= that exits 2 (a bad config) would be retried every RestartSec forever.
+    # So the unit migrates inside `run --upgrade`, and a start limit backs it up.
+    unit = UNIT.read_text()
+    keys = [line.split("=", 1) for line in unit.splitlines()
+            if "=" in line and not line.startswith("#")]
+    values = {key: value for key, value in keys}
+    assert "ExecStartPre" not in values
+    assert values["ExecStart"].split()[1:] == ["run", "--upgrade"]
+    assert values["Restart"] == "on-failure"
+    assert "2" in values["RestartPreventExitStatus"].split()
+    assert int(values["StartLimitBurst"]) >= 1 and values["StartLimitIntervalSec"] != "0"
