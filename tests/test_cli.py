@@ -121,3 +121,38 @@ def test_run_with_upgrade_ends_a_bad_config_with_exit_2(tmp_path):
                            "--upgrade"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.startswith("maild: "), done.stderr
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_processes_starting_at_once_migrate_once(database_url):
+    # Three units started together on one PostgreSQL database, each `run --upgrade`: the
+    # advisory lock lets one migrate, the others wait and find the schema at head (without
+    # it, two would create the same tables and one start would fail).
+    import threading
+    engine = db.make_engine(database_url)
+    try:
+        command.downgrade(db._alembic_config(engine), "base")
+    finally:
+        engine.dispose()
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        own = db.make_engine(database_url)
+        try:
+            db.upgrade(own)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures, failures
+    engine = db.make_engine(database_url)
+    try:
+        assert db.schema_problem(*db.schema_status(engine)) == ""
+    finally:
+        engine.dispose()
