@@ -57,7 +57,7 @@ GC_GRACE = 3600.0  # seconds a stored file referenced by nothing is spared (mail
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maild", description="An email-native support desk.")
-    p.add_argument("--config", help="config file (default: $MAILD_CONFIG)")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--version", action="version", version=f"maild {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("run", help="run the daemon in the foreground")
@@ -157,11 +157,33 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--force", action="store_true",
                     help="replace a database that already holds tickets or mails")
     auth.add_parser(sub)
-    op = sub.add_parser("outbox", help="look at outgoing mail")
-    ol = op.add_subparsers(dest="outbox_command", required=True).add_parser(
-        "list", help="list outgoing mails, newest first")
+    op = sub.add_parser("outbox", help="look at outgoing mail, send a failed one again")
+    osub = op.add_subparsers(dest="outbox_command", required=True)
+    ol = osub.add_parser("list", help="list outgoing mails, newest first")
     ol.add_argument("--json", action="store_true", help="machine-readable output")
+    orr = osub.add_parser("retry", help="send failed mails again once the cause is fixed "
+                          "(a 5xx, an outage past give_up_after_hours)")
+    which = orr.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID",
+                       help="the mails' ids (`maild outbox list`)")
+    which.add_argument("--failed", action="store_true", help="every failed mail")
+    orr.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_everywhere(p)
     return p
+
+
+CONFIG_HELP = (f"config file (default: $MAILD_CONFIG, else {config.DEFAULT_CONFIG}); "
+               "before or after the command")
+
+
+def _config_everywhere(p: argparse.ArgumentParser) -> None:
+    """`--config` after the command too (`maild status --config F`): every subcommand
+    takes it; given there, it wins over one given before the command."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                sub.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+                _config_everywhere(sub)
 
 
 def _ticket_number(text: str) -> int:
@@ -218,9 +240,12 @@ def _command(argv: Sequence[str] | None) -> int:
               file=sys.stderr)
         return 2
     logs.setup(settings.log.level, settings.log.format, logs.secrets_of(settings))
+    exposed = config.exposure(settings.source)
+    if exposed:  # every command says it, `run` into the journal
+        print(f"maild: warning: {exposed}", file=sys.stderr)
     handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "status": cmd_status, "db": cmd_db_upgrade,
-        "tickets": cmd_tickets, "outbox": cmd_outbox_list, "accounts": cmd_accounts,
+        "tickets": cmd_tickets, "outbox": cmd_outbox, "accounts": cmd_accounts,
         "agents": cmd_agents, "sla": cmd_sla_report, "quarantine": cmd_quarantine,
         "addresses": cmd_addresses, "customers": cmd_customers_purge, "blobs": cmd_blobs_gc,
         "callbacks": cmd_callbacks_report, "backup": cmd_backup, "restore": cmd_restore,
@@ -786,21 +811,50 @@ def cmd_addresses(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outbox_list(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    if args.outbox_command == "retry":
+        return cmd_outbox_retry(settings, args)
     with _session(settings) as session:
         mails = session.scalars(select(OutboxMail).order_by(OutboxMail.id.desc())).all()
         total = session.scalar(select(func.count(OutboxMail.id)))
-        rows = [{"message_id": m.message_id, "kind": m.kind, "to": m.recipients,
+        rows = [{"id": m.id, "message_id": m.message_id, "kind": m.kind, "to": m.recipients,
                  "state": m.state, "attempts": m.attempts, "last_error": m.last_error}
                 for m in mails]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{r['state']:<8} {r['kind']:<6} {','.join(r['to']):<32} {r['message_id']}"  # type: ignore[arg-type]
-              f"{'  ' + str(r['last_error']) if r['last_error'] else ''}")
+        print(f"{r['id']:>6} {r['state']:<8} {r['kind']:<6} {','.join(r['to']):<32} "  # type: ignore[arg-type]
+              f"{r['message_id']}{'  ' + str(r['last_error']) if r['last_error'] else ''}")
     print(_count(int(total or 0), "mail"))
     return 0
+
+
+def cmd_outbox_retry(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when every mail named was queued again (or, with --failed, there was none),
+    1 when one could not be."""
+    from maild import outbox
+
+    store = blobs.FolderStore(settings.blob_dir)
+    engine = db.open_existing(settings.database_url)
+    try:
+        done = outbox.retry_failed(db.session_factory(engine), datetime.now(UTC),
+                                   None if args.failed else list(args.ids), _actor(),
+                                   stored=store.exists)
+    finally:
+        engine.dispose()
+    queued = [r for r in done if r.queued]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in done], indent=2))
+    else:
+        for r in done:
+            to = ",".join(r.recipients)
+            print(f"mail {r.id} to {to} queued to be sent again" if r.queued
+                  else f"maild: mail {r.id}{' to ' + to if to else ''} not queued: {r.why}",
+                  file=sys.stdout if r.queued else sys.stderr)
+        print(f"{_count(len(queued), 'mail')} queued again; the daemon sends "
+              "within half a minute")
+    return 0 if len(queued) == len(done) else 1
 
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:

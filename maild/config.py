@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from datetime import date, time
@@ -32,6 +33,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
 
 from maild.errors import ConfigError
 from maild.mail.facts import FACTS
@@ -717,12 +719,20 @@ def default_state_dir(environ: Mapping[str, str], euid: int) -> Path:
     return Path(home) / ".local" / "state" / "maild"
 
 
-def load(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> Settings:
-    """Read, merge secrets into and validate the config at `path` (or $MAILD_CONFIG)."""
+DEFAULT_CONFIG = "/etc/maild/maild.toml"  # where the README installs it
+
+
+def load(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None,
+         default: str = DEFAULT_CONFIG) -> Settings:
+    """Read, merge secrets into and validate the config at `path` (--config), else
+    $MAILD_CONFIG, else `default` when it exists."""
     env = dict(os.environ if environ is None else environ)
     name = str(path or env.get("MAILD_CONFIG") or "")
+    if not name and Path(default).is_file():
+        name = default
     if not name:
-        raise ConfigError("no config file: pass --config PATH or set MAILD_CONFIG")
+        raise ConfigError(f"no config file: pass --config PATH, set MAILD_CONFIG or "
+                          f"create {default}")
     try:
         with open(name, "rb") as fh:
             raw = tomllib.load(fh)
@@ -733,6 +743,39 @@ def load(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = N
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from exc
     return from_mapping(raw, name, env)
+
+
+def exposure(name: str) -> str:
+    """A warning when the config file `name` holds a secret (a password, key, client
+    secret or a database URL with a password) and every user of the machine may read
+    it; "" else (or when it cannot be read again). Group-readable is what the README
+    installs (0640 root:maild) and is fine."""
+    try:
+        with open(name, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not mode & stat.S_IROTH:
+                return ""
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    held = []
+    for section, key in sorted(SECRET_KEYS):
+        table = raw.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        if key == "url":
+            try:
+                if not make_url(value).password:
+                    continue
+            except Exception:  # a malformed URL may still hold one
+                pass
+        held.append(f"[{section}] {key}")
+    if not held:
+        return ""
+    return (f"{name} holds {', '.join(held)} and every user may read it (mode "
+            f"{stat.S_IMODE(mode):04o}): chmod o-r {name}, or move the secrets to "
+            "*_file, MAILD_* variables or systemd credentials")
 
 
 def from_mapping(raw: dict[str, Any], name: str, env: dict[str, str]) -> Settings:

@@ -197,6 +197,20 @@ class LinksRevoked(Detail):
     version: int
 
 
+# -- operators --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resent(Detail):
+    """`maild outbox retry`: a failed mail about the ticket was queued to be sent again."""
+
+    kind = EventKind.RESENT
+    message_id: str
+    mail_kind: str
+    to: list[str]
+    error: str  # why it had failed
+
+
 # -- sweeps -------------------------------------------------------------------------------------
 
 
@@ -247,4 +261,5 @@ class CustomerPurged(Detail):
 DETAILS: dict[EventKind, type[Detail]] = {cls.kind: cls for cls in (
     Created, FollowUp, AutomaticReply, NotAnswered, Bounce, CommandsRejected, FirstResponse,
     Note, Status, Owner, PriorityChanged, Cause, Blocked, Participant, Merged, MergedFrom,
-    Escalated, LinksRevoked, SlaWarning, SlaBreach, Reminder, Purged, CustomerPurged)}
+    Escalated, LinksRevoked, SlaWarning, SlaBreach, Reminder, Purged, CustomerPurged,
+    Resent)}

@@ -371,6 +371,8 @@ class OutboxMail(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # `maild outbox retry`: a failed mail pending again; give_up_after_hours counts from here.
+    retried_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ticket: Mapped[Ticket | None] = relationship(lazy="raise_on_sql")
 
     __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),

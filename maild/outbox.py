@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from maild import db, health, retry
+from maild import db, health, history, retry
 from maild.blobs import BlobStore
 from maild.config import OutboxSettings, SmtpSettings
 from maild.errors import SmtpDeferred, SmtpRejected, StorageUnavailable
-from maild.models import OutboxMail
+from maild.models import OutboxMail, Ticket
 from maild.oauth import Tokens
 from maild.smtp import SmtpConnection
 from maild.vocab import OutboxState
@@ -57,7 +57,7 @@ class Claimed:
     recipients: list[str]
     raw: bytes
     attempts: int
-    created_at: datetime
+    created_at: datetime  # give_up_after_hours counts from here (or from a retry)
     ticket_id: int | None = None  # the ticket the mail is about
 
     @property
@@ -83,7 +83,9 @@ def claim_statement(dialect: str, now: datetime, lease: datetime, limit: int) ->
     return (update(OutboxMail).where(OutboxMail.id.in_(pick)).values(leased_until=lease)
             .returning(OutboxMail.id, OutboxMail.message_id, OutboxMail.envelope_from,
                        OutboxMail.recipients, OutboxMail.raw, OutboxMail.raw_sha256,
-                       OutboxMail.attempts, OutboxMail.created_at, OutboxMail.ticket_id))
+                       OutboxMail.attempts,
+                       func.coalesce(OutboxMail.retried_at, OutboxMail.created_at).label("since"),
+                       OutboxMail.ticket_id))
 
 
 def lane_parts(mails: list[Claimed], lanes: int) -> list[list[Claimed]]:
@@ -98,6 +100,58 @@ def lane_parts(mails: list[Claimed], lanes: int) -> list[list[Claimed]]:
 def backoff(settings: OutboxSettings, attempts: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after the `attempts`-th failure: exponential, capped, ±20 % jitter."""
     return retry.delay(settings.initial_backoff, settings.max_backoff, attempts, 0.2, rng)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """What `maild outbox retry` did with one mail: queued again, or why not."""
+
+    id: int
+    message_id: str
+    recipients: list[str]
+    queued: bool
+    why: str = ""  # when not queued
+
+
+def retry_failed(factory: db.SessionFactory, now: datetime, ids: list[int] | None,
+                 actor: str, stored: Callable[[str], bool] = lambda _sha: True) -> list[Retry]:
+    """Queue failed mails to be sent again (`ids`, or every failed one when None), once
+    the cause (a 5xx, an outage past give_up_after_hours) is fixed: each goes back to
+    pending with its attempts at 0 and its give-up window starting now (`retried_at`;
+    `created_at` stays the time it was written, which answer limits and the ticket page
+    read). The same bytes and Message-ID, so a mail the recipient did get counts once
+    there. A mail about a ticket gets a `resent` event; one not failed is left alone."""
+    out: list[Retry] = []
+    with db.transaction(factory) as session:
+        query = select(OutboxMail).order_by(OutboxMail.id)
+        query = (query.where(OutboxMail.id.in_(ids)) if ids is not None
+                 else query.where(OutboxMail.state == OutboxState.FAILED))
+        found = {m.id: m for m in session.scalars(query.with_for_update())}
+        for row_id in ids if ids is not None else list(found):
+            mail = found.get(row_id)
+            if mail is None:
+                out.append(Retry(row_id, "", [], False, "no such mail in the outbox"))
+                continue
+            why = ""
+            if mail.state != OutboxState.FAILED:
+                why = f"it is {mail.state}, not failed: nothing to send again"
+            elif mail.raw is None and (mail.raw_sha256 is None or not stored(mail.raw_sha256)):
+                why = "its bytes are gone from the blob store: it cannot be sent again"
+            if why:
+                out.append(Retry(mail.id, mail.message_id, list(mail.recipients), False, why))
+                continue
+            error = mail.last_error
+            mail.state, mail.attempts, mail.leased_until = OutboxState.PENDING, 0, None
+            mail.next_attempt_at = mail.retried_at = now
+            mail.last_error = ""
+            if mail.ticket_id is not None:
+                ticket = session.get(Ticket, mail.ticket_id)
+                history.record(session, ticket, now, actor, history.Resent(
+                    mail.message_id, mail.kind, list(mail.recipients), error[:500]))
+            log.info("mail queued again message_id=%s to=%s by=%s (it had failed: %s)",
+                     mail.message_id, ",".join(mail.recipients), actor, error)
+            out.append(Retry(mail.id, mail.message_id, list(mail.recipients), True))
+    return out
 
 
 class Outbox:
@@ -138,12 +192,12 @@ class Outbox:
             if raw is None:
                 self.mark_failed_attempt(Claimed(row.id, row.message_id, row.envelope_from,
                                                  list(row.recipients), b"", row.attempts,
-                                                 row.created_at),
+                                                 row.since),
                                          "the mail's bytes are missing from the blob store",
                                          permanent=True)
                 continue
             claimed.append(Claimed(row.id, row.message_id, row.envelope_from,
-                                   list(row.recipients), raw, row.attempts, row.created_at,
+                                   list(row.recipients), raw, row.attempts, row.since,
                                    row.ticket_id))
         return claimed
 

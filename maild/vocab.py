@@ -107,6 +107,7 @@ class EventKind(StrEnum):
     PRIORITY = "priority"
     PURGED = "purged"
     REMINDER = "reminder"
+    RESENT = "resent"
     SLA_BREACH = "sla_breach"
     SLA_WARNING = "sla_warning"
     STATUS = "status"

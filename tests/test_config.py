@@ -263,3 +263,51 @@ def test_check_never_prints_the_database_password(tmp_path):
             timeout=120)
         assert "FAIL  database:" in done.stdout, done.stdout + done.stderr
         assert "pw-s3cr3t-99" not in done.stdout + done.stderr
+
+
+def test_the_config_is_found_by_flag_then_environment_then_the_default_path(tmp_path):
+    default = write(tmp_path, MINIMAL)
+    other = tmp_path / "other.toml"
+    other.write_text(MINIMAL.replace("Example Support", "Other Support"))
+    assert config.load(None, {}, default=str(default)).source == str(default)
+    assert config.load(None, {"MAILD_CONFIG": str(other)}, default=str(default)).source == (
+        str(other))
+    assert config.load(str(default), {"MAILD_CONFIG": str(other)},
+                       default=str(default)).support.name == "Example Support"
+    with pytest.raises(ConfigError, match="pass --config PATH, set MAILD_CONFIG or create "):
+        config.load(None, {}, default=str(tmp_path / "missing.toml"))
+
+
+def test_config_may_come_after_the_command(tmp_path):
+    from maild.cli import parser
+    assert parser().parse_args(["status", "--config", "a.toml"]).config == "a.toml"
+    assert parser().parse_args(["--config", "a.toml", "status"]).config == "a.toml"
+    assert parser().parse_args(["tickets", "list", "--config", "b.toml"]).config == "b.toml"
+    assert parser().parse_args(["--config", "a.toml", "db", "upgrade", "--config",
+                                "b.toml"]).config == "b.toml"  # the later one wins
+    assert parser().parse_args(["check"]).config is None
+
+
+@pytest.mark.parametrize(("mode", "body", "warned"), [
+    (0o644, MINIMAL, "[imap] password, [smtp] password"),
+    (0o640, MINIMAL, ""),  # root:maild, as the README installs it
+    (0o600, MINIMAL, ""),
+    (0o644, MINIMAL.replace('password = "secret"\n', 'password_file = "PW"\n'),
+     ""),  # only where the secrets are
+    (0o644, MINIMAL.replace('password = "secret"\n', "").replace(
+        "sqlite:////var/lib/maild/maild.db", "postgresql+psycopg://maild:pw@db/maild"),
+     "[database] url"),
+])
+def test_a_config_with_secrets_readable_by_every_user_is_warned_about(
+        tmp_path, mode, body, warned):
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "pw").chmod(0o600)
+    path = write(tmp_path, body.replace('"PW"', f'"{tmp_path / "pw"}"'))
+    path.chmod(mode)
+    config.load(str(path), {})  # valid
+    exposure = config.exposure(str(path))
+    if warned:
+        assert f"holds {warned} and every user may read it (mode {mode:04o})" in exposure
+        assert '"secret"' not in exposure and "maild:pw" not in exposure
+    else:
+        assert exposure == ""

@@ -480,3 +480,84 @@ def test_health_says_reached_when_a_kept_connection_sends_after_another_was_refu
     assert asyncio.run(outbox.deliver_due()) == 6
     assert runtime.smtp_error == "" and runtime.smtp_error_since is None
     assert runtime.counts[("smtp_failures", "")] == 1
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "maild", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_failed_mail_is_sent_again_by_outbox_retry_once_the_cause_is_fixed(
+        tmp_path, factory, database_url, smtp):
+    # The relay refused the acknowledgement (5xx: a policy since fixed); the operator
+    # sends it again: the same bytes and Message-ID, once, and the ticket records it.
+    from harness import cli_config
+
+    from maild.models import Event
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port)
+    desk.feed(CUSTOMER.format(n=1))
+    smtp.reply = "554 5.7.1 relaying denied for this sender"
+    asyncio.run(desk.outbox().deliver_due())
+    with db.transaction(factory) as s:
+        failed = s.scalars(select(OutboxMail).where(OutboxMail.state == "failed")).all()
+        ack = next(m for m in failed if m.kind == "ack")
+        ack_id, ack_mid, created = ack.id, ack.message_id, ack.created_at
+    assert smtp.mails == []
+    smtp.reply = None
+    config = cli_config(tmp_path / "maild.toml", database_url, desk.blob_dir)
+
+    listed = _cli(config, "outbox", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {"id": ack_id, "state": "failed"}.items() <= next(
+        r for r in __import__("json").loads(listed.stdout) if r["id"] == ack_id).items()
+
+    done = _cli(config, "outbox", "retry", str(ack_id))
+    assert done.returncode == 0, done.stderr
+    assert f"mail {ack_id} to anna@kunde.example queued to be sent again" in done.stdout
+    row = desk.row(ack_mid)
+    assert (row.state, row.attempts, row.last_error, row.leased_until) == (
+        "pending", 0, "", None)
+    assert row.retried_at is not None and row.created_at == created  # the time it was written
+    with db.transaction(factory) as s:
+        [event] = s.scalars(select(Event).where(Event.kind == "resent")).all()
+        assert event.ticket_id == row.ticket_id and event.actor.startswith("cli")
+        assert event.detail["message_id"] == ack_mid
+        assert "554 5.7.1" in event.detail["error"]
+
+    desk.clock.now = max(desk.clock.now, row.retried_at)
+    asyncio.run(desk.outbox().deliver_due())
+    [mail] = smtp.wait_for(1)
+    assert f"Message-ID: {ack_mid}".encode() in mail.raw
+    assert desk.row(ack_mid).state == "sent"
+
+    again = _cli(config, "outbox", "retry", str(ack_id), "999999")
+    assert again.returncode == 1  # nothing to do is said, and is not a success
+    assert f"mail {ack_id} to anna@kunde.example not queued: it is sent, not failed" \
+        in again.stderr, again.stderr
+    assert "mail 999999 not queued: no such mail in the outbox" in again.stderr
+    asyncio.run(desk.outbox().deliver_due())
+    assert len(smtp.mails) == 1  # never twice
+
+
+def test_outbox_retry_failed_gives_each_mail_a_new_give_up_window(
+        tmp_path, factory, database_url, smtp):
+    # A mail that gave up after give_up_after_hours of an outage: sent again, a short
+    # new outage does not fail it at once (its window starts at the retry).
+    from maild import outbox
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port)
+    message_id = desk.enqueue(7)
+    smtp.reply = "451 4.3.0 try later"
+    hours = desk.settings.outbox.give_up_after_hours
+    desk.clock.now = NOW + timedelta(hours=hours + 1)
+    asyncio.run(desk.outbox().deliver_due())
+    assert desk.row(message_id).state == "failed"
+    [result] = outbox.retry_failed(factory, desk.clock(), None, "cli:ops")
+    assert result.queued and result.recipients == ["anna@kunde.example"]
+    asyncio.run(desk.outbox().deliver_due())  # still 451: retried later, not failed
+    row = desk.row(message_id)
+    assert (row.state, row.attempts) == ("pending", 1)
+    smtp.reply = None
+    desk.clock.now = row.next_attempt_at
+    asyncio.run(desk.outbox().deliver_due())
+    assert desk.row(message_id).state == "sent" and len(smtp.wait_for(1)) == 1
+    assert outbox.retry_failed(factory, desk.clock(), None, "cli:ops") == []  # none failed
