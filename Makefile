@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick bench lint dist dovecot cyrus browser-tools clean
+.PHONY: demo test test-quick bench lint dist man dovecot cyrus browser-tools clean
 
 $(STAMP): pyproject.toml
 	scripts/make-venv $(VENV) $(PYTHON)
@@ -48,6 +48,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# docs/maild.1 from the command line's parser (after a change to it; the tests check it).
+man: $(STAMP)
+	$(PY) scripts/make-man
 
 # The wheel the README installs (dist/maild-VERSION-py3-none-any.whl), with migrations,
 # templates, docs and the systemd files inside.

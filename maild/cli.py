@@ -168,6 +168,9 @@ def parser() -> argparse.ArgumentParser:
                        help="the mails' ids (`maild outbox list`)")
     which.add_argument("--failed", action="store_true", help="every failed mail")
     orr.add_argument("--json", action="store_true", help="machine-readable output")
+    cp = sub.add_parser("completion", help="print shell completion for maild (needs no config): "
+                        "maild completion bash > /etc/bash_completion.d/maild")
+    cp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     _config_everywhere(p)
     return p
 
@@ -233,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(argv: Sequence[str] | None) -> int:
     """Parse the arguments, load the config and run the command's handler."""
     args = parser().parse_args(argv)
+    if args.command == "completion":  # made from this parser, so it knows every command
+        import shtab
+
+        print(shtab.complete(parser(), args.shell))
+        return 0
     try:
         settings = config.load(args.config)
     except ConfigError as exc:

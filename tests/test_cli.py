@@ -157,3 +157,29 @@ def test_processes_starting_at_once_migrate_once(database_url):
         assert db.schema_problem(*db.schema_status(engine)) == ""
     finally:
         engine.dispose()
+
+
+def test_the_manual_page_is_what_the_parser_makes():
+    # docs/maild.1 ships in the wheel (share/man/man1); `make man` after a parser change.
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "scripts" / "make-man"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    page = (root / "docs" / "maild.1").read_text()
+    for needed in ("maild outbox retry", "maild auth login", ".SH EXIT STATUS",
+                   "MAILD_CONFIG", "/etc/maild/maild.toml"):
+        assert needed in page, needed
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_comes_from_the_parser_and_needs_no_config(tmp_path, shell):
+    done = subprocess.run([sys.executable, "-m", "maild", "completion", shell],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    for word in ("outbox", "retry", "quarantine", "--config", "--failed"):
+        assert word in done.stdout, word
+    if shell == "bash":
+        script = tmp_path / "maild.bash"
+        script.write_text(done.stdout)
+        assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0

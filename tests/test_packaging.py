@@ -44,7 +44,7 @@ def test_wheel_ships_migrations_and_templates(tmp_path):
     for needed in ["share/doc/maild/README.md", "share/doc/maild/docs/operations.md",
                    "share/doc/maild/config.example.toml", "share/maild/systemd/maild.service",
                    "share/maild/systemd/maild.sysusers.conf",
-                   "share/maild/systemd/maild.tmpfiles.conf"]:
+                   "share/maild/systemd/maild.tmpfiles.conf", "share/man/man1/maild.1"]:
         assert needed in data, needed
     unit = (ROOT / "systemd" / "maild.service").read_text()
     for link in re.findall(r"file:///opt/maild/venv/(\S+)", unit):
