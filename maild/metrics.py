@@ -103,6 +103,15 @@ class MaildCollector(Collector):
             yield _gauge("maild_database_up", "1 while the database answers.", 0)
             return
         yield _gauge("maild_database_up", "1 while the database answers.", 1)
+        yield _gauge("maild_database_schema_current", "1 while the database's schema is the "
+                     "one this maild needs (0: run `maild db upgrade`; nothing is counted).",
+                     1 if found.schema == health.schema_head() else 0)
+        refused = GaugeMetricFamily(
+            "maild_oauth_login_refused", "1 while the provider refuses the stored OAuth2 "
+            "grant (mail waits until `maild auth login`).", labels=["account"])
+        for login in found.logins:
+            refused.add_metric([login.account], 1 if login.refused else 0)
+        yield refused
         oldest = found.backlog.oldest_pending
         yield _gauge("maild_outbox_depth", "Outgoing mails waiting to be sent.",
                      found.backlog.outbox)

@@ -206,3 +206,59 @@ def test_metrics_listen_must_be_an_address_of_its_own():
         config.from_mapping({**base, "http": {"metrics_listen": "9025"}}, "m", {})
     assert config.from_mapping({**base, "http": {"metrics_listen": "127.0.0.1:9025"}}, "m",
                                {}).http.metrics_listen == "127.0.0.1:9025"
+
+
+# What makes /healthz answer 503 (health.assess) → the metric an alert rule watches.
+UNHEALTHY = {
+    "database unreachable": "maild_database_up",
+    "schema not this maild's": "maild_database_schema_current",
+    "mailbox failing": "maild_mailbox_up",
+    "SMTP failing": "maild_smtp_up",
+    "oldest unsent mail too old": "maild_outbox_oldest_pending_seconds",
+    "OAuth2 grant refused": "maild_oauth_login_refused",
+}
+
+
+def test_the_example_alert_rules_cover_every_unhealthy_condition_with_real_metrics(
+        tmp_path, factory, database_url):
+    import re
+    from pathlib import Path
+
+    import yaml
+    rules = yaml.safe_load((Path(__file__).resolve().parent.parent / "docs" /
+                            "prometheus-alerts.yml").read_text())
+    [group] = rules["groups"]
+    exprs = {rule["alert"]: rule["expr"] for rule in group["rules"]}
+    assert all(rule.get("annotations", {}).get("summary") for rule in group["rules"])
+    watched = {name for expr in exprs.values() for name in re.findall(r"maild_\w+", expr)}
+    for condition, metric in UNHEALTHY.items():
+        assert metric in watched, condition
+    settings = offline_settings(database_url, tmp_path / "blobs")
+    desk = build_desk(settings, factory, NOW)
+    client = TestClient(web.make_app(desk, factory, settings, Clock(NOW),
+                                     runtime=health.Runtime(started_at=NOW)),
+                        client=("127.0.0.1", 50000))
+    exposed = {family.name for family in text_string_to_metric_families(
+        client.get("/metrics").text)}
+    exposed |= {f"{name}_total" for name in exposed}  # counters are named without it
+    assert watched <= exposed, watched - exposed  # no rule watches a name that is not there
+
+
+def test_an_old_schema_shows_in_the_metrics(tmp_path, factory, database_url):
+    from alembic import command
+
+    from maild import db
+    settings = offline_settings(database_url, tmp_path / "blobs")
+    desk = build_desk(settings, factory, NOW)
+    client = TestClient(web.make_app(desk, factory, settings, Clock(NOW),
+                                     runtime=health.Runtime(started_at=NOW)),
+                        client=("127.0.0.1", 50000))
+    assert samples(client.get("/metrics").text)[("maild_database_schema_current", ())] == 1
+    engine = db.make_engine(database_url)
+    try:
+        command.downgrade(db._alembic_config(engine), "0013")
+    finally:
+        engine.dispose()
+    found = samples(client.get("/metrics").text)
+    assert found[("maild_database_schema_current", ())] == 0
+    assert found[("maild_database_up", ())] == 1
