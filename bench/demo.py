@@ -10,6 +10,8 @@ one it stops by itself.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import sys
@@ -30,10 +32,12 @@ from harness import (  # noqa: E402
     Mailbox,
     ServerUnavailable,
     SmtpCapture,
+    http_get,
     maild,
     wait_until,
     write_config,
 )
+from inscriptis import get_text  # noqa: E402
 
 SAMPLES = [
     ("customer_de.eml", "app error, with customer and order number"),
@@ -46,7 +50,9 @@ AGENTS = """
 team_address = "team@example.com"
 members = [{ address = "max@example.com", name = "Max Agent" }]
 """
-WORK = ROOT / ".demo"
+# The demo's state (config, SQLite, log); MAILD_DEMO_DIR moves it (the tests do).
+WORK = Path(os.environ.get("MAILD_DEMO_DIR") or ROOT / ".demo")
+HERE = WORK.relative_to(ROOT) if WORK.is_relative_to(ROOT) else WORK
 LOG = WORK / "demo.log"
 
 
@@ -84,6 +90,7 @@ def main() -> int:
         config = write_config(WORK / "maild.toml", imap_port=dovecot.port, user=user,
                               password=password, smtp_port=smtp.port,
                               database_url=f"sqlite:///{WORK / 'maild.db'}", extra=AGENTS)
+        web_port = own_pages(config)
         upgraded = maild("db", "upgrade", config=config)
         if upgraded.returncode:
             raise RuntimeError(f"maild db upgrade failed: {upgraded.stderr.strip()}")
@@ -91,11 +98,13 @@ def main() -> int:
         if not wait_until(lambda: "watching" in daemon.output(), timeout=20):
             raise RuntimeError("the daemon did not start watching the mailbox")
         story(box, smtp, config)
+        ticket_page(smtp, web_port)
         shown = len(smtp.mails)
         record(config, smtp, daemon)
-        print(f"\nThe full record (daemon log, every ticket, every mail): {LOG}")
+        print(f"\nThe full record (daemon log, every ticket, every mail decoded): {LOG}")
+        print(LOOK_AGAIN)
         if sys.stdin.isatty():
-            keep_running(dovecot, box, smtp, shown)
+            keep_running(dovecot, box, smtp, shown, web_port)
     except KeyboardInterrupt:
         pass
     except (ServerUnavailable, RuntimeError, AssertionError, OSError) as exc:
@@ -112,6 +121,46 @@ def main() -> int:
         shutil.rmtree(imap_dir, ignore_errors=True)
     print("Stopped: daemon, Dovecot and the SMTP capture.")
     return 0
+
+
+LOOK_AGAIN = f"""
+Look again afterwards (the database stays in {HERE}/):
+   .venv/bin/maild --config {HERE}/maild.toml tickets list
+   .venv/bin/maild --config {HERE}/maild.toml tickets show 10001
+   .venv/bin/maild --config {HERE}/maild.toml outbox list
+   .venv/bin/maild --config {HERE}/maild.toml sla report"""
+
+
+def own_pages(config: Path) -> int:
+    """Point the links in maild's mails at the demo's own listener (the test config
+    points them at a public address that does not exist here); returns its port."""
+    text = config.read_text()
+    found = re.search(r'^listen = "127\.0\.0\.1:(\d+)"$', text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError("the demo config has no [http] listen address")
+    port = int(found.group(1))
+    config.write_text(text.replace('public_url = "https://support.example.com"',
+                                   f'public_url = "http://127.0.0.1:{port}"'))
+    return port
+
+
+def ticket_page(smtp: SmtpCapture, port: int) -> None:
+    """Open the link of the first acknowledgement, as the customer would."""
+    for mail in list(smtp.mails):
+        if mail.recipients == ["team@example.com"]:
+            continue
+        link = re.search(rf"http://127\.0\.0\.1:{port}/\S+", "\n".join(body_lines(mail.message)))
+        if link is None:
+            continue
+        status, _, html = http_get(port, link.group(0)[len(f"http://127.0.0.1:{port}"):])
+        print(f"\n6. The customer opens the link in the acknowledgement (HTTP {status}):\n"
+              f"   {link.group(0)}")
+        html = re.sub(r"</(dt|dd|th|td)>", r" </\1>", html)  # "Status neu", not "Statusneu"
+        lines = [line.strip() for line in get_text(html).splitlines() if line.strip()]
+        for line in lines[:8]:
+            print(f"       {short(line, 80)}")
+        return
+    print("\n6. No acknowledgement carried a link to the ticket's page.")
 
 
 def story(box: Mailbox, smtp: SmtpCapture, config: Path) -> None:
@@ -176,12 +225,28 @@ def record(config: Path, smtp: SmtpCapture, daemon: Daemon) -> None:
     for t in reversed(tickets):
         parts += [f"=== maild tickets show {t['number']} ===",
                   maild("tickets", "show", str(t["number"]), config=config).stdout]
-    parts.append(f"=== {len(smtp.mails)} mails sent ===")
+    parts.append(f"=== {len(smtp.mails)} mails sent (decoded) ===")
     for mail in list(smtp.mails):
-        parts += [f"--- envelope to {', '.join(mail.recipients)} ---",
-                  mail.raw.decode("utf-8", errors="replace")]
+        parts += [f"--- envelope to {', '.join(mail.recipients)} ---", decoded(mail)]
     LOG.write_text("\n".join(parts) + "\n")
     record_log(daemon)
+
+
+def decoded(mail: Captured) -> str:
+    """A sent mail as a person reads it: its headers decoded, its text part, and what
+    other parts it has (the raw bytes are in the SMTP capture, not needed here)."""
+    msg = mail.message
+    lines = [f"{name}: {msg[name]}" for name in (
+        "From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID", "In-Reply-To",
+        "Auto-Submitted") if msg[name] is not None]
+    body = msg.get_body(preferencelist=("plain",))
+    lines += ["", body.get_content().rstrip() if body is not None else "(no text part)"]
+    others = [f"{part.get_content_type()}" + (f" {part.get_filename()}" if part.get_filename()
+                                              else "")
+              for part in msg.walk() if not part.is_multipart() and part is not body]
+    if others:
+        lines += ["", f"[other parts: {', '.join(others)}]"]
+    return "\n".join(lines) + "\n"
 
 
 def record_log(daemon: Daemon) -> None:
@@ -189,11 +254,14 @@ def record_log(daemon: Daemon) -> None:
         fh.write("=== daemon log ===\n" + daemon.output())
 
 
-def keep_running(dovecot: Dovecot, box: Mailbox, smtp: SmtpCapture, seen: int) -> None:
+def keep_running(dovecot: Dovecot, box: Mailbox, smtp: SmtpCapture, seen: int,
+                 web_port: int) -> None:
     print(f"""
 maild keeps running. Connect a mail client to the support mailbox:
    IMAP  127.0.0.1 port {dovecot.port}, no TLS, user {box.user}, password {box.password}
          (folders INBOX, Processed, Quarantine; put mail into INBOX)
+   Web   the links in the mails open http://127.0.0.1:{web_port}/… (ticket pages,
+         escalation) on this machine
    SMTP  nothing leaves this machine: the capture on 127.0.0.1:{smtp.port} keeps what maild
          sends and lists it here. Ctrl-C stops everything.""")
     while True:
