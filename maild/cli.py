@@ -64,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--upgrade", action="store_true",
                     help="first migrate an older database schema (as `db upgrade`; the "
                     "systemd unit runs this, so a config error ends the start with exit 2)")
-    sub.add_parser("check", help="check the config and reach IMAP, SMTP and the database")
+    ck = sub.add_parser("check", help="check the config and reach IMAP, SMTP and the database")
+    ck.add_argument("--json", action="store_true", help="machine-readable output")
     stp = sub.add_parser("status", help="is mail flowing? IMAP, SMTP, the daemon's last "
                          "fetch, backlog, tickets; exit 1 when unhealthy")
     stp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -172,7 +173,31 @@ def parser() -> argparse.ArgumentParser:
                         "maild completion bash > /etc/bash_completion.d/maild")
     cp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     _config_everywhere(p)
+    for path in JSON_TOO:
+        _leaf(p, path).add_argument("--json", action="store_true",
+                                    help="machine-readable output")
     return p
+
+
+# Commands that report, beside those whose parsers add --json themselves.
+JSON_TOO = [("db", "upgrade"), ("restore",), ("accounts", "import"), ("blobs", "gc"),
+            ("tickets", "purge"), ("customers", "purge"), ("quarantine", "show")]
+
+
+def _leaf(p: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:
+    for name in path:
+        [choices] = [a.choices for a in p._actions
+                     if isinstance(a, argparse._SubParsersAction)]
+        p = choices[name]
+    return p
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """`data` as JSON with --json, else the line(s) `text`."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(text)
 
 
 CONFIG_HELP = (f"config file (default: $MAILD_CONFIG, else {config.DEFAULT_CONFIG}); "
@@ -278,14 +303,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(Daemon(settings, upgrade=args.upgrade).run())
 
 
-def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     engine = db.make_engine(settings.database_url)  # creates the SQLite file and its folder
     try:
+        before, _ = db.schema_status(engine)
         db.upgrade(engine)
         current, _ = db.schema_status(engine)
     finally:
         engine.dispose()
-    print(f"database {_safe_url(settings.database_url)} is at schema {current}")
+    url = _safe_url(settings.database_url)
+    _emit(args, {"database": url, "schema_before": before, "schema": current},
+          f"database {url} is at schema {current}")
     return 0
 
 
@@ -307,14 +335,15 @@ def _without_secrets(text: str, settings: Settings) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    print(f"ok    config: {settings.source}")
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    lines = [(True, f"config: {settings.source}")]
     templates = reload.settings_problems(settings)
-    for line in templates:
-        print(f"FAIL  {line}")
+    lines += [(False, line) for line in templates]
     if not templates:
         where = settings.paths.templates_dir
-        print("ok    templates: compiled" + (f", {where} first" if where else ""))
+        lines.append((True, "templates: compiled" + (f", {where} first" if where else "")))
+    if not args.json:  # what is known so far, before the servers are reached
+        _print_checks(lines)
     try:
         database = _check_database(settings)
         broken = False
@@ -329,9 +358,19 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
             results.append((False, "oauth2: the stored tokens cannot be read without the "
                                    "database"))
         results += [_check_imap(settings, tokens), _check_smtp(settings, tokens)]
-    for ok, line in results:
+    code = 2 if broken or templates else 0 if all(ok for ok, _ in results) else 1
+    if args.json:
+        print(json.dumps({"ok": code == 0, "exit": code, "checks": [
+            {"check": line.partition(":")[0], "ok": ok, "detail": line.partition(":")[2].strip()}
+            for ok, line in lines + results]}, indent=2))
+    else:
+        _print_checks(results)
+    return code
+
+
+def _print_checks(lines: list[tuple[bool, str]]) -> None:
+    for ok, line in lines:
         print(("ok    " if ok else "FAIL  ") + line)
-    return 2 if broken or templates else 0 if all(ok for ok, _ in results) else 1
 
 
 def _check_database(settings: Settings) -> tuple[bool, str]:
@@ -526,10 +565,13 @@ def cmd_tickets_purge(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     purge.delete_blobs(blobs.FolderStore(settings.blob_dir), result.orphaned_blobs)
     collected = _collect(settings, GC_GRACE)
-    print(f"ticket #{result.number} erased: {result.messages} messages, "
+    files = len(result.orphaned_blobs) + collected
+    _emit(args, {"number": result.number, "messages": result.messages,
+                 "attachments": result.attachments, "raw_mails": result.raw_mails,
+                 "outgoing": result.outgoing, "files_deleted": files},
+          f"ticket #{result.number} erased: {result.messages} messages, "
           f"{result.attachments} attachments, {result.raw_mails} raw mails, "
-          f"{result.outgoing} outgoing mails, "
-          f"{len(result.orphaned_blobs) + collected} files deleted")
+          f"{result.outgoing} outgoing mails, {files} files deleted")
     return 0
 
 
@@ -545,16 +587,22 @@ def cmd_customers_purge(settings: Settings, args: argparse.Namespace) -> int:
     purge.delete_blobs(store, result.orphaned_blobs)
     collected = _collect(settings, GC_GRACE)
     numbers = ", ".join(f"#{n}" for n in result.tickets) or "none"
-    print(f"{result.address} erased: tickets {numbers}, {result.mails} other mails, "
+    files = len(result.orphaned_blobs) + collected
+    _emit(args, {"address": result.address, "tickets": list(result.tickets),
+                 "mails": result.mails, "outgoing": result.outgoing,
+                 "redacted": result.redacted, "files_deleted": files},
+          f"{result.address} erased: tickets {numbers}, {result.mails} other mails, "
           f"{result.outgoing} outgoing mails, cut out of {result.redacted} places, "
-          f"{len(result.orphaned_blobs) + collected} files deleted")
-    print("note: the copies in the IMAP folders are not touched; delete them there")
+          f"{files} files deleted")
+    print("note: the copies in the IMAP folders are not touched; delete them there",
+          file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
     count = _collect(settings, max(0.0, args.older_than))
-    print(f"{count} unreferenced files deleted from {settings.blob_dir}")
+    _emit(args, {"deleted": count, "blob_dir": str(settings.blob_dir)},
+          f"{count} unreferenced files deleted from {settings.blob_dir}")
     return 0
 
 
@@ -616,10 +664,11 @@ def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         print(f"maild: cannot read {args.file}: {exc}", file=sys.stderr)
         return 1
-    return _import_accounts(settings, text, args.file, args.dry_run)
+    return _import_accounts(settings, text, args.file, args.dry_run, args)
 
 
-def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool) -> int:
+def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool,
+                     args: argparse.Namespace) -> int:
     engine = db.open_existing(settings.database_url)
     try:
         factory = db.session_factory(engine)
@@ -628,6 +677,9 @@ def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool) ->
                 report = accounts.import_rows(session, accounts.read_csv(text),
                                               datetime.now(UTC))
             except accounts.LineError as exc:
+                if args.json:
+                    _emit(args, {"imported": False, "dry_run": dry_run,
+                                 "errors": [str(exc)]}, "")
                 print(f"maild: {name}: {exc}", file=sys.stderr)
                 return 1
             if dry_run:
@@ -639,7 +691,10 @@ def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool) ->
     for error in report.errors:
         print(f"{name}: {error}", file=sys.stderr)
     verb = "would be" if dry_run else "were"
-    print(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged "
+    _emit(args, {"imported": not dry_run, "dry_run": dry_run, "created": report.created,
+                 "updated": report.updated, "unchanged": report.unchanged,
+                 "errors": report.errors},
+          f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged "
           f"{verb} imported; {len(report.errors)} lines with errors")
     return 1 if report.errors else 0
 
@@ -739,6 +794,11 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         info = _quarantined(row)
         raw = store.get(row.raw_sha256) if row.raw_sha256 and store.exists(
             row.raw_sha256) else b""
+    if args.quarantine_command == "show" and args.json:
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        info["headers"] = head.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")[:200]
+        _emit(args, info, "")
+        return 0
     if args.quarantine_command == "show":
         shown = views.for_terminal(info)  # what a sender wrote stays text on the terminal
         print(f"Mail {shown['id']} in {shown['mailbox']}, received {shown['received_at']}, "
@@ -887,12 +947,15 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
     r = backup.restore(settings, Path(args.path), force=args.force)
     m = r.manifest
-    print(f"restored the backup of {m.created_at} into {_safe_url(settings.database_url)}: "
-          f"{_counts(m.counts)}; "
-          f"{_count(r.blobs, 'stored file')} into {settings.blob_dir}")
+    text = (f"restored the backup of {m.created_at} into {_safe_url(settings.database_url)}: "
+            f"{_counts(m.counts)}; {_count(r.blobs, 'stored file')} into {settings.blob_dir}")
     if r.schema_now != r.head:
-        print(f"the database is at schema {r.schema_now}, this maild needs {r.head}: "
-              "run `maild db upgrade` before `maild run`")
+        text += (f"\nthe database is at schema {r.schema_now}, this maild needs {r.head}: "
+                 "run `maild db upgrade` before `maild run` (the unit's `run --upgrade` does)")
+    _emit(args, {"backup_created_at": m.created_at,
+                 "database": _safe_url(settings.database_url), "counts": m.counts,
+                 "stored_files": r.blobs, "blob_dir": str(settings.blob_dir),
+                 "schema": r.schema_now, "schema_needed": r.head}, text)
     return 0
 
 

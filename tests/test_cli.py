@@ -3,6 +3,7 @@ whose schema is behind this maild."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -183,3 +184,44 @@ def test_shell_completion_comes_from_the_parser_and_needs_no_config(tmp_path, sh
         script = tmp_path / "maild.bash"
         script.write_text(done.stdout)
         assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
+
+
+@pytest.fixture
+def one_quarantined(tmp_path: Path, database_url: str) -> Path:
+    engine = db.make_engine(database_url)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            s.add(InboundMessage(
+                mailbox="u@127.0.0.1/INBOX", uidvalidity=1, uid=1, dedupe_key="k" * 60,
+                message_id="<q1@firma.example>", size=10, received_at=datetime.now(UTC),
+                state="quarantined", reason="processing failed 3 times", attempts=3))
+    finally:
+        engine.dispose()
+    return cli_config(tmp_path / "maild.toml", database_url, tmp_path / "blobs")
+
+
+def test_every_reporting_command_speaks_json(one_quarantined, tmp_path):
+    # Scripts read the outcome as JSON; the exit code stays the same convention.
+    accounts_csv = Path(__file__).resolve().parent / "data" / "accounts.csv"
+    backup = tmp_path / "backup"
+    commands = [
+        (("db", "upgrade"), 0, "schema"),
+        (("blobs", "gc"), 0, "deleted"),
+        (("accounts", "import", str(accounts_csv), "--dry-run"), 1, "created"),  # a bad line
+        (("quarantine", "show", "1"), 0, "reason"),
+        (("customers", "purge", "nobody@kunde.example", "--yes"), 0, "tickets"),
+        (("check",), 1, "checks"),  # no IMAP or SMTP server here
+        (("backup", str(backup)), 0, "schema"),
+        (("restore", str(backup), "--force"), 0, "schema_needed"),
+    ]
+    for args, code, key in commands:
+        done = subprocess.run([sys.executable, "-m", "maild", "--config", str(one_quarantined),
+                               *args, "--json"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        assert key in json.loads(done.stdout), (args, done.stdout)
+    found = json.loads(subprocess.run(
+        [sys.executable, "-m", "maild", "--config", str(one_quarantined), "check", "--json"],
+        capture_output=True, text=True, timeout=120).stdout)
+    assert {c["check"] for c in found["checks"]} >= {"config", "templates", "database", "imap",
+                                                      "smtp"}
+    assert found["ok"] is False and found["exit"] == 1
