@@ -22,11 +22,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
-from maild import db, oauth
+from maild import db, oauth, views
 from maild.config import OAuth2Settings, Settings
 from maild.errors import ConfigError, OAuthRefused, OAuthUnavailable
 from maild.models import OAuthToken
@@ -87,7 +88,7 @@ def cmd_auth(settings: Settings, args: argparse.Namespace) -> int:
         if args.auth_command == "login":
             return login(tokens, sys.stdout, sys.stdin, listen=not args.no_listen)
         if args.auth_command == "status":
-            return status(tokens, args.json)
+            return status(tokens, args.json, ZoneInfo(settings.calendar.timezone))
         if tokens.forget():
             print(f"forgot the OAuth2 tokens of {tokens.account}; the grant itself stays "
                   "valid at the provider until revoked there")
@@ -277,10 +278,10 @@ def _wait(answers: IO[str], arrived: threading.Event, seconds: float) -> str:
     return ""
 
 
-def status(tokens: oauth.Tokens, as_json: bool) -> int:
+def status(tokens: oauth.Tokens, as_json: bool, zone: tzinfo) -> int:
     row = tokens.row()
     now = datetime.now(UTC)
-    body = _status_body(tokens, row, now)
+    body = views.in_zone(_status_body(tokens, row, now), zone)  # times as everywhere
     if as_json:
         print(json.dumps(body, indent=2))
     else:

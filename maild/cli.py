@@ -472,7 +472,7 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
     if args.tickets_command == "revoke-links":
         return cmd_tickets_revoke_links(settings, args)
     with _session(settings) as session:
-        rows = views.ticket_list(session, args.status)
+        rows = _local(settings, views.ticket_list(session, args.status))
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -546,6 +546,7 @@ def cmd_tickets_show(settings: Settings, args: argparse.Namespace) -> int:
     if detail is None:
         print(f"maild: no ticket #{args.number}", file=sys.stderr)
         return 1
+    detail = _local(settings, detail)
     if args.json:
         print(json.dumps(detail, indent=2, ensure_ascii=False))
         return 0
@@ -775,9 +776,9 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     store = blobs.FolderStore(settings.blob_dir)
     if args.quarantine_command == "list":
         with _session(settings) as session:
-            rows = [_quarantined(r) for r in session.scalars(
+            rows = _local(settings, [_quarantined(r) for r in session.scalars(
                 select(InboundMessage).where(InboundMessage.state == InboundState.QUARANTINED)
-                .order_by(InboundMessage.id.desc()))]
+                .order_by(InboundMessage.id.desc()))])
         if args.json:
             print(json.dumps(rows, indent=2, ensure_ascii=False))
             return 0
@@ -791,7 +792,7 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         if row is None or row.state != InboundState.QUARANTINED:
             print(f"maild: no quarantined mail with id {args.id}", file=sys.stderr)
             return 1
-        info = _quarantined(row)
+        info = _local(settings, _quarantined(row))
         raw = store.get(row.raw_sha256) if row.raw_sha256 and store.exists(
             row.raw_sha256) else b""
     if args.quarantine_command == "show" and args.json:
@@ -833,6 +834,12 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _local(settings: Settings, view: Any) -> Any:
+    """Every time in `view` in the support calendar's zone (as the mails and pages show
+    them), text and JSON alike."""
+    return views.in_zone(view, ZoneInfo(settings.calendar.timezone))
+
+
 def _quarantined(r: InboundMessage) -> dict[str, Any]:
     return {"id": r.id, "mailbox": r.mailbox, "received_at": r.received_at.isoformat(),
             "message_id": r.message_id, "size": r.size, "reason": r.reason,
@@ -865,6 +872,7 @@ def cmd_addresses(settings: Settings, args: argparse.Namespace) -> int:
                  "blocked_by": r.blocked_by}
                 for r in session.scalars(select(AddressFlag).order_by(AddressFlag.address))
                 if r.bouncing_since or r.blocked_at]
+        rows = _local(settings, rows)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -996,6 +1004,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             "smtp_check": {"ok": smtp_ok, "detail": smtp_line},
             "daemon": _daemon_part(beat, silent)}
     body["database"]["url"] = _safe_url(settings.database_url)
+    body = _local(settings, body)
     if args.json:
         print(json.dumps(body, indent=2))
     else:

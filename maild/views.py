@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import select
@@ -42,6 +42,24 @@ def for_terminal(value: Any, key: str = "") -> Any:
         return [for_terminal(v, key) for v in value]
     if isinstance(value, dict):
         return {escape_controls(str(k)): for_terminal(v, str(k)) for k, v in value.items()}
+    return value
+
+
+def in_zone(value: Any, zone: tzinfo, key: str = "") -> Any:
+    """A view with every time (a key `at` or ending `_at`, `_due`, `_since`, holding an
+    ISO time with its offset) shown in `zone`, the support calendar's, as everywhere
+    else maild shows a time; other strings stay as they are."""
+    if isinstance(value, list):
+        return [in_zone(v, zone, key) for v in value]
+    if isinstance(value, dict):
+        return {k: in_zone(v, zone, str(k)) for k, v in value.items()}
+    if isinstance(value, str) and (key == "at" or key.endswith(("_at", "_due", "_since"))):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is not None:
+            return moment.astimezone(zone).isoformat(timespec="seconds")
     return value
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic import command
@@ -225,3 +226,34 @@ def test_every_reporting_command_speaks_json(one_quarantined, tmp_path):
     assert {c["check"] for c in found["checks"]} >= {"config", "templates", "database", "imap",
                                                       "smtp"}
     assert found["ok"] is False and found["exit"] == 1
+
+
+def test_times_are_shown_in_the_support_calendars_zone(one_quarantined):
+    # As in the mails and pages: Europe/Berlin by default (+01:00 in winter), not UTC.
+    done = subprocess.run([sys.executable, "-m", "maild", "--config", str(one_quarantined),
+                           "quarantine", "list", "--json"], capture_output=True, text=True,
+                          timeout=60)
+    [row] = json.loads(done.stdout)
+    shown = datetime.fromisoformat(row["received_at"])
+    assert shown.utcoffset() == ZoneInfo("Europe/Berlin").utcoffset(shown.replace(tzinfo=None))
+    with one_quarantined.open("a") as f:
+        f.write('[calendar]\ntimezone = "America/New_York"\n')
+    done = subprocess.run([sys.executable, "-m", "maild", "--config", str(one_quarantined),
+                           "quarantine", "show", "1", "--json"], capture_output=True, text=True,
+                          timeout=60)
+    moment = datetime.fromisoformat(json.loads(done.stdout)["received_at"])
+    assert moment.utcoffset() == ZoneInfo("America/New_York").utcoffset(
+        moment.replace(tzinfo=None))
+    assert moment == shown  # the same moment
+
+
+def test_in_zone_converts_times_only():
+    from maild.views import in_zone
+    zone = ZoneInfo("Europe/Berlin")
+    view = {"opened_at": "2026-12-08T09:00:00+00:00", "subject": "2026-12-08T09:00:00+00:00",
+            "events": [{"at": "2026-07-01T12:00:00+00:00", "kind": "x"}],
+            "first_response_due": None, "bouncing_since": "not a time"}
+    assert in_zone(view, zone) == {
+        "opened_at": "2026-12-08T10:00:00+01:00", "subject": "2026-12-08T09:00:00+00:00",
+        "events": [{"at": "2026-07-01T14:00:00+02:00", "kind": "x"}],
+        "first_response_due": None, "bouncing_since": "not a time"}
