@@ -274,7 +274,9 @@ def _command(argv: Sequence[str] | None) -> int:
         return 2
     logs.setup(settings.log.level, settings.log.format, logs.secrets_of(settings))
     exposed = config.exposure(settings.source)
-    if exposed:  # every command says it, `run` into the journal
+    if exposed and args.command == "run":  # into the journal, in the log's format
+        log.warning("%s", exposed)
+    elif exposed:  # every other command says it on stderr
         print(f"maild: warning: {exposed}", file=sys.stderr)
     handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "status": cmd_status, "db": cmd_db_upgrade,

@@ -461,6 +461,7 @@ retry_backoff = 0.5
 retry_backoff_max = 2
 {extra}
 """)
+    path.chmod(0o600)  # it holds the mailbox's password (as installed: 0640 root:maild)
     return path
 
 
