@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 
 from maild.errors import ConfigError
 from maild.mail.facts import FACTS
+from maild.vocab import REOPEN_DAYS
 
 TlsMode = Literal["none", "starttls", "ssl"]
 
@@ -321,7 +322,7 @@ class TriageSettings(_Section):
 
 
 class ThreadingSettings(_Section):
-    reopen_days: float = Field(default=14.0, ge=0)
+    reopen_days: float = Field(default=REOPEN_DAYS, ge=0)
     stranger_tag: Literal["new_ticket", "attach"] = "new_ticket"
     plus_addressing: bool = False
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from maild.mail.classify import Kind, Verdict
-from maild.vocab import DONE
+from maild.vocab import DONE, REOPEN_DAYS
 
 
 class Route(StrEnum):
@@ -62,7 +62,7 @@ class Known:
 @dataclass(frozen=True, slots=True)
 class Policy:
     unknown_sender: UnknownSender = UnknownSender.ACCEPT
-    reopen_days: float = 30.0
+    reopen_days: float = REOPEN_DAYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,4 +135,10 @@ def may_join(kind: Kind, status: str, done_at: datetime | None, reopen_days: flo
     one); other mail joins whatever the ticket's age."""
     if kind != "normal" or status not in DONE or done_at is None:
         return True
+    return within_reopen(done_at, reopen_days, now)
+
+
+def within_reopen(done_at: datetime, reopen_days: float, now: datetime) -> bool:
+    """Whether a ticket done (resolved or closed) at `done_at` may still be reopened: the
+    one rule for mail (`may_join`, `tickets.add_follow_up`) and the ticket page's form."""
     return (now - done_at).total_seconds() <= reopen_days * 86400

@@ -17,7 +17,7 @@ from maild.agents import Roster
 from maild.mail import files
 from maild.mail.render import Sender
 from maild.models import OutboxMail
-from maild.vocab import ANSWERS
+from maild.vocab import ANSWERS, REOPEN_DAYS
 
 
 class AnswerGate:
@@ -60,7 +60,7 @@ class Reading:
 class Threading:
     """How a mail finds its ticket ([threading])."""
 
-    reopen_days: float = 14.0
+    reopen_days: float = REOPEN_DAYS
     stranger_tag: str = "new_ticket"
     plus_addressing: bool = False
 

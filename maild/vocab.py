@@ -21,6 +21,10 @@ class TicketStatus(StrEnum):
 
 OPEN = (TicketStatus.NEW, TicketStatus.IN_PROGRESS, TicketStatus.WAITING)
 DONE = (TicketStatus.RESOLVED, TicketStatus.CLOSED)
+# Days a resolved or closed ticket may still be reopened by its customer's mail (or the
+# ticket page's form); later a mail opens a new ticket naming the old one. The one
+# default of [threading] reopen_days; decide.within_reopen is the one rule.
+REOPEN_DAYS = 14.0
 # What an agent may set with #status (new and spam come by other ways).
 SETTABLE = (TicketStatus.IN_PROGRESS, TicketStatus.WAITING, TicketStatus.RESOLVED,
             TicketStatus.CLOSED)

@@ -143,3 +143,17 @@ def test_every_route_is_covered_by_the_table() -> None:
     assert {case[4] for case in CASES} == set(Route)
     assert {case[6] for case in CASES} == set(Answer)
     assert isinstance(decide(PERSON, Known(), ACCEPT, NOW), Decision)
+
+
+def test_the_reopen_window_has_one_default_and_one_rule():
+    # Once 30 in decide, 14 in desk and config: the decision and the ticket disagreed.
+    from maild import config, decide, desk, vocab
+    assert config.ThreadingSettings().reopen_days == desk.Threading().reopen_days == \
+        decide.Policy().reopen_days == vocab.REOPEN_DAYS
+    done = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    days = vocab.REOPEN_DAYS
+    assert decide.within_reopen(done, days, done + timedelta(days=days))
+    assert not decide.within_reopen(done, days, done + timedelta(days=days, seconds=1))
+    assert decide.may_join("normal", "resolved", done, days, done + timedelta(days=days))
+    assert not decide.may_join("normal", "closed", done, days,
+                               done + timedelta(days=days, seconds=1))

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import links
+from maild import decide, links
 from maild.desk import Desk
 from maild.models import Attachment, Contact, Ticket, TicketMessage
+from maild.tickets import done_at
 from maild.vocab import DONE, MessageKind, OutboxKind, TicketStatus
 from maild.web.access import WebConfig
 
@@ -81,9 +82,8 @@ def can_escalate(ticket: Ticket) -> bool:
 def can_add(desk: Desk, ticket: Ticket, now: datetime) -> bool:
     if ticket.status not in DONE:
         return ticket.merged_into is None and ticket.status != TicketStatus.SPAM
-    since = ticket.resolved_at or ticket.closed_at or ticket.updated_at
-    reopen = timedelta(days=desk.threading.reopen_days)
-    return ticket.merged_into is None and (now - since) <= reopen
+    return ticket.merged_into is None and decide.within_reopen(
+        done_at(ticket), desk.threading.reopen_days, now)
 
 
 def show(session: Session, desk: Desk, cfg: WebConfig, ticket: Ticket,
