@@ -17,6 +17,7 @@ from maild import db
 from maild.mail.facts import Facts
 from maild.mail.parse import plausible_address
 from maild.models import Company, CompanyDomain, Contact, ContactAddress, Ticket
+from maild.progress import Progress
 
 COLUMNS = ("email", "name", "phone", "language", "timezone", "company", "customer_number",
            "tier", "aliases", "domains")
@@ -128,13 +129,15 @@ def read_csv(text: str) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def import_rows(session: Session, rows: Iterable[tuple[int, dict[str, str]]],
-                now: datetime) -> ImportReport:
+                now: datetime, progress: Progress | None = None) -> ImportReport:
     """Upsert contacts (keyed by email) and companies (by customer number, else name).
 
     Each line is its own savepoint: a bad line is reported and the others still land.
     """
     report = ImportReport()
     for line, row in rows:
+        if progress is not None:
+            progress.step()
         try:
             with session.begin_nested():
                 outcome = _upsert(session, row, now)

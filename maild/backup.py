@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 from maild import __version__, blobs, db
 from maild.config import Settings
 from maild.errors import MaildError
+from maild.progress import Progress
 
 MANIFEST = "manifest.json"
 SQLITE_FILE = "maild.sqlite3"
@@ -78,7 +79,8 @@ class Manifest:
             raise BackupError(f"{folder / MANIFEST}: unreadable: {exc}") from exc
 
 
-def backup(settings: Settings, target: Path, now: datetime) -> Manifest:
+def backup(settings: Settings, target: Path, now: datetime,
+           progress: Progress | None = None) -> Manifest:
     """Write a backup of the configured database and blob store into `target` (a new or
     empty folder). Safe while the daemon runs."""
     _prepare_target(target)
@@ -89,7 +91,8 @@ def backup(settings: Settings, target: Path, now: datetime) -> Manifest:
     else:
         raise BackupError(f"backup supports SQLite files and PostgreSQL, not "
                           f"{settings.database_url.partition(':')[0]}")
-    _copy_blobs(blobs.FolderStore(settings.blob_dir), target / BLOB_DIR, referenced, manifest)
+    _copy_blobs(blobs.FolderStore(settings.blob_dir), target / BLOB_DIR, referenced, manifest,
+                progress)
     manifest.write(target)
     return manifest
 
@@ -204,12 +207,17 @@ def _tail(stderr: bytes) -> str:
 
 
 def _copy_blobs(store: blobs.FolderStore, dest: Path, referenced: Iterable[str],
-                manifest: Manifest) -> None:
+                manifest: Manifest, progress: Progress | None = None) -> None:
     """Copy each referenced blob, checking it against its name; one gone meanwhile (a
     ticket erased during the backup) or damaged is listed in the manifest."""
     blobs.private_dir(dest)
     out = blobs.FolderStore(dest)
-    for sha in sorted(set(referenced)):
+    wanted = sorted(set(referenced))
+    if progress is not None:
+        progress.total = len(wanted)
+    for sha in wanted:
+        if progress is not None:
+            progress.step()
         try:
             data = store.get(sha)
         except (OSError, ValueError):
@@ -244,7 +252,8 @@ class Restored:
     head: str
 
 
-def restore(settings: Settings, source: Path, *, force: bool) -> Restored:
+def restore(settings: Settings, source: Path, *, force: bool,
+            progress: Progress | None = None) -> Restored:
     """Put the backup in `source` in place of the configured database and add its files to
     the blob store. maild must be stopped; a database holding mail is replaced only with
     `force`."""
@@ -258,7 +267,7 @@ def restore(settings: Settings, source: Path, *, force: bool) -> Restored:
         where = "SQLite" if sqlite is not None else "PostgreSQL"
         raise BackupError(f"the backup holds a {manifest.database} database, the config "
                           f"uses {where}: restore it into the same kind of database")
-    count = _restore_blobs(source / BLOB_DIR, blobs.FolderStore(settings.blob_dir))
+    count = _restore_blobs(source / BLOB_DIR, blobs.FolderStore(settings.blob_dir), progress)
     engine = db.make_engine(settings.database_url, must_exist=True)
     try:
         current, head = db.schema_status(engine)
@@ -375,10 +384,13 @@ def _hand_over(paths: list[Path]) -> None:
                 os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
-def _restore_blobs(source: Path, store: blobs.FolderStore) -> int:
+def _restore_blobs(source: Path, store: blobs.FolderStore,
+                   progress: Progress | None = None) -> int:
     """Add every file of the backup to the store, checked against its SHA-256 name."""
     count = 0
     for path, _ in blobs.FolderStore(source).files():
+        if progress is not None:
+            progress.step()
         if not blobs.is_blob_name(path.name):
             raise BackupError(f"{path}: not a stored file's name (a SHA-256)")
         data = path.read_bytes()

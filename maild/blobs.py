@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from maild.errors import StorageUnavailable
 from maild.models import Attachment, Blob, InboundMessage, OutboxMail
+from maild.progress import Progress
 
 
 class BlobStore(Protocol):
@@ -331,7 +332,8 @@ def sync_before_commit(session: Session, store: BlobStore) -> None:
 _SYNC_HOOK = "maild.blobs.sync_before_commit"
 
 
-def collect(session: Session, store: FolderStore, older_than: datetime) -> list[Path]:
+def collect(session: Session, store: FolderStore, older_than: datetime,
+            progress: Progress | None = None) -> list[Path]:
     """Delete the files no row refers to (attachments of mails that were rejected, bounced
     or our own: written before the decision; crash leftovers) once modified before
     `older_than`, the grace that spares a mail in flight; returns what was deleted."""
@@ -342,6 +344,8 @@ def collect(session: Session, store: FolderStore, older_than: datetime) -> list[
     cutoff = older_than.timestamp()
     deleted = []
     for path, mtime in store.files():
+        if progress is not None:
+            progress.step()
         if mtime < cutoff and path.name not in used:
             path.unlink(missing_ok=True)
             deleted.append(path)

@@ -46,6 +46,7 @@ from maild.config import Settings
 from maild.errors import ConfigError, MaildError, SmtpDeferred, StorageUnavailable
 from maild.mail.parse import person
 from maild.models import AddressFlag, Heartbeat, InboundMessage, OutboxMail
+from maild.progress import Progress
 from maild.smtp import SmtpConnection
 from maild.vocab import InboundState, TicketStatus
 
@@ -308,7 +309,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     engine = db.make_engine(settings.database_url)  # creates the SQLite file and its folder
     try:
-        before, _ = db.schema_status(engine)
+        before, head = db.schema_status(engine)
+        if before != head and sys.stderr.isatty():  # a migration of a big database takes a while
+            print(f"migrating the schema from {before or 'nothing'} to {head} …", file=sys.stderr)
         db.upgrade(engine)
         current, _ = db.schema_status(engine)
     finally:
@@ -584,9 +587,9 @@ def cmd_customers_purge(settings: Settings, args: argparse.Namespace) -> int:
               "run again with --yes", file=sys.stderr)
         return 1
     store = blobs.FolderStore(settings.blob_dir)
-    with _session(settings) as session:
+    with _session(settings) as session, Progress("reading stored mails") as progress:
         result = purge.purge_customer(session, store, args.address, _actor(),
-                                      datetime.now(UTC))
+                                      datetime.now(UTC), progress)
     purge.delete_blobs(store, result.orphaned_blobs)
     collected = _collect(settings, GC_GRACE)
     numbers = ", ".join(f"#{n}" for n in result.tickets) or "none"
@@ -611,9 +614,9 @@ def cmd_blobs_gc(settings: Settings, args: argparse.Namespace) -> int:
 
 def _collect(settings: Settings, grace: float) -> int:
     store = blobs.FolderStore(settings.blob_dir)
-    with _session(settings) as session:
+    with _session(settings) as session, Progress("looking at stored files") as progress:
         deleted = blobs.collect(session, store,
-                                datetime.now(UTC) - timedelta(seconds=grace))
+                                datetime.now(UTC) - timedelta(seconds=grace), progress)
     return len(deleted)
 
 
@@ -677,8 +680,9 @@ def _import_accounts(settings: Settings, text: str, name: str, dry_run: bool,
         factory = db.session_factory(engine)
         with factory() as session:
             try:
-                report = accounts.import_rows(session, accounts.read_csv(text),
-                                              datetime.now(UTC))
+                with Progress("importing lines") as progress:
+                    report = accounts.import_rows(session, accounts.read_csv(text),
+                                                  datetime.now(UTC), progress)
             except accounts.LineError as exc:
                 if args.json:
                     _emit(args, {"imported": False, "dry_run": dry_run,
@@ -938,7 +942,8 @@ def cmd_outbox_retry(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     from maild import backup
 
-    m = backup.backup(settings, Path(args.path), datetime.now(UTC))
+    with Progress("copying stored files") as progress:
+        m = backup.backup(settings, Path(args.path), datetime.now(UTC), progress)
     if args.json:
         print(json.dumps(dataclasses.asdict(m), indent=2))
     else:
@@ -955,7 +960,8 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from maild import backup
 
-    r = backup.restore(settings, Path(args.path), force=args.force)
+    with Progress("restoring stored files") as progress:
+        r = backup.restore(settings, Path(args.path), force=args.force, progress=progress)
     m = r.manifest
     text = (f"restored the backup of {m.created_at} into {_safe_url(settings.database_url)}: "
             f"{_counts(m.counts)}; {_count(r.blobs, 'stored file')} into {settings.blob_dir}")

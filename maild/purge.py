@@ -36,6 +36,7 @@ from maild.models import (
     Ticket,
     TicketMessage,
 )
+from maild.progress import Progress
 
 ERASED = "[erased]"
 ERASED_ADDRESS = "erased@invalid"  # where an address must stay one (mail headers)
@@ -90,7 +91,7 @@ def purge_ticket(session: Session, number: int, actor: str, now: datetime) -> Pu
 
 
 def purge_customer(session: Session, store: BlobStore, address: str, actor: str,
-                   now: datetime) -> PurgedCustomer:
+                   now: datetime, progress: Progress | None = None) -> PurgedCustomer:
     """Erase everything of `address` (see the module's docstring). The caller deletes the
     returned orphaned blobs from the store after the commit."""
     address = address.strip().lower()
@@ -105,7 +106,7 @@ def purge_customer(session: Session, store: BlobStore, address: str, actor: str,
     shas.extend(outgoing_shas)
     session.execute(delete(AddressFlag).where(func.lower(AddressFlag.address) == address))
     _erase_contact(session, address)
-    redacted_mails, more_shas = _redact_stored_mails(session, store, address, now)
+    redacted_mails, more_shas = _redact_stored_mails(session, store, address, now, progress)
     redacted = redacted_mails + _redact_rows(session, address)
     orphaned.extend(blobs.unref(session, [*shas, *more_shas]))
     result = PurgedCustomer(address, tuple(numbers), mails, outgoing, redacted,
@@ -233,12 +234,17 @@ def _erase_contact(session: Session, address: str) -> None:
 
 
 def _redact_stored_mails(session: Session, store: BlobStore, address: str,
-                         now: datetime) -> tuple[int, list[str]]:
+                         now: datetime, progress: Progress | None = None,
+                         ) -> tuple[int, list[str]]:
     """Cut the address out of the stored raw mails and outgoing mails that remain (a
     mail of another customer that copied it); returns the count and the replaced shas."""
     count, replaced = 0, []
     rows = session.execute(select(InboundMessage.id, InboundMessage.raw_sha256)).all()
+    if progress is not None:
+        progress.total = len(rows)
     for row_id, sha in rows:
+        if progress is not None:
+            progress.step()
         if not sha or not store.exists(sha):
             continue
         raw = store.get(sha)
