@@ -467,7 +467,7 @@ class Intake:
         address = parsed.from_addr.lower()
         account = batch.accounts[address] if address in batch.accounts \
             else accounts.lookup(session, address)
-        if account is None and self.desk.answering.unknown_sender == "domain":
+        if account is None and self.desk.answering.unknown_sender == decide.UnknownSender.DOMAIN:
             account = accounts.by_domain(session, parsed.from_addr)
         return account
 

@@ -98,7 +98,6 @@ def reply_token_valid(secret: str, ticket_number: int, token: str) -> bool:
 
 # The customer's links (ticket page, escalation): signed, bound to the ticket and the
 # customer's address, with their issue time and the ticket's link version (revocable).
-LINK_KINDS = ("ticket", "escalate")
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,9 +220,6 @@ class Outbox:
             return session.scalar(select(func.min(OutboxMail.next_attempt_at))
                                   .where(OutboxMail.state == OutboxState.PENDING))
 
-    def mark_sent(self, mail: Claimed, answer: str) -> None:
-        self.mark_all_sent([(mail, answer)])
-
     def mark_all_sent(self, sent: list[tuple[Claimed, str]]) -> None:
         """Record mails the server accepted, in one transaction."""
         if not sent:

@@ -51,7 +51,6 @@ class Counts:
     reminders: int = 0
     closed: int = 0
     digests: int = 0
-    moot: int = 0
     pruned: int = 0  # outgoing mails whose bytes were dropped (retention)
     errors: list[str] = field(default_factory=list)
 

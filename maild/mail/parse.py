@@ -66,7 +66,6 @@ class InboundMail:
     header_count: int
     has_body_separator: bool
     defects: tuple[str, ...]
-    auth_results: tuple[str, ...] = ()
     address_from: str = "From"  # the header the reply address came from ('' when none)
     encrypted: bool = False  # S/MIME or PGP/MIME encrypted (or opaque-signed): unreadable
     # Received and Authentication-Results headers in order, top first: (lower name, value).
@@ -145,8 +144,6 @@ def parse(raw: bytes) -> InboundMail:
         header_count=len(msg.keys()),
         has_body_separator=_SEPARATOR.search(raw) is not None,
         defects=tuple(_defects(msg)),
-        auth_results=tuple(_unfold(str(v)) for k, v in msg.raw_items()
-                           if k.lower() == "authentication-results"),
         address_from=address_from,
         encrypted=_encrypted(msg),
         trace=tuple((k.lower(), _unfold(str(v))[:2000]) for k, v in msg.raw_items()

@@ -22,9 +22,7 @@ from starlette.routing import Route
 
 from maild import db, health, metrics
 from maild.config import HealthSettings
-from maild.web.guard import OPS_PATHS, is_local
-
-PATHS = OPS_PATHS
+from maild.web.guard import is_local
 
 
 def local(request: Request) -> bool:
