@@ -41,7 +41,7 @@ from maild.mail import files
 from maild.mail.render import Sender, environment
 from maild.models import OAuthToken
 from maild.outbox import Outbox
-from maild.retry import Backoff
+from maild.retry import Backoff, Outage
 from maild.sweeps import Sweeper
 from maild.watcher import Watcher
 
@@ -144,7 +144,7 @@ class Daemon:
         self.reload_asked = asyncio.Event()
         self.status_due = asyncio.Event()
         self.runtime: health.Runtime | None = None  # made in _main
-        self.sweep_outage = ""  # warned once per outage, like intake and sending
+        self.sweep_outage = Outage(log, "sweeping again", "sweep skipped: %s")
 
     def request_exit(self, signum: int = 0) -> None:
         """Signal handler: the first signal drains, a second one forces."""
@@ -359,18 +359,12 @@ class Daemon:
         try:
             counts = await asyncio.to_thread(sweeper.run)
         except Temporary as exc:
-            if not self.sweep_outage:
-                log.warning("sweep skipped: %s", exc)
-            else:
-                log.debug("sweep skipped again: %s", exc)
-            self.sweep_outage = str(exc)
+            self.sweep_outage.failed(str(exc))
             return
         except Exception:  # a bug must not stop the scheduler
             log.exception("sweep failed")
             return
-        if self.sweep_outage:
-            log.info("sweeping again after: %s", self.sweep_outage)
-            self.sweep_outage = ""
+        self.sweep_outage.over()
         if counts.any():
             self.wakeup.set()
 
@@ -385,7 +379,7 @@ class Daemon:
 
     async def _send_loop(self, outbox: Outbox) -> None:
         delay = Backoff(1.0, 60.0)
-        outage = ""
+        outage = Outage(log, "sending again")
         while not self.should_exit.is_set():
             self.wakeup.clear()
             outbox.reached = False
@@ -394,13 +388,9 @@ class Daemon:
                 self.status_due.set()
                 next_due = await asyncio.to_thread(outbox.next_due)
                 delay.reset()
-                if outage:
-                    log.info("sending again after: %s", outage)
-                    outage = ""
+                outage.over()
             except Temporary as exc:
-                if not outage:  # warn once per outage
-                    log.warning("%s; retrying with backoff", exc)
-                    outage = str(exc)
+                outage.failed(str(exc))
                 if outbox.reached:  # the server answered in this round: not a long outage
                     delay.reset()
                 await self._sleep(delay.next())

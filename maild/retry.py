@@ -6,6 +6,7 @@ between reconnects (`Backoff`: the mailbox, the database at start-up, the send l
 
 from __future__ import annotations
 
+import logging
 import random
 
 
@@ -32,3 +33,27 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+class Outage:
+    """One outage of a loop's server (the mailbox, SMTP, the database), told once: the
+    first failure as a warning ("…; retrying with backoff"), its later variations at
+    debug, and the end once at info ("<again> after: …"). The watcher, the send loop and
+    the sweeps share it, so every outage reads the same in the journal."""
+
+    def __init__(self, log: logging.Logger, again: str,
+                 warn: str = "%s; retrying with backoff") -> None:
+        self.log, self.again, self.warn = log, again, warn
+        self.text = ""  # the first failure's text while the outage lasts, else ""
+
+    def failed(self, text: str) -> None:
+        if self.text:
+            self.log.debug("still failing: %s", text)
+        else:
+            self.log.warning(self.warn, text)
+            self.text = text
+
+    def over(self) -> None:
+        if self.text:
+            self.log.info("%s after: %s", self.again, self.text)
+            self.text = ""

@@ -30,7 +30,7 @@ from maild.intake import Intake, Outcome
 from maild.mail.fetched import Fetched
 from maild.models import MailboxState
 from maild.oauth import Tokens
-from maild.retry import Backoff
+from maild.retry import Backoff, Outage
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Watcher:
         self.on_committed = on_committed
         self.clock = clock
         self.retry_at: dict[tuple[int, int], tuple[float, int]] = {}
-        self.outage = ""
+        self.outage = Outage(log, "mail intake running again")
         # Between reconnects; from its first step again once a session has drained the
         # folder (a server that drops us now and then, as Exchange Online does, is not a
         # server that keeps failing).
@@ -103,12 +103,12 @@ class Watcher:
                 await asyncio.to_thread(self._session, box)
             except OAuthRefused as exc:  # waits for `maild auth login`; mail stays put
                 self._failed(str(exc))
-                self._report_outage(str(exc))
+                self.outage.failed(str(exc))
                 self.looked.set()
                 await asyncio.to_thread(self.stop.wait, GRANT_RETRY_SECONDS)
             except (ImapUnavailable, ImapRejected, Temporary) as exc:
                 self._failed(str(exc))  # at the first failure: /healthz counts from here
-                self._report_outage(str(exc))
+                self.outage.failed(str(exc))
                 self.looked.set()
                 # Logged out before the wait: a session the server answered "not now" (and
                 # still counts against the account's limit) is not held through it.
@@ -156,14 +156,6 @@ class Watcher:
                     log.exception("heartbeat not written")
             await asyncio.sleep(1.0)
 
-    def _report_outage(self, text: str) -> None:
-        """Warn once per outage; its later variations go to the debug log."""
-        if not self.outage:
-            log.warning("%s; retrying with backoff", text)
-            self.outage = text
-        else:
-            log.debug("still failing: %s", text)
-
     def _hold_lock(self) -> bool:
         """Wait until this process may watch the mailbox; False when asked to stop."""
         if self.lock is None:
@@ -204,9 +196,7 @@ class Watcher:
             seen = max(seen, self._drain(box, start_uid))
             self.looked.set()
             self.backoff.reset()
-            if self.outage:
-                log.info("mail intake running again after: %s", self.outage)
-                self.outage = ""
+            self.outage.over()
             # Mail that arrived while we were busy was announced during FETCH or MOVE, and
             # IDLE would wait only for newer changes: ask before waiting.
             if box.uids_after(seen):

@@ -23,3 +23,23 @@ def test_backoff_runs_and_resets() -> None:
     assert [b.next() for _ in range(5)] == [1, 2, 4, 5, 5]
     b.reset()
     assert b.next() == 1
+
+
+def test_an_outage_is_told_once_and_its_end_once(caplog):
+    import logging
+
+    from maild.retry import Outage
+    log = logging.getLogger("maild.test_outage")
+    outage = Outage(log, "sending again")
+    with caplog.at_level(logging.DEBUG, logger="maild.test_outage"):
+        outage.over()  # nothing failed: nothing to say
+        outage.failed("connection refused")
+        outage.failed("connection reset")
+        outage.failed("connection refused")
+        outage.over()
+        outage.over()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [("WARNING", "connection refused; retrying with backoff"),
+                    ("DEBUG", "still failing: connection reset"),
+                    ("DEBUG", "still failing: connection refused"),
+                    ("INFO", "sending again after: connection refused")]
