@@ -32,8 +32,10 @@ browser-tools:
 demo: $(STAMP) dovecot
 	$(PY) bench/demo.py
 
+# Line and branch coverage of the test process, held at COVERAGE_FLOOR per cent.
+COVERAGE_FLOOR ?= 70
 test: $(STAMP) dovecot cyrus browser-tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
 test-quick: $(STAMP) dovecot cyrus
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -61,4 +63,4 @@ dist: $(STAMP)
 	@ls dist/maild-*.whl
 
 clean:
-	rm -rf $(VENV) .demo .bench build dist *.egg-info
+	rm -rf $(VENV) .demo .bench build dist *.egg-info .coverage .coverage.*
