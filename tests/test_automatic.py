@@ -358,3 +358,53 @@ def test_flags_read_for_a_batch_stay_true_when_written_in_it(factory):
         assert suppression.flag(s, "other@firma.example").blocked_by == "agent@example.com"
     with db.transaction(factory) as s:  # a new transaction reads afresh
         assert suppression.flag(s, "kunde@firma.example").bouncing_since is not None
+
+
+def _mail(head: str, body: str = "Hallo\r\n", sender: str = "kunde@firma.example") -> bytes:
+    return (f"From: {sender}\r\nTo: {US}\r\nMessage-ID: <r@firma.example>\r\n{head}\r\n"
+            f"{body}").encode()
+
+
+BOUNCE_WORDS = "The mail could not be delivered: 550 5.1.1 user unknown\r\n"
+# One mail per rule of classify.RULES, decided by that rule and no earlier one.
+RULE_CASES = {
+    "unusable": b"\x00\x01 not a mail at all",
+    "our loop header": _mail("Subject: x\r\nX-Maild-Loop: service@example.com\r\n"),
+    "from our address": _mail("Subject: x\r\n", sender=US),
+    "multipart/report": _mail("Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: "
+                              "multipart/report; report-type=delivery-status; "
+                              'boundary="b"\r\n', "--b\r\n\r\nx\r\n--b--\r\n"),
+    "delivery-status part": _mail(
+        'Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
+        # Outside a multipart/report (a relay that rewrapped the bounce). Python's email
+        # parses a status as a list of header blocks: parse keeps it as a part anyway.
+        "--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b\r\nContent-Type: "
+        "message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+        "Final-Recipient: rfc822; a@b.example\r\nAction: failed\r\n--b--\r\n"),
+    "X-Failed-Recipients": _mail("Subject: x\r\nX-Failed-Recipients: a@b.example\r\n",
+                                 BOUNCE_WORDS),
+    "Auto-Submitted": _mail("Subject: x\r\nAuto-Submitted: auto-generated\r\n"),
+    "MAILER-DAEMON": _mail("Subject: x\r\n", sender="MAILER-DAEMON@mx.example"),
+    "postmaster": _mail("Subject: x\r\n", BOUNCE_WORDS, sender="postmaster@mx.example"),
+    "robot returning a mail": _mail("Subject: Undeliverable: Frage\r\nReturn-Path: <>\r\n"),
+    "Amazon SES": _mail("Subject: x\r\n", '{"notificationType":"Bounce"}\r\n',
+                        sender="no-reply@amazonses.com"),
+    "spam header": _mail("Subject: x\r\nX-Filter-Verdict: junk\r\n"),
+    "automatic headers": _mail("Subject: x\r\nX-Autoreply: yes\r\n"),
+    "out-of-office subject": _mail("Subject: Abwesenheitsnotiz: Frage\r\n"),
+    "bulk": _mail("Subject: x\r\nX-Campaign-Id: 42\r\n"),
+    "no-reply sender": _mail("Subject: x\r\n", sender="noreply@shop.example"),
+    "broken MIME": _mail('Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; '
+                         'boundary="nope"\r\n', ""),
+    "no sender": b"To: service@example.com\r\nSubject: Frage\r\n\r\nHallo\r\n",
+}
+
+
+def test_every_classify_rule_has_its_case_and_decides_it():
+    from maild.mail.classify import RULES, decided_by
+    assert list(RULE_CASES) == [name for name, _ in RULES]  # one case per rule, in order
+    for name, raw in RULE_CASES.items():
+        rule, verdict = decided_by(parse(raw), US, ("X-Filter-Verdict", re.compile("^junk")))
+        assert rule == name, (name, verdict)
+    assert decided_by(parse(CUSTOMER.format(n=1).encode()), US) == ("", classify(
+        parse(CUSTOMER.format(n=1).encode()), US))

@@ -7,6 +7,7 @@ Two decisions are kept apart: what to record (almost everything) and whether to 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,68 +59,180 @@ class Verdict:
         return self.kind == "normal" and self.reply
 
 
-def classify(mail: InboundMail, support_address: str,
-             spam_rule: tuple[str, re.Pattern[str]] | None = None) -> Verdict:
-    """The verdict on `mail` as received by the mailbox of `support_address`."""
-    broken = _unusable(mail)
-    if broken:
-        return Verdict("unparseable", broken)
-    h = mail.headers
-    if h.get(LOOP_HEADER.lower(), "").strip().lower() == support_address:
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the rules look at, worked out once per mail."""
+
+    mail: InboundMail
+    support: str  # our address, lower case
+    spam_rule: tuple[str, re.Pattern[str]] | None
+    h: dict[str, str]
+    parts: set[str]  # the content types of the attachments
+    local: str  # the sender's local part (or the whole From when it has no @)
+    robot: bool  # no sender, a null Return-Path, a no-reply name or a mail daemon's name
+
+    @classmethod
+    def of(cls, mail: InboundMail, support: str,
+           spam_rule: tuple[str, re.Pattern[str]] | None) -> Seen:
+        h = mail.headers
+        sender = (mail.from_addr or h.get("from", "")).lower()
+        robot = (not mail.from_addr or h.get("return-path", "x").strip() in {"<>", ""}
+                 or bool(_NOREPLY.match(mail.from_addr.partition("@")[0]))
+                 or bool(_DAEMON_NAME.search(h.get("from", ""))))
+        return cls(mail, support, spam_rule, h, {a.content_type for a in mail.attachments},
+                   sender.partition("@")[0] if "@" in sender else sender, robot)
+
+
+def _unusable_mail(s: Seen) -> Verdict | None:
+    broken = _unusable(s.mail)
+    return Verdict("unparseable", broken) if broken else None
+
+
+def _our_loop_header(s: Seen) -> Verdict | None:
+    if s.h.get(LOOP_HEADER.lower(), "").strip().lower() == s.support:
         return Verdict("own", f"carries our {LOOP_HEADER} header")
-    if mail.from_addr == support_address:
-        return Verdict("own", "sent from our own address")
-    if mail.content_type == "multipart/report":
+    return None
+
+
+def _from_our_address(s: Seen) -> Verdict | None:
+    return Verdict("own", "sent from our own address") if s.mail.from_addr == s.support else None
+
+
+def _report_type(s: Seen) -> Verdict | None:
+    if s.mail.content_type == "multipart/report":
         return Verdict("bounce", "multipart/report (delivery or disposition report)")
-    parts = {a.content_type for a in mail.attachments}
-    if parts & _STATUS_PARTS:
-        return Verdict("bounce", "carries a delivery-status part")
-    sender = (mail.from_addr or h.get("from", "")).lower()
-    local = sender.partition("@")[0] if "@" in sender else sender
-    if h.get("x-failed-recipients") and _reads_like_bounce(mail, parts):
+    return None
+
+
+def _status_part(s: Seen) -> Verdict | None:
+    return Verdict("bounce", "carries a delivery-status part") if s.parts & _STATUS_PARTS else None
+
+
+def _failed_recipients(s: Seen) -> Verdict | None:
+    if s.h.get("x-failed-recipients") and _reads_like_bounce(s.mail, s.parts):
         return Verdict("bounce", "X-Failed-Recipients header, with a bounce's words")
-    if h.get("auto-submitted", "").split(";")[0].strip().lower() not in ("", "no"):
-        # An explicit marker: automatic, a bounce only from the mail system itself.
-        if local == "mailer-daemon" or _DAEMON_NAME.search(h.get("from", "")):
-            return Verdict("bounce", "sender is the mail system (MAILER-DAEMON)")
-        return _automatic(h) or Verdict("automatic", "Auto-Submitted")
-    if local == "mailer-daemon":  # the mail system itself: never a person
-        return Verdict("bounce", "sender is MAILER-DAEMON")
+    return None
+
+
+def _auto_submitted(s: Seen) -> Verdict | None:
+    if s.h.get("auto-submitted", "").split(";")[0].strip().lower() in ("", "no"):
+        return None
+    # An explicit marker: automatic, a bounce only from the mail system itself.
+    if s.local == "mailer-daemon" or _DAEMON_NAME.search(s.h.get("from", "")):
+        return Verdict("bounce", "sender is the mail system (MAILER-DAEMON)")
+    return _automatic(s.h) or Verdict("automatic", "Auto-Submitted")
+
+
+def _mailer_daemon(s: Seen) -> Verdict | None:
+    # The mail system itself: never a person.
+    return Verdict("bounce", "sender is MAILER-DAEMON") if s.local == "mailer-daemon" else None
+
+
+def _postmaster(s: Seen) -> Verdict | None:
     for name in _BOUNCE_SENDERS:
-        if local == name and _reads_like_bounce(mail, parts):
+        if s.local == name and _reads_like_bounce(s.mail, s.parts):
             return Verdict("bounce", f"sender is {name}, with a bounce's words or structure")
-    robot = (not mail.from_addr or h.get("return-path", "x").strip() in {"<>", ""}
-             or bool(_NOREPLY.match(mail.from_addr.partition("@")[0]))
-             or bool(_DAEMON_NAME.search(h.get("from", ""))))
-    if robot and (_BOUNCE_SUBJECT.search(mail.subject) or parts & _RETURNED_PARTS):
+    return None
+
+
+def _robot_returning(s: Seen) -> Verdict | None:
+    if s.robot and (_BOUNCE_SUBJECT.search(s.mail.subject) or s.parts & _RETURNED_PARTS):
         return Verdict("bounce", "a robot returning a mail (bounce subject or returned copy)")
-    if robot and _SES_BOUNCE.search(mail.text):
+    return None
+
+
+def _ses_notification(s: Seen) -> Verdict | None:
+    if s.robot and _SES_BOUNCE.search(s.mail.text):
         return Verdict("bounce", "Amazon SES delivery notification")
-    spam = _spam(h, spam_rule)
-    if spam:
-        return Verdict("spam", spam)
-    automatic = _automatic(h)
-    if automatic:
-        return automatic
-    if _OOO_SUBJECT.match(mail.subject):
+    return None
+
+
+def _spam_header(s: Seen) -> Verdict | None:
+    spam = _spam(s.h, s.spam_rule)
+    return Verdict("spam", spam) if spam else None
+
+
+def _automatic_headers(s: Seen) -> Verdict | None:
+    return _automatic(s.h)
+
+
+def _out_of_office_subject(s: Seen) -> Verdict | None:
+    if _OOO_SUBJECT.match(s.mail.subject):
         return Verdict("automatic", "out-of-office subject")
-    bulk = _bulk(mail)
-    if bulk:
-        return Verdict("automatic", bulk)
-    if _NOREPLY.match(mail.from_addr.partition("@")[0]):
+    return None
+
+
+def _bulk_mail(s: Seen) -> Verdict | None:
+    bulk = _bulk(s.mail)
+    return Verdict("automatic", bulk) if bulk else None
+
+
+def _no_reply_sender(s: Seen) -> Verdict | None:
+    if _NOREPLY.match(s.mail.from_addr.partition("@")[0]):
         return Verdict("automatic", "sender is a no-reply address")
-    readable = bool(mail.text.strip() or mail.attachments or mail.subject.strip())
+    return None
+
+
+def _broken_mime(s: Seen) -> Verdict | None:
+    mail = s.mail
     defects = _BROKEN_MIME.intersection(mail.defects)
     # (A mail cut at the part caps has parts after the cut: kept raw, the customer told.)
     if defects and not mail.text.strip() and not mail.attachments and not mail.parts_left_out:
-        names = ", ".join(sorted(defects))
-        return Verdict("unparseable", f"broken MIME ({names}), nothing readable")
-    if not mail.from_addr:
-        if readable:
-            return Verdict("normal", "no usable sender address (From, Reply-To, Sender): "
-                           "no reply address", reply=False)
-        return Verdict("unparseable", "no usable sender address and nothing readable")
-    return Verdict("normal", "")
+        return Verdict("unparseable", f"broken MIME ({', '.join(sorted(defects))}), "
+                       "nothing readable")
+    return None
+
+
+def _no_sender(s: Seen) -> Verdict | None:
+    mail = s.mail
+    if mail.from_addr:
+        return None
+    if mail.text.strip() or mail.attachments or mail.subject.strip():
+        return Verdict("normal", "no usable sender address (From, Reply-To, Sender): "
+                       "no reply address", reply=False)
+    return Verdict("unparseable", "no usable sender address and nothing readable")
+
+
+# The rules in the order they are asked; the first with a verdict decides, and a mail no
+# rule claims is a customer's ("normal"). Loops and bounces come before spam and
+# out-of-office, so a bounce of our own answer is never answered as a person's mail.
+RULES: tuple[tuple[str, Callable[[Seen], Verdict | None]], ...] = (
+    ("unusable", _unusable_mail),
+    ("our loop header", _our_loop_header),
+    ("from our address", _from_our_address),
+    ("multipart/report", _report_type),
+    ("delivery-status part", _status_part),
+    ("X-Failed-Recipients", _failed_recipients),
+    ("Auto-Submitted", _auto_submitted),
+    ("MAILER-DAEMON", _mailer_daemon),
+    ("postmaster", _postmaster),
+    ("robot returning a mail", _robot_returning),
+    ("Amazon SES", _ses_notification),
+    ("spam header", _spam_header),
+    ("automatic headers", _automatic_headers),
+    ("out-of-office subject", _out_of_office_subject),
+    ("bulk", _bulk_mail),
+    ("no-reply sender", _no_reply_sender),
+    ("broken MIME", _broken_mime),
+    ("no sender", _no_sender),
+)
+
+
+def classify(mail: InboundMail, support_address: str,
+             spam_rule: tuple[str, re.Pattern[str]] | None = None) -> Verdict:
+    """The verdict on `mail` as received by the mailbox of `support_address`."""
+    return decided_by(mail, support_address, spam_rule)[1]
+
+
+def decided_by(mail: InboundMail, support_address: str,
+               spam_rule: tuple[str, re.Pattern[str]] | None = None) -> tuple[str, Verdict]:
+    """(the name of the rule that decided, its verdict); ("", normal) when none did."""
+    seen = Seen.of(mail, support_address, spam_rule)
+    for name, rule in RULES:
+        verdict = rule(seen)
+        if verdict is not None:
+            return name, verdict
+    return "", Verdict("normal", "")
 
 
 _DSN_WORDS = re.compile(
