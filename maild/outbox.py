@@ -160,9 +160,13 @@ class Outbox:
         clock: Callable[[], datetime], store: BlobStore,
         runtime: health.Runtime | None = None, probe_seconds: float = 0.0,
         tokens: Tokens | None = None,
+        transport: Callable[[SmtpSettings, Tokens | None], SmtpConnection] = SmtpConnection,
     ) -> None:
         self.factory = factory
         self.tokens = tokens  # [smtp] auth = "oauth2"
+        # How a connection to the relay is made (as Django's mail backends): a test gives
+        # one of its own, a relay that refuses or goes away, without patching SmtpConnection.
+        self.transport = transport
         self.store = store
         self.settings = settings
         self.smtp = smtp
@@ -279,7 +283,7 @@ class Outbox:
         Accepted mails are recorded as sent in small groups (SENT_GROUP, or SENT_WAIT
         seconds): one commit per group instead of one per mail. A crash inside a group
         resends those mails with their Message-IDs: at least once, counted once."""
-        lanes = [SmtpConnection(self.smtp, self.tokens) for _ in range(self.settings.connections)]
+        lanes = [self.transport(self.smtp, self.tokens) for _ in range(self.settings.connections)]
         loop = asyncio.get_running_loop()
         self._accepted, self._since = [], loop.time()
         sent, looked = 0, False
@@ -331,7 +335,7 @@ class Outbox:
         if not self.probe_seconds or (self._contact is not None and (
                 now - self._contact).total_seconds() < self.probe_seconds):
             return
-        failing, smtp = bool(self.runtime.smtp_error), SmtpConnection(self.smtp, self.tokens)
+        failing, smtp = bool(self.runtime.smtp_error), self.transport(self.smtp, self.tokens)
         self._round = _Round()
         try:
             await self._connect(smtp, [])

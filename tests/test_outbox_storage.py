@@ -365,7 +365,7 @@ def test_due_mail_goes_out_over_several_connections_each_recipients_in_queue_ord
 
 @pytest.mark.parametrize("refused_after", [0.0, 0.3], ids=["refused-first", "refused-last"])
 def test_a_relay_refusing_one_of_the_connections_still_gets_the_rest_and_shows_reached(
-        tmp_path, factory, database_url, smtp, monkeypatch, refused_after):
+        tmp_path, factory, database_url, smtp, refused_after):
     # A relay that takes two connections per client refuses the third: that lane's mails
     # are put off, the others go out, and /healthz says "reached" whichever connection
     # answered first; the refusal is counted once, and the next batch goes over the two
@@ -375,20 +375,20 @@ def test_a_relay_refusing_one_of_the_connections_still_gets_the_rest_and_shows_r
     recipients = [f"anna{i}@kunde.example" for i in range(6)]  # in all three lanes
     for n in range(12):
         desk.enqueue(n, recipients[n % 6])
-    real_connect, calls = SmtpConnection.connect, []
+    calls: list[SmtpConnection] = []
 
-    async def connect(self):
-        calls.append(self)
-        if len(calls) == 2:
-            await asyncio.sleep(refused_after)
-            raise SmtpDeferred("SMTP 127.0.0.1: 421 4.7.0 too many connections")
-        await asyncio.sleep(0.15)
-        await real_connect(self)
+    class Relay(SmtpConnection):  # refuses the second connection
+        async def connect(self):
+            calls.append(self)
+            if len(calls) == 2:
+                await asyncio.sleep(refused_after)
+                raise SmtpDeferred("SMTP 127.0.0.1: 421 4.7.0 too many connections")
+            await asyncio.sleep(0.15)
+            await super().connect()
 
-    monkeypatch.setattr(SmtpConnection, "connect", connect)
     runtime = health.Runtime(started_at=NOW)
     outbox = Outbox(factory, desk.settings.outbox, desk.settings.smtp, desk.clock, desk.store,
-                    runtime=runtime)
+                    runtime=runtime, transport=Relay)
     refused = lane_parts(desk.outbox().claim(), 3)[1]  # the first batch's second lane
     desk.clock.now += timedelta(seconds=desk.settings.outbox.lease_seconds + 1)
     assert len(refused) == 3
@@ -406,7 +406,7 @@ def test_a_relay_refusing_one_of_the_connections_still_gets_the_rest_and_shows_r
 
 
 def test_a_server_lost_in_the_middle_of_a_burst_shows_failing_and_stops_the_burst(
-        tmp_path, factory, database_url, smtp, monkeypatch):
+        tmp_path, factory, database_url, smtp):
     # The first batch goes out, then the server is gone: the next batch's mails are put
     # off, the burst ends with the error (backoff), /healthz says failing, and the mails
     # not yet claimed keep their attempts.
@@ -414,25 +414,24 @@ def test_a_server_lost_in_the_middle_of_a_burst_shows_failing_and_stops_the_burs
                 outbox={"connections": 1, "batch_size": 3})
     for n in range(12):
         desk.enqueue(n, f"anna{n}@kunde.example")
-    real_connect, real_send, sends = SmtpConnection.connect, SmtpConnection.send, []
+    sends: list[list[str]] = []
 
-    async def connect(self):
-        if sends:
-            raise SmtpDeferred("SMTP 127.0.0.1: connection refused")
-        await real_connect(self)
+    class Relay(SmtpConnection):  # takes three mails, then is gone
+        async def connect(self):
+            if sends:
+                raise SmtpDeferred("SMTP 127.0.0.1: connection refused")
+            await super().connect()
 
-    async def send(self, envelope_from, recipients, raw):
-        sends.append(recipients)
-        if len(sends) > 3:
-            await self.close()
-            raise SmtpDeferred("server closed the connection")
-        return await real_send(self, envelope_from, recipients, raw)
+        async def send(self, envelope_from, recipients, raw):
+            sends.append(recipients)
+            if len(sends) > 3:
+                await self.close()
+                raise SmtpDeferred("server closed the connection")
+            return await super().send(envelope_from, recipients, raw)
 
-    monkeypatch.setattr(SmtpConnection, "connect", connect)
-    monkeypatch.setattr(SmtpConnection, "send", send)
     runtime = health.Runtime(started_at=NOW)
     outbox = Outbox(factory, desk.settings.outbox, desk.settings.smtp, desk.clock, desk.store,
-                    runtime=runtime)
+                    runtime=runtime, transport=Relay)
     with pytest.raises(SmtpDeferred, match="connection refused"):
         asyncio.run(outbox.deliver_due())
     assert len(smtp.wait_for(3)) == 3
@@ -443,7 +442,7 @@ def test_a_server_lost_in_the_middle_of_a_burst_shows_failing_and_stops_the_burs
 
 
 def test_health_says_reached_when_a_kept_connection_sends_after_another_was_refused(
-        tmp_path, factory, database_url, smtp, monkeypatch):
+        tmp_path, factory, database_url, smtp):
     # Batch 1 goes over two connections; the relay then closes one. In batch 2 its
     # reconnection is refused first, and only then does the kept connection's mail go
     # through: at the end the server counts as reached, not failing.
@@ -453,30 +452,28 @@ def test_health_says_reached_when_a_kept_connection_sends_after_another_was_refu
                   "anna1@kunde.example", "anna3@kunde.example"]
     for n in range(8):
         desk.enqueue(n, recipients[n % 4])
-    real_connect, real_send = SmtpConnection.connect, SmtpConnection.send
     connected: list[SmtpConnection] = []
     sends: list[SmtpConnection] = []
 
-    async def connect(self):
-        if self in connected:
-            raise SmtpDeferred("SMTP 127.0.0.1: 421 4.7.0 too many connections")
-        connected.append(self)
-        await real_connect(self)
+    class Relay(SmtpConnection):  # closes one connection after batch 1, refuses it again
+        async def connect(self):
+            if self in connected:
+                raise SmtpDeferred("SMTP 127.0.0.1: 421 4.7.0 too many connections")
+            connected.append(self)
+            await super().connect()
 
-    async def send(self, envelope_from, recipients, raw):
-        if len(sends) >= 4:
-            await asyncio.sleep(0.3)  # batch 2: the kept connection answers late
-        answer = await real_send(self, envelope_from, recipients, raw)
-        sends.append(self)
-        if len(sends) <= 4 and sends.count(self) == 2 and self is connected[-1]:
-            await self.close()  # the relay closes the second connection after batch 1
-        return answer
+        async def send(self, envelope_from, recipients, raw):
+            if len(sends) >= 4:
+                await asyncio.sleep(0.3)  # batch 2: the kept connection answers late
+            answer = await super().send(envelope_from, recipients, raw)
+            sends.append(self)
+            if len(sends) <= 4 and sends.count(self) == 2 and self is connected[-1]:
+                await self.close()  # the relay closes the second connection after batch 1
+            return answer
 
-    monkeypatch.setattr(SmtpConnection, "connect", connect)
-    monkeypatch.setattr(SmtpConnection, "send", send)
     runtime = health.Runtime(started_at=NOW)
     outbox = Outbox(factory, desk.settings.outbox, desk.settings.smtp, desk.clock, desk.store,
-                    runtime=runtime)
+                    runtime=runtime, transport=Relay)
     assert asyncio.run(outbox.deliver_due()) == 6
     assert runtime.smtp_error == "" and runtime.smtp_error_since is None
     assert runtime.counts[("smtp_failures", "")] == 1
