@@ -83,6 +83,17 @@ ANSWER_LIMIT = "answer limit per address reached"
 NO_REPLY_ADDRESS = "no reply address"
 
 
+# Kinds of mail that never open a ticket, whatever the database knows: unreadable mail
+# (quarantine), our own mail coming back and bounces. `decide()` routes them first; the
+# intake skips the database reads for them and reserves no ticket number for them.
+NEVER_A_TICKET: tuple[Kind, ...] = ("unparseable", "own", "bounce")
+
+
+def may_open(kind: Kind) -> bool:
+    """Whether a mail of this kind can open a ticket at all (decide() says whether it does)."""
+    return kind not in NEVER_A_TICKET
+
+
 def decide(verdict: Verdict, known: Known, policy: Policy, now: datetime) -> Decision:
     """The route of a mail and the answer it gets; `now` decides whether a closed ticket
     may still be reopened."""

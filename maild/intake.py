@@ -437,7 +437,7 @@ class Intake:
               now: datetime) -> tuple[AgentInfo | None, str, Match | None, Account | None, Known]:
         """What the database says about the mail, for `decide()` (and the objects the
         write then needs: the agent, the ticket it continues, the sender's account)."""
-        if verdict.kind in ("unparseable", "own", "bounce"):
+        if not decide.may_open(verdict.kind):
             return None, "", None, None, Known(ours=_ours(session, parsed.message_id))
         ours = _ours(session, parsed.message_id)
         flag = suppression.flag(session, parsed.from_addr) if verdict.answer else None
@@ -552,8 +552,7 @@ def _mail_failure() -> Iterator[None]:
 
 def _may_open(p: Prepared) -> bool:
     """Whether the mail may open a ticket (a guess to reserve numbers by: `decide()` says)."""
-    return not p.error and p.verdict is not None \
-        and p.verdict.kind not in ("unparseable", "own", "bounce")
+    return not p.error and p.verdict is not None and decide.may_open(p.verdict.kind)
 
 
 def _policy(desk: Desk) -> decide.Policy:

@@ -157,3 +157,11 @@ def test_the_reopen_window_has_one_default_and_one_rule():
     assert decide.may_join("normal", "resolved", done, days, done + timedelta(days=days))
     assert not decide.may_join("normal", "closed", done, days,
                                done + timedelta(days=days, seconds=1))
+
+
+@pytest.mark.parametrize("kind", ["normal", "automatic", "spam", "unparseable", "own",
+                                  "bounce"])
+def test_which_kinds_may_open_a_ticket_is_said_once_and_decide_keeps_to_it(kind):
+    from maild import decide as d
+    decision = d.decide(Verdict(kind, "r"), Known(), Policy(), datetime(2026, 12, 1, tzinfo=UTC))
+    assert (decision.route == d.Route.NEW_TICKET) == d.may_open(kind)
