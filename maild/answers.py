@@ -141,8 +141,7 @@ def acknowledge(
         desk.templates, "ack", context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=mail.message_id,
         references=mail.references, auto_submitted="auto-replied",
-        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.threading.plus_addressing else None,
+        reply_to=desk.customer_reply_to(ticket.number),
     )
     enqueue(session, desk, mail_out, [ticket.customer_address], ticket, OutboxKind.ACK, now,
             automatic=True)

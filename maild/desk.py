@@ -133,3 +133,11 @@ class Desk:
     def agent_key(self) -> str:
         """The key of agents' reply-address tokens (see links.agent_key)."""
         return links.agent_key(self.secret, self.agents.key_version)
+
+    def customer_reply_to(self, number: int) -> str | None:
+        """The Reply-To of every mail to a ticket's customer: with plus addressing the
+        ticket's signed address (`service+10001.TOKEN@`), so a reply finds its ticket even
+        with the subject's tag removed; else none (replies go to From)."""
+        if not self.threading.plus_addressing:
+            return None
+        return links.reply_address(self.sender.address, self.secret, number)

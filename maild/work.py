@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maild import answers, db, history, links, notify, suppression, threader
+from maild import answers, db, history, notify, suppression, threader
 from maild.agents import AgentInfo
 from maild.desk import Desk
 from maild.mail import auth, body, commands, contexts, files, thread
@@ -379,8 +379,7 @@ def relay(
         desk.templates, "relay", context, sender=desk.sender, to=to,
         cc=cc, now=now, in_reply_to=ids[-1] if ids else None, references=tuple(ids[:-1]),
         from_name=f"{agent.name} ({desk.sender.name})" if agent.name else None,
-        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.threading.plus_addressing else None,
+        reply_to=desk.customer_reply_to(ticket.number),
         # A big file's bytes stay in the blob store (the parse worker wrote them there).
         files=[File(f.filename, f.content_type, f.data or desk.store.get(f.sha256))
                for f in shown if f.store],
@@ -415,8 +414,7 @@ def customer_notice(session: Session, desk: Desk, ticket: Ticket, template: str,
         desk.templates, template, context, sender=desk.sender,
         to=ticket.customer_address, now=now, in_reply_to=ids[-1] if ids else None,
         references=tuple(ids[:-1]), auto_submitted="auto-generated",
-        reply_to=links.reply_address(desk.sender.address, desk.secret, ticket.number)
-        if desk.threading.plus_addressing else None,
+        reply_to=desk.customer_reply_to(ticket.number),
     )
     answers.enqueue(session, desk, rendered, [ticket.customer_address], ticket,
                     OutboxKind(template), now, automatic=True)
