@@ -8,7 +8,6 @@ SMTP capture in the end-to-end test at the bottom (Dovecot + `maild run`).
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from harness import (
     cli_config,
     maild,
     message,
+    outbox_settled,
     rows,
     text_of,
     wait_until,
@@ -568,7 +568,7 @@ def test_a_forged_cc_on_the_thread_sends_the_attacker_nothing(
                         "Hallo Anna, bitte einmal neu installieren.\r\n").encode())
         smtp.wait_for(4)
         assert wait_until(lambda: mailbox.count("Processed") == 3)
-        time.sleep(1)
+        assert wait_until(lambda: outbox_settled(database_url))  # all that will go out went
         relay = [m for m in smtp.mails if "neu installieren" in m.raw.decode(errors="replace")]
         assert [m.recipients for m in relay] == [["anna@kunde.example"]]
         assert not [m for m in smtp.mails

@@ -14,7 +14,6 @@ import json
 import re
 import socket
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +29,7 @@ from harness import (
     cli_config,
     free_port,
     offline_settings,
+    outbox_settled,
     rows,
     wait_for_port,
     wait_until,
@@ -444,7 +444,9 @@ def test_daemon_serves_the_links_of_its_acknowledgement(tmp_path, dovecot, mailb
         assert _http(port, path, form)[0] == 303
         assert _http(port, path, form)[0] == 303  # the second click
         assert wait_until(lambda: len(smtp.mails) >= 4)
-        time.sleep(1.5)
+        # Both POSTs were committed before their 303: once the outbox is settled, nothing
+        # more will go out, and what did is what counts.
+        assert wait_until(lambda: outbox_settled(database_url))
         subjects = sorted(str(m.message["Subject"]) for m in smtp.mails)
         staff = [m for m in smtp.mails if "ESKALIERT" in str(m.message["Subject"])]
         confirm = [m for m in smtp.mails
