@@ -374,13 +374,6 @@ RULE_CASES = {
     "multipart/report": _mail("Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: "
                               "multipart/report; report-type=delivery-status; "
                               'boundary="b"\r\n', "--b\r\n\r\nx\r\n--b--\r\n"),
-    "delivery-status part": _mail(
-        'Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
-        # Outside a multipart/report (a relay that rewrapped the bounce). Python's email
-        # parses a status as a list of header blocks: parse keeps it as a part anyway.
-        "--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b\r\nContent-Type: "
-        "message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
-        "Final-Recipient: rfc822; a@b.example\r\nAction: failed\r\n--b--\r\n"),
     "X-Failed-Recipients": _mail("Subject: x\r\nX-Failed-Recipients: a@b.example\r\n",
                                  BOUNCE_WORDS),
     "Auto-Submitted": _mail("Subject: x\r\nAuto-Submitted: auto-generated\r\n"),
@@ -398,6 +391,18 @@ RULE_CASES = {
                          'boundary="nope"\r\n', ""),
     "no sender": b"To: service@example.com\r\nSubject: Frage\r\n\r\nHallo\r\n",
 }
+
+
+def test_a_persons_mail_with_a_delivery_status_attached_stays_a_persons():
+    # "My mail to you bounced, see attached": a customer (or an agent) forwarding a
+    # bounce inline keeps the part's type. Only a multipart/report, a mail daemon or a
+    # robot's mail is a bounce; this one gets its ticket and its answer.
+    raw = _mail('Subject: Meine Mail kam zurück\r\nMIME-Version: 1.0\r\n'
+                'Content-Type: multipart/mixed; boundary="b"\r\n',
+                "--b\r\nContent-Type: text/plain\r\n\r\nSiehe Anhang.\r\n--b\r\n"
+                "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n"
+                "\r\nFinal-Recipient: rfc822; a@b.example\r\nAction: failed\r\n--b--\r\n")
+    assert classify(parse(raw), US).kind == "normal"
 
 
 def test_every_classify_rule_has_its_case_and_decides_it():

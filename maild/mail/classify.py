@@ -33,7 +33,6 @@ _OOO_SUBJECT = re.compile(
     r"|ich bin nicht im b[üu]ro|i am out of (?:the )?office)\s*$)",
     re.IGNORECASE,
 )
-_STATUS_PARTS = {"message/delivery-status", "message/global-delivery-status"}
 _RETURNED_PARTS = {"message/rfc822", "message/global", "text/rfc822-headers",
                    "text/global-headers"}
 _BOUNCE_SUBJECT = re.compile(
@@ -64,7 +63,7 @@ class Seen:
     """What the rules look at, worked out once per mail."""
 
     mail: InboundMail
-    support: str  # our address, lower case
+    support: str  # our address, as configured
     spam_rule: tuple[str, re.Pattern[str]] | None
     h: dict[str, str]
     parts: set[str]  # the content types of the attachments
@@ -102,10 +101,6 @@ def _report_type(s: Seen) -> Verdict | None:
     if s.mail.content_type == "multipart/report":
         return Verdict("bounce", "multipart/report (delivery or disposition report)")
     return None
-
-
-def _status_part(s: Seen) -> Verdict | None:
-    return Verdict("bounce", "carries a delivery-status part") if s.parts & _STATUS_PARTS else None
 
 
 def _failed_recipients(s: Seen) -> Verdict | None:
@@ -201,7 +196,6 @@ RULES: tuple[tuple[str, Callable[[Seen], Verdict | None]], ...] = (
     ("our loop header", _our_loop_header),
     ("from our address", _from_our_address),
     ("multipart/report", _report_type),
-    ("delivery-status part", _status_part),
     ("X-Failed-Recipients", _failed_recipients),
     ("Auto-Submitted", _auto_submitted),
     ("MAILER-DAEMON", _mailer_daemon),

@@ -470,28 +470,10 @@ def _attachments(msg: Message, body_ids: set[int]) -> list[Part]:
     return found
 
 
-_STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
-
-
-def _status_bytes(part: Message) -> bytes:
-    """A delivery status's text: the stdlib parses it as a list of header blocks."""
-    payload = part.get_payload()
-    if not isinstance(payload, list):
-        return _payload_bytes(part)
-    try:
-        return b"\r\n".join(c.as_bytes() for c in payload if isinstance(c, Message))
-    except Exception:  # a block the generator cannot write back: the type is what counts
-        return b""
-
-
 def _collect(part: Message, body_ids: set[int], found: list[Part]) -> None:
     if id(part) in body_ids:
         return
     ctype = _content_type(part)
-    if ctype in _STATUS_TYPES:  # a delivery status: a part of its own (classify reads it)
-        found.append(Part(filename="", content_type=ctype, data=_status_bytes(part),
-                          inline=False, content_id=""))
-        return
     if part.is_multipart() and ctype != "message/rfc822":
         payload = part.get_payload()
         for child in payload if isinstance(payload, list) else []:
