@@ -397,6 +397,7 @@ def upgrade(engine: Engine) -> None:
             return
         with engine.connect() as lock:
             lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
+            lock.commit()  # the session's lock outlives it; no "idle in transaction" meanwhile
             try:
                 command.upgrade(_alembic_config(engine), "head")
             finally:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Update, bindparam, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
-from maild import db, health, history, retry
+from maild import db, health, history, retry, suppression
 from maild.blobs import BlobStore
 from maild.config import OutboxSettings, SmtpSettings
 from maild.errors import SmtpDeferred, SmtpRejected, StorageUnavailable
@@ -137,6 +137,8 @@ def retry_failed(factory: db.SessionFactory, now: datetime, ids: list[int] | Non
                 why = f"it is {mail.state}, not failed: nothing to send again"
             elif mail.raw is None and (mail.raw_sha256 is None or not stored(mail.raw_sha256)):
                 why = "its bytes are gone from the blob store: it cannot be sent again"
+            else:
+                why = _held_back(session, list(mail.recipients))
             if why:
                 out.append(Retry(mail.id, mail.message_id, list(mail.recipients), False, why))
                 continue
@@ -152,6 +154,18 @@ def retry_failed(factory: db.SessionFactory, now: datetime, ids: list[int] | Non
                      mail.message_id, ",".join(mail.recipients), actor, error)
             out.append(Retry(mail.id, mail.message_id, list(mail.recipients), True))
     return out
+
+
+def _held_back(session: Session, recipients: list[str]) -> str:
+    """Why a failed mail must not be sent again as it is: a recipient marked bouncing or
+    blocked since (the queue checks that when a mail is written; a retry checks again)."""
+    bouncing = set(recipients) - set(suppression.deliverable(session, recipients))
+    blocked = [r for r in recipients if suppression.blocked(session, r) is not None]
+    held = sorted(bouncing | set(blocked))
+    if not held:
+        return ""
+    return (f"{', '.join(held)} marked bouncing or blocked since: `maild addresses clear "
+            "ADDRESS` first if that is over")
 
 
 class Outbox:

@@ -558,3 +558,28 @@ def test_outbox_retry_failed_gives_each_mail_a_new_give_up_window(
     asyncio.run(desk.outbox().deliver_due())
     assert desk.row(message_id).state == "sent" and len(smtp.wait_for(1)) == 1
     assert outbox.retry_failed(factory, desk.clock(), None, "cli:ops") == []  # none failed
+
+
+@pytest.mark.parametrize("flag", ["bouncing", "blocked"])
+def test_outbox_retry_sends_nothing_to_an_address_marked_since(
+        tmp_path, factory, database_url, smtp, flag):
+    # A 550 to an address that is bouncing (or a sender blocked since): a retry after the
+    # relay is fixed must not mail it again; cleared, it may.
+    from maild import outbox
+    from maild.models import AddressFlag
+    desk = Desk(tmp_path, factory, database_url, smtp_port=smtp.port)
+    message_id = desk.enqueue(8)
+    smtp.reply = "550 5.1.1 user unknown"
+    asyncio.run(desk.outbox().deliver_due())
+    assert desk.row(message_id).state == "failed"
+    with db.transaction(factory) as s:
+        s.add(AddressFlag(address="anna@kunde.example", updated_at=NOW,
+                          bouncing_since=NOW if flag == "bouncing" else None,
+                          blocked_at=NOW if flag == "blocked" else None))
+    [result] = outbox.retry_failed(factory, desk.clock(), None, "cli:ops")
+    assert not result.queued and "anna@kunde.example marked bouncing or blocked" in result.why
+    assert desk.row(message_id).state == "failed"
+    with db.transaction(factory) as s:
+        s.execute(sa.delete(AddressFlag))
+    [result] = outbox.retry_failed(factory, desk.clock(), None, "cli:ops")
+    assert result.queued and desk.row(message_id).state == "pending"
