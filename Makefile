@@ -32,8 +32,9 @@ browser-tools:
 demo: $(STAMP) dovecot
 	$(PY) bench/demo.py
 
-# Line and branch coverage of the test process, held at COVERAGE_FLOOR per cent.
-COVERAGE_FLOOR ?= 50
+# Line and branch coverage of the test process, held at COVERAGE_FLOOR per cent
+# (measured 77.1 % on 2026-12-08: raise the floor as tests are added, never lower it).
+COVERAGE_FLOOR ?= 75
 test: $(STAMP) dovecot cyrus browser-tools
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
