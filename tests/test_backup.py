@@ -196,11 +196,10 @@ def test_backup_wants_a_new_folder_and_restore_a_backup(tmp_path):
     assert out.returncode == 1 and "not a maild backup" in out.stderr
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_backup_without_pg_dump_says_what_to_do(database_url, tmp_path,
                                                             monkeypatch):
     # No pg_dump on PATH: the backup stops with the package to install and the manual way.
-    if not database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     settings = offline_settings(database_url, tmp_path / "blobs")
     with pytest.raises(backup.BackupError, match="pg_dump is not installed.*postgresql-client"):
